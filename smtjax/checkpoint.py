@@ -1,0 +1,88 @@
+"""Orbax checkpointing of the train state and the data iterator, under `workdir/checkpoints/`.
+
+A checkpoint is a Composite of `state` (the TrainState pytree, saved sharded by every process
+collectively) and `data` (the iterator's JSON state). Saves are asynchronous and atomic (Orbax writes a
+temporary directory and renames it), so a run killed mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from smtjax.config import ConfigError
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be used (unreadable, or saved by an incompatible config)."""
+
+
+class Checkpointer:
+  def __init__(self, workdir: str, max_to_keep: int = 2):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_names=('state', 'data'))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict):
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    data=ocp.args.JsonSave(data_state)))
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, data_state) of `step` (default latest), placed with the shardings in `abstract_state`
+    (a pytree of jax.ShapeDtypeStruct with .sharding)."""
+    step = self.latest_step() if step is None else step
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                               data=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+      raise CheckpointError(f'cannot restore checkpoint step {step} from {self.directory}: {e}') from e
+    return out['state'], out['data']
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+
+
+# Fields that fix the parameter and state shapes (and the meaning of the saved memories): a run may
+# only resume (or initialise) from a workdir whose saved config agrees on these.
+ARCHITECTURE_FIELDS = ('model.vocab_size', 'model.d_model', 'model.num_heads', 'model.mlp_ratio',
+                       'model.num_mem_tokens', 'model.enc_depth', 'model.dec_depth', 'model.cell',
+                       'model.cell_depth', 'model.encoder_attention')
+
+
+def _get(d: dict, dotted: str):
+  for part in dotted.split('.'):
+    d = d.get(part, {}) if isinstance(d, dict) else {}
+  return d if d != {} else None
+
+
+def check_compatible(config, workdir: str, what: str = 'resume from'):
+  """Raises ConfigError if workdir/config.json disagrees with `config` on an architecture field."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f'{path} is unreadable: {e}') from e
+  current = json.loads(config.to_json_best_effort())
+  diffs = [f'config.{k}: saved {_get(saved, k)!r}, now {_get(current, k)!r}'
+           for k in ARCHITECTURE_FIELDS if _get(saved, k) != _get(current, k)]
+  if diffs:
+    raise ConfigError(f'cannot {what} {workdir}: its run has a different architecture:\n  ' + '\n  '.join(diffs))

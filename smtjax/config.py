@@ -1,0 +1,173 @@
+"""The config contract: defaults every `configs/*.py` starts from, and validation.
+
+Every field a run reads is created here, so `--config.x.y=...` overrides work with `lock_config=True`
+and a misspelt field fails at parse time. `validate` checks values (before any compilation) and raises
+`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+METHODS = ('smt',)
+SMT_MODES = ('window', 'parallel')
+CELLS = ('transformer', 'gru', 'mlp')
+ENCODER_ATTENTION = ('causal', 'bidirectional')
+SCHEDULES = ('constant', 'cosine')
+TRAINABLE = ('all', 'teacher', 'rnn')
+DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the field."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Small defaults (CPU-sized); task configs override what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = 'smt'
+  c.num_steps = 1000
+  c.batch_size = 32
+  c.log_every = 50
+  c.eval_every = 250
+  c.checkpoint_every = 250
+  c.num_eval_batches = 4
+  c.max_checkpoints_to_keep = 2
+  c.progress_bar = True
+
+  # Data: `name` is a synthetic task (smtjax.data.synthetic) or a real dataset; the remaining fields
+  # are passed to it. `seq_len` is T, the length of a training sequence.
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'retrieval'
+  c.data.seq_len = 32
+  c.data.path = ''  # real datasets: a file or a directory; '' means the default location / download
+  c.data.options = ml_collections.ConfigDict()  # task-specific keyword arguments
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 256
+  c.model.d_model = 64  # d: width of every network and of a memory token
+  c.model.num_heads = 4
+  c.model.mlp_ratio = 4
+  c.model.num_mem_tokens = 4  # K
+  c.model.mem_size = config_dict.placeholder(int)  # Z; must equal K*d when given
+  c.model.enc_depth = 2
+  c.model.dec_depth = 2
+  c.model.encoder_attention = 'causal'  # 'causal' token stream (needed by parallel SMT) or 'bidirectional'
+  c.model.attn_window = 0  # > 0: encoder tokens and registers see only the last `attn_window` tokens
+  c.model.cell = 'transformer'
+  c.model.cell_depth = 2
+  c.model.cell_residual = False  # Transformer cell: add the input memory back (public code: no)
+  c.model.dtype = 'float32'  # computation dtype; parameters stay float32
+  c.model.remat = False  # rematerialise Transformer blocks in the backward pass
+
+  c.smt = ml_collections.ConfigDict()
+  c.smt.mode = 'parallel'  # 'window' (published: one transition per sequence) or 'parallel'
+  c.smt.context = 16  # Tc (window mode)
+  c.smt.future = 16  # Tf: future steps the decoder predicts from a memory
+  c.smt.gamma = 1.0
+  c.smt.coef_dec = 1.0
+  c.smt.coef_dyn = 0.1
+  c.smt.coef_unif = 0.001
+  c.smt.unif_samples = 512
+  c.smt.unif_t = 2.0
+  c.smt.detach_target = False  # stop the dynamics gradient into the encoder's m_{t+1}
+  c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
+  c.smt.num_transitions = 0  # parallel mode: dynamics pairs sampled per sequence (0 = all T)
+  c.smt.num_decoder_samples = 4  # parallel mode: memories per sequence whose future is decoded (0 = all T+1)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.weight_decay = 0.01
+  c.optim.warmup_frac = 0.01
+  c.optim.schedule = 'constant'  # linear warm-up then 'constant' or 'cosine' decay to 0
+  c.optim.grad_clip = 1.0
+
+  # Device mesh: `data` x `fsdp`; -1 takes all remaining devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  return c
+
+
+def _require(cond: bool, field: str, msg: str):
+  if not cond:
+    raise ConfigError(f'config.{field}: {msg}')
+
+
+def _one_of(value, field: str, choices):
+  _require(value in choices, field, f'unknown value {value!r}; expected one of {", ".join(map(repr, choices))}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None):
+  """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation."""
+  _one_of(config.method, 'method', METHODS)
+  for f in ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'num_eval_batches'):
+    _require(isinstance(config[f], int) and config[f] > 0, f, f'must be a positive integer, got {config[f]!r}')
+  m = config.model
+  for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth', 'mlp_ratio'):
+    _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')
+  _require(m.d_model % m.num_heads == 0, 'model.d_model', f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
+  _require((m.d_model // m.num_heads) % 2 == 0, 'model.num_heads', 'the head width d_model/num_heads must be even (rotary)')
+  if m.mem_size is not None:
+    _require(m.mem_size == m.num_mem_tokens * m.d_model, 'model.mem_size',
+             f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{m.d_model} = {m.num_mem_tokens * m.d_model}')
+  _one_of(m.cell, 'model.cell', CELLS)
+  _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
+  _one_of(m.dtype, 'model.dtype', DTYPES)
+  _require(m.attn_window >= 0, 'model.attn_window', 'must be >= 0')
+
+  s = config.smt
+  _one_of(s.mode, 'smt.mode', SMT_MODES)
+  _one_of(s.trainable, 'smt.trainable', TRAINABLE)
+  T = config.data.seq_len
+  _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
+  _require(s.future >= 1, 'smt.future', 'must be >= 1')
+  if s.mode == 'window':
+    _require(s.context >= 1, 'smt.context', 'must be >= 1')
+    _require(s.context + s.future <= T, 'smt.context',
+             f'context + future = {s.context} + {s.future} is longer than the sequence (data.seq_len={T})')
+  else:
+    _require(m.encoder_attention == 'causal', 'model.encoder_attention',
+             "parallel SMT needs 'causal' (each prefix memory must not see later tokens)")
+    _require(s.future <= T, 'smt.future', f'{s.future} is longer than the sequence (data.seq_len={T})')
+    _require(0 <= s.num_transitions <= T, 'smt.num_transitions', f'must be in [0, seq_len={T}]')
+    _require(0 <= s.num_decoder_samples <= T + 1, 'smt.num_decoder_samples',
+             f'must be in [0, seq_len+1={T + 1}] (0 = every memory)')
+  _require(0 < s.gamma <= 1, 'smt.gamma', 'must be in (0, 1]')
+  for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
+    _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')
+  _require(s.unif_samples >= 2, 'smt.unif_samples', 'must be >= 2')
+
+  o = config.optim
+  _require(o.lr > 0, 'optim.lr', f'learning rate must be positive, got {o.lr}')
+  _one_of(o.schedule, 'optim.schedule', SCHEDULES)
+  _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
+  _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
+
+  if data_vocab_size is not None:
+    _require(m.vocab_size >= data_vocab_size, 'model.vocab_size',
+             f'{m.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for data.name={config.data.name!r})')
+  if num_devices is not None:
+    mesh_shape(config, num_devices)  # validates mesh fields
+    _require(config.batch_size % num_devices == 0, 'batch_size',
+             f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
+
+
+def mesh_shape(config, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes from config.mesh, resolving a single -1."""
+  data, fsdp = config.mesh.data, config.mesh.fsdp
+  _require(data == -1 or data > 0, 'mesh.data', 'must be -1 or positive')
+  _require(fsdp == -1 or fsdp > 0, 'mesh.fsdp', 'must be -1 or positive')
+  _require(not (data == -1 and fsdp == -1), 'mesh', 'at most one of mesh.data, mesh.fsdp may be -1')
+  if data == -1:
+    _require(num_devices % fsdp == 0, 'mesh.fsdp', f'{fsdp} does not divide the device count {num_devices}')
+    data = num_devices // fsdp
+  if fsdp == -1:
+    _require(num_devices % data == 0, 'mesh.data', f'{data} does not divide the device count {num_devices}')
+    fsdp = num_devices // data
+  _require(data * fsdp == num_devices, 'mesh', f'data*fsdp = {data}*{fsdp} != device count {num_devices}')
+  return data, fsdp

@@ -1,0 +1,311 @@
+"""The three networks of SMT (method.md §3) as Flax Linen modules, and `Networks`, which binds them
+into pure functions of one parameter tree {'encoder', 'decoder', 'cell'}.
+
+Memories are [B, K, D] arrays of K tokens of width D (the memory size is Z = K*D); every memory token is
+RMS-normalised without a learned scale. Token ids are in [0, V); -1 in an input means padding.
+The RNN is (cell, readout) and its readout *is* the teacher decoder's parameters (`params['decoder']`):
+there is no second copy that could go stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from smtjax import layers
+
+
+def _dtype(name: str):
+  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+
+
+def _embed(vocab: int, d: int, dtype, name: str = 'embed'):
+  return nn.Embed(vocab, d, embedding_init=nn.initializers.normal(0.02), dtype=dtype, name=name)
+
+
+def _valid_positions(x_BxT):
+  """valid [B, T] (x >= 0), rotary positions counting valid tokens only, and the count of valid tokens."""
+  valid = x_BxT >= 0
+  count = jnp.cumsum(valid, axis=-1)
+  return valid, jnp.maximum(count - 1, 0), count
+
+
+class Encoder(nn.Module):
+  """Teacher encoder: tokens plus K learned registers -> memory [B, K, D].
+
+  `attention='bidirectional'` is the published encoder (all positions see all positions).
+  `attention='causal'`: token i reads valid tokens j <= i; the registers read all valid tokens and each
+  other. Then a memory depends on its tokens only through a causal stream, and `prefix_memories`
+  computes the memory of every prefix in one pass. With `window > 0` token i reads tokens
+  (i - window, i] and registers read the last `window` tokens.
+  Padding (-1) is masked out of attention and does not count towards rotary positions, so a memory does
+  not depend on padding. Registers sit at positions n, ..., n+K-1 after n valid tokens.
+  """
+  vocab_size: int
+  d_model: int
+  num_heads: int
+  depth: int
+  num_mem_tokens: int
+  mlp_ratio: int = 4
+  attention: str = 'causal'
+  window: int = 0
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
+    self.registers = self.param('registers', nn.initializers.normal(0.02), (self.num_mem_tokens, self.d_model))
+    block = layers.make_block(self.remat)
+    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')
+                   for i in range(self.depth)]
+
+  def _token_mask(self, valid, pos):
+    """[B, T, T]: query i may read key j."""
+    T = valid.shape[-1]
+    mask = jnp.broadcast_to(valid[:, None, :], valid.shape[:1] + (T, T))
+    if self.attention == 'causal':
+      mask = mask & jnp.tril(jnp.ones((T, T), bool))
+    if self.window > 0:
+      mask = mask & (pos[:, :, None] - pos[:, None, :] < self.window)
+    return mask
+
+  def __call__(self, x_BxT, tok_emb=None):
+    """Memory of the whole (possibly left-padded) window: [B, K, D]. `tok_emb` [B, T, D] replaces the
+    token embeddings (for gradient tests)."""
+    B, T = x_BxT.shape
+    K = self.num_mem_tokens
+    valid, pos, count = _valid_positions(x_BxT)
+    n = count[:, -1:]  # [B, 1] valid tokens
+    reg_pos = n + jnp.arange(K)
+    tok = self.embed(jnp.maximum(x_BxT, 0)) if tok_emb is None else tok_emb
+    h = jnp.concatenate([tok, jnp.broadcast_to(self.registers.astype(self.dtype), (B, K, self.d_model))], axis=1)
+    all_pos = jnp.concatenate([pos, reg_pos], axis=1)
+    if self.attention == 'bidirectional':
+      keys = jnp.concatenate([valid, jnp.ones((B, K), bool)], axis=1)
+      mask = jnp.broadcast_to(keys[:, None, :], (B, T + K, T + K))
+    else:
+      reads = valid
+      if self.window > 0:
+        reads = reads & (pos >= n - self.window)
+      top = jnp.concatenate([self._token_mask(valid, pos), jnp.zeros((B, T, K), bool)], axis=2)
+      bottom = jnp.concatenate([jnp.broadcast_to(reads[:, None, :], (B, K, T)), jnp.ones((B, K, K), bool)], axis=2)
+      mask = jnp.concatenate([top, bottom], axis=1)
+    for blk in self.blocks:
+      h = blk(h, all_pos, mask)
+    return layers.rms_norm(h[:, T:])
+
+  def prefix_memories(self, x_BxT, tok_emb=None):
+    """Memories of every prefix in one pass: [B, T+1, K, D], entry L = E(x[:, :L]) (L=0: empty prefix).
+
+    Needs attention='causal'. Group L of K registers reads tokens j < L (and its own registers).
+    """
+    if self.attention != 'causal':
+      raise ValueError("prefix_memories needs attention='causal'")
+    B, T = x_BxT.shape
+    K, G = self.num_mem_tokens, T + 1
+    valid, pos, count = _valid_positions(x_BxT)
+    n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)  # [B, G] valid tokens < L
+    reg_pos = n_before[:, :, None] + jnp.arange(K)  # [B, G, K]
+    reads = valid[:, None, :] & (jnp.arange(T)[None, :] < jnp.arange(G)[:, None])[None]  # [B, G, T]
+    if self.window > 0:
+      reads = reads & (pos[:, None, :] >= n_before[:, :, None] - self.window)
+    tok = self.embed(jnp.maximum(x_BxT, 0)) if tok_emb is None else tok_emb
+    reg = jnp.broadcast_to(self.registers.astype(self.dtype), (B, G, K, self.d_model))
+    tok_mask = self._token_mask(valid, pos)
+    for blk in self.blocks:
+      tok, reg = blk.prefix_groups(tok, pos, tok_mask, reg, reg_pos, reads)
+    return layers.rms_norm(reg)
+
+
+class Decoder(nn.Module):
+  """Causal teacher decoder over [memory (K tokens), embed(future inputs)].
+
+  Returns logits [B, F+1, V] read at positions K-1 ... K+F-1: entry 0 predicts from the memory alone,
+  entry j after also reading future inputs 0..j-1. With F = 0 this is the RNN's readout.
+  `future_emb` [B, F, D] replaces the future embeddings (for gradient tests).
+  """
+  vocab_size: int
+  d_model: int
+  num_heads: int
+  depth: int
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
+    block = layers.make_block(self.remat)
+    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')
+                   for i in range(self.depth)]
+    self.norm_out = layers.RMSNorm(self.dtype)
+    self.head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02))
+
+  def __call__(self, mem_BxKxD, future_BxF, future_emb=None):
+    B, K, _ = mem_BxKxD.shape
+    F = future_BxF.shape[1]
+    emb = self.embed(jnp.maximum(future_BxF, 0)) if future_emb is None else future_emb
+    h = jnp.concatenate([mem_BxKxD.astype(self.dtype), emb.astype(self.dtype)], axis=1)
+    keys = jnp.concatenate([jnp.ones((B, K), bool), future_BxF >= 0], axis=1)
+    L = K + F
+    mask = keys[:, None, :] & jnp.tril(jnp.ones((L, L), bool))[None]
+    pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+    for blk in self.blocks:
+      h = blk(h, pos, mask)
+    return self.head(self.norm_out(h[:, K - 1:])).astype(jnp.float32)
+
+
+class TransformerCell(nn.Module):
+  """Reference updater (method.md §3): full attention over [memory tokens, embed(x)]; the first K
+  outputs, RMS-normalised, are the next memory. No residual around it unless `residual`."""
+  vocab_size: int
+  d_model: int
+  num_heads: int
+  depth: int
+  mlp_ratio: int = 4
+  residual: bool = False
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, mem_BxKxD, x_B):
+    B, K, _ = mem_BxKxD.shape
+    h = jnp.concatenate([mem_BxKxD.astype(self.dtype),
+                         _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))[:, None]], axis=1)
+    pos = jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1))
+    mask = jnp.ones((B, K + 1, K + 1), bool)
+    block = layers.make_block(self.remat)
+    for i in range(self.depth):
+      h = block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')(h, pos, mask)
+    new = h[:, :K]
+    if self.residual:
+      new = new + mem_BxKxD.astype(new.dtype)
+    return layers.rms_norm(new)
+
+
+class GRUCell(nn.Module):
+  """A GRU over the flattened Z-vector memory, fed embed(x); the output is re-split into K tokens."""
+  vocab_size: int
+  d_model: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, mem_BxKxD, x_B):
+    B, K, D = mem_BxKxD.shape
+    e = _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))
+    h, _ = nn.GRUCell(K * D, dtype=self.dtype, name='gru')(mem_BxKxD.reshape(B, K * D).astype(self.dtype), e)
+    return layers.rms_norm(h.reshape(B, K, D))
+
+
+class MLPCell(nn.Module):
+  """Residual MLP over [flattened memory, embed(x)]: h <- h + MLP(RMSNorm([h, e])), `depth` times."""
+  vocab_size: int
+  d_model: int
+  depth: int
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, mem_BxKxD, x_B):
+    B, K, D = mem_BxKxD.shape
+    Z = K * D
+    e = _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))
+    h = mem_BxKxD.reshape(B, Z).astype(self.dtype)
+    init = nn.initializers.normal(0.02)
+    for i in range(self.depth):
+      u = layers.RMSNorm(self.dtype, name=f'norm_{i}')(jnp.concatenate([h, e], axis=-1))
+      u = nn.Dense(self.mlp_ratio * self.d_model, use_bias=False, dtype=self.dtype, kernel_init=init, name=f'up_{i}')(u)
+      h = h + nn.Dense(Z, use_bias=False, dtype=self.dtype, kernel_init=init, name=f'down_{i}')(nn.gelu(u))
+    return layers.rms_norm(h.reshape(B, K, D))
+
+
+def make_cell(m) -> nn.Module:
+  """The RNN updater named by config.model.cell."""
+  dtype = _dtype(m.dtype)
+  if m.cell == 'transformer':
+    return TransformerCell(m.vocab_size, m.d_model, m.num_heads, m.cell_depth, m.mlp_ratio,
+                           m.cell_residual, dtype, m.remat)
+  if m.cell == 'gru':
+    return GRUCell(m.vocab_size, m.d_model, dtype)
+  if m.cell == 'mlp':
+    return MLPCell(m.vocab_size, m.d_model, m.cell_depth, m.mlp_ratio, dtype)
+  raise ValueError(f'config.model.cell: unknown cell {m.cell!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """Encoder, decoder and RNN cell bound into pure functions of params = {'encoder','decoder','cell'}."""
+  encoder: Encoder
+  decoder: Decoder
+  cell: nn.Module
+
+  @classmethod
+  def from_config(cls, model_config) -> 'Networks':
+    m = model_config
+    dtype = _dtype(m.dtype)
+    enc = Encoder(m.vocab_size, m.d_model, m.num_heads, m.enc_depth, m.num_mem_tokens, m.mlp_ratio,
+                  m.encoder_attention, m.attn_window, dtype, m.remat)
+    dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat)
+    return cls(enc, dec, make_cell(m))
+
+  @property
+  def num_mem_tokens(self) -> int:
+    return self.encoder.num_mem_tokens
+
+  @property
+  def d_model(self) -> int:
+    return self.encoder.d_model
+
+  def init(self, rng) -> dict:
+    """Parameters of all three networks (float32)."""
+    r_enc, r_dec, r_cell = jax.random.split(rng, 3)
+    x = jnp.zeros((1, 2), jnp.int32)
+    mem = jnp.zeros((1, self.num_mem_tokens, self.d_model), jnp.float32)
+    return {
+        'encoder': self.encoder.init(r_enc, x)['params'],
+        'decoder': self.decoder.init(r_dec, mem, x)['params'],
+        'cell': self.cell.init(r_cell, mem, x[:, 0])['params'],
+    }
+
+  def encode(self, params, x_BxT):
+    """m = E(x): [B, K, D] (float32)."""
+    return self.encoder.apply({'params': params['encoder']}, x_BxT).astype(jnp.float32)
+
+  def prefix_memories(self, params, x_BxT):
+    """[B, T+1, K, D]: entry L is the memory of x[:, :L] (entry 0 is the initial memory m_{-1})."""
+    return self.encoder.apply({'params': params['encoder']}, x_BxT,
+                              method=Encoder.prefix_memories).astype(jnp.float32)
+
+  def initial_memory(self, params, batch_size: int):
+    """m_{-1} = E(empty): the encoder's memory of an empty prefix, [B, K, D]."""
+    return self.encode(params, jnp.full((batch_size, 1), -1, jnp.int32))
+
+  def decode(self, params, mem_BxKxD, future_BxF):
+    """Decoder logits [B, F+1, V] (float32)."""
+    return self.decoder.apply({'params': params['decoder']}, mem_BxKxD, future_BxF)
+
+  def step(self, params, mem_BxKxD, x_B):
+    """One RNN transition U(m, x) -> m' [B, K, D]; a padding input (-1) leaves the memory unchanged."""
+    new = self.cell.apply({'params': params['cell']}, mem_BxKxD, x_B).astype(jnp.float32)
+    return jnp.where((x_B >= 0)[:, None, None], new, mem_BxKxD.astype(jnp.float32))
+
+  def readout(self, params, mem_BxKxD):
+    """The RNN's readout: the teacher decoder on the memory alone -> next-target logits [B, V]."""
+    return self.decode(params, mem_BxKxD, jnp.zeros((mem_BxKxD.shape[0], 0), jnp.int32))[:, 0]
+
+  def rollout(self, params, mem0_BxKxD, x_BxT):
+    """RNN rollout as lax.scan: memories after each input, [B, T, K, D]."""
+    def body(mem, x_B):
+      mem = self.step(params, mem, x_B)
+      return mem, mem
+    _, mems = jax.lax.scan(body, mem0_BxKxD.astype(jnp.float32), jnp.swapaxes(x_BxT, 0, 1))
+    return jnp.swapaxes(mems, 0, 1)
+
+  def readout_all(self, params, mems_BxTxKxD):
+    """Readout logits for a sequence of memories: [B, T, V]."""
+    B, T = mems_BxTxKxD.shape[:2]
+    logits = self.readout(params, mems_BxTxKxD.reshape((B * T,) + mems_BxTxKxD.shape[2:]))
+    return logits.reshape(B, T, -1)

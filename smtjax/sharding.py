@@ -1,0 +1,56 @@
+"""Device mesh and sharding rules, in one place.
+
+The mesh has a `data` axis and an `fsdp` axis. Batches are split over both (every device sees its own
+rows); parameters and optimizer state are replicated over `data` and, when fsdp > 1, each array is split
+over `fsdp` along its largest dimension that divides evenly (FSDP/ZeRO-3 style); XLA inserts the
+gathers. Everything else (scalars, keys) is replicated.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from smtjax import config as config_lib
+
+BATCH_AXES = ('data', 'fsdp')
+
+
+def make_mesh(config, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  data, fsdp = config_lib.mesh_shape(config, len(devices))
+  return Mesh(np.asarray(devices).reshape(data, fsdp), ('data', 'fsdp'))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every device."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def param_spec(shape, fsdp: int) -> P:
+  """Shard the largest dimension divisible by `fsdp` over the fsdp axis; replicate small/odd arrays."""
+  if fsdp == 1 or not shape:
+    return P()
+  dims = sorted(range(len(shape)), key=lambda i: -shape[i])
+  for i in dims:
+    if shape[i] % fsdp == 0 and shape[i] >= fsdp:
+      spec = [None] * len(shape)
+      spec[i] = 'fsdp'
+      return P(*spec)
+  return P()
+
+
+def tree_shardings(mesh: Mesh, abstract_tree):
+  """NamedShardings for a pytree of arrays/ShapeDtypeStructs by the rule above."""
+  fsdp = mesh.shape['fsdp']
+  return jax.tree.map(lambda a: NamedSharding(mesh, param_spec(a.shape, fsdp)), abstract_tree)
+
+
+def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
+  """Assembles each process's rows into global arrays sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -1,0 +1,272 @@
+"""Training: state, optimizer, the sharded jitted train step, evaluation and `train_and_evaluate`.
+
+    state, metrics = train_step(state, batch, rng)
+
+is one `jax.jit` function with explicit shardings over the (data, fsdp) mesh and donated state. The
+step's randomness is `fold_in(rng, state.step)`, so a restored run draws the same numbers as an
+uninterrupted one. The loop resumes from the latest checkpoint in `workdir` (state and data stream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from smtjax import checkpoint as ckpt_lib
+from smtjax import config as config_lib
+from smtjax import sharding as shard_lib
+from smtjax import smt
+from smtjax.data import make_source
+from smtjax.data.pipeline import BatchIterator
+from smtjax.metrics import MetricWriter
+from smtjax.models import Networks
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or Inf; the message names the step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: number of updates applied
+  params: Any
+  opt_state: Any
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+
+def learning_rate_schedule(o, num_steps: int) -> optax.Schedule:
+  """Linear warm-up over warmup_frac*num_steps, then constant or cosine decay to 0 (method.md §8)."""
+  warmup = int(round(o.warmup_frac * num_steps))
+  if o.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(num_steps, warmup + 1), end_value=0.0)
+  if warmup == 0:
+    return optax.constant_schedule(o.lr)
+  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
+
+
+def _trainable_labels(params, trainable: str):
+  """'train' or 'freeze' for each top-level network, by config.smt.trainable."""
+  frozen = {'all': (), 'teacher': ('cell',), 'rnn': ('encoder', 'decoder')}[trainable]
+  return {k: jax.tree.map(lambda _: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (weight decay on matrices only) after global-norm clipping; frozen networks get no update."""
+  o = config.optim
+  schedule = learning_rate_schedule(o, config.num_steps)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  if o.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  if config.smt.trainable != 'all':
+    tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()},
+                               lambda p: _trainable_labels(p, config.smt.trainable))
+  return tx, schedule
+
+
+# -------------------------------------------------------------------------------------- the trainer
+
+@dataclasses.dataclass
+class Trainer:
+  """The compiled functions of one run, bound to a mesh. Build with `Trainer.create(config)`."""
+  config: Any
+  nets: Networks
+  mesh: jax.sharding.Mesh
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  state_shardings: Any
+  abstract_state: Any
+  init_state: Callable
+  train_step: Callable
+  eval_step: Callable
+
+  @property
+  def batch_sharding(self):
+    return shard_lib.batch_sharding(self.mesh)
+
+  @classmethod
+  def create(cls, config, devices=None) -> 'Trainer':
+    nets = Networks.from_config(config.model)
+    mesh = shard_lib.make_mesh(config, devices)
+    tx, schedule = make_optimizer(config)
+    s = config.smt
+    teacher_causal = config.model.encoder_attention == 'causal'
+
+    def init_fn(rng):
+      params = nets.init(rng)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    state_sh = shard_lib.tree_shardings(mesh, abstract)
+    repl = shard_lib.replicated(mesh)
+    batch_sh = shard_lib.batch_sharding(mesh)
+
+    def train_step(state: TrainState, batch, rng):
+      """One SMT update; rng is the run's key (the step's key is folded from state.step)."""
+      step_rng = jax.random.fold_in(rng, state.step)
+      grad_fn = jax.value_and_grad(lambda p: smt.smt_losses(nets, p, batch, step_rng, s), has_aux=True)
+      (_, metrics), grads = grad_fn(state.params)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def eval_step(params, batch, rng):
+      """SMT losses (suffix _test) and RNN/teacher sequence metrics on a held-out batch."""
+      _, metrics = smt.smt_losses(nets, params, batch, rng, s)
+      metrics = {f'{k}_test': v for k, v in metrics.items()}
+      metrics.update(smt.rnn_metrics(nets, params, batch, teacher_causal))
+      return metrics
+
+    return cls(
+        config=config, nets=nets, mesh=mesh, tx=tx, schedule=schedule, state_shardings=state_sh,
+        abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_sh),
+        init_state=jax.jit(init_fn, out_shardings=state_sh),
+        train_step=jax.jit(train_step, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                           donate_argnums=0),
+        eval_step=jax.jit(eval_step, in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl),
+    )
+
+  def evaluate(self, params, source, num_batches: int) -> dict[str, float]:
+    """Mean of eval_step over held-out batches 0..num_batches-1 of the 'test' split."""
+    it = BatchIterator(source, 'test', self.config.batch_size, jax.process_index(), jax.process_count(), prefetch=0)
+    rng = jax.random.PRNGKey(self.config.seed + 1)
+    totals: dict[str, float] = {}
+    for i in range(num_batches):
+      m = jax.device_get(self.eval_step(params, shard_lib.global_batch(next(it), self.batch_sharding),
+                                        jax.random.fold_in(rng, i)))
+      for k, v in m.items():
+        totals[k] = totals.get(k, 0.0) + float(v) / num_batches
+    return totals
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+def _save_config(config, workdir: str):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _progress(config, start: int):
+  if not config.progress_bar or jax.process_index() != 0:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=config.num_steps, initial=start, dynamic_ncols=True, desc='train')
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
+
+  Writes workdir/config.json, workdir/metrics.jsonl (+ TensorBoard events) and Orbax checkpoints under
+  workdir/checkpoints/. Bad config values raise ConfigError before anything is compiled or written.
+  """
+  source = make_source(config.data, config.seed)
+  config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
+  if config.data.seq_len != source.info.seq_len:
+    raise config_lib.ConfigError(f'config.data.seq_len={config.data.seq_len} but the data has {source.info.seq_len}')
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_lib.check_compatible(config, workdir)
+
+  trainer = Trainer.create(config)
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
+  train_it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
+  start = checkpointer.latest_step()
+  if start is None:
+    start = 0
+    state = trainer.init_state(jax.random.PRNGKey(config.seed))
+  else:
+    state, data_state = checkpointer.restore(trainer.abstract_state, start)
+    train_it.set_state(data_state)
+    print(f'Resumed from {checkpointer.directory} at step {start}.', flush=True)
+  _save_config(config, workdir)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
+  rng = jax.random.PRNGKey(config.seed)
+  bar = _progress(config, start)
+  last: dict[str, float] = {}
+  pending = None  # (step, device metrics) of the step dispatched before the current one
+  stash: dict[str, float] = {}  # train metrics of an eval step, written with the eval metrics
+  t_last, steps_since = time.perf_counter(), 0
+
+  def finish_step(step: int, metrics):
+    """Host side of a step, one step behind the device: NaN check, logging, progress."""
+    nonlocal t_last, steps_since
+    metrics = jax.device_get(metrics)
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f'non-finite training loss ({loss}) at step {step}; the last good checkpoint '
+          f'(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept and the next run resumes from it')
+    steps_since += 1
+    if step % config.log_every == 0 or step == config.num_steps:
+      now = time.perf_counter()
+      rate = steps_since / max(now - t_last, 1e-9)
+      t_last, steps_since = now, 0
+      record = {k: float(v) for k, v in metrics.items()}
+      record['steps_per_s'] = rate
+      last.update(record)
+      if step % config.eval_every == 0 or step == config.num_steps:
+        stash.update(record)
+      else:
+        writer.write(step, record)
+      if bar is not None:
+        bar.set_postfix(loss=f'{loss:.4f}', steps_per_s=f'{rate:.2f}')
+    if bar is not None:
+      bar.update(1)
+
+  try:
+    for step in range(start + 1, config.num_steps + 1):
+      batch = shard_lib.global_batch(next(train_it), trainer.batch_sharding)
+      state, metrics = trainer.train_step(state, batch, rng)
+      if pending is not None:
+        finish_step(*pending)
+      pending = (step, metrics)
+      at_end = step == config.num_steps
+      if step % config.checkpoint_every == 0 or step % config.eval_every == 0 or at_end:
+        finish_step(*pending)
+        pending = None
+      if step % config.eval_every == 0 or at_end:
+        eval_metrics = trainer.evaluate(state.params, source, config.num_eval_batches)
+        writer.write(step, {**stash, **eval_metrics})
+        stash.clear()
+        last.update(eval_metrics)
+        if bar is not None:
+          bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
+      if step % config.checkpoint_every == 0 or at_end:
+        checkpointer.save(step, state, train_it.get_state())
+    if pending is not None:
+      finish_step(*pending)
+  finally:
+    checkpointer.close()
+    writer.close()
+    if bar is not None:
+      bar.close()
+  return last
+
+
+def load_params(workdir: str, config=None, step: int | None = None):
+  """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks."""
+  import ml_collections
+  if config is None:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  trainer = Trainer.create(config)
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
+  try:
+    if checkpointer.latest_step() is None:
+      raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory}')
+    state, _ = checkpointer.restore(trainer.abstract_state, step)
+  finally:
+    checkpointer.close()
+  return config, state.params

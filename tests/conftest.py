@@ -1,0 +1,51 @@
+"""Shared test fixtures: tiny configs derived from the real ones, and the shared-data location."""
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from absl import logging  # noqa: E402
+
+logging.set_verbosity(logging.WARNING)
+
+
+def tiny_config(mode: str = 'parallel', cell: str = 'transformer'):
+  """configs/retrieval.py:small shrunk to a few milliseconds per step."""
+  from configs import retrieval
+  c = retrieval.get_config('small')
+  c.data.seq_len = 8
+  c.smt.future = 8
+  c.smt.context = 4
+  c.smt.mode = mode
+  c.model.cell = cell
+  c.model.d_model = 16
+  c.model.num_heads = 2
+  c.model.num_mem_tokens = 2
+  c.model.enc_depth = 1
+  c.model.dec_depth = 1
+  c.model.cell_depth = 1
+  c.batch_size = 8
+  c.num_steps = 8
+  c.log_every = 1
+  c.eval_every = 4
+  c.checkpoint_every = 4
+  c.num_eval_batches = 1
+  c.progress_bar = False
+  if mode == 'window':
+    c.model.encoder_attention = 'bidirectional'
+  return c
+
+
+@pytest.fixture
+def shared_data():
+  """The shared datasets directory (env SMTJAX_SHARED_DATA, default ../shared/data beside the repo)."""
+  path = pathlib.Path(os.environ.get('SMTJAX_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
+  if not path.is_dir():
+    pytest.skip(f'shared data not found at {path} (set SMTJAX_SHARED_DATA)')
+  return path

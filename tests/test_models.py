@@ -1,0 +1,149 @@
+"""Networks: shapes and dtypes, causality by gradients, padding invariance, prefix memories."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smtjax import layers, models
+from tests.conftest import tiny_config
+
+B, T = 3, 7
+
+
+def _nets(**model_overrides):
+  c = tiny_config()
+  c.model.d_model = 32
+  c.model.num_mem_tokens = 3
+  c.model.enc_depth = 2
+  c.model.dec_depth = 2
+  for k, v in model_overrides.items():
+    c.model[k] = v
+  nets = models.Networks.from_config(c.model)
+  return c, nets, nets.init(jax.random.PRNGKey(0))
+
+
+def _tokens(seed=1, shape=(B, T), vocab=10):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, vocab)
+
+
+@pytest.mark.parametrize('cell', ['transformer', 'gru', 'mlp'])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_shapes_and_dtypes(cell, dtype):
+  c, nets, params = _nets(cell=cell, dtype=dtype)
+  K, D, V = 3, 32, c.model.vocab_size
+  chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params))
+  x = _tokens()
+  mem = nets.encode(params, x)
+  chex.assert_shape(mem, (B, K, D))
+  chex.assert_type(mem, jnp.float32)
+  # Memory tokens are RMS-normalised (no learned scale).
+  np.testing.assert_allclose(jnp.sqrt(jnp.mean(mem ** 2, -1)), 1.0, atol=2e-2 if dtype == 'bfloat16' else 2e-3)
+  chex.assert_shape(nets.prefix_memories(params, x), (B, T + 1, K, D))
+  logits = nets.decode(params, mem, x[:, :4])
+  chex.assert_shape(logits, (B, 5, V))
+  chex.assert_type(logits, jnp.float32)
+  new = nets.step(params, mem, x[:, 0])
+  chex.assert_shape(new, (B, K, D))
+  np.testing.assert_allclose(jnp.sqrt(jnp.mean(new ** 2, -1)), 1.0, atol=2e-2 if dtype == 'bfloat16' else 2e-3)
+  chex.assert_shape(nets.readout(params, mem), (B, V))
+  mems = nets.rollout(params, mem, x)
+  chex.assert_shape(mems, (B, T, K, D))
+  chex.assert_shape(nets.readout_all(params, mems), (B, T, V))
+  chex.assert_tree_all_finite((mem, logits, new, mems))
+
+
+def test_decoder_is_causal():
+  """d logits[j] / d future_emb[i] is exactly zero for i >= j (prediction j has read inputs 0..j-1)."""
+  c, nets, params = _nets()
+  F = 5
+  mem = nets.encode(params, _tokens())
+  fut = _tokens(2, (B, F))
+  emb = jax.random.normal(jax.random.PRNGKey(3), (B, F, 32))
+
+  def out(e, j):
+    return nets.decoder.apply({'params': params['decoder']}, mem, fut, future_emb=e)[:, j].sum()
+
+  for j in range(F + 1):
+    g = jax.grad(out)(emb, j)
+    later = jnp.abs(g[:, j:]).max() if j < F else 0.0
+    assert later == 0.0, f'prediction {j} depends on future input >= {j}'
+    if j > 0:
+      assert jnp.abs(g[:, :j]).max() > 0, 'prediction should depend on earlier inputs'
+
+
+def test_prefix_memories_equal_encoder_on_prefix():
+  c, nets, params = _nets()
+  x = _tokens()
+  pm = nets.prefix_memories(params, x)
+  for L in range(T + 1):
+    ref = nets.encode(params, x[:, :L]) if L else nets.initial_memory(params, B)
+    np.testing.assert_allclose(pm[:, L], ref, atol=2e-5, err_msg=f'prefix length {L}')
+
+
+def test_prefix_memories_are_causal():
+  """d m_t / d x_s = 0 exactly for s > t (memory after L tokens never sees token L or later)."""
+  c, nets, params = _nets()
+  x = _tokens()
+  emb = jax.random.normal(jax.random.PRNGKey(4), (B, T, 32))
+  for L in (0, 3, T):
+    g = jax.grad(lambda e: nets.encoder.apply({'params': params['encoder']}, x, tok_emb=e,
+                                               method=models.Encoder.prefix_memories)[:, L].sum())(emb)
+    if L < T:
+      assert jnp.abs(g[:, L:]).max() == 0.0
+    if L > 0:
+      assert jnp.abs(g[:, :L]).max() > 0
+
+
+@pytest.mark.parametrize('attention', ['causal', 'bidirectional'])
+def test_padding_does_not_change_memory(attention):
+  c, nets, params = _nets(encoder_attention=attention)
+  x = _tokens()
+  padded = jnp.concatenate([jnp.full((B, 4), -1), x], axis=1)
+  np.testing.assert_allclose(nets.encode(params, padded), nets.encode(params, x), atol=1e-5)
+  if attention == 'causal':
+    pm = nets.prefix_memories(params, padded)
+    np.testing.assert_allclose(pm[:, -1], nets.encode(params, x), atol=1e-5)
+    np.testing.assert_allclose(pm[:, 4], nets.initial_memory(params, B), atol=1e-5)
+  # A padding input leaves the RNN memory unchanged; a real one changes it.
+  mem = nets.encode(params, x)
+  np.testing.assert_array_equal(nets.step(params, mem, jnp.full((B,), -1)), mem)
+  assert jnp.abs(nets.step(params, mem, x[:, 0]) - mem).max() > 1e-3
+
+
+def test_attention_window_limits_what_memory_reads():
+  c, nets, params = _nets(attn_window=2)
+  x = _tokens()
+  x2 = x.at[:, 0].set((x[:, 0] + 1) % 10)  # change a token far outside the window
+  # With depth 2 the receptive field is 2 windows: tokens more than 2*2 back are invisible.
+  np.testing.assert_allclose(nets.encode(params, x2), nets.encode(params, x), atol=1e-6)
+  pm = nets.prefix_memories(params, x)
+  for L in (2, 5, T):
+    np.testing.assert_allclose(pm[:, L], nets.encode(params, x[:, :L]), atol=2e-5)
+
+
+def test_rollout_equals_step_loop():
+  c, nets, params = _nets(cell='gru')
+  x = _tokens().at[1, 2].set(-1)
+  mem = nets.initial_memory(params, B)
+  mems = nets.rollout(params, mem, x)
+  for t in range(T):
+    mem = nets.step(params, mem, x[:, t])
+    np.testing.assert_allclose(mems[:, t], mem, atol=1e-5)
+
+
+def test_remat_gives_same_gradients():
+  c, nets, params = _nets()
+  _, nets_r, _ = _nets(remat=True)
+  x = _tokens()
+  f = lambda n: jax.grad(lambda p: n.decode(p, n.prefix_memories(p, x)[:, 3], x[:, :3]).sum())(params)
+  chex.assert_trees_all_close(f(nets), f(nets_r), atol=1e-5)
+
+
+def test_rotary_is_relative():
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 2, 8))
+  k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 2, 8))
+  dot = lambda a, b: jnp.sum(layers.rotary(q, jnp.array([[a]])) * layers.rotary(k, jnp.array([[b]])))
+  np.testing.assert_allclose(dot(3, 1), dot(10, 8), rtol=1e-5)
+  assert abs(dot(3, 1) - dot(3, 2)) > 1e-4
