@@ -1,6 +1,6 @@
 """Retrieval (needle) task, method.md §10: find the value after a marker and recall it at the last step.
 
-Variants: '' (default: T=64, CPU-sized), 'small' (learns on 2 CPU cores in a few minutes), 'paper'
+Variants: '' (default: T=64, CPU-sized), 'small' (learns on 2 CPU cores in a few minutes), 'gpu'
 (T=512 with label noise 0.3, the length at which the paper reports BPTT failing).
 """
 
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
     c.eval_every = 200
     c.checkpoint_every = 200
     return c
-  if arg == 'paper':
+  if arg == 'gpu':
     c.data.seq_len = 512
     c.data.options.noise = 0.3
     c.smt.future = 512
@@ -58,4 +58,4 @@ def get_config(arg: str | None = None):
     c.model.cell_depth = 2
     c.num_steps = 20000
     return c
-  raise ValueError(f"unknown variant {arg!r} of configs/retrieval.py; known: '', 'small', 'paper'")
+  raise ValueError(f"unknown variant {arg!r} of configs/retrieval.py; known: '', 'small', 'gpu'")

@@ -171,3 +171,113 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int]:
     fsdp = num_devices // data
   _require(data * fsdp == num_devices, 'mesh', f'data*fsdp = {data}*{fsdp} != device count {num_devices}')
   return data, fsdp
+
+
+def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | None, **options):
+  """A parallel-mode SMT config for a synthetic task (method.md §10), shared by configs/<task>.py.
+
+  Variants: '' (CPU-sized default), 'small' (a few minutes on 2 CPU cores), 'gpu' (the paper's scale).
+  """
+  c = default_config()
+  c.data.name = task
+  c.data.seq_len = seq_len
+  for k, v in options.items():
+    c.data.options[k] = v
+  c.model.vocab_size = vocab_size
+  c.model.d_model = 64
+  c.model.num_heads = 4
+  c.model.num_mem_tokens = 2
+  c.model.enc_depth = c.model.dec_depth = c.model.cell_depth = 2
+  c.smt.mode = 'parallel'
+  c.smt.future = seq_len  # sparse targets: decode to the end of the sequence
+  c.smt.num_decoder_samples = 4
+  c.optim.lr = 1e-3
+  c.batch_size = 32
+  c.num_steps = 3000
+  c.log_every = 25
+  c.eval_every = c.checkpoint_every = 500
+  if variant in (None, ''):
+    return c
+  if variant == 'small':
+    c.model.d_model = 32
+    c.model.num_heads = 2
+    c.optim.lr = 3e-3
+    c.num_steps = 1000
+    c.log_every = 20
+    c.eval_every = c.checkpoint_every = 200
+    return c
+  if variant == 'gpu':
+    c.model.d_model = 256
+    c.model.num_heads = 8
+    c.model.num_mem_tokens = 8
+    c.model.enc_depth = c.model.cell_depth = 4
+    c.model.dec_depth = 2
+    c.smt.num_transitions = min(seq_len, 256)
+    c.smt.num_decoder_samples = 4
+    c.optim.lr = 3e-4
+    c.batch_size = 64
+    c.num_steps = 50000
+    c.model.dtype = 'bfloat16'
+    c.log_every = 100
+    c.eval_every = c.checkpoint_every = 2000
+    return c
+  raise ValueError(f"unknown variant {variant!r} of the {task} config; known: '', 'small', 'gpu'")
+
+
+def published_config(name: str, seq_len: int = 320, context: int = 256, future: int = 64):
+  """The published SMT settings (method.md §8) for a real dataset: window mode, bidirectional encoder,
+  d=256, K=16 (Z=4096), 8 heads, depths 8/4/8, AdamW 3e-4 (0.9, 0.95), wd 0.01, 1% warm-up then constant,
+  batch 128, clipping 1.0, 150k steps, bf16 computation. Shared by configs/tinystories.py, mnist.py,
+  sketch.py."""
+  c = default_config()
+  c.data.name = name
+  c.data.seq_len = seq_len
+  c.model.vocab_size = 256
+  c.model.d_model = 256
+  c.model.num_mem_tokens = 16
+  c.model.num_heads = 8
+  c.model.enc_depth = 8
+  c.model.dec_depth = 4
+  c.model.cell = 'transformer'
+  c.model.cell_depth = 8
+  c.model.encoder_attention = 'bidirectional'
+  c.model.dtype = 'bfloat16'
+  c.smt.mode = 'window'
+  c.smt.context = context
+  c.smt.future = future
+  c.optim.lr = 3e-4
+  c.optim.b1, c.optim.b2 = 0.9, 0.95
+  c.optim.weight_decay = 0.01
+  c.optim.warmup_frac = 0.01
+  c.optim.schedule = 'constant'
+  c.optim.grad_clip = 1.0
+  c.batch_size = 128
+  c.num_steps = 150_000
+  c.log_every = 100
+  c.eval_every = 5000
+  c.checkpoint_every = 5000
+  c.num_eval_batches = 16
+  # Every option of the real sources exists here, so `--config.data.options.X=...` works under lock_config.
+  c.data.options.cache_dir = ''  # '' = $SMTJAX_CACHE or ~/.cache/smtjax
+  c.data.options.download = True  # fetch into the cache when data.path is '' and nothing is found
+  c.data.options.download_timeout = 10.0  # seconds without a reply before a download fails
+  return c
+
+
+def small_real_config(c, seq_len: int = 64, context: int = 48, future: int = 16):
+  """Shrinks a published_config to a tiny float32 model for 2 CPU cores (minutes, not hours)."""
+  c.data.seq_len = seq_len
+  c.smt.context = context
+  c.smt.future = future
+  c.model.d_model = 64
+  c.model.num_heads = 4
+  c.model.num_mem_tokens = 4
+  c.model.enc_depth = c.model.dec_depth = c.model.cell_depth = 2
+  c.model.dtype = 'float32'
+  c.batch_size = 16
+  c.num_steps = 300
+  c.log_every = 20
+  c.eval_every = c.checkpoint_every = 100
+  c.num_eval_batches = 4
+  c.optim.lr = 1e-3
+  return c

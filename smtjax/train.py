@@ -75,6 +75,10 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   return tx, schedule
 
 
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 # -------------------------------------------------------------------------------------- the trainer
 
 @dataclasses.dataclass
@@ -119,7 +123,7 @@ class Trainer:
       (_, metrics), grads = grad_fn(state.params)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+      metrics = dict(metrics, grad_norm=_global_norm(grads), lr=schedule(state.step))
       return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def eval_step(params, batch, rng):

@@ -1,0 +1,34 @@
+"""Every config file and variant builds, validates against its data source, and rejects unknown variants."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from smtjax import config as config_lib
+from smtjax.data import make_source
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / 'configs').glob('*.py'))
+SYNTHETIC = ('retrieval', 'copy', 'stack', 'keys_values', 'modular', 'parity')
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
+def test_config_variants_validate(path):
+  mod = _load(path)
+  variants = ['', 'small'] + (['gpu'] if path.stem in SYNTHETIC else [])
+  for v in variants:
+    c = mod.get_config(v)
+    config_lib.validate(c, num_devices=1)
+    if path.stem in SYNTHETIC:  # real datasets are checked against files in test_data_real.py
+      src = make_source(c.data, 0)
+      config_lib.validate(c, data_vocab_size=src.info.vocab_size)
+      assert src.info.seq_len == c.data.seq_len
+  with pytest.raises(ValueError, match='nope'):
+    mod.get_config('nope')
