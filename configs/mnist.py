@@ -7,9 +7,9 @@ Data: --config.data.path=DIR holding train-images-idx3-ubyte.gz and t10k-images-
 split); '' looks in $SMTJAX_DATA_DIR/mnist and the cache, then downloads the IDX files (options.download).
 """
 
-from smtjax.config import published_config, small_real_config
+from smtjax.config import dmt_variant, published_config, small_real_config
 
-VARIANTS = ('', 'small')
+VARIANTS = ('', 'small', 'dmt', 'small_dmt')
 
 
 def get_config(arg: str | None = None):
@@ -20,4 +20,8 @@ def get_config(arg: str | None = None):
     return c
   if arg == 'small':
     return small_real_config(c)
+  if arg == 'dmt':  # the published DMT stage: T = 256 + 256 + 64, k = 16
+    return dmt_variant(c, context=None, rollout=256, every=16)
+  if arg == 'small_dmt':
+    return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
   raise ValueError(f'unknown variant {arg!r} of configs/mnist.py; known: {", ".join(map(repr, VARIANTS))}')

@@ -4,7 +4,7 @@ Variants: '' (default: T=64, CPU-sized), 'small' (learns on 2 CPU cores in a few
 (T=512 with label noise 0.3, the length at which the paper reports BPTT failing).
 """
 
-from smtjax.config import default_config
+from smtjax.config import default_config, dmt_variant
 
 
 def get_config(arg: str | None = None):
@@ -46,6 +46,9 @@ def get_config(arg: str | None = None):
     c.eval_every = 200
     c.checkpoint_every = 200
     return c
+  if arg == 'small_dmt':  # DMT after `small`: --config.init_from=WORKDIR_OF_THE_SMALL_RUN
+    c = get_config('small')
+    return dmt_variant(c, context=2, rollout=10, every=5, lr=1e-3, batch_size=32, num_steps=200)
   if arg == 'gpu':
     c.data.seq_len = 512
     c.data.options.noise = 0.3
@@ -58,4 +61,4 @@ def get_config(arg: str | None = None):
     c.model.cell_depth = 2
     c.num_steps = 20000
     return c
-  raise ValueError(f"unknown variant {arg!r} of configs/retrieval.py; known: '', 'small', 'gpu'")
+  raise ValueError(f"unknown variant {arg!r} of configs/retrieval.py; known: '', 'small', 'small_dmt', 'gpu'")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-METHODS = ('smt',)
+METHODS = ('smt', 'dmt', 'bptt')
 SMT_MODES = ('window', 'parallel')
 CELLS = ('transformer', 'gru', 'mlp')
 ENCODER_ATTENTION = ('causal', 'bidirectional')
@@ -59,6 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.cell = 'transformer'
   c.model.cell_depth = 2
   c.model.cell_residual = False  # Transformer cell: add the input memory back (public code: no)
+  # The RNN's initial memory: 'encoder' (m_{-1} = E(empty)), 'zeros', 'learned', or 'auto' (the encoder's
+  # for SMT and DMT, zeros for BPTT).
+  c.model.initial_memory = 'auto'
   c.model.dtype = 'float32'  # computation dtype; parameters stay float32
   c.model.remat = False  # rematerialise Transformer blocks in the backward pass
 
@@ -77,6 +80,34 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.num_transitions = 0  # parallel mode: dynamics pairs sampled per sequence (0 = all T)
   c.smt.num_decoder_samples = 4  # parallel mode: memories per sequence whose future is decoded (0 = all T+1)
 
+  # DMT fine-tuning (method.md §5), config.method='dmt'. Sequences are Tc + Td + Tf long.
+  c.init_from = ''  # workdir of a trained run whose parameters start this one (DMT: the SMT run)
+  c.dmt = ml_collections.ConfigDict()
+  c.dmt.context = 16  # Tc: the encoder's window (window-mode teachers) / the prefix read before the rollout
+  c.dmt.rollout = 16  # Td: RNN steps rolled out on its own memories
+  c.dmt.every = 4  # k: the memory is matched to the encoder's every k-th rollout step
+  c.dmt.coef_mem = 10.0
+  c.dmt.coef_readout = 1.0
+  c.dmt.coef_dec = 1.0
+  c.dmt.coef_unif = 0.01
+  c.dmt.backprop_through_rollout = False  # False: one-step gradients (each step's input memory detached)
+
+  # BPTT baseline (method.md §6), config.method='bptt': the same RNN rolled over the whole sequence.
+  c.bptt = ml_collections.ConfigDict()
+  c.bptt.truncation = 0  # > 0: gradients flow back at most this many steps (truncated BPTT)
+
+  # experiments/evaluate.py and experiments/sample.py (method.md §7).
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.read_len = 0  # tokens the teacher encodes before the RNN takes over (0 = half the sequence)
+  c.evaluate.eval_len = 0  # tokens the RNN then reads and scores (0 = the rest of the sequence)
+  c.evaluate.num_batches = 8
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num = 8
+  c.sample.prompt_len = 0  # 0 = evaluate.read_len's default
+  c.sample.length = 0  # generated tokens (0 = the rest of the sequence)
+  c.sample.temperature = 1.0
+  c.sample.seed = 0
+
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
   c.optim.b1 = 0.9
@@ -91,6 +122,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   return c
+
+
+def initial_memory(config) -> str:
+  """config.model.initial_memory with 'auto' resolved by config.method."""
+  if config.model.initial_memory != 'auto':
+    return config.model.initial_memory
+  return 'zeros' if config.method == 'bptt' else 'encoder'
 
 
 def _require(cond: bool, field: str, msg: str):
@@ -118,6 +156,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _one_of(m.cell, 'model.cell', CELLS)
   _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
   _one_of(m.dtype, 'model.dtype', DTYPES)
+  _one_of(m.initial_memory, 'model.initial_memory', ('auto', 'encoder', 'zeros', 'learned'))
   _require(m.attn_window >= 0, 'model.attn_window', 'must be >= 0')
 
   s = config.smt
@@ -126,7 +165,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   T = config.data.seq_len
   _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
   _require(s.future >= 1, 'smt.future', 'must be >= 1')
-  if s.mode == 'window':
+  if config.method != 'smt':
+    pass  # DMT reads smt.mode and smt.future only (checked below); BPTT none of smt.*
+  elif s.mode == 'window':
     _require(s.context >= 1, 'smt.context', 'must be >= 1')
     _require(s.context + s.future <= T, 'smt.context',
              f'context + future = {s.context} + {s.future} is longer than the sequence (data.seq_len={T})')
@@ -141,6 +182,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
     _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')
   _require(s.unif_samples >= 2, 'smt.unif_samples', 'must be >= 2')
+
+  if config.method == 'dmt':
+    d = config.dmt
+    for f in ('context', 'rollout', 'every'):
+      _require(isinstance(d[f], int) and d[f] >= 1, f'dmt.{f}', f'must be a positive integer, got {d[f]!r}')
+    _require(d.rollout % d.every == 0, 'dmt.every', f'{d.every} does not divide dmt.rollout={d.rollout}')
+    _require(d.context + d.rollout <= T, 'dmt.rollout',
+             f'context + rollout = {d.context} + {d.rollout} is longer than the sequence (data.seq_len={T})')
+    if s.mode == 'parallel':
+      _require(m.encoder_attention == 'causal', 'model.encoder_attention',
+               "DMT from a parallel-mode teacher reads its prefix memories: needs 'causal'")
+    _require(bool(config.init_from), 'init_from', 'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
+  if config.method == 'bptt':
+    _require(config.bptt.truncation >= 0, 'bptt.truncation', 'must be >= 0')
 
   o = config.optim
   _require(o.lr > 0, 'optim.lr', f'learning rate must be positive, got {o.lr}')
@@ -280,4 +335,22 @@ def small_real_config(c, seq_len: int = 64, context: int = 48, future: int = 16)
   c.eval_every = c.checkpoint_every = 100
   c.num_eval_batches = 4
   c.optim.lr = 1e-3
+  return c
+
+
+def dmt_variant(c, context: int | None, rollout: int, every: int, lr: float = 3e-5, batch_size: int = 32,
+                num_steps: int = 1500):
+  """Turns an SMT config into DMT fine-tuning of its RNN (method.md §5/§8: lr 3e-5 with 1% warm-up and
+  cosine decay, batch 32, 1.5k steps). The sequence grows to context + rollout + future for window-mode
+  teachers; a parallel-mode teacher keeps its task's length. Set --config.init_from=SMT_WORKDIR."""
+  c.method = 'dmt'
+  context = c.smt.context if context is None else context  # a window teacher encodes windows of its own length
+  c.dmt.context, c.dmt.rollout, c.dmt.every = context, rollout, every
+  if c.smt.mode == 'window':
+    c.data.seq_len = context + rollout + c.smt.future
+  c.optim.lr = lr
+  c.optim.schedule = 'cosine'
+  c.optim.warmup_frac = 0.01
+  c.batch_size = batch_size
+  c.num_steps = num_steps
   return c

@@ -4,7 +4,9 @@ into pure functions of one parameter tree {'encoder', 'decoder', 'cell'}.
 Memories are [B, K, D] arrays of K tokens of width D (the memory size is Z = K*D); every memory token is
 RMS-normalised without a learned scale. Token ids are in [0, V); -1 in an input means padding.
 The RNN is (cell, readout) and its readout *is* the teacher decoder's parameters (`params['decoder']`):
-there is no second copy that could go stale.
+there is no second copy that could go stale. Only DMT fine-tuning, which trains the readout while the
+teacher stays frozen, adds `params['readout']` (initialised as a copy of the decoder, same architecture);
+`Networks.readout` then uses it. An optional `params['init_memory']` [K, D] is a learned initial memory.
 """
 
 from __future__ import annotations
@@ -235,21 +237,32 @@ def make_cell(m) -> nn.Module:
   raise ValueError(f'config.model.cell: unknown cell {m.cell!r}')
 
 
+INITIAL_MEMORY = ('encoder', 'zeros', 'learned')
+
+
 @dataclasses.dataclass(frozen=True)
 class Networks:
-  """Encoder, decoder and RNN cell bound into pure functions of params = {'encoder','decoder','cell'}."""
+  """Encoder, decoder and RNN cell bound into pure functions of params = {'encoder','decoder','cell'}
+  (+ 'readout' during DMT, + 'init_memory' when the initial memory is learned)."""
   encoder: Encoder
   decoder: Decoder
   cell: nn.Module
+  initial: str = 'encoder'  # the RNN's initial memory: the encoder's m_{-1}, zeros, or learned
 
   @classmethod
-  def from_config(cls, model_config) -> 'Networks':
+  def from_config(cls, model_config, initial: str | None = None) -> 'Networks':
+    """`initial` overrides model_config.initial_memory (pass config.initial_memory(config) to resolve
+    'auto' by method)."""
     m = model_config
+    initial = initial or m.initial_memory
+    if initial == 'auto':
+      initial = 'encoder'
+
     dtype = _dtype(m.dtype)
     enc = Encoder(m.vocab_size, m.d_model, m.num_heads, m.enc_depth, m.num_mem_tokens, m.mlp_ratio,
                   m.encoder_attention, m.attn_window, dtype, m.remat)
     dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat)
-    return cls(enc, dec, make_cell(m))
+    return cls(enc, dec, make_cell(m), initial)
 
   @property
   def num_mem_tokens(self) -> int:
@@ -264,11 +277,14 @@ class Networks:
     r_enc, r_dec, r_cell = jax.random.split(rng, 3)
     x = jnp.zeros((1, 2), jnp.int32)
     mem = jnp.zeros((1, self.num_mem_tokens, self.d_model), jnp.float32)
-    return {
+    params = {
         'encoder': self.encoder.init(r_enc, x)['params'],
         'decoder': self.decoder.init(r_dec, mem, x)['params'],
         'cell': self.cell.init(r_cell, mem, x[:, 0])['params'],
     }
+    if self.initial == 'learned':
+      params['init_memory'] = layers.rms_norm(jax.random.normal(r_cell, (self.num_mem_tokens, self.d_model)))
+    return params
 
   def encode(self, params, x_BxT):
     """m = E(x): [B, K, D] (float32)."""
@@ -280,7 +296,12 @@ class Networks:
                               method=Encoder.prefix_memories).astype(jnp.float32)
 
   def initial_memory(self, params, batch_size: int):
-    """m_{-1} = E(empty): the encoder's memory of an empty prefix, [B, K, D]."""
+    """The RNN's initial memory [B, K, D]: m_{-1} = E(empty) (the encoder's memory of an empty prefix),
+    zeros, or the learned params['init_memory'] (RMS-normalised), by `initial`."""
+    if self.initial == 'zeros':
+      return jnp.zeros((batch_size, self.num_mem_tokens, self.d_model), jnp.float32)
+    if self.initial == 'learned':
+      return jnp.broadcast_to(layers.rms_norm(params['init_memory']), (batch_size, self.num_mem_tokens, self.d_model))
     return self.encode(params, jnp.full((batch_size, 1), -1, jnp.int32))
 
   def decode(self, params, mem_BxKxD, future_BxF):
@@ -293,8 +314,10 @@ class Networks:
     return jnp.where((x_B >= 0)[:, None, None], new, mem_BxKxD.astype(jnp.float32))
 
   def readout(self, params, mem_BxKxD):
-    """The RNN's readout: the teacher decoder on the memory alone -> next-target logits [B, V]."""
-    return self.decode(params, mem_BxKxD, jnp.zeros((mem_BxKxD.shape[0], 0), jnp.int32))[:, 0]
+    """The RNN's readout -> next-target logits [B, V]: the decoder on the memory alone, with the teacher's
+    decoder parameters (or the DMT-tuned copy params['readout'] when present)."""
+    dec = params.get('readout', params['decoder'])
+    return self.decoder.apply({'params': dec}, mem_BxKxD, jnp.zeros((mem_BxKxD.shape[0], 0), jnp.int32))[:, 0]
 
   def rollout(self, params, mem0_BxKxD, x_BxT):
     """RNN rollout as lax.scan: memories after each input, [B, T, K, D]."""

@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from smtjax import bptt
 from smtjax import checkpoint as ckpt_lib
 from smtjax import config as config_lib
+from smtjax import dmt
 from smtjax import sharding as shard_lib
 from smtjax import smt
 from smtjax.data import make_source
@@ -55,9 +57,17 @@ def learning_rate_schedule(o, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
 
 
-def _trainable_labels(params, trainable: str):
-  """'train' or 'freeze' for each top-level network, by config.smt.trainable."""
-  frozen = {'all': (), 'teacher': ('cell',), 'rnn': ('encoder', 'decoder')}[trainable]
+def frozen_networks(config) -> tuple[str, ...]:
+  """Top-level parameter groups that get no update: by config.smt.trainable for SMT; the teacher in DMT;
+  the (unused) encoder in BPTT unless it provides the initial memory."""
+  if config.method == 'dmt':
+    return ('encoder', 'decoder')
+  if config.method == 'bptt':
+    return () if config_lib.initial_memory(config) == 'encoder' else ('encoder',)
+  return {'all': (), 'teacher': ('cell', 'init_memory'), 'rnn': ('encoder', 'decoder')}[config.smt.trainable]
+
+
+def _trainable_labels(params, frozen: tuple[str, ...]):
   return {k: jax.tree.map(lambda _: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
 
 
@@ -69,10 +79,19 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
-  if config.smt.trainable != 'all':
-    tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()},
-                               lambda p: _trainable_labels(p, config.smt.trainable))
+  frozen = frozen_networks(config)
+  if frozen:
+    tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, lambda p: _trainable_labels(p, frozen))
   return tx, schedule
+
+
+def objective(config) -> Callable:
+  """The training loss of config.method: (nets, params, batch, rng) -> (total, metrics)."""
+  if config.method == 'dmt':
+    return lambda nets, p, b, r: dmt.dmt_losses(nets, p, b, r, config)
+  if config.method == 'bptt':
+    return lambda nets, p, b, r: bptt.bptt_losses(nets, p, b, r, config)
+  return lambda nets, p, b, r: smt.smt_losses(nets, p, b, r, config.smt)
 
 
 def _global_norm(tree):
@@ -92,6 +111,7 @@ class Trainer:
   state_shardings: Any
   abstract_state: Any
   init_state: Callable
+  state_from_params: Callable
   train_step: Callable
   eval_step: Callable
 
@@ -101,15 +121,20 @@ class Trainer:
 
   @classmethod
   def create(cls, config, devices=None) -> 'Trainer':
-    nets = Networks.from_config(config.model)
+    nets = Networks.from_config(config.model, config_lib.initial_memory(config))
     mesh = shard_lib.make_mesh(config, devices)
     tx, schedule = make_optimizer(config)
-    s = config.smt
-    teacher_causal = config.model.encoder_attention == 'causal'
+    loss_fn = objective(config)
+    teacher_causal = config.model.encoder_attention == 'causal' and config.method != 'bptt'
+
+    def from_params(params):
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     def init_fn(rng):
       params = nets.init(rng)
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+      if config.method == 'dmt':  # the readout DMT fine-tunes starts as the teacher decoder
+        params['readout'] = jax.tree.map(jnp.copy, params['decoder'])
+      return from_params(params)
 
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     state_sh = shard_lib.tree_shardings(mesh, abstract)
@@ -119,7 +144,7 @@ class Trainer:
     def train_step(state: TrainState, batch, rng):
       """One SMT update; rng is the run's key (the step's key is folded from state.step)."""
       step_rng = jax.random.fold_in(rng, state.step)
-      grad_fn = jax.value_and_grad(lambda p: smt.smt_losses(nets, p, batch, step_rng, s), has_aux=True)
+      grad_fn = jax.value_and_grad(lambda p: loss_fn(nets, p, batch, step_rng), has_aux=True)
       (_, metrics), grads = grad_fn(state.params)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
@@ -127,8 +152,8 @@ class Trainer:
       return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def eval_step(params, batch, rng):
-      """SMT losses (suffix _test) and RNN/teacher sequence metrics on a held-out batch."""
-      _, metrics = smt.smt_losses(nets, params, batch, rng, s)
+      """The method's losses (suffix _test) and RNN/teacher sequence metrics on a held-out batch."""
+      _, metrics = loss_fn(nets, params, batch, rng)
       metrics = {f'{k}_test': v for k, v in metrics.items()}
       metrics.update(smt.rnn_metrics(nets, params, batch, teacher_causal))
       return metrics
@@ -137,6 +162,7 @@ class Trainer:
         config=config, nets=nets, mesh=mesh, tx=tx, schedule=schedule, state_shardings=state_sh,
         abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_sh),
         init_state=jax.jit(init_fn, out_shardings=state_sh),
+        state_from_params=jax.jit(from_params, in_shardings=(state_sh.params,), out_shardings=state_sh),
         train_step=jax.jit(train_step, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                            donate_argnums=0),
         eval_step=jax.jit(eval_step, in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl),
@@ -180,6 +206,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
   if config.data.seq_len != source.info.seq_len:
     raise config_lib.ConfigError(f'config.data.seq_len={config.data.seq_len} but the data has {source.info.seq_len}')
+  if config.init_from:
+    if not os.path.isdir(config.init_from):
+      raise config_lib.ConfigError(f'config.init_from: {config.init_from!r} is not a directory')
+    if not os.path.exists(os.path.join(config.init_from, 'config.json')) or not os.path.isdir(
+        os.path.join(config.init_from, 'checkpoints')):
+      raise ckpt_lib.CheckpointError(f'config.init_from: {config.init_from} holds no trained run '
+                                     '(no config.json and checkpoint)')
+    ckpt_lib.check_compatible(config, config.init_from, what='initialise from')
   os.makedirs(workdir, exist_ok=True)
   ckpt_lib.check_compatible(config, workdir)
 
@@ -189,7 +223,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   start = checkpointer.latest_step()
   if start is None:
     start = 0
-    state = trainer.init_state(jax.random.PRNGKey(config.seed))
+    if config.init_from:
+      state = trainer.state_from_params(initial_params(config, trainer))
+      print(f'Initialised parameters from {config.init_from}.', flush=True)
+    else:
+      state = trainer.init_state(jax.random.PRNGKey(config.seed))
   else:
     state, data_state = checkpointer.restore(trainer.abstract_state, start)
     train_it.set_state(data_state)
@@ -259,10 +297,32 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   return last
 
 
+def initial_params(config, trainer: Trainer):
+  """Parameters of config.init_from's latest checkpoint, fitted to this run's parameter tree: groups this
+  run lacks are dropped, and DMT's readout starts as the source's readout (if it was fine-tuned) or its
+  decoder. Placed with this run's shardings."""
+  _, src = load_params(config.init_from)
+  want = trainer.abstract_state.params
+  params = {}
+  for k in want:
+    if k in src:
+      params[k] = src[k]
+    elif k == 'readout':
+      params[k] = src['decoder']
+    else:
+      raise ckpt_lib.CheckpointError(f'{config.init_from} has no parameters {k!r} that this run needs')
+  try:
+    return jax.tree.map(lambda a, w: jax.device_put(a, w.sharding), params, want)
+  except ValueError as e:
+    raise ckpt_lib.CheckpointError(f'the parameters in {config.init_from} do not fit this config: {e}') from e
+
+
 def load_params(workdir: str, config=None, step: int | None = None):
   """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks."""
   import ml_collections
   if config is None:
+    if not os.path.exists(os.path.join(workdir, 'config.json')):
+      raise ckpt_lib.CheckpointError(f'{workdir} holds no trained run: no config.json')
     with open(os.path.join(workdir, 'config.json')) as f:
       config = ml_collections.ConfigDict(json.load(f))
   trainer = Trainer.create(config)

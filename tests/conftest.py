@@ -1,5 +1,6 @@
 """Shared test fixtures: tiny configs derived from the real ones, and the shared-data location."""
 
+import inspect
 import os
 import pathlib
 import sys
@@ -60,3 +61,21 @@ def shared_data():
   if not path.is_dir():
     pytest.skip(f'shared data not found at {path} (set SMTJAX_SHARED_DATA)')
   return path
+
+
+class JittedNetworks:
+  """`Networks` with each method under jax.jit: tests call them on many shapes, and one compile per
+  shape is far cheaper than dispatching every Flax op eagerly."""
+  _STATIC = {'initial_memory': (1,)}
+
+  def __init__(self, nets):
+    self.nets = nets
+    self._fns = {}
+
+  def __getattr__(self, name):
+    attr = getattr(self.nets, name)
+    if not inspect.ismethod(attr) or name.startswith('_') or name in ('init', 'from_config'):
+      return attr
+    if name not in self._fns:
+      self._fns[name] = jax.jit(attr, static_argnums=self._STATIC.get(name, ()))
+    return self._fns[name]

@@ -22,9 +22,12 @@ def _load(path):
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
 def test_config_variants_validate(path):
   mod = _load(path)
-  variants = ['', 'small'] + (['gpu'] if path.stem in SYNTHETIC else [])
+  variants = ['', 'small'] + (['gpu'] if path.stem in SYNTHETIC else ['dmt', 'small_dmt'])
+  variants += ['small_dmt'] if path.stem == 'retrieval' else []
   for v in variants:
     c = mod.get_config(v)
+    if c.method == 'dmt':
+      c.init_from = '/some/smt/run'
     config_lib.validate(c, num_devices=1)
     if path.stem in SYNTHETIC:  # real datasets are checked against files in test_data_real.py
       src = make_source(c.data, 0)

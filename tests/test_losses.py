@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from smtjax import losses, models, smt
-from tests.conftest import tiny_config
+from tests.conftest import JittedNetworks, tiny_config
 
 
 def _np_log_softmax(z):
@@ -80,12 +80,12 @@ def _setup(mode, **smt_overrides):
   for k, v in smt_overrides.items():
     c.smt[k] = v
   nets = models.Networks.from_config(c.model)
-  params = nets.init(jax.random.PRNGKey(0))
+  params = jax.jit(nets.init)(jax.random.PRNGKey(0))
   r = np.random.default_rng(4)
   x = r.integers(0, 10, size=(3, c.data.seq_len)).astype(np.int32)
   y = r.integers(0, 10, size=(3, c.data.seq_len)).astype(np.int32)
   y[:, ::3] = -1
-  return c, nets, params, {'x': jnp.asarray(x), 'y': jnp.asarray(y)}
+  return c, JittedNetworks(nets), params, {'x': jnp.asarray(x), 'y': jnp.asarray(y)}
 
 
 def test_window_losses_follow_public_indexing():
@@ -94,7 +94,7 @@ def test_window_losses_follow_public_indexing():
   s = c.smt
   Tc, Tf = s.context, s.future = 4, 4
   rng = jax.random.PRNGKey(0)
-  total, m = smt.window_losses(nets, params, batch, rng, s)
+  total, m = jax.jit(lambda p, b, r: smt.window_losses(nets.nets, p, b, r, s))(params, batch, rng)
   m_t, m_next = nets.encode(params, x[:, 0:Tc]), nets.encode(params, x[:, 1:Tc + 1])
   dyn = np.mean((np.asarray(nets.step(params, m_t, x[:, Tc])) - np.asarray(m_next)) ** 2)
   logits = nets.decode(params, m_t, x[:, Tc:Tc + Tf])[:, :Tf]  # the last input's prediction is unused
@@ -127,16 +127,16 @@ def test_parallel_losses_equal_per_prefix_definition():
     w = 0.9 ** np.arange(Tf) * np.asarray(valid)
     num += np.sum(w * np.asarray(ce))
     den += np.sum(w)
-  _, m = smt.parallel_losses(nets, params, batch, jax.random.PRNGKey(0), c.smt)
+  _, m = jax.jit(lambda p, b, r: smt.parallel_losses(nets.nets, p, b, r, c.smt))(params, batch, jax.random.PRNGKey(0))
   np.testing.assert_allclose(m['loss_dyn'], dyn, rtol=1e-4)
   np.testing.assert_allclose(m['loss_dec'], num / den, rtol=1e-4)
 
 
 def test_sampled_transitions_are_unbiased():
   c, nets, params, batch = _setup('parallel', num_transitions=0)
-  full = smt.parallel_losses(nets, params, batch, jax.random.PRNGKey(0), c.smt)[1]['loss_dyn']
+  full = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c.smt)[1]['loss_dyn'])(jax.random.PRNGKey(0))
   c.smt.num_transitions = 2
-  f = jax.jit(lambda r: smt.parallel_losses(nets, params, batch, r, c.smt)[1]['loss_dyn'])
+  f = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c.smt)[1]['loss_dyn'])
   draws = np.array([f(r) for r in jax.random.split(jax.random.PRNGKey(1), 400)])
   assert draws.std() > 0  # really sampled
   se = draws.std() / np.sqrt(len(draws))
@@ -146,7 +146,7 @@ def test_sampled_transitions_are_unbiased():
 @pytest.mark.parametrize('trainable,frozen', [('rnn', 'encoder'), ('teacher', 'cell')])
 def test_trainable_option_stops_gradients(trainable, frozen):
   c, nets, params, batch = _setup('parallel', trainable=trainable)
-  g = jax.grad(lambda p: smt.parallel_losses(nets, p, batch, jax.random.PRNGKey(0), c.smt)[0])(params)
+  g = jax.jit(jax.grad(lambda p: smt.parallel_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c.smt)[0]))(params)
   if trainable == 'rnn':  # teacher memories are constants for the RNN's regression
     assert max(jnp.abs(v).max() for v in jax.tree.leaves(g['encoder'])) == 0.0
   assert max(jnp.abs(v).max() for v in jax.tree.leaves(g['cell'])) > 0.0

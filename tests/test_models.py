@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from smtjax import layers, models
-from tests.conftest import tiny_config
+from tests.conftest import JittedNetworks, tiny_config
 
 B, T = 3, 7
 
@@ -21,7 +21,7 @@ def _nets(**model_overrides):
   for k, v in model_overrides.items():
     c.model[k] = v
   nets = models.Networks.from_config(c.model)
-  return c, nets, nets.init(jax.random.PRNGKey(0))
+  return c, JittedNetworks(nets), jax.jit(nets.init)(jax.random.PRNGKey(0))
 
 
 def _tokens(seed=1, shape=(B, T), vocab=10):
@@ -66,7 +66,7 @@ def test_decoder_is_causal():
     return nets.decoder.apply({'params': params['decoder']}, mem, fut, future_emb=e)[:, j].sum()
 
   for j in range(F + 1):
-    g = jax.grad(out)(emb, j)
+    g = jax.jit(jax.grad(out), static_argnums=1)(emb, j)
     later = jnp.abs(g[:, j:]).max() if j < F else 0.0
     assert later == 0.0, f'prediction {j} depends on future input >= {j}'
     if j > 0:
@@ -88,8 +88,8 @@ def test_prefix_memories_are_causal():
   x = _tokens()
   emb = jax.random.normal(jax.random.PRNGKey(4), (B, T, 32))
   for L in (0, 3, T):
-    g = jax.grad(lambda e: nets.encoder.apply({'params': params['encoder']}, x, tok_emb=e,
-                                               method=models.Encoder.prefix_memories)[:, L].sum())(emb)
+    g = jax.jit(jax.grad(lambda e: nets.encoder.apply({'params': params['encoder']}, x, tok_emb=e,
+                                               method=models.Encoder.prefix_memories)[:, L].sum()))(emb)
     if L < T:
       assert jnp.abs(g[:, L:]).max() == 0.0
     if L > 0:
@@ -137,7 +137,7 @@ def test_remat_gives_same_gradients():
   c, nets, params = _nets()
   _, nets_r, _ = _nets(remat=True)
   x = _tokens()
-  f = lambda n: jax.grad(lambda p: n.decode(p, n.prefix_memories(p, x)[:, 3], x[:, :3]).sum())(params)
+  f = lambda n: jax.jit(jax.grad(lambda p: n.decode(p, n.prefix_memories(p, x)[:, 3], x[:, :3]).sum()))(params)
   chex.assert_trees_all_close(f(nets), f(nets_r), atol=1e-5)
 
 

@@ -1,0 +1,39 @@
+"""The BPTT baseline (method.md §6): the same RNN (cell + readout), rolled over all T inputs from its
+initial memory (config.model.initial_memory: zeros, learned, or the encoder's m_{-1}), with the readout's
+cross-entropy at every step that has a target and gradients through the whole rollout
+(`bptt.truncation > 0`: the carried memory is detached every `truncation` steps)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from smtjax import losses
+from smtjax.models import Networks
+
+
+def rollout(nets: Networks, params, mem0, x_BxT, truncation: int = 0):
+  """Memories after each input [B, T, K, D]; with truncation, no gradient crosses step boundaries that
+  are multiples of `truncation`."""
+  def body(carry, x_B):
+    mem, t = carry
+    if truncation > 0:
+      mem = jnp.where(t % truncation == 0, jax.lax.stop_gradient(mem), mem)
+    new = nets.step(params, mem, x_B)
+    return (new, t + 1), new
+
+  _, mems = jax.lax.scan(body, (mem0, jnp.zeros((), jnp.int32)), jnp.swapaxes(x_BxT, 0, 1))
+  return jnp.swapaxes(mems, 0, 1)
+
+
+def bptt_losses(nets: Networks, params, batch, rng, config, mem0=None):
+  """(total, metrics): loss = loss_readout (mean cross-entropy over targets), accuracy."""
+  del rng
+  x, y = batch['x'], batch['y']
+  if mem0 is None:
+    mem0 = nets.initial_memory(params, x.shape[0])
+  mems = rollout(nets, params, mem0, x, config.bptt.truncation)
+  logits = nets.readout_all(params, mems)
+  ce, valid = losses.token_cross_entropy(logits, y)
+  loss = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
+  return loss, dict(loss=loss, loss_readout=loss, accuracy=losses.accuracy(logits, y))
