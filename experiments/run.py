@@ -8,6 +8,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from smtjax import config as config_lib
+from smtjax import sharding
 from smtjax import train
 from smtjax.checkpoint import CheckpointError
 from smtjax.data import DataError
@@ -17,6 +18,11 @@ config_flags.DEFINE_config_file('config', None, 'Config file, optionally with a 
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, config.json, metrics.jsonl, TensorBoard events. '
                     'Default: workdirs/<config name>.')
+flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() with auto-detection (TPU pod slices, '
+                  'SLURM, Open MPI): run the same command on every host.')
+flags.DEFINE_string('coordinator_address', '', 'Multi-process without auto-detection: host:port of process 0.')
+flags.DEFINE_integer('num_processes', 0, 'Multi-process without auto-detection: number of processes.')
+flags.DEFINE_integer('process_id', -1, 'Multi-process without auto-detection: this process\'s id.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -24,6 +30,8 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                  auto=FLAGS.multihost)
   config = FLAGS.config
   workdir = FLAGS.workdir or f'workdirs/{config.data.name}'
   try:

@@ -54,3 +54,25 @@ def tree_shardings(mesh: Mesh, abstract_tree):
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   """Assembles each process's rows into global arrays sharded over the batch axes."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def initialize_distributed(coordinator_address: str = '', num_processes: int = 0, process_id: int = -1,
+                           auto: bool = False) -> None:
+  """Starts JAX's multi-controller runtime (one process per host) before any device is used.
+
+  Explicit: coordinator 'host:port', the process count and this process's id (multi-node GPU clusters).
+  `auto=True`: `jax.distributed.initialize()` with no arguments, which detects Cloud TPU pod slices,
+  SLURM and Open MPI launches itself. Nothing happens for a single process. On CPU the cross-process
+  collectives go through gloo.
+  """
+  if not auto and num_processes <= 1:
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if auto:
+    jax.distributed.initialize()
+  else:
+    if not coordinator_address or not 0 <= process_id < num_processes:
+      raise ValueError(f'multi-process run needs --coordinator_address (got {coordinator_address!r}) and '
+                       f'0 <= --process_id < --num_processes (got {process_id}, {num_processes})')
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from smtjax import losses
+from smtjax import inference, losses
 from smtjax.models import Networks
 
 
@@ -100,24 +100,21 @@ def smt_losses(nets: Networks, params, batch, rng, smt_config):
   return fn(nets, params, batch, rng, smt_config)
 
 
-def rnn_metrics(nets: Networks, params, batch, teacher_causal: bool = True):
-  """Held-out sequence metrics (nats per target; accuracy on y >= 0):
+def _summary(scores: dict, prefix: str) -> dict:
+  n = jnp.maximum(jnp.sum(scores['valid']), 1)
+  return {f'{prefix}_loss': jnp.sum(scores['ce']) / n, f'{prefix}_accuracy': jnp.sum(scores['correct']) / n}
 
-  rnn_only_*: the RNN reads the whole sequence from the initial memory m_{-1} (lax.scan rollout),
-  and its readout predicts y_t after x_0..x_t.
+
+def rnn_metrics(nets: Networks, params, batch, teacher_causal: bool = True):
+  """Held-out sequence metrics (nats per target; accuracy on y >= 0), from smtjax.inference:
+
+  rnn_only_*: the RNN reads the whole sequence from its initial memory (lax.scan rollout), and its
+  readout predicts y_t after x_0..x_t.
   teacher_*: the decoder's prediction of y_t from the encoder memory of x_0..x_t (an upper bound);
-  needs a causal encoder (one prefix pass).
+  computed when the encoder is causal (one prefix pass).
   """
   x, y = batch['x'], batch['y']
-  out = {}
-  m0 = nets.initial_memory(params, x.shape[0])
-  logits = nets.readout_all(params, nets.rollout(params, m0, x))
-  ce, valid = losses.token_cross_entropy(logits, y)
-  out['rnn_only_loss'] = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
-  out['rnn_only_accuracy'] = losses.accuracy(logits, y)
+  out = _summary(inference.rnn_only(nets, params, x, y), 'rnn_only')
   if teacher_causal:
-    t_logits = nets.readout_all(params, nets.prefix_memories(params, x)[:, 1:])
-    ce, valid = losses.token_cross_entropy(t_logits, y)
-    out['teacher_loss'] = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
-    out['teacher_accuracy'] = losses.accuracy(t_logits, y)
+    out.update(_summary(inference.teacher_scores(nets, params, x, y), 'teacher'))
   return out

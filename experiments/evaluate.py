@@ -1,0 +1,58 @@
+r"""Score a trained run on held-out data (method.md §7): teacher-forced RNN reading, teacher, RNN-only.
+
+  python -m experiments.evaluate --workdir=/tmp/run1 [--num_batches=8] [--read_len=16] [--eval_len=16]
+
+The teacher encodes the first read_len tokens of each held-out sequence, the RNN reads the next eval_len
+true tokens, and every memory r_0..r_eval_len scores the next target (position j = RNN steps taken).
+Writes WORKDIR/eval.json (losses in nats per target token, *_bits = nats / ln 2, accuracies, the RNN loss
+per rollout position) and WORKDIR/eval_loss_by_position.png. Defaults come from config.evaluate.* (read_len:
+smt.context for window-mode runs, else T // 2; eval_len: the rest of the sequence).
+"""
+
+import json
+import math
+import os
+
+from absl import app, flags, logging
+
+from smtjax import inference
+from smtjax.checkpoint import CheckpointError
+from smtjax.data import DataError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Run directory with config.json and checkpoints/.')
+flags.DEFINE_integer('num_batches', None, 'Held-out batches to score (default config.evaluate.num_batches).')
+flags.DEFINE_integer('read_len', None, 'Tokens the teacher encodes before the RNN takes over.')
+flags.DEFINE_integer('eval_len', None, 'Tokens the RNN then reads (positions 0..eval_len are scored).')
+flags.DEFINE_integer('teacher_chunk', None, 'Bidirectional teachers: encode the windows of this many time '
+                     'positions per call (0 = all in one call; default: about 2^19 window tokens per call).')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  if not os.path.isfile(os.path.join(FLAGS.workdir, 'config.json')):
+    raise SystemExit(f'error: {FLAGS.workdir} has no config.json (is it a training workdir?)')
+  try:
+    r = inference.evaluate_workdir(FLAGS.workdir, FLAGS.num_batches, FLAGS.read_len, FLAGS.eval_len,
+                                   FLAGS.teacher_chunk)
+  except (CheckpointError, DataError) as e:
+    raise SystemExit(f'error: {e}')
+  except ValueError as e:  # bad lengths or config values
+    raise app.UsageError(str(e))
+
+  def f(v):
+    return 'n/a' if v is None or not math.isfinite(v) else f'{v:.4f}'
+
+  print(f'{r["num_sequences"]} held-out sequences, read_len={r["read_len"]}, eval_len={r["eval_len"]} (nats/token):')
+  for name in ('rnn', 'teacher', 'rnn_only'):
+    print(f'  {name:9s} loss {f(r[name + "_loss"])} ({f(r[name + "_loss_bits"])} bits)  '
+          f'accuracy {f(r[name + "_accuracy"])}')
+  print(f'wrote {os.path.join(FLAGS.workdir, "eval.json")} and {os.path.join(FLAGS.workdir, "eval_loss_by_position.png")}')
+
+
+if __name__ == '__main__':
+  app.run(main)
