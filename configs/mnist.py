@@ -7,21 +7,10 @@ Data: --config.data.path=DIR holding train-images-idx3-ubyte.gz and t10k-images-
 split); '' looks in $SMTJAX_DATA_DIR/mnist and the cache, then downloads the IDX files (options.download).
 """
 
-from smtjax.config import dmt_variant, published_config, small_real_config
-
-VARIANTS = ('', 'small', 'dmt', 'small_dmt')
-
+from smtjax.config import published_config, real_data_variant
 
 def get_config(arg: str | None = None):
   c = published_config('mnist')
   c.data.options.test_path = ''  # another IDX image file for the test split ('' = the t10k file)
   c.data.options.test_fraction = 0.01  # used only when data.path is one file and test_path is ''
-  if arg in (None, ''):
-    return c
-  if arg == 'small':
-    return small_real_config(c)
-  if arg == 'dmt':  # the published DMT stage: T = 256 + 256 + 64, k = 16
-    return dmt_variant(c, context=None, rollout=256, every=16)
-  if arg == 'small_dmt':
-    return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
-  raise ValueError(f'unknown variant {arg!r} of configs/mnist.py; known: {", ".join(map(repr, VARIANTS))}')
+  return real_data_variant(c, arg, 'configs/mnist.py')

@@ -11,10 +11,7 @@ Data: --config.data.path=DIR of `<category>.npy` files; '' looks in $SMTJAX_DATA
 cache, then downloads `options.categories` from the Quick, Draw! bucket (options.download).
 """
 
-from smtjax.config import dmt_variant, published_config, small_real_config
-
-VARIANTS = ('', 'small', 'dmt', 'small_dmt')
-
+from smtjax.config import published_config, real_data_variant
 
 def get_config(arg: str | None = None):
   c = published_config('sketch', seq_len=784, context=720, future=64)
@@ -22,12 +19,4 @@ def get_config(arg: str | None = None):
   # and what is downloaded when no data is found.
   c.data.options.categories = ''
   c.data.options.test_fraction = 0.1
-  if arg in (None, ''):
-    return c
-  if arg == 'small':
-    return small_real_config(c)
-  if arg == 'dmt':  # the published DMT stage: T = 256 + 256 + 64, k = 16
-    return dmt_variant(c, context=None, rollout=256, every=16)
-  if arg == 'small_dmt':
-    return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
-  raise ValueError(f'unknown variant {arg!r} of configs/sketch.py; known: {", ".join(map(repr, VARIANTS))}')
+  return real_data_variant(c, arg, 'configs/sketch.py')

@@ -8,22 +8,11 @@ Data: --config.data.path=FILE_OR_DIR (a `.txt` file, or a directory holding `*tr
 release from the Hugging Face hub (options.download).
 """
 
-from smtjax.config import dmt_variant, published_config, small_real_config
-
-VARIANTS = ('', 'small', 'dmt', 'small_dmt')
-
+from smtjax.config import published_config, real_data_variant
 
 def get_config(arg: str | None = None):
   c = published_config('tinystories')
   c.data.options.test_path = ''  # a second text file for the test split ('' = *valid* files or the last 1%)
   c.data.options.test_fraction = 0.01
   c.data.options.endoftext = ''  # replaces each <|endoftext|> marker ('' leaves a blank line between stories)
-  if arg in (None, ''):
-    return c
-  if arg == 'small':
-    return small_real_config(c)
-  if arg == 'dmt':  # the published DMT stage: T = 256 + 256 + 64, k = 16
-    return dmt_variant(c, context=None, rollout=256, every=16)
-  if arg == 'small_dmt':
-    return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
-  raise ValueError(f'unknown variant {arg!r} of configs/tinystories.py; known: {", ".join(map(repr, VARIANTS))}')
+  return real_data_variant(c, arg, 'configs/tinystories.py')

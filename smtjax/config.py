@@ -354,3 +354,20 @@ def dmt_variant(c, context: int | None, rollout: int, every: int, lr: float = 3e
   c.batch_size = batch_size
   c.num_steps = num_steps
   return c
+
+
+REAL_VARIANTS = ('', 'small', 'dmt', 'small_dmt')
+
+
+def real_data_variant(c, variant: str | None, config_file: str):
+  """Applies a named variant to a published_config: '' (published), 'small' (2 CPU cores), 'dmt' (the
+  published DMT stage: T = Tc + 256 + 64, k = 16) or 'small_dmt'."""
+  if variant in (None, ''):
+    return c
+  if variant == 'small':
+    return small_real_config(c)
+  if variant == 'dmt':
+    return dmt_variant(c, context=None, rollout=256, every=16)
+  if variant == 'small_dmt':
+    return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
+  raise ValueError(f'unknown variant {variant!r} of {config_file}; known: {", ".join(map(repr, REAL_VARIANTS))}')
