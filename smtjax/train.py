@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any, Callable
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -120,7 +121,9 @@ class Trainer:
     return shard_lib.batch_sharding(self.mesh)
 
   @classmethod
-  def create(cls, config, devices=None) -> 'Trainer':
+  def create(cls, config, devices=None, max_traces: int | None = None) -> 'Trainer':
+    """Builds the compiled functions on a mesh over `devices` (default all). `max_traces` makes the train
+    step raise if it is traced (so compiled) more often than that (chex.assert_max_traces)."""
     nets = Networks.from_config(config.model, config_lib.initial_memory(config))
     mesh = shard_lib.make_mesh(config, devices)
     tx, schedule = make_optimizer(config)
@@ -163,7 +166,8 @@ class Trainer:
         abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_sh),
         init_state=jax.jit(init_fn, out_shardings=state_sh),
         state_from_params=jax.jit(from_params, in_shardings=(state_sh.params,), out_shardings=state_sh),
-        train_step=jax.jit(train_step, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+        train_step=jax.jit(train_step if max_traces is None else chex.assert_max_traces(train_step, n=max_traces),
+                           in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                            donate_argnums=0),
         eval_step=jax.jit(eval_step, in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl),
     )
@@ -246,9 +250,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     nonlocal t_last, steps_since
     metrics = jax.device_get(metrics)
     loss = float(metrics['loss'])
-    if not math.isfinite(loss):
+    # The loss is computed before the update; a finite gradient norm shows the update kept params finite.
+    if not (math.isfinite(loss) and math.isfinite(float(metrics['grad_norm']))):
       raise NonFiniteLossError(
-          f'non-finite training loss ({loss}) at step {step}; the last good checkpoint '
+          f'non-finite training loss ({loss}) or gradient norm ({float(metrics["grad_norm"])}) at step {step}; '
+          f'the last good checkpoint '
           f'(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept and the next run resumes from it')
     steps_since += 1
     if step % config.log_every == 0 or step == config.num_steps:

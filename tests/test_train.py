@@ -117,7 +117,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
 def test_train_step_compiles_once(tmp_path):
   c = tiny_config()
-  trainer = train.Trainer.create(c)
+  trainer = train.Trainer.create(c, max_traces=1)
   state = trainer.init_state(jax.random.PRNGKey(0))
   from smtjax.data import make_source
   from smtjax.data.pipeline import BatchIterator
@@ -127,6 +127,10 @@ def test_train_step_compiles_once(tmp_path):
     state, _ = trainer.train_step(state, global_batch(next(it), trainer.batch_sharding), jax.random.PRNGKey(0))
   assert trainer.train_step._cache_size() == 1
   assert int(state.step) == 3
+  # The guard is real: a batch of another shape would compile a second program.
+  odd = {k: v[:, :-1] for k, v in global_batch(next(it), trainer.batch_sharding).items()}
+  with pytest.raises(AssertionError):
+    trainer.train_step(state, odd, jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('trainable,frozen,trained', [('teacher', 'cell', 'encoder'), ('rnn', 'decoder', 'cell')])

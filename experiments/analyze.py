@@ -1,0 +1,61 @@
+r"""Analyses of trained runs (smtjax/analysis.py documents exactly what is computed).
+
+  python -m experiments.analyze --study=gradients --workdir=/tmp/run1 [--num_batches=1]
+  python -m experiments.analyze --study=gradients --smt_workdir=/tmp/run1 --bptt_workdir=/tmp/run1_bptt --out=/tmp/cmp
+  python -m experiments.analyze --study=drift --workdir=/tmp/run1_dmt --compare_workdir=/tmp/run1 [--read_len=16]
+
+gradients: gradient norm of the last target's loss w.r.t. each input's embedding against its distance
+T-1-t: the RNN rolled from its initial memory (BPTT loss) and, for a causal encoder, the SMT decoder loss
+through the encoder's prefix memory -> gradients.json, gradients.png.
+drift: one-step and rollout MSE to the teacher's memories against RNN steps n -> drift.json, drift.png.
+Files go to --out (default: the workdir, or --smt_workdir).
+"""
+
+from absl import app, flags, logging
+
+from smtjax import analysis
+from smtjax.checkpoint import CheckpointError
+from smtjax.data import DataError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('study', None, ['gradients', 'drift'], 'Which analysis.')
+flags.DEFINE_string('workdir', None, 'Run directory (config.json + checkpoints/).')
+flags.DEFINE_string('smt_workdir', None, 'gradients: an SMT run to compare with --bptt_workdir.')
+flags.DEFINE_string('bptt_workdir', None, 'gradients: a BPTT run to compare with --smt_workdir.')
+flags.DEFINE_string('compare_workdir', None, 'drift: a second run drawn on the same plot (e.g. before DMT).')
+flags.DEFINE_string('out', None, 'Output directory (default: the workdir).')
+flags.DEFINE_integer('num_batches', 1, 'Held-out batches.')
+flags.DEFINE_integer('chunk', 8, 'gradients: examples per BPTT gradient computation (memory bound).')
+flags.DEFINE_integer('read_len', None, 'drift: tokens the teacher encodes (default from the config).')
+flags.DEFINE_integer('num_steps', None, 'drift: RNN steps (default: the rest of the sequence).')
+flags.mark_flags_as_required(['study'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    if FLAGS.study == 'gradients':
+      if not (FLAGS.workdir or FLAGS.smt_workdir or FLAGS.bptt_workdir):
+        raise app.UsageError('give --workdir, or --smt_workdir and --bptt_workdir')
+      analysis.gradients_workdir(FLAGS.workdir, FLAGS.smt_workdir, FLAGS.bptt_workdir, FLAGS.out,
+                                 FLAGS.num_batches, FLAGS.chunk)
+      out = FLAGS.out or FLAGS.workdir or FLAGS.smt_workdir or FLAGS.bptt_workdir
+      print(f'wrote {out}/gradients.json and {out}/gradients.png')
+    else:
+      if not FLAGS.workdir:
+        raise app.UsageError('--study=drift needs --workdir')
+      analysis.drift_workdir(FLAGS.workdir, FLAGS.compare_workdir, FLAGS.out, FLAGS.num_batches,
+                             FLAGS.read_len, FLAGS.num_steps)
+      out = FLAGS.out or FLAGS.workdir
+      print(f'wrote {out}/drift.json and {out}/drift.png')
+  except (CheckpointError, DataError) as e:
+    raise SystemExit(f'error: {e}')
+  except ValueError as e:
+    raise app.UsageError(str(e))
+
+
+if __name__ == '__main__':
+  app.run(main)

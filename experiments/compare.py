@@ -1,0 +1,50 @@
+r"""SMT vs SMT->DMT vs BPTT across sequence lengths on a synthetic task (method.md §10).
+
+  python -m experiments.compare --task=retrieval [--preset=cpu|gpu|tiny] [--lengths=8,16,32] \
+      [--out=workdirs/compare] [--steps=300]
+
+For every length: SMT (parallel mode), DMT fine-tuning from it, and BPTT with the same cell and the same
+total number of steps; each RNN is scored reading whole held-out sequences from its initial memory, with
+the SMT run's Transformer teacher as the upper bound. Writes OUT/compare_TASK.{json,md,png}; workdirs go
+to OUT/TASK/T<length>/{smt,dmt,bptt} and a rerun skips finished runs. For keys_values, --lengths are
+numbers of key/value pairs. See smtjax/compare.py.
+"""
+
+from absl import app, flags, logging
+
+from smtjax import compare
+from smtjax import config as config_lib
+from smtjax.checkpoint import CheckpointError
+from smtjax.data import DataError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('task', 'retrieval', list(compare.TASKS), 'Synthetic task (configs/<task>.py).')
+flags.DEFINE_enum('preset', 'cpu', list(compare.PRESETS), "Sizes and lengths: 'cpu' (small configs, 2 CPU "
+                  "cores), 'gpu' (the paper's lengths, gpu configs), 'tiny' (seconds, for tests).")
+flags.DEFINE_list('lengths', None, 'Override the preset\'s lengths (keys_values: numbers of pairs).')
+flags.DEFINE_string('out', 'workdirs/compare', 'Output directory.')
+flags.DEFINE_integer('steps', None, 'Override the SMT step count (DMT gets steps // 3, BPTT their sum).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    lengths = [int(x) for x in FLAGS.lengths] if FLAGS.lengths else None
+  except ValueError:
+    raise app.UsageError(f'--lengths must be a comma list of integers, got {FLAGS.lengths}')
+  try:
+    summary = compare.run_comparison(FLAGS.task, lengths, FLAGS.preset, FLAGS.out, FLAGS.steps)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e))
+  except (DataError, CheckpointError) as e:
+    raise SystemExit(f'error: {e}')
+  with open(f'{FLAGS.out}/compare_{FLAGS.task}.md') as f:
+    print(f.read())
+  print(f'wrote {FLAGS.out}/compare_{FLAGS.task}.json, .md, .png ({len(summary["lengths"])} lengths)')
+
+
+if __name__ == '__main__':
+  app.run(main)
