@@ -150,7 +150,7 @@ def drift(nets: Networks, params, x, read_len: int, num_steps: int) -> dict:
   inference.check_lengths(x.shape[1], read_len, num_steps)
   if num_steps < 1:
     raise ValueError(f'num_steps must be >= 1, got {num_steps}')
-  B, K, D = x.shape[0], nets.num_mem_tokens, nets.d_model
+  B, K, D = x.shape[0], nets.num_mem_tokens, nets.mem_dim
   causal = nets.encoder.attention == 'causal'
   teacher = dmt.teacher_memories(nets, params, x, read_len, num_steps, 1, prefix=causal)  # [B, N+1, K, D]
   inputs = x[:, read_len:read_len + num_steps]  # x[R+n-1] for n = 1..N

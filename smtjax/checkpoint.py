@@ -62,7 +62,9 @@ def abstract_with_shardings(abstract_tree, shardings):
 # only resume (or initialise) from a workdir whose saved config agrees on these.
 ARCHITECTURE_FIELDS = ('model.vocab_size', 'model.d_model', 'model.num_heads', 'model.mlp_ratio',
                        'model.num_mem_tokens', 'model.enc_depth', 'model.dec_depth', 'model.cell',
-                       'model.cell_depth', 'model.encoder_attention')
+                       'model.cell_depth', 'model.encoder_attention', 'model.mem_dim')
+# Values of architecture fields added later, for configs saved before them.
+_FIELD_DEFAULTS = {'model.mem_dim': 0}
 
 
 def _get(d: dict, dotted: str):
@@ -82,7 +84,10 @@ def check_compatible(config, workdir: str, what: str = 'resume from'):
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f'{path} is unreadable: {e}') from e
   current = json.loads(config.to_json_best_effort())
-  diffs = [f'config.{k}: saved {_get(saved, k)!r}, now {_get(current, k)!r}'
-           for k in ARCHITECTURE_FIELDS if _get(saved, k) != _get(current, k)]
+  def get(d, k):
+    v = _get(d, k)
+    return _FIELD_DEFAULTS.get(k) if v is None else v
+  diffs = [f'config.{k}: saved {get(saved, k)!r}, now {get(current, k)!r}'
+           for k in ARCHITECTURE_FIELDS if get(saved, k) != get(current, k)]
   if diffs:
     raise ConfigError(f'cannot {what} {workdir}: its run has a different architecture:\n  ' + '\n  '.join(diffs))

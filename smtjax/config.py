@@ -7,6 +7,9 @@ and a misspelt field fails at parse time. `validate` checks values (before any c
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -51,7 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.num_heads = 4
   c.model.mlp_ratio = 4
   c.model.num_mem_tokens = 4  # K
-  c.model.mem_size = config_dict.placeholder(int)  # Z; must equal K*d when given
+  c.model.mem_dim = 0  # width of a memory token; 0: d_model. Smaller (e.g. 2) adds projections (memory geometry)
+  c.model.mem_size = config_dict.placeholder(int)  # Z; must equal K*mem_width when given
   c.model.enc_depth = 2
   c.model.dec_depth = 2
   c.model.encoder_attention = 'causal'  # 'causal' token stream (needed by parallel SMT) or 'bidirectional'
@@ -140,6 +144,11 @@ def _one_of(value, field: str, choices):
   _require(value in choices, field, f'unknown value {value!r}; expected one of {", ".join(map(repr, choices))}')
 
 
+def mem_width(model_config) -> int:
+  """d, the width of one memory token: model.mem_dim, or d_model when mem_dim is 0."""
+  return int(model_config.get('mem_dim', 0) or model_config.d_model)
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None):
   """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation."""
   _one_of(config.method, 'method', METHODS)
@@ -150,9 +159,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')
   _require(m.d_model % m.num_heads == 0, 'model.d_model', f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
   _require((m.d_model // m.num_heads) % 2 == 0, 'model.num_heads', 'the head width d_model/num_heads must be even (rotary)')
+  _require(isinstance(m.get('mem_dim', 0), int) and m.get('mem_dim', 0) >= 0, 'model.mem_dim',
+           f'must be an integer >= 0 (0: d_model), got {m.get("mem_dim")!r}')
   if m.mem_size is not None:
-    _require(m.mem_size == m.num_mem_tokens * m.d_model, 'model.mem_size',
-             f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{m.d_model} = {m.num_mem_tokens * m.d_model}')
+    w = mem_width(m)
+    _require(m.mem_size == m.num_mem_tokens * w, 'model.mem_size',
+             f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{w} = {m.num_mem_tokens * w}')
   _one_of(m.cell, 'model.cell', CELLS)
   _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
   _one_of(m.dtype, 'model.dtype', DTYPES)
@@ -231,7 +243,8 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int]:
 def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | None, **options):
   """A parallel-mode SMT config for a synthetic task (method.md §10), shared by configs/<task>.py.
 
-  Variants: '' (CPU-sized default), 'small' (a few minutes on 2 CPU cores), 'gpu' (the paper's scale).
+  Variants: '' (CPU-sized default), 'small' (a few minutes on 2 CPU cores), 'gpu' (the paper's scale),
+  'mem2d' / 'mem3d' ('small' with one memory token of width 2 / 3, to plot memory geometry).
   """
   c = default_config()
   c.data.name = task
@@ -252,6 +265,11 @@ def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | No
   c.log_every = 25
   c.eval_every = c.checkpoint_every = 500
   if variant in (None, ''):
+    return c
+  if variant in ('mem2d', 'mem3d'):
+    c = synthetic_config(task, seq_len, vocab_size, 'small', **options)
+    c.model.num_mem_tokens = 1
+    c.model.mem_dim = 2 if variant == 'mem2d' else 3
     return c
   if variant == 'small':
     c.model.d_model = 32
@@ -276,7 +294,7 @@ def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | No
     c.log_every = 100
     c.eval_every = c.checkpoint_every = 2000
     return c
-  raise ValueError(f"unknown variant {variant!r} of the {task} config; known: '', 'small', 'gpu'")
+  raise ValueError(f"unknown variant {variant!r} of the {task} config; known: '', 'small', 'gpu', 'mem2d', 'mem3d'")
 
 
 def published_config(name: str, seq_len: int = 320, context: int = 256, future: int = 64):
@@ -371,3 +389,21 @@ def real_data_variant(c, variant: str | None, config_file: str):
   if variant == 'small_dmt':
     return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
   raise ValueError(f'unknown variant {variant!r} of {config_file}; known: {", ".join(map(repr, REAL_VARIANTS))}')
+
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """A config file's get_config(variant), for notebooks and scripts: 'configs/copy.py:mem2d' (a path,
+  relative to the working directory) or 'copy:mem2d' (a file in the repository's configs/)."""
+  name, _, variant = spec.partition(':')
+  path = pathlib.Path(name)
+  if not path.suffix:
+    path = CONFIG_DIR / f'{name}.py'
+  if not path.is_file():
+    raise ConfigError(f'config file {str(path)!r} not found (from {spec!r})')
+  module_spec = importlib.util.spec_from_file_location(f'_smtjax_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)

@@ -55,7 +55,7 @@ def teacher_memories(nets: Networks, params, x, Tc: int, Td: int, every: int, pr
   else:
     B = x.shape[0]
     windows = _gather_windows(x, steps, Tc)  # [B, S, Tc]: x[s:s+Tc]
-    mems = nets.encode(params, windows.reshape(-1, Tc)).reshape((B, len(steps)) + (nets.num_mem_tokens, nets.d_model))
+    mems = nets.encode(params, windows.reshape(-1, Tc)).reshape((B, len(steps)) + (nets.num_mem_tokens, nets.mem_dim))
   return jax.lax.stop_gradient(mems)
 
 

@@ -111,7 +111,7 @@ def teacher_scores(nets: Networks, params, x, y, read_len: int | None = None, ch
     if chunk > 0:
       mems = jax.lax.map(lambda w: nets.encode(params, w), win, batch_size=chunk)  # [T, B, K, D]
     else:
-      mems = nets.encode(params, win.reshape(T * B, L)).reshape((T, B) + (nets.num_mem_tokens, nets.d_model))
+      mems = nets.encode(params, win.reshape(T * B, L)).reshape((T, B) + (nets.num_mem_tokens, nets.mem_dim))
     mems = jnp.swapaxes(mems, 0, 1)
   logits = _teacher_logits(nets, params, mems.reshape((B * T,) + mems.shape[2:])).reshape(B, T, -1)
   return _scores(logits, y)

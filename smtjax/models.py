@@ -2,7 +2,9 @@
 into pure functions of one parameter tree {'encoder', 'decoder', 'cell'}.
 
 Memories are [B, K, D] arrays of K tokens of width D (the memory size is Z = K*D); every memory token is
-RMS-normalised without a learned scale. Token ids are in [0, V); -1 in an input means padding.
+RMS-normalised without a learned scale. D is d_model unless `model.mem_dim` sets a different width (e.g. 2
+or 3 to look at memory geometry); then the encoder ends with a projection d_model -> D (`mem_out`) and
+the decoder and the Transformer cell start with D -> d_model (`mem_in`); the cell also ends with `mem_out`. Token ids are in [0, V); -1 in an input means padding.
 The RNN is (cell, readout) and its readout *is* the teacher decoder's parameters (`params['decoder']`):
 there is no second copy that could go stale. Only DMT fine-tuning, which trains the readout while the
 teacher stays frozen, adds `params['readout']` (initialised as a copy of the decoder, same architecture);
@@ -23,6 +25,16 @@ from smtjax import layers
 
 def _dtype(name: str):
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+
+
+def _projects(mem_dim: int, d_model: int) -> bool:
+  """Whether memory tokens (width mem_dim) need projections to and from d_model."""
+  return bool(mem_dim) and mem_dim != d_model
+
+
+def _dense(features: int, dtype, name: str | None = None):
+  """A memory projection; its inputs are RMS-normalised, so LeCun init keeps outputs near unit RMS."""
+  return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=nn.initializers.lecun_normal(), name=name)
 
 
 def _embed(vocab: int, d: int, dtype, name: str = 'embed'):
@@ -57,9 +69,12 @@ class Encoder(nn.Module):
   window: int = 0
   dtype: Any = jnp.float32
   remat: bool = False
+  mem_dim: int = 0  # memory token width; 0: d_model
 
   def setup(self):
     self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
+    if _projects(self.mem_dim, self.d_model):
+      self.mem_out = _dense(self.mem_dim, self.dtype)
     self.registers = self.param('registers', nn.initializers.normal(0.02), (self.num_mem_tokens, self.d_model))
     block = layers.make_block(self.remat)
     self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')
@@ -98,7 +113,12 @@ class Encoder(nn.Module):
       mask = jnp.concatenate([top, bottom], axis=1)
     for blk in self.blocks:
       h = blk(h, all_pos, mask)
-    return layers.rms_norm(h[:, T:])
+    return self._memory(h[:, T:])
+
+  def _memory(self, h):
+    if _projects(self.mem_dim, self.d_model):
+      h = self.mem_out(layers.rms_norm(h))
+    return layers.rms_norm(h)
 
   def prefix_memories(self, x_BxT, tok_emb=None):
     """Memories of every prefix in one pass: [B, T+1, K, D], entry L = E(x[:, :L]) (L=0: empty prefix).
@@ -120,7 +140,7 @@ class Encoder(nn.Module):
     tok_mask = self._token_mask(valid, pos)
     for blk in self.blocks:
       tok, reg = blk.prefix_groups(tok, pos, tok_mask, reg, reg_pos, reads)
-    return layers.rms_norm(reg)
+    return self._memory(reg)
 
 
 class Decoder(nn.Module):
@@ -137,9 +157,12 @@ class Decoder(nn.Module):
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
   remat: bool = False
+  mem_dim: int = 0  # memory token width; 0: d_model
 
   def setup(self):
     self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
+    if _projects(self.mem_dim, self.d_model):
+      self.mem_in = _dense(self.d_model, self.dtype)
     block = layers.make_block(self.remat)
     self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')
                    for i in range(self.depth)]
@@ -150,7 +173,10 @@ class Decoder(nn.Module):
     B, K, _ = mem_BxKxD.shape
     F = future_BxF.shape[1]
     emb = self.embed(jnp.maximum(future_BxF, 0)) if future_emb is None else future_emb
-    h = jnp.concatenate([mem_BxKxD.astype(self.dtype), emb.astype(self.dtype)], axis=1)
+    mem = mem_BxKxD.astype(self.dtype)
+    if _projects(self.mem_dim, self.d_model):
+      mem = self.mem_in(mem)
+    h = jnp.concatenate([mem, emb.astype(self.dtype)], axis=1)
     keys = jnp.concatenate([jnp.ones((B, K), bool), future_BxF >= 0], axis=1)
     L = K + F
     mask = keys[:, None, :] & jnp.tril(jnp.ones((L, L), bool))[None]
@@ -171,11 +197,14 @@ class TransformerCell(nn.Module):
   residual: bool = False
   dtype: Any = jnp.float32
   remat: bool = False
+  mem_dim: int = 0  # memory token width; 0: d_model
 
   @nn.compact
   def __call__(self, mem_BxKxD, x_B):
     B, K, _ = mem_BxKxD.shape
-    h = jnp.concatenate([mem_BxKxD.astype(self.dtype),
+    project = _projects(self.mem_dim, self.d_model)
+    mem = _dense(self.d_model, self.dtype, 'mem_in')(mem_BxKxD.astype(self.dtype)) if project else mem_BxKxD.astype(self.dtype)
+    h = jnp.concatenate([mem,
                          _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))[:, None]], axis=1)
     pos = jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1))
     mask = jnp.ones((B, K + 1, K + 1), bool)
@@ -183,6 +212,8 @@ class TransformerCell(nn.Module):
     for i in range(self.depth):
       h = block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')(h, pos, mask)
     new = h[:, :K]
+    if project:
+      new = _dense(self.mem_dim, self.dtype, 'mem_out')(layers.rms_norm(new))
     if self.residual:
       new = new + mem_BxKxD.astype(new.dtype)
     return layers.rms_norm(new)
@@ -225,11 +256,12 @@ class MLPCell(nn.Module):
 
 
 def make_cell(m) -> nn.Module:
-  """The RNN updater named by config.model.cell."""
+  """The RNN updater named by config.model.cell. GRU and MLP cells work on the flattened memory and
+  need no projection for a narrow memory token."""
   dtype = _dtype(m.dtype)
   if m.cell == 'transformer':
     return TransformerCell(m.vocab_size, m.d_model, m.num_heads, m.cell_depth, m.mlp_ratio,
-                           m.cell_residual, dtype, m.remat)
+                           m.cell_residual, dtype, m.remat, m.get('mem_dim', 0))
   if m.cell == 'gru':
     return GRUCell(m.vocab_size, m.d_model, dtype)
   if m.cell == 'mlp':
@@ -259,9 +291,10 @@ class Networks:
       initial = 'encoder'
 
     dtype = _dtype(m.dtype)
+    mem_dim = m.get('mem_dim', 0)
     enc = Encoder(m.vocab_size, m.d_model, m.num_heads, m.enc_depth, m.num_mem_tokens, m.mlp_ratio,
-                  m.encoder_attention, m.attn_window, dtype, m.remat)
-    dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat)
+                  m.encoder_attention, m.attn_window, dtype, m.remat, mem_dim)
+    dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat, mem_dim)
     return cls(enc, dec, make_cell(m), initial)
 
   @property
@@ -272,18 +305,23 @@ class Networks:
   def d_model(self) -> int:
     return self.encoder.d_model
 
+  @property
+  def mem_dim(self) -> int:
+    """D, the width of a memory token."""
+    return self.encoder.mem_dim or self.encoder.d_model
+
   def init(self, rng) -> dict:
     """Parameters of all three networks (float32)."""
     r_enc, r_dec, r_cell = jax.random.split(rng, 3)
     x = jnp.zeros((1, 2), jnp.int32)
-    mem = jnp.zeros((1, self.num_mem_tokens, self.d_model), jnp.float32)
+    mem = jnp.zeros((1, self.num_mem_tokens, self.mem_dim), jnp.float32)
     params = {
         'encoder': self.encoder.init(r_enc, x)['params'],
         'decoder': self.decoder.init(r_dec, mem, x)['params'],
         'cell': self.cell.init(r_cell, mem, x[:, 0])['params'],
     }
     if self.initial == 'learned':
-      params['init_memory'] = layers.rms_norm(jax.random.normal(r_cell, (self.num_mem_tokens, self.d_model)))
+      params['init_memory'] = layers.rms_norm(jax.random.normal(r_cell, (self.num_mem_tokens, self.mem_dim)))
     return params
 
   def encode(self, params, x_BxT):
@@ -299,9 +337,9 @@ class Networks:
     """The RNN's initial memory [B, K, D]: m_{-1} = E(empty) (the encoder's memory of an empty prefix),
     zeros, or the learned params['init_memory'] (RMS-normalised), by `initial`."""
     if self.initial == 'zeros':
-      return jnp.zeros((batch_size, self.num_mem_tokens, self.d_model), jnp.float32)
+      return jnp.zeros((batch_size, self.num_mem_tokens, self.mem_dim), jnp.float32)
     if self.initial == 'learned':
-      return jnp.broadcast_to(layers.rms_norm(params['init_memory']), (batch_size, self.num_mem_tokens, self.d_model))
+      return jnp.broadcast_to(layers.rms_norm(params['init_memory']), (batch_size, self.num_mem_tokens, self.mem_dim))
     return self.encode(params, jnp.full((batch_size, 1), -1, jnp.int32))
 
   def decode(self, params, mem_BxKxD, future_BxF):

@@ -24,6 +24,7 @@ def test_config_variants_validate(path):
   mod = _load(path)
   variants = ['', 'small'] + (['gpu'] if path.stem in SYNTHETIC else ['dmt', 'small_dmt'])
   variants += ['small_dmt'] if path.stem == 'retrieval' else []
+  variants += ['mem2d', 'mem3d'] if path.stem in ('retrieval', 'copy') else []
   for v in variants:
     c = mod.get_config(v)
     if c.method == 'dmt':

@@ -1,0 +1,47 @@
+r"""Compression sweep: test loss over a (memory size x training steps) grid, with iso-loss contours.
+
+  python -m experiments.compress --config=configs/copy.py:small --mem_dims=1,2,4,8,16 \
+      [--steps=1000] [--num_evals=10] [--metric=loss_dec_test] [--out=workdirs/compress_copy]
+
+One SMT run per memory token width d (memory size Z = K*d with K = config.model.num_mem_tokens), each
+evaluated --num_evals times while it trains. Writes OUT/compression.{json,md,png}; runs go to OUT/Z<size>
+and a rerun reuses them. Any --config.* override applies to every run. See smtjax/compression.py.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from smtjax import compression
+from smtjax.checkpoint import CheckpointError
+from smtjax.config import ConfigError
+from smtjax.data import DataError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (e.g. configs/copy.py:small).', lock_config=False)
+flags.DEFINE_list('mem_dims', ['1', '2', '4', '8', '16'], 'Memory token widths d to sweep.')
+flags.DEFINE_integer('steps', None, 'Training steps per run (default: the config\'s num_steps).')
+flags.DEFINE_integer('num_evals', 10, 'Evaluations per run (the steps axis).')
+flags.DEFINE_string('metric', 'loss_dec_test', 'Evaluation metric drawn (any *_test or rnn_only_/teacher_ metric).')
+flags.DEFINE_string('out', 'workdirs/compress', 'Output directory.')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    result = compression.run_compression(FLAGS.config, [int(d) for d in FLAGS.mem_dims], FLAGS.out, FLAGS.steps,
+                                         FLAGS.num_evals, FLAGS.metric, config_name=config_flags.get_config_filename(FLAGS['config']))
+  except (ConfigError, CheckpointError, DataError) as e:
+    raise SystemExit(f'error: {e}')
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  with open(f'{FLAGS.out}/compression.md') as f:
+    print(f.read())
+  print(f'wrote {FLAGS.out}/compression.json, compression.md and compression.png ({result["metric"]})')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,140 @@
+"""Compression sweep: how test loss depends on memory size and training steps (issue 7).
+
+One SMT run per memory size Z = K * d (K = model.num_mem_tokens fixed, the token width d =
+`model.mem_dim` swept), each evaluated `num_evals` times during training (`eval_every`), so a run gives a
+whole row of the (memory size x steps) grid. The grid of any logged evaluation metric (default
+`loss_dec_test`: the teacher's predictive loss, what a memory of that size lets the decoder reach;
+`rnn_only_loss`: the RNN reading whole sequences from its initial memory) is written as
+compression.json, a markdown table, and an iso-loss contour plot (steps on the x-axis, memory size on a
+log2 y-axis). Runs go to OUT/Z<size>/ and resume or are reused when rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from smtjax import config as config_lib
+
+DEFAULT_METRICS = ('loss_dec_test', 'loss_dec0_test', 'rnn_only_loss', 'rnn_only_accuracy', 'teacher_accuracy')
+
+
+def sweep_config(config, mem_dim: int, num_steps: int | None = None, num_evals: int = 10):
+  """`config` with memory token width `mem_dim` and `num_evals` evenly spaced evaluations."""
+  c = config.copy_and_resolve_references()
+  c.model.mem_dim = int(mem_dim)
+  c.model.mem_size = None
+  if num_steps:
+    c.num_steps = int(num_steps)
+  if not 1 <= num_evals <= c.num_steps:
+    raise config_lib.ConfigError(f'num_evals must be in [1, num_steps={c.num_steps}], got {num_evals}')
+  c.eval_every = max(1, c.num_steps // num_evals)
+  c.checkpoint_every = c.eval_every
+  c.log_every = min(c.log_every, c.eval_every)
+  c.progress_bar = False
+  return c
+
+
+def read_evals(workdir: str) -> dict[int, dict]:
+  """step -> the evaluation record (the lines of metrics.jsonl that hold *_test metrics)."""
+  out = {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      r = json.loads(line)
+      if any(k.endswith('_test') for k in r):
+        out[int(r['step'])] = r
+  return out
+
+
+def run_compression(config, mem_dims, out: str, num_steps: int | None = None, num_evals: int = 10,
+                    metric: str = 'loss_dec_test', config_name: str = '') -> dict:
+  """Trains one run per memory width (or reuses finished ones) and writes OUT/compression.{json,md,png}.
+
+  Returns {'config', 'num_mem_tokens', 'mem_dims', 'mem_sizes', 'steps', 'metric', 'grids': {metric:
+  [[value per step] per memory size]}}.
+  """
+  from smtjax import train
+  mem_dims = sorted(int(d) for d in mem_dims)
+  if not mem_dims or mem_dims[0] < 1:
+    raise config_lib.ConfigError(f'memory widths must be positive integers, got {mem_dims}')
+  K = int(config.model.num_mem_tokens)
+  rows = {}
+  steps = None
+  for d in mem_dims:
+    c = sweep_config(config, d, num_steps, num_evals)
+    workdir = os.path.join(out, f'Z{K * d}')
+    print(f'== memory {K}x{d} (Z={K * d}): {c.num_steps} steps, evaluated every {c.eval_every}, in {workdir}',
+          flush=True)
+    train.train_and_evaluate(c, workdir)
+    evals = read_evals(workdir)
+    run_steps = sorted(s for s in evals if s <= c.num_steps)
+    steps = run_steps if steps is None else [s for s in steps if s in run_steps]
+    rows[d] = evals
+  if not steps:
+    raise ValueError('the runs share no evaluation step')
+  metrics = list(dict.fromkeys([metric] + [m for m in DEFAULT_METRICS if m in rows[mem_dims[0]][steps[0]]]))
+  if metric not in rows[mem_dims[0]][steps[0]]:
+    raise ValueError(f'metric {metric!r} is not logged; logged: {sorted(rows[mem_dims[0]][steps[0]])}')
+  grids = {m: [[_finite(rows[d][s].get(m)) for s in steps] for d in mem_dims] for m in metrics}
+  result = {'config': config_name, 'task': config.data.name, 'num_mem_tokens': K, 'mem_dims': mem_dims,
+            'mem_sizes': [K * d for d in mem_dims], 'steps': steps, 'metric': metric, 'grids': grids}
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'compression.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  write_table(result, os.path.join(out, 'compression.md'))
+  plot_contours(result, os.path.join(out, 'compression.png'))
+  return result
+
+
+def _finite(v):
+  return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def write_table(result: dict, path: str) -> str:
+  m = result['metric']
+  lines = [f'# Compression sweep: {result["config"] or result["task"]}, {m}', '',
+           f'Rows: memory size Z = K x d (K = {result["num_mem_tokens"]}); columns: training steps.', '',
+           '| Z | ' + ' | '.join(str(s) for s in result['steps']) + ' |',
+           '|---|' + '---|' * len(result['steps'])]
+  for z, row in zip(result['mem_sizes'], result['grids'][m]):
+    lines.append(f'| {z} | ' + ' | '.join('n/a' if v is None else f'{v:.3f}' for v in row) + ' |')
+  text = '\n'.join(lines) + '\n'
+  with open(path, 'w') as f:
+    f.write(text)
+  return text
+
+
+def plot_contours(result: dict, path: str, levels: int = 8):
+  """Filled contours and labelled iso-loss lines of the metric over (steps, memory size)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  m = result['metric']
+  grid = np.array([[np.nan if v is None else v for v in row] for row in result['grids'][m]], np.float64)
+  steps = np.asarray(result['steps'], np.float64)
+  sizes = np.asarray(result['mem_sizes'], np.float64)
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  if grid.shape[0] >= 2 and grid.shape[1] >= 2 and np.isfinite(grid).any():
+    X, Y = np.meshgrid(steps, np.log2(sizes))
+    filled = ax.contourf(X, Y, grid, levels=levels, cmap='viridis_r')
+    lines = ax.contour(X, Y, grid, levels=filled.levels, colors='k', linewidths=0.6)
+    ax.clabel(lines, fmt='%.2f', fontsize=7)
+    fig.colorbar(filled, ax=ax, label=m)
+    ax.scatter(X, Y, s=4, color='w', edgecolors='k', linewidths=0.3)  # the measured grid points
+    ax.set_yticks(np.log2(sizes))
+    ax.set_yticklabels([str(int(z)) for z in sizes])
+    ax.set_ylabel(f'memory size Z = {result["num_mem_tokens"]} x d')
+  else:  # a single row or column: plain lines
+    for z, row in zip(sizes, grid):
+      ax.plot(steps, row, marker='o', label=f'Z={int(z)}')
+    ax.legend(fontsize=7)
+    ax.set_ylabel(m)
+  ax.set_xlabel('training steps')
+  ax.set_title(f'{result["config"] or result["task"]}: iso-{m} contours', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path

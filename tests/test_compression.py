@@ -1,0 +1,47 @@
+"""smtjax.compression: the (memory size x steps) grid holds exactly the runs' logged evaluations."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from smtjax import compression
+from smtjax.config import ConfigError
+from tests.conftest import ROOT, tiny_config
+
+
+def test_sweep_config_sets_width_and_evaluation_points():
+  c = compression.sweep_config(tiny_config(), mem_dim=3, num_steps=20, num_evals=4)
+  assert c.model.mem_dim == 3 and c.num_steps == 20 and c.eval_every == 5 and c.checkpoint_every == 5
+  with pytest.raises(ConfigError, match='num_evals'):
+    compression.sweep_config(tiny_config(), 2, num_steps=4, num_evals=5)
+
+
+def test_compression_grid_equals_the_runs_metrics(tmp_path):
+  c = tiny_config()
+  c.model.num_mem_tokens = 1
+  result = compression.run_compression(c, [4, 2], str(tmp_path), num_steps=4, num_evals=2)
+  assert result['mem_dims'] == [2, 4] and result['mem_sizes'] == [2, 4] and result['steps'] == [2, 4]
+  for d, row in zip(result['mem_dims'], result['grids']['loss_dec_test']):
+    evals = compression.read_evals(str(tmp_path / f'Z{d}'))
+    assert row == [evals[s]['loss_dec_test'] for s in (2, 4)]
+    cfg = json.loads((tmp_path / f'Z{d}' / 'config.json').read_text())
+    assert cfg['model']['mem_dim'] == d
+  assert 'rnn_only_loss' in result['grids']
+  saved = json.loads((tmp_path / 'compression.json').read_text())
+  assert saved['grids'] == result['grids']
+  assert (tmp_path / 'compression.png').stat().st_size > 1000
+  assert '| 2 |' in (tmp_path / 'compression.md').read_text()
+  # A rerun reuses the finished runs (same numbers, nothing retrained).
+  again = compression.run_compression(c, [2, 4], str(tmp_path), num_steps=4, num_evals=2)
+  assert again['grids'] == result['grids']
+  with pytest.raises(ValueError, match='not logged'):
+    compression.run_compression(c, [2], str(tmp_path), num_steps=4, num_evals=2, metric='nope')
+
+
+def test_compress_command_line_rejects_bad_widths(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'experiments.compress', '--config=configs/copy.py:small',
+                      '--mem_dims=0,2', f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode != 0 and 'memory widths must be positive' in r.stderr
+  assert not any(tmp_path.iterdir())
