@@ -263,6 +263,24 @@ def test_modular_reference():
   assert found_w == set(range(1, P))
 
 
+def test_modular_narrowed_w_and_b():
+  P = 7
+  x, y = batch(source('modular', modulus=P, num_examples=6, num_w=1, num_b=3), rows=256)
+  o = T - 12
+  a, f = x[:, o::2], x[:, o + 1::2]
+  b = (f - a) % P  # w = 1: f = a + b
+  assert (b == b[:, :1]).all()  # one hidden offset per row
+  assert set(b[:, 0].tolist()) == {0, 1, 2}
+  x2, _ = batch(source('modular', modulus=P, num_examples=6, num_w=2), rows=256)
+  a2, f2 = x2[:, o::2], x2[:, o + 1::2]
+
+  def explained(w):  # rows whose pairs share one offset b for this w
+    b = (f2 - w * a2) % P
+    return (b == b[:, :1]).all(axis=1)
+  assert (explained(1) | explained(2)).all()
+  assert explained(1).mean() > 0.3 and explained(2).mean() > 0.3 and not explained(3).any()
+
+
 def test_modular_default_fills_sequence():
   x, y = batch(source('modular', seq_len=33), rows=8)
   assert (x[:, 0] == -1).all() and (x[:, 1:] >= 0).all()
@@ -311,6 +329,9 @@ def test_decode():
     ('modular', {'modulus': 1}, 'config.data.options.modulus'),
     ('modular', {'num_examples': T // 2 + 1}, 'config.data.options.num_examples'),
     ('modular', {'num_examples': 0}, 'config.data.options.num_examples'),
+    ('modular', {'modulus': 5, 'num_w': 5}, 'config.data.options.num_w'),
+    ('modular', {'modulus': 5, 'num_b': 6}, 'config.data.options.num_b'),
+    ('modular', {'num_w': 0}, 'config.data.options.num_w'),
 ])
 def test_bad_options(name, opts, field):
   with pytest.raises(DataError, match=field):

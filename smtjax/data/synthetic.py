@@ -298,15 +298,25 @@ class KeysValues(_Task):
 
 
 class Modular(_Task):
-  """x = [a_1, f_1, a_2, f_2, ..] left-padded, f_i = (w*a_i + b) mod P, hidden w in [1,P), b in [0,P); y[a_i] = f_i."""
+  """x = [a_1, f_1, a_2, f_2, ..] left-padded, f_i = (w*a_i + b) mod P with hidden w, b per sequence;
+  y[a_i] = f_i. w is uniform in [1, 1 + num_w) and b in [0, num_b) (defaults: every w in [1, P) and every
+  b in [0, P)); fewer values make the in-context inference easier (method.md §10: the range of w, b)."""
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
-    o = _options(data_config, {'modulus': 17, 'num_examples': None})
+    o = _options(data_config, {'modulus': 17, 'num_examples': None, 'num_w': None, 'num_b': None})
     if o['num_examples'] is None:
       o['num_examples'] = T // 2
     self.P = _int(o, 'modulus', 2)
     self.k = _int(o, 'num_examples', 1)
+    self.num_w = _int(o, 'num_w', 1) if o['num_w'] is not None else self.P - 1
+    self.num_b = _int(o, 'num_b', 1) if o['num_b'] is not None else self.P
+    if self.num_w > self.P - 1:
+      raise DataError(f'config.data.options.num_w: {self.num_w} values of w in [1, P) need modulus > {self.num_w}, '
+                      f'got modulus={self.P}')
+    if self.num_b > self.P:
+      raise DataError(f'config.data.options.num_b: {self.num_b} values of b in [0, P) need modulus >= {self.num_b}, '
+                      f'got modulus={self.P}')
     if 2 * self.k > T:
       raise DataError(f'config.data.options.num_examples: {self.k} examples need {2 * self.k} tokens, more than '
                       f'config.data.seq_len={T}')
@@ -315,8 +325,8 @@ class Modular(_Task):
 
   def _build(self, u, x, y, rngs):
     P = self.P
-    w = 1 + _uint(u[:, :1], P - 1)
-    b = _uint(u[:, 1:2], P)
+    w = 1 + _uint(u[:, :1], self.num_w)
+    b = _uint(u[:, 1:2], self.num_b)
     a = _uint(u[:, 2:], P)
     f = (w * a + b) % P
     o = self.T - 2 * self.k  # left padding
