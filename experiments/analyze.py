@@ -14,11 +14,10 @@ memories as they are, larger ones by PCA) -> geometry.json, memory_teacher.png, 
 Files go to --out (default: the workdir, or --smt_workdir).
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import _cli
 from smtjax import analysis, geometry
-from smtjax.checkpoint import CheckpointError
-from smtjax.data import DataError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('study', None, ['gradients', 'drift', 'geometry'], 'Which analysis.')
@@ -36,11 +35,8 @@ flags.mark_flags_as_required(['study'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
+  _cli.start(argv)
+  with _cli.user_errors():
     if FLAGS.study == 'gradients':
       if not (FLAGS.workdir or FLAGS.smt_workdir or FLAGS.bptt_workdir):
         raise app.UsageError('give --workdir, or --smt_workdir and --bptt_workdir')
@@ -63,10 +59,6 @@ def main(argv):
                              FLAGS.read_len, FLAGS.num_steps)
       out = FLAGS.out or FLAGS.workdir
       print(f'wrote {out}/drift.json and {out}/drift.png')
-  except (CheckpointError, DataError) as e:
-    raise SystemExit(f'error: {e}')
-  except ValueError as e:
-    raise app.UsageError(str(e))
 
 
 if __name__ == '__main__':

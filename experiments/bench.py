@@ -12,7 +12,6 @@ import statistics
 import time
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 

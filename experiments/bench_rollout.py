@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import app, flags, logging
 
 from smtjax import config as config_lib

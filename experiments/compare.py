@@ -10,12 +10,10 @@ to OUT/TASK/T<length>/{smt,dmt,bptt} and a rerun skips finished runs. For keys_v
 numbers of key/value pairs. See smtjax/compare.py.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import _cli
 from smtjax import compare
-from smtjax import config as config_lib
-from smtjax.checkpoint import CheckpointError
-from smtjax.data import DataError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('task', 'retrieval', list(compare.TASKS), 'Synthetic task (configs/<task>.py).')
@@ -27,20 +25,13 @@ flags.DEFINE_integer('steps', None, 'Override the SMT step count (DMT gets steps
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  _cli.start(argv)
   try:
     lengths = [int(x) for x in FLAGS.lengths] if FLAGS.lengths else None
   except ValueError:
     raise app.UsageError(f'--lengths must be a comma list of integers, got {FLAGS.lengths}')
-  try:
+  with _cli.user_errors():
     summary = compare.run_comparison(FLAGS.task, lengths, FLAGS.preset, FLAGS.out, FLAGS.steps)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(str(e))
-  except (DataError, CheckpointError) as e:
-    raise SystemExit(f'error: {e}')
   with open(f'{FLAGS.out}/compare_{FLAGS.task}.md') as f:
     print(f.read())
   print(f'wrote {FLAGS.out}/compare_{FLAGS.task}.json, .md, .png ({len(summary["lengths"])} lengths)')

@@ -8,13 +8,11 @@ evaluated --num_evals times while it trains. Writes OUT/compression.{json,md,png
 and a rerun reuses them. Any --config.* override applies to every run. See smtjax/compression.py.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import _cli
 from smtjax import compression
-from smtjax.checkpoint import CheckpointError
-from smtjax.config import ConfigError
-from smtjax.data import DataError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (e.g. configs/copy.py:small).', lock_config=False)
@@ -27,17 +25,11 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
+  _cli.start(argv)
+  with _cli.user_errors():
     result = compression.run_compression(FLAGS.config, [int(d) for d in FLAGS.mem_dims], FLAGS.out, FLAGS.steps,
-                                         FLAGS.num_evals, FLAGS.metric, config_name=config_flags.get_config_filename(FLAGS['config']))
-  except (ConfigError, CheckpointError, DataError) as e:
-    raise SystemExit(f'error: {e}')
-  except ValueError as e:
-    raise app.UsageError(str(e))
+                                         FLAGS.num_evals, FLAGS.metric,
+                                         config_name=config_flags.get_config_filename(FLAGS['config']))
   with open(f'{FLAGS.out}/compression.md') as f:
     print(f.read())
   print(f'wrote {FLAGS.out}/compression.json, compression.md and compression.png ({result["metric"]})')

@@ -9,15 +9,13 @@ per rollout position) and WORKDIR/eval_loss_by_position.png. Defaults come from 
 smt.context for window-mode runs, else T // 2; eval_len: the rest of the sequence).
 """
 
-import json
 import math
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import _cli
 from smtjax import inference
-from smtjax.checkpoint import CheckpointError
-from smtjax.data import DataError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory with config.json and checkpoints/.')
@@ -30,19 +28,11 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  if not os.path.isfile(os.path.join(FLAGS.workdir, 'config.json')):
-    raise SystemExit(f'error: {FLAGS.workdir} has no config.json (is it a training workdir?)')
-  try:
+  _cli.start(argv)
+  _cli.require_workdir(FLAGS.workdir)
+  with _cli.user_errors():  # bad lengths or config values, unreadable checkpoints
     r = inference.evaluate_workdir(FLAGS.workdir, FLAGS.num_batches, FLAGS.read_len, FLAGS.eval_len,
                                    FLAGS.teacher_chunk)
-  except (CheckpointError, DataError) as e:
-    raise SystemExit(f'error: {e}')
-  except ValueError as e:  # bad lengths or config values
-    raise app.UsageError(str(e))
 
   def f(v):
     return 'n/a' if v is None or not math.isfinite(v) else f'{v:.4f}'

@@ -4,14 +4,12 @@ r"""Train a run from a config file; resumes from the latest checkpoint in --work
   python -m experiments.run --config=configs/retrieval.py:small --config.model.d_model=64
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from smtjax import config as config_lib
+from experiments import _cli
 from smtjax import sharding
 from smtjax import train
-from smtjax.checkpoint import CheckpointError
-from smtjax.data import DataError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with a variant: configs/x.py:small.',
@@ -27,17 +25,13 @@ flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  _cli.start(argv)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                   auto=FLAGS.multihost)
   config = FLAGS.config
   workdir = FLAGS.workdir or f'workdirs/{config.data.name}'
-  try:
+  with _cli.user_errors():
     metrics = train.train_and_evaluate(config, workdir)
-  except (config_lib.ConfigError, DataError, CheckpointError, train.NonFiniteLossError) as e:
-    raise app.UsageError(str(e)) if isinstance(e, config_lib.ConfigError) else SystemExit(f'error: {e}')
   print('final: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
 
 

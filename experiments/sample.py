@@ -10,13 +10,11 @@ Writes WORKDIR/samples.png (image data) or WORKDIR/samples.txt and prints the pa
 identical output. Defaults come from config.sample.*.
 """
 
-import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import _cli
 from smtjax import inference
-from smtjax.checkpoint import CheckpointError
-from smtjax.data import DataError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory with config.json and checkpoints/.')
@@ -32,19 +30,11 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  if not os.path.isfile(os.path.join(FLAGS.workdir, 'config.json')):
-    raise SystemExit(f'error: {FLAGS.workdir} has no config.json (is it a training workdir?)')
-  try:
+  _cli.start(argv)
+  _cli.require_workdir(FLAGS.workdir)
+  with _cli.user_errors():
     path, out = inference.sample_workdir(FLAGS.workdir, FLAGS.mode, FLAGS.num, FLAGS.temperature, FLAGS.seed,
                                          FLAGS.prompt_len, FLAGS.length, FLAGS.read_len, FLAGS.out)
-  except (CheckpointError, DataError) as e:
-    raise SystemExit(f'error: {e}')
-  except ValueError as e:
-    raise app.UsageError(str(e))
   n, length = out['tokens'].shape
   print(f'wrote {n} samples ({FLAGS.mode}, {out["prompt"].shape[1]} prompt + {length} generated tokens) to {path}')
 

@@ -163,14 +163,6 @@ def drift(nets: Networks, params, x, read_len: int, num_steps: int) -> dict:
 
 # ------------------------------------------------------------------------------------ workdir level
 
-def _load(workdir: str):
-  from smtjax import train
-  from smtjax.data import make_source
-  config, params = train.load_params(workdir)
-  nets = Networks.from_config(config.model, inference._initial(config))
-  return config, params, nets, make_source(config.data, config.seed)
-
-
 def _batches(config, source, num_batches: int):
   from smtjax.data.pipeline import BatchIterator
   it = BatchIterator(source, 'test', config.batch_size, 0, 1, prefetch=0)
@@ -211,19 +203,18 @@ def _run_label(workdir, result):
   return f'{result["method"]} run ({pathlib.Path(workdir).name})'
 
 
-def plot_gradients(curves: dict, path, title: str = ''):
-  """curves: label -> per-distance values; log-scale y (zeros and None are not drawn)."""
-  import matplotlib
-  matplotlib.use('Agg')
+def _positive(values) -> np.ndarray:
+  """Values for a log axis: None, zeros and negatives become NaN (not drawn)."""
+  return np.array([np.nan if u is None or u <= 0 else u for u in values], np.float64)
+
+
+def _save_log_plot(fig, ax, xlabel: str, ylabel: str, title: str, path):
+  """Log-scale y, integer x ticks, labels and legend; writes `path` and closes the figure."""
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-  for label, v in curves.items():
-    v = np.array([np.nan if u is None or u <= 0 else u for u in v], np.float64)
-    ax.plot(np.arange(len(v)), v, marker='.' if len(v) <= 64 else None, label=label)
   ax.set_yscale('log')
   ax.xaxis.get_major_locator().set_params(integer=True)
-  ax.set_xlabel('distance to the target, T-1-t')
-  ax.set_ylabel('mean gradient norm')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
   if title:
     ax.set_title(title)
   ax.legend(fontsize=8)
@@ -231,6 +222,18 @@ def plot_gradients(curves: dict, path, title: str = ''):
   fig.savefig(path)
   plt.close(fig)
   return pathlib.Path(path)
+
+
+def plot_gradients(curves: dict, path, title: str = ''):
+  """curves: label -> per-distance values; log-scale y (zeros and None are not drawn)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+  for label, v in curves.items():
+    v = _positive(v)
+    ax.plot(np.arange(len(v)), v, marker='.' if len(v) <= 64 else None, label=label)
+  return _save_log_plot(fig, ax, 'distance to the target, T-1-t', 'mean gradient norm', title, path)
 
 
 DIFFERENTIATED = {
@@ -252,7 +255,7 @@ def gradients_workdir(workdir: str | None = None, smt_workdir: str | None = None
     raise ValueError('give workdir, or smt_workdir and/or bptt_workdir')
   runs, curves = {}, {}
   for d in dirs:
-    config, params, nets, source = _load(d)
+    config, params, nets, source = inference.load_run(d)
     r = gradients_params(nets, params, config, source, num_batches, chunk)
     runs[d] = r
     name = _run_label(d, r)
@@ -289,19 +292,10 @@ def plot_drift(runs: dict, path, title: str = ''):
   for i, (label, r) in enumerate(runs.items()):
     color = f'C{i}'
     for key, style, what in (('one_step_mse', '--', 'one-step'), ('rollout_mse', '-', 'rollout')):
-      v = np.array([np.nan if u is None or u <= 0 else u for u in r[key]], np.float64)
+      v = _positive(r[key])
       ax.plot(r['n'], v, style, color=color, marker='.' if len(v) <= 64 else None, label=f'{label}: {what}')
-  ax.set_yscale('log')
-  ax.xaxis.get_major_locator().set_params(integer=True)
-  ax.set_xlabel('RNN steps n after the teacher read the prefix')
-  ax.set_ylabel('MSE to the teacher memory')
-  if title:
-    ax.set_title(title)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return pathlib.Path(path)
+  return _save_log_plot(fig, ax, 'RNN steps n after the teacher read the prefix', 'MSE to the teacher memory',
+                        title, path)
 
 
 def drift_workdir(workdir: str, compare_workdir: str | None = None, out: str | None = None,
@@ -311,7 +305,7 @@ def drift_workdir(workdir: str, compare_workdir: str | None = None, out: str | N
   config (`inference.default_read_len`), num_steps the rest of the sequence."""
   runs = {}
   for d in [workdir] + ([compare_workdir] if compare_workdir else []):
-    config, params, nets, source = _load(d)
+    config, params, nets, source = inference.load_run(d)
     if read_len is None:
       read_len = inference.default_read_len(config)
     if num_steps is None:

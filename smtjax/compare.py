@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import time
 
 from smtjax import config as config_lib

@@ -57,6 +57,9 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
   [[value per step] per memory size]}}.
   """
   from smtjax import train
+  if not (metric.endswith('_test') or metric.startswith(('rnn_only_', 'teacher_'))):  # before any training
+    raise ValueError(f'metric {metric!r} is not logged at evaluation steps (expected a *_test, rnn_only_* or '
+                     'teacher_* metric)')
   mem_dims = sorted(int(d) for d in mem_dims)
   if not mem_dims or mem_dims[0] < 1:
     raise config_lib.ConfigError(f'memory widths must be positive integers, got {mem_dims}')

@@ -246,6 +246,11 @@ def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | No
   Variants: '' (CPU-sized default), 'small' (a few minutes on 2 CPU cores), 'gpu' (the paper's scale),
   'mem2d' / 'mem3d' ('small' with one memory token of width 2 / 3, to plot memory geometry).
   """
+  if variant in ('mem2d', 'mem3d'):
+    c = synthetic_config(task, seq_len, vocab_size, 'small', **options)
+    c.model.num_mem_tokens = 1
+    c.model.mem_dim = 2 if variant == 'mem2d' else 3
+    return c
   c = default_config()
   c.data.name = task
   c.data.seq_len = seq_len
@@ -265,11 +270,6 @@ def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | No
   c.log_every = 25
   c.eval_every = c.checkpoint_every = 500
   if variant in (None, ''):
-    return c
-  if variant in ('mem2d', 'mem3d'):
-    c = synthetic_config(task, seq_len, vocab_size, 'small', **options)
-    c.model.num_mem_tokens = 1
-    c.model.mem_dim = 2 if variant == 'mem2d' else 3
     return c
   if variant == 'small':
     c.model.d_model = 32

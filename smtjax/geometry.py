@@ -231,11 +231,8 @@ def geometry_workdir(workdir: str, out: str | None = None, num_sequences: int = 
   """Memory spaces of a trained run on `num_sequences` held-out sequences: writes memory_<source>.png
   and geometry.json (separation per source, the state names and the projection) into `out` (default
   workdir); returns the json's content."""
-  from smtjax.data import make_source
-  from smtjax import inference, train
-  config, params = train.load_params(workdir)
-  nets = Networks.from_config(config.model, inference._initial(config))
-  source = make_source(config.data, config.seed)
+  from smtjax import inference
+  config, params, nets, source = inference.load_run(workdir)
   x = source.get_batch('test', 0, 0, num_sequences)['x']
   space = memory_space(nets, params, config, x, sources)
   out = out or workdir

@@ -313,19 +313,24 @@ def plot_loss_by_position(result: dict, path, title: str = ''):
   return path
 
 
+def load_run(workdir: str, step: int | None = None):
+  """(config, params, nets, source) of a trained run: its saved config, the latest (or `step`) checkpoint's
+  parameters, its networks (initial memory resolved by method) and its data source."""
+  from smtjax import train
+  from smtjax.data import make_source
+  config, params = train.load_params(workdir, step=step)
+  return config, params, Networks.from_config(config.model, _initial(config)), make_source(config.data, config.seed)
+
+
 def evaluate_workdir(workdir: str, num_batches: int | None = None, read_len: int | None = None,
                      eval_len: int | None = None, teacher_chunk: int | None = None, write_files: bool = True) -> dict:
   """Loads workdir's config and latest checkpoint, scores held-out batches (`evaluate_params`) and writes
   workdir/eval.json and workdir/eval_loss_by_position.png. Returns the result (NaN where no target)."""
-  from smtjax import train
-  from smtjax.data import make_source
-  config, params = train.load_params(workdir)
+  config, params, nets, source = load_run(workdir)
   read_len, eval_len = resolve_lengths(config, read_len, eval_len)
   num_batches = int(num_batches or config.evaluate.num_batches)
   if num_batches < 1:
     raise ValueError(f'num_batches must be >= 1, got {num_batches}')
-  nets = Networks.from_config(config.model, _initial(config))
-  source = make_source(config.data, config.seed)
   result = evaluate_params(nets, params, config, source, num_batches, read_len, eval_len, teacher_chunk)
   if write_files:
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
@@ -355,12 +360,10 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
   workdir/samples.txt, unless `out` names another path. Same arguments -> identical output.
   Returns (path, {'prompt', 'tokens'}) with numpy arrays.
   """
-  from smtjax import train
-  from smtjax.data import make_source
   from smtjax.data import visualize
   if mode not in MODES:
     raise ValueError(f'mode must be one of {", ".join(MODES)}, got {mode!r}')
-  config, params = train.load_params(workdir)
+  config, params, nets, source = load_run(workdir)
   s = config.sample
   T = config.data.seq_len
   num = int(num or s.num)
@@ -377,8 +380,6 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
                      'pass length explicitly)')
   if num < 1:
     raise ValueError(f'num must be >= 1, got {num}')
-  nets = Networks.from_config(config.model, _initial(config))
-  source = make_source(config.data, config.seed)
   prompt = np.asarray(source.get_batch('test', 0, 0, num)['x'][:, :prompt_len], np.int32)
   rng = jax.random.PRNGKey(seed)
   p = jnp.asarray(prompt)

@@ -20,7 +20,6 @@ import chex
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from smtjax import bptt
