@@ -1,7 +1,7 @@
-"""What every experiments/ entry point does around its work, in one place: reject stray arguments, quiet
-absl logging (Orbax logs every save at INFO) unless --verbosity is given, and turn the library's errors
-into a one-line exit: bad data, checkpoints or a diverged run -> `error: ...`; bad values (ConfigError and
-other ValueErrors) -> a usage error."""
+"""What every experiments/ entry point does around its work, in one place: reject stray arguments, route
+`--jax_*` flags to JAX, quiet absl logging (Orbax logs every save at INFO) unless --verbosity is given, and
+turn smtjax's own errors into a one-line exit: bad data, checkpoints or a diverged run -> `error: ...`; bad
+config values -> a usage error. Any other exception (a bug, an error inside JAX) keeps its traceback."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import os
 
 from absl import app, flags, logging
 
-from smtjax.checkpoint import CheckpointError
-from smtjax.data import DataError
-from smtjax.train import NonFiniteLossError
+from smtjax.errors import ConfigError, SmtjaxError
 
 
 def start(argv) -> None:
@@ -26,10 +24,10 @@ def start(argv) -> None:
 def user_errors():
   try:
     yield
-  except (CheckpointError, DataError, NonFiniteLossError) as e:  # DataError/CheckpointError are ValueErrors too
-    raise SystemExit(f'error: {e}')
-  except ValueError as e:
+  except ConfigError as e:
     raise app.UsageError(str(e))
+  except SmtjaxError as e:
+    raise SystemExit(f'error: {e}')
 
 
 def require_workdir(workdir: str) -> None:

@@ -17,7 +17,7 @@ Files go to --out (default: the workdir, or --smt_workdir).
 from absl import app, flags
 
 from experiments import _cli
-from smtjax import analysis, geometry
+from smtjax.studies import analysis, geometry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('study', None, ['gradients', 'drift', 'geometry'], 'Which analysis.')

@@ -13,7 +13,7 @@ numbers of key/value pairs. See smtjax/compare.py.
 from absl import app, flags
 
 from experiments import _cli
-from smtjax import compare
+from smtjax.studies import compare
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('task', 'retrieval', list(compare.TASKS), 'Synthetic task (configs/<task>.py).')

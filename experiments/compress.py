@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _cli
-from smtjax import compression
+from smtjax.studies import compression
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (e.g. configs/copy.py:small).', lock_config=False)

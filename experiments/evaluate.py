@@ -15,7 +15,7 @@ import os
 from absl import app, flags
 
 from experiments import _cli
-from smtjax import inference
+from smtjax import runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory with config.json and checkpoints/.')
@@ -31,7 +31,7 @@ def main(argv):
   _cli.start(argv)
   _cli.require_workdir(FLAGS.workdir)
   with _cli.user_errors():  # bad lengths or config values, unreadable checkpoints
-    r = inference.evaluate_workdir(FLAGS.workdir, FLAGS.num_batches, FLAGS.read_len, FLAGS.eval_len,
+    r = runs.evaluate_workdir(FLAGS.workdir, FLAGS.num_batches, FLAGS.read_len, FLAGS.eval_len,
                                    FLAGS.teacher_chunk)
 
   def f(v):

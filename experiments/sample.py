@@ -14,11 +14,11 @@ identical output. Defaults come from config.sample.*.
 from absl import app, flags
 
 from experiments import _cli
-from smtjax import inference
+from smtjax import runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory with config.json and checkpoints/.')
-flags.DEFINE_enum('mode', 'rnn', list(inference.MODES), 'Who writes: rnn, teacher or rnn_only.')
+flags.DEFINE_enum('mode', 'rnn', list(runs.MODES), 'Who writes: rnn, teacher or rnn_only.')
 flags.DEFINE_float('temperature', None, 'Sampling temperature; 0 = argmax (default config.sample.temperature).')
 flags.DEFINE_integer('seed', None, 'Sampling seed (default config.sample.seed).')
 flags.DEFINE_integer('num', None, 'Number of samples (default config.sample.num).')
@@ -33,7 +33,7 @@ def main(argv):
   _cli.start(argv)
   _cli.require_workdir(FLAGS.workdir)
   with _cli.user_errors():
-    path, out = inference.sample_workdir(FLAGS.workdir, FLAGS.mode, FLAGS.num, FLAGS.temperature, FLAGS.seed,
+    path, out = runs.sample_workdir(FLAGS.workdir, FLAGS.mode, FLAGS.num, FLAGS.temperature, FLAGS.seed,
                                          FLAGS.prompt_len, FLAGS.length, FLAGS.read_len, FLAGS.out)
   n, length = out['tokens'].shape
   print(f'wrote {n} samples ({FLAGS.mode}, {out["prompt"].shape[1]} prompt + {length} generated tokens) to {path}')

@@ -13,11 +13,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from smtjax.config import ConfigError
-
-
-class CheckpointError(ValueError):
-  """A checkpoint cannot be used (unreadable, or saved by an incompatible config)."""
+from smtjax.errors import CheckpointError, ConfigError  # noqa: F401  (re-exported)
 
 
 class Checkpointer:

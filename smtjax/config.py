@@ -13,6 +13,8 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
+from smtjax.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
+
 METHODS = ('smt', 'dmt', 'bptt')
 SMT_MODES = ('window', 'parallel')
 CELLS = ('transformer', 'gru', 'mlp')
@@ -20,10 +22,6 @@ ENCODER_ATTENTION = ('causal', 'bidirectional')
 SCHEDULES = ('constant', 'cosine')
 TRAINABLE = ('all', 'teacher', 'rnn')
 DTYPES = ('float32', 'bfloat16')
-
-
-class ConfigError(ValueError):
-  """A config value is invalid; the message names the field."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -294,7 +292,7 @@ def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | No
     c.log_every = 100
     c.eval_every = c.checkpoint_every = 2000
     return c
-  raise ValueError(f"unknown variant {variant!r} of the {task} config; known: '', 'small', 'gpu', 'mem2d', 'mem3d'")
+  raise ConfigError(f"unknown variant {variant!r} of the {task} config; known: '', 'small', 'gpu', 'mem2d', 'mem3d'")
 
 
 def published_config(name: str, seq_len: int = 320, context: int = 256, future: int = 64):
@@ -388,7 +386,7 @@ def real_data_variant(c, variant: str | None, config_file: str):
     return dmt_variant(c, context=None, rollout=256, every=16)
   if variant == 'small_dmt':
     return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
-  raise ValueError(f'unknown variant {variant!r} of {config_file}; known: {", ".join(map(repr, REAL_VARIANTS))}')
+  raise ConfigError(f'unknown variant {variant!r} of {config_file}; known: {", ".join(map(repr, REAL_VARIANTS))}')
 
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'

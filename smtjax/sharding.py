@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smtjax import config as config_lib
+from smtjax.errors import ConfigError
 
 BATCH_AXES = ('data', 'fsdp')
 
@@ -72,7 +73,7 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
     jax.distributed.initialize()
   else:
     if not coordinator_address or not 0 <= process_id < num_processes:
-      raise ValueError(f'multi-process run needs --coordinator_address (got {coordinator_address!r}) and '
+      raise ConfigError(f'multi-process run needs --coordinator_address (got {coordinator_address!r}) and '
                        f'0 <= --process_id < --num_processes (got {process_id}, {num_processes})')
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)

@@ -20,7 +20,9 @@ import chex
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+from tqdm import tqdm
 
 from smtjax import bptt
 from smtjax import checkpoint as ckpt_lib
@@ -30,12 +32,9 @@ from smtjax import sharding as shard_lib
 from smtjax import smt
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
+from smtjax.errors import CheckpointError, ConfigError, NonFiniteLossError  # noqa: F401  (re-exported)
 from smtjax.metrics import MetricWriter
 from smtjax.models import Networks
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or Inf; the message names the step."""
 
 
 @flax.struct.dataclass
@@ -195,7 +194,6 @@ def _save_config(config, workdir: str):
 def _progress(config, start: int):
   if not config.progress_bar or jax.process_index() != 0:
     return None
-  from tqdm import tqdm
   return tqdm(total=config.num_steps, initial=start, dynamic_ncols=True, desc='train')
 
 
@@ -324,7 +322,6 @@ def initial_params(config, trainer: Trainer):
 
 def load_params(workdir: str, config=None, step: int | None = None):
   """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks."""
-  import ml_collections
   if config is None:
     if not os.path.exists(os.path.join(workdir, 'config.json')):
       raise ckpt_lib.CheckpointError(f'{workdir} holds no trained run: no config.json')

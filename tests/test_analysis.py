@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smtjax import analysis, models, train
+from smtjax import inference, models, train
+from smtjax.studies import analysis
 from tests.conftest import tiny_config
 
 B, T = 4, 8
@@ -63,7 +64,7 @@ def test_smt_gradients_are_causal_and_match_direct_grad(setup):
 
   def loss(e):
     mem = nets.encoder.apply({'params': params['encoder']}, x[:, :L], tok_emb=e[:, :L])
-    return jnp.sum(analysis._ce(analysis.inference._teacher_logits(nets, params, mem), y[:, L - 1]))
+    return jnp.sum(analysis._ce(inference.teacher_logits(nets, params, mem), y[:, L - 1]))
 
   direct = np.linalg.norm(jax.jit(jax.grad(loss))(emb), axis=-1)
   np.testing.assert_allclose(per, direct, rtol=1e-3, atol=1e-7)

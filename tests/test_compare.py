@@ -5,7 +5,7 @@ One length keeps the test to a few compilations; the table and plot code is the 
 import json
 import math
 
-from smtjax import compare
+from smtjax.studies import compare
 
 
 def test_dmt_lengths_fit():

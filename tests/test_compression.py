@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from smtjax import compression
+from smtjax.studies import compression
 from smtjax.config import ConfigError
 from tests.conftest import ROOT, tiny_config
 

@@ -24,7 +24,7 @@ import ml_collections  # noqa: E402
 from smtjax.config import validate  # noqa: E402
 from smtjax.data import DataError, make_source  # noqa: E402
 from smtjax.data import download, images, real, stream, text  # noqa: E402
-from smtjax.data.base import known_sources  # noqa: E402
+from smtjax.data import known_sources  # noqa: E402
 from smtjax.data.pipeline import BatchIterator  # noqa: E402
 from smtjax.data.visualize import batch_to_text, save_image_grid  # noqa: E402
 

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from smtjax import checkpoint, geometry, models, train
+from smtjax import checkpoint, models, train
+from smtjax.studies import geometry
 from smtjax.config import ConfigError
 from tests.conftest import tiny_config
 

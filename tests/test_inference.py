@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smtjax import inference, losses, models, train
+from smtjax import inference, losses, models, runs, train
 from tests.conftest import ROOT, JittedNetworks, tiny_config
 
 B, T, V = 3, 8, 10
@@ -172,7 +172,7 @@ KEYS = ('rnn_loss', 'teacher_loss', 'rnn_only_loss', 'rnn_accuracy', 'teacher_ac
 
 
 def test_evaluate_workdir_writes_eval_json_and_plot(workdir):
-  r = inference.evaluate_workdir(workdir)
+  r = runs.evaluate_workdir(workdir)
   with open(os.path.join(workdir, 'eval.json')) as f:
     j = json.load(f)
   for k in KEYS:
@@ -187,19 +187,19 @@ def test_evaluate_workdir_writes_eval_json_and_plot(workdir):
   assert r['rnn_loss'] == j['rnn_loss']
   assert os.path.getsize(os.path.join(workdir, 'eval_loss_by_position.png')) > 1000
   with pytest.raises(ValueError, match='longer than the sequence'):
-    inference.evaluate_workdir(workdir, read_len=5, eval_len=4, write_files=False)
+    runs.evaluate_workdir(workdir, read_len=5, eval_len=4, write_files=False)
 
 
 def test_sample_workdir_is_reproducible(workdir):
-  for mode in inference.MODES:
-    path, out = inference.sample_workdir(workdir, mode, seed=1)
+  for mode in runs.MODES:
+    path, out = runs.sample_workdir(workdir, mode, seed=1)
     assert path.name == 'samples.txt'
     text = path.read_text()
     assert out['tokens'].shape == (3, T - T // 2) and text.count('--- sample') == 3
-    path2, out2 = inference.sample_workdir(workdir, mode, seed=1)
+    path2, out2 = runs.sample_workdir(workdir, mode, seed=1)
     assert path2.read_text() == text
-  _, greedy = inference.sample_workdir(workdir, 'rnn', temperature=0.0)
-  _, greedy2 = inference.sample_workdir(workdir, 'rnn', temperature=0.0, seed=5)
+  _, greedy = runs.sample_workdir(workdir, 'rnn', temperature=0.0)
+  _, greedy2 = runs.sample_workdir(workdir, 'rnn', temperature=0.0, seed=5)
   np.testing.assert_array_equal(greedy['tokens'], greedy2['tokens'])
 
 

@@ -7,7 +7,7 @@ import pytest
 from smtjax.config import default_config
 from smtjax.data import DataError, make_source
 from smtjax.data import synthetic
-from smtjax.data.base import known_sources
+from smtjax.data import known_sources
 
 T = 32
 

@@ -1,12 +1,10 @@
 """The train loop: learning, resume equality, non-finite stop, config errors, compile-once."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from smtjax import config as config_lib

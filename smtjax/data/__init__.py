@@ -11,4 +11,6 @@ reproducible from its index alone and a restored run replays the same stream:
 prefetching and `get_state`/`set_state` for checkpoints.
 """
 
-from smtjax.data.base import DataInfo, DataError, Source, make_source  # noqa: F401
+from smtjax.data.base import DataInfo, Source  # noqa: F401
+from smtjax.data.registry import known_sources, make_source  # noqa: F401
+from smtjax.errors import DataError  # noqa: F401

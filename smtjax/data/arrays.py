@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 
 from smtjax.data import stream
-from smtjax.data.base import DataError, DataInfo, register, row_rng
+from smtjax.data.base import DataError, DataInfo, row_rng
 from smtjax.data.text import decode_text
 
 
@@ -66,7 +66,6 @@ def _load_npy(path: pathlib.Path) -> np.ndarray:
   return a
 
 
-@register('tokens')
 def tokens(data_config, seed: int):
   """A flat token stream from a 1-D integer `.npy` (memory-mapped); random windows of T+1 tokens."""
   o = stream.parse_options(data_config, dict(vocab_size=0, test_path='', test_fraction=0.01, decode='ids'), 'tokens')
@@ -143,7 +142,6 @@ class RowSource:
     return {'x': x[ids], 'y': y[ids]}
 
 
-@register('arrays')
 def arrays(data_config, seed: int):
   """Any sequence task from a `.npz`: x [N, T] and optionally y [N, T] (-1 = no target; absent: next token).
 

@@ -1,4 +1,4 @@
-"""The Source interface and the registry that builds one from `config.data`."""
+"""The Source interface every dataset implements, and the per-row random generator."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-
-class DataError(ValueError):
-  """Bad data input (missing or malformed file, unknown dataset); the message names what is wrong."""
+from smtjax.errors import DataError  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,39 +28,6 @@ class Source(Protocol):
     Returns {'x': int32 [rows, T], 'y': int32 [rows, T]}; a pure function of (seed, split, index, row).
     """
     ...
-
-
-_REGISTRY: dict[str, Callable] = {}
-
-
-def register(name: str):
-  def deco(fn):
-    _REGISTRY[name] = fn
-    return fn
-  return deco
-
-
-def known_sources() -> list[str]:
-  _import_all()
-  return sorted(_REGISTRY)
-
-
-def _import_all():
-  # Importing the modules fills the registry.
-  from smtjax.data import synthetic  # noqa: F401
-  try:
-    from smtjax.data import real  # noqa: F401
-  except ImportError:  # the real-data module may not exist yet
-    pass
-
-
-def make_source(data_config, seed: int) -> Source:
-  """Builds the source named by data_config.name; raises DataError for unknown names or bad options."""
-  _import_all()
-  name = data_config.name
-  if name not in _REGISTRY:
-    raise DataError(f'config.data.name: unknown task or dataset {name!r}; known: {", ".join(sorted(_REGISTRY))}')
-  return _REGISTRY[name](data_config, seed)
 
 
 def row_rng(seed: int, split: str, index: int, row: int) -> np.random.Generator:

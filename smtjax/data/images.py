@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 
 from smtjax.data import download, stream
-from smtjax.data.base import DataError, DataInfo, register
+from smtjax.data.base import DataError, DataInfo
 
 VOCAB_SIZE = 256
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
@@ -115,7 +115,6 @@ def _find_one(d: pathlib.Path, prefix: str) -> pathlib.Path | None:
   return hits[0] if hits else None
 
 
-@register('mnist')
 def mnist(data_config, seed: int):
   """MNIST pixel sequences. `path`: a directory holding train-images-idx3-ubyte(.gz) and
   t10k-images-idx3-ubyte(.gz) (the test split), or one IDX image file; '' = $SMTJAX_DATA_DIR, cache, download."""
@@ -186,7 +185,6 @@ def bitmap_pixels(path: pathlib.Path, cache_dir: str = '') -> tuple[np.ndarray, 
   return stream.cached_tokens(path, 'bitmap', build, cache_dir), shape, a.shape[0]
 
 
-@register('sketch')
 def sketch(data_config, seed: int):
   """Quick, Draw! sketches as pixel sequences. `path`: a directory of `<category>.npy` files (or one);
   '' = $SMTJAX_DATA_DIR/sketch, the cache, or a download of `options.categories`. The test split is the

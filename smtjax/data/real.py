@@ -1,4 +1,4 @@
-"""Real datasets; importing this module registers them with `smtjax.data.base`.
+"""Real datasets (their names are in smtjax.data.registry), and their helpers in one namespace.
 
 | data.name     | data.path                                                      | tokens                     |
 | ------------- | -------------------------------------------------------------- | -------------------------- |
@@ -14,7 +14,7 @@ With `data.path = ''`, tinystories, mnist and sketch look in `$SMTJAX_DATA_DIR/<
 Tokenised files are cached as flat uint8 arrays under `<cache>/tokens/` and memory-mapped.
 """
 
-from smtjax.data import arrays, download, images, stream, text  # noqa: F401  (registers the sources)
+from smtjax.data import arrays, download, images, stream, text  # noqa: F401
 from smtjax.data.arrays import decode_ids  # noqa: F401
 from smtjax.data.images import decode_image, encode_images, idx_shape, read_idx  # noqa: F401
 from smtjax.data.stream import WindowSource, cache_root, cached_tokens  # noqa: F401

@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from smtjax.data.base import DataError, DataInfo, register, row_rng
+from smtjax.data.base import DataError, DataInfo, row_rng
 
 _DESCRIPTIONS = {
     'retrieval': 'needle retrieval: random symbols, MARKER then the needle early on; at the final QUERY predict the needle',
@@ -349,5 +349,5 @@ class Parity(_Task):
     y[:] = np.cumsum(x, axis=1) % 2
 
 
-for _name, _cls in zip(TASKS, (Retrieval, Copy, Stack, KeysValues, Modular, Parity)):
-  register(_name)(_cls)
+# data.name -> source factory `(data_config, seed) -> Source` (the table in smtjax.data.registry uses it).
+SOURCES = dict(zip(TASKS, (Retrieval, Copy, Stack, KeysValues, Modular, Parity)))

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from smtjax.data import download, stream
-from smtjax.data.base import DataError, DataInfo, register
+from smtjax.data.base import DataError, DataInfo
 
 VOCAB_SIZE = 256
 ENDOFTEXT = b'<|endoftext|>'
@@ -106,7 +106,6 @@ def find_text_files(path: pathlib.Path) -> tuple[list[pathlib.Path], list[pathli
   return files, []
 
 
-@register('tinystories')
 def tinystories(data_config, seed: int):
   """TinyStories characters: `path` is a .txt file or a directory; '' = $SMTJAX_DATA_DIR, cache, download.
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smtjax import plotting, runs
+from smtjax.errors import ConfigError
 from smtjax.models import Networks
 
 SOURCES = ('teacher', 'rnn')
@@ -121,7 +122,7 @@ def rnn_trajectories(nets: Networks, params, x):
 
 def trajectories(nets: Networks, params, x, source: str):
   if source not in SOURCES:
-    raise ValueError(f'unknown memory source {source!r}; expected one of {", ".join(SOURCES)}')
+    raise ConfigError(f'unknown memory source {source!r}; expected one of {", ".join(SOURCES)}')
   fn = teacher_trajectories if source == 'teacher' else rnn_trajectories
   return np.asarray(jax.device_get(jax.jit(fn, static_argnums=0)(nets, params, jnp.asarray(x))), np.float64)
 
@@ -159,50 +160,6 @@ class PCA:
     return (np.asarray(points_NxZ, np.float64) - self.mean) @ self.axes.T
 
 
-# -------------------------------------------------------------------------------------- plots
-
-def plot_memory_space(coords_BxTxP, labels_BxT, names, path, title: str = '', radius: float | None = None,
-                      max_lines: int = 64, max_names: int = 16):
-  """Scatter of P = 2 or 3 coordinates [B, T+1, P], coloured by label, trajectories as grey lines, each
-  label's name at its centroid (the `max_names` shortest names only); `radius` draws the circle (P = 2)
-  memories are confined to, and the axes zoom to the points."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  coords, labels = np.asarray(coords_BxTxP), np.asarray(labels_BxT)
-  P = coords.shape[-1]
-  fig = plt.figure(figsize=(5.5, 5), dpi=100)
-  ax = fig.add_subplot(projection='3d' if P == 3 else None)
-  for traj in coords[:max_lines]:
-    ax.plot(*traj.T, color='0.75', lw=0.6, zorder=1)
-  ids = np.unique(labels)
-  cmap = plt.get_cmap('tab20' if len(ids) > 10 else 'tab10')
-  flat, flat_labels = coords.reshape(-1, P), labels.reshape(-1)
-  # Names at centroids; with many states only the shortest names (the top of a tree) are written.
-  named = set(sorted(ids, key=lambda i: (len(names[i]), i))[:max_names])
-  for j, i in enumerate(ids):
-    pts = flat[flat_labels == i]
-    ax.scatter(*pts.T, s=10, color=cmap(j % cmap.N), zorder=2, label=names[i] if len(ids) <= 12 else None)
-    if i in named:
-      ax.text(*pts.mean(axis=0), names[i], fontsize=7, zorder=3)
-  if radius and P == 2:
-    lo, hi = flat.min(axis=0), flat.max(axis=0)
-    pad = 0.1 * max(float(np.max(hi - lo)), 0.2)
-    a = np.linspace(0, 2 * np.pi, 400)
-    ax.plot(radius * np.cos(a), radius * np.sin(a), ':', color='0.6', lw=0.8)
-    ax.set_xlim(lo[0] - pad, hi[0] + pad)
-    ax.set_ylim(lo[1] - pad, hi[1] + pad)
-    ax.set_aspect('equal')
-  if len(ids) <= 12:
-    ax.legend(fontsize=7, loc='best')
-  if title:
-    ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return pathlib.Path(path)
-
-
 # -------------------------------------------------------------------------------------- workdir level
 
 def memory_space(nets: Networks, params, config, x, sources=SOURCES) -> dict:
@@ -231,8 +188,7 @@ def geometry_workdir(workdir: str, out: str | None = None, num_sequences: int = 
   """Memory spaces of a trained run on `num_sequences` held-out sequences: writes memory_<source>.png
   and geometry.json (separation per source, the state names and the projection) into `out` (default
   workdir); returns the json's content."""
-  from smtjax import inference
-  config, params, nets, source = inference.load_run(workdir)
+  config, params, nets, source = runs.load_run(workdir)
   x = source.get_batch('test', 0, 0, num_sequences)['x']
   space = memory_space(nets, params, config, x, sources)
   out = out or workdir
@@ -248,7 +204,7 @@ def geometry_workdir(workdir: str, out: str | None = None, num_sequences: int = 
     path = os.path.join(out, f'memory_{s}.png')
     what = {'teacher': 'teacher encoder memories', 'rnn': 'RNN memories (rolled from its initial memory)'}[s]
     sep = r['separation']
-    plot_memory_space(r['coords'], space['labels'], space['names'], path, radius=radius,
+    plotting.memory_space(r['coords'], space['labels'], space['names'], path, radius=radius,
                       title=f'{config.data.name}: {what}\nZ={z} ({space["projection"]}); '
                             f'nearest-state accuracy {sep["accuracy"]:.2f}, within/between {sep["ratio"]:.2f}')
     result['sources'][s] = dict(sep, plot=path)

@@ -24,6 +24,8 @@ import os
 import time
 
 from smtjax import config as config_lib
+from smtjax import plotting, runs, train
+from smtjax.errors import ConfigError
 
 TASKS = ('retrieval', 'copy', 'stack', 'keys_values', 'modular')
 PRESETS = ('tiny', 'cpu', 'gpu')
@@ -50,7 +52,7 @@ STEPS = {'tiny': (4, 2), 'cpu': (1000, 200), 'gpu': (20000, 5000)}
 def load_task_config(task: str, variant: str):
   """configs/<task>.py's get_config(variant)."""
   if task not in TASKS:
-    raise ValueError(f'unknown task {task!r}; expected one of {", ".join(TASKS)}')
+    raise ConfigError(f'unknown task {task!r}; expected one of {", ".join(TASKS)}')
   return config_lib.load_config(f'{task}:{variant}')
 
 
@@ -72,7 +74,7 @@ def dmt_lengths(T: int, max_every: int = 16) -> tuple[int, int, int]:
 def smt_config(task: str, length: int, preset: str, steps: int | None = None):
   """The SMT run's config for `task` at `length` under `preset` (steps: SMT steps, default the preset's)."""
   if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; expected one of {", ".join(PRESETS)}')
+    raise ConfigError(f'unknown preset {preset!r}; expected one of {", ".join(PRESETS)}')
   c = load_task_config(task, 'gpu' if preset == 'gpu' else 'small')
   if task == 'keys_values':
     o = c.data.options
@@ -111,8 +113,7 @@ def method_configs(task: str, length: int, preset: str, smt_workdir: str, steps:
   dmt = smt_config(task, length, preset, steps)
   Tc, Td, k = dmt_lengths(dmt.data.seq_len)
   lr = 3e-5 if preset == 'gpu' else smt.optim.lr / 3  # published 3e-5; small runs: small_dmt's 1e-3
-  from smtjax.config import dmt_variant
-  dmt_variant(dmt, context=Tc, rollout=Td, every=k, lr=lr, batch_size=smt.batch_size, num_steps=n_dmt)
+  config_lib.dmt_variant(dmt, context=Tc, rollout=Td, every=k, lr=lr, batch_size=smt.batch_size, num_steps=n_dmt)
   dmt.init_from = smt_workdir
   dmt.log_every = max(1, min(dmt.log_every, n_dmt))
   dmt.eval_every = dmt.checkpoint_every = n_dmt
@@ -140,7 +141,6 @@ def _finished_eval(workdir: str, num_steps: int) -> dict | None:
 
 def _train_and_score(config, workdir: str) -> tuple[dict, float]:
   """(eval result, training seconds); reuses workdir/eval.json of a finished run."""
-  from smtjax import inference, train
   done = _finished_eval(workdir, config.num_steps)
   if done is not None:
     print(f'{workdir}: finished, reusing eval.json', flush=True)
@@ -148,8 +148,8 @@ def _train_and_score(config, workdir: str) -> tuple[dict, float]:
   t0 = time.perf_counter()
   train.train_and_evaluate(config, workdir)
   seconds = time.perf_counter() - t0
-  result = inference.evaluate_workdir(workdir)
-  return json.loads(json.dumps(inference._json_safe(result))), seconds
+  result = runs.evaluate_workdir(workdir)
+  return json.loads(json.dumps(runs.json_safe(result))), seconds
 
 
 def _num(v) -> float:
@@ -164,7 +164,7 @@ def run_comparison(task: str, lengths=None, preset: str = 'cpu', out: str = 'wor
   object: {'task', 'preset', 'lengths', 'results': {str(length): {method: {...}}}}.
   """
   if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; expected one of {", ".join(PRESETS)}')
+    raise ConfigError(f'unknown preset {preset!r}; expected one of {", ".join(PRESETS)}')
   lengths = [int(x) for x in (lengths or DEFAULT_LENGTHS[preset][task])]
   results = {}
   for length in lengths:
@@ -184,13 +184,13 @@ def run_comparison(task: str, lengths=None, preset: str = 'cpu', out: str = 'wor
     d = configs['dmt'].dmt
     row['dmt'].update(context=d.context, rollout=d.rollout, every=d.every)
     results[str(length)] = row
-  summary = {'task': task, 'preset': preset, 'lengths': lengths,
+  summary = {'task': task, 'preset': preset, 'lengths': lengths, 'title': f'{task} ({preset} preset)',
              'length_is': 'num_pairs' if task == 'keys_values' else 'seq_len', 'results': results}
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f'compare_{task}.json'), 'w') as f:
     json.dump(_nan_to_none(summary), f, indent=2)
   write_table(summary, os.path.join(out, f'compare_{task}.md'))
-  plot(summary, os.path.join(out, f'compare_{task}.png'))
+  plotting.comparison(summary, os.path.join(out, f'compare_{task}.png'), COLUMNS, METHOD_NAMES)
   return summary
 
 
@@ -230,28 +230,3 @@ def write_table(summary: dict, path: str) -> str:
   with open(path, 'w') as f:
     f.write(text)
   return text
-
-
-def plot(summary: dict, path: str):
-  """Accuracy and loss against length (log2 x-axis), one line per method."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  lengths = summary['lengths']
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key in zip(axes, ('accuracy', 'loss')):
-    for m in COLUMNS:
-      ys = [summary['results'][str(L)][m].get(key) for L in lengths]
-      ys = [float('nan') if y is None else y for y in ys]
-      ax.plot(lengths, ys, marker='o', label=METHOD_NAMES[m], linestyle='--' if m == 'teacher' else '-')
-    ax.set_xscale('log', base=2)
-    ax.set_xticks(lengths)
-    ax.set_xticklabels([str(L) for L in lengths])
-    ax.set_xlabel('number of pairs' if summary.get('length_is') == 'num_pairs' else 'sequence length T')
-    ax.set_ylabel(key + (' (nats/token)' if key == 'loss' else ''))
-    ax.grid(alpha=0.3)
-  axes[0].legend()
-  fig.suptitle(f'{summary["task"]} ({summary["preset"]} preset)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)

@@ -41,7 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smtjax import dmt, inference, losses
+from smtjax import dmt, inference, losses, plotting, runs
+from smtjax.data.pipeline import BatchIterator
+from smtjax.errors import ConfigError
 from smtjax.models import Encoder, Networks
 
 
@@ -116,7 +118,7 @@ def smt_last_target_loss(nets: Networks, params, x, y, tok_emb, L: int | None = 
   L = T if L is None else L
   mems = nets.encoder.apply({'params': params['encoder']}, x, tok_emb=tok_emb,
                             method=Encoder.prefix_memories).astype(jnp.float32)  # [B, T+1, K, D]
-  logits = inference._teacher_logits(nets, params, mems[:, L])
+  logits = inference.teacher_logits(nets, params, mems[:, L])
   ce, _ = losses.token_cross_entropy(logits, y[:, L - 1])
   return jnp.sum(ce)
 
@@ -133,7 +135,7 @@ def smt_embedding_gradients(nets: Networks, params, x, y, L: int | None = None) 
   prefix memory of x[:L], default L = T) w.r.t. the encoder's token embeddings: {'embedding'} [T]
   (index d = T-1-t), 'per_example_embedding' [B, T] (index t). Needs a causal encoder."""
   if nets.encoder.attention != 'causal':
-    raise ValueError("smt_embedding_gradients needs a causal encoder (model.encoder_attention='causal')")
+    raise ConfigError("smt_embedding_gradients needs a causal encoder (model.encoder_attention='causal')")
   T = x.shape[1]
   L = T if L is None else L
   valid = y[:, L - 1] >= 0
@@ -149,7 +151,7 @@ def drift(nets: Networks, params, x, read_len: int, num_steps: int) -> dict:
   """{'one_step_mse', 'rollout_mse'} [num_steps], entry n-1 for n = 1..num_steps (module docstring)."""
   inference.check_lengths(x.shape[1], read_len, num_steps)
   if num_steps < 1:
-    raise ValueError(f'num_steps must be >= 1, got {num_steps}')
+    raise ConfigError(f'num_steps must be >= 1, got {num_steps}')
   B, K, D = x.shape[0], nets.num_mem_tokens, nets.mem_dim
   causal = nets.encoder.attention == 'causal'
   teacher = dmt.teacher_memories(nets, params, x, read_len, num_steps, 1, prefix=causal)  # [B, N+1, K, D]
@@ -164,7 +166,6 @@ def drift(nets: Networks, params, x, read_len: int, num_steps: int) -> dict:
 # ------------------------------------------------------------------------------------ workdir level
 
 def _batches(config, source, num_batches: int):
-  from smtjax.data.pipeline import BatchIterator
   it = BatchIterator(source, 'test', config.batch_size, 0, 1, prefetch=0)
   try:
     for _ in range(num_batches):
@@ -203,39 +204,6 @@ def _run_label(workdir, result):
   return f'{result["method"]} run ({pathlib.Path(workdir).name})'
 
 
-def _positive(values) -> np.ndarray:
-  """Values for a log axis: None, zeros and negatives become NaN (not drawn)."""
-  return np.array([np.nan if u is None or u <= 0 else u for u in values], np.float64)
-
-
-def _save_log_plot(fig, ax, xlabel: str, ylabel: str, title: str, path):
-  """Log-scale y, integer x ticks, labels and legend; writes `path` and closes the figure."""
-  import matplotlib.pyplot as plt
-  ax.set_yscale('log')
-  ax.xaxis.get_major_locator().set_params(integer=True)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return pathlib.Path(path)
-
-
-def plot_gradients(curves: dict, path, title: str = ''):
-  """curves: label -> per-distance values; log-scale y (zeros and None are not drawn)."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-  for label, v in curves.items():
-    v = _positive(v)
-    ax.plot(np.arange(len(v)), v, marker='.' if len(v) <= 64 else None, label=label)
-  return _save_log_plot(fig, ax, 'distance to the target, T-1-t', 'mean gradient norm', title, path)
-
-
 DIFFERENTIATED = {
     'bptt_embedding': 'readout cross-entropy of y[T-1] after the RNN rolls all T inputs from its initial '
                       'memory, w.r.t. the cell embedding e_t of input x_t (per-step embedding-table perturbation)',
@@ -252,22 +220,22 @@ def gradients_workdir(workdir: str | None = None, smt_workdir: str | None = None
   into `out` (default: workdir, else smt_workdir). Returns {'runs': {workdir: result}, ...}."""
   dirs = [d for d in (workdir, smt_workdir, bptt_workdir) if d]
   if not dirs:
-    raise ValueError('give workdir, or smt_workdir and/or bptt_workdir')
-  runs, curves = {}, {}
+    raise ConfigError('give workdir, or smt_workdir and/or bptt_workdir')
+  results, curves = {}, {}
   for d in dirs:
-    config, params, nets, source = inference.load_run(d)
+    config, params, nets, source = runs.load_run(d)
     r = gradients_params(nets, params, config, source, num_batches, chunk)
-    runs[d] = r
+    results[d] = r
     name = _run_label(d, r)
     curves[f'{name}: RNN rollout (BPTT loss), input embedding'] = r['bptt_embedding']
     if r['smt_embedding'] is not None and d != bptt_workdir:
       curves[f'{name}: encoder (SMT loss), token embedding'] = r['smt_embedding']
-  result = {'runs': runs, 'differentiated': DIFFERENTIATED}
+  result = {'runs': results, 'differentiated': DIFFERENTIATED}
   out = out or dirs[0]
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'gradients.json'), 'w') as f:
     json.dump(result, f, indent=2)
-  plot_gradients(curves, os.path.join(out, 'gradients.png'), title='gradient norm vs distance to the target')
+  plotting.gradients(curves, os.path.join(out, 'gradients.png'), title='gradient norm vs distance to the target')
   return result
 
 
@@ -283,35 +251,20 @@ def drift_params(nets: Networks, params, config, source, num_batches: int, read_
   return out
 
 
-def plot_drift(runs: dict, path, title: str = ''):
-  """runs: label -> drift result; both errors against n, log-scale y."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-  for i, (label, r) in enumerate(runs.items()):
-    color = f'C{i}'
-    for key, style, what in (('one_step_mse', '--', 'one-step'), ('rollout_mse', '-', 'rollout')):
-      v = _positive(r[key])
-      ax.plot(r['n'], v, style, color=color, marker='.' if len(v) <= 64 else None, label=f'{label}: {what}')
-  return _save_log_plot(fig, ax, 'RNN steps n after the teacher read the prefix', 'MSE to the teacher memory',
-                        title, path)
-
-
 def drift_workdir(workdir: str, compare_workdir: str | None = None, out: str | None = None,
                   num_batches: int = 1, read_len: int | None = None, num_steps: int | None = None) -> dict:
   """Drift of workdir's RNN (and compare_workdir's, e.g. before/after DMT, with the same lengths):
   writes drift.json and drift.png into `out` (default workdir). Defaults: read_len from the workdir's
-  config (`inference.default_read_len`), num_steps the rest of the sequence."""
-  runs = {}
+  config (`runs.default_read_len`), num_steps the rest of the sequence."""
+  results = {}
   for d in [workdir] + ([compare_workdir] if compare_workdir else []):
-    config, params, nets, source = inference.load_run(d)
+    config, params, nets, source = runs.load_run(d)
     if read_len is None:
-      read_len = inference.default_read_len(config)
+      read_len = runs.default_read_len(config)
     if num_steps is None:
       num_steps = config.data.seq_len - read_len
-    runs[d] = drift_params(nets, params, config, source, num_batches, read_len, num_steps)
-  result = {'runs': runs, 'definition': {
+    results[d] = drift_params(nets, params, config, source, num_batches, read_len, num_steps)
+  result = {'runs': results, 'definition': {
       'one_step_mse': 'MSE(step(teacher memory at n-1, x[R+n-1]), teacher memory at n), entry n-1',
       'rollout_mse': 'MSE(RNN memory after n steps from the teacher memory of x[:R], teacher memory at n)',
       'teacher memory at n': 'memory of x[:R+n] (causal: prefix memory; bidirectional: window x[n:n+R])'}}
@@ -319,6 +272,6 @@ def drift_workdir(workdir: str, compare_workdir: str | None = None, out: str | N
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'drift.json'), 'w') as f:
     json.dump(result, f, indent=2)
-  plot_drift({_run_label(d, r): r for d, r in runs.items()}, os.path.join(out, 'drift.png'),
+  plotting.drift({_run_label(d, r): r for d, r in results.items()}, os.path.join(out, 'drift.png'),
              title=f'memory drift (read_len {read_len})')
   return result

@@ -15,9 +15,10 @@ import json
 import math
 import os
 
-import numpy as np
 
 from smtjax import config as config_lib
+from smtjax import plotting, train
+from smtjax.errors import ConfigError
 
 DEFAULT_METRICS = ('loss_dec_test', 'loss_dec0_test', 'rnn_only_loss', 'rnn_only_accuracy', 'teacher_accuracy')
 
@@ -56,9 +57,8 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
   Returns {'config', 'num_mem_tokens', 'mem_dims', 'mem_sizes', 'steps', 'metric', 'grids': {metric:
   [[value per step] per memory size]}}.
   """
-  from smtjax import train
   if not (metric.endswith('_test') or metric.startswith(('rnn_only_', 'teacher_'))):  # before any training
-    raise ValueError(f'metric {metric!r} is not logged at evaluation steps (expected a *_test, rnn_only_* or '
+    raise ConfigError(f'metric {metric!r} is not logged at evaluation steps (expected a *_test, rnn_only_* or '
                      'teacher_* metric)')
   mem_dims = sorted(int(d) for d in mem_dims)
   if not mem_dims or mem_dims[0] < 1:
@@ -77,10 +77,10 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
     steps = run_steps if steps is None else [s for s in steps if s in run_steps]
     rows[d] = evals
   if not steps:
-    raise ValueError('the runs share no evaluation step')
+    raise ConfigError('the runs share no evaluation step')
   metrics = list(dict.fromkeys([metric] + [m for m in DEFAULT_METRICS if m in rows[mem_dims[0]][steps[0]]]))
   if metric not in rows[mem_dims[0]][steps[0]]:
-    raise ValueError(f'metric {metric!r} is not logged; logged: {sorted(rows[mem_dims[0]][steps[0]])}')
+    raise ConfigError(f'metric {metric!r} is not logged; logged: {sorted(rows[mem_dims[0]][steps[0]])}')
   grids = {m: [[_finite(rows[d][s].get(m)) for s in steps] for d in mem_dims] for m in metrics}
   result = {'config': config_name, 'task': config.data.name, 'num_mem_tokens': K, 'mem_dims': mem_dims,
             'mem_sizes': [K * d for d in mem_dims], 'steps': steps, 'metric': metric, 'grids': grids}
@@ -88,7 +88,7 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
   with open(os.path.join(out, 'compression.json'), 'w') as f:
     json.dump(result, f, indent=2)
   write_table(result, os.path.join(out, 'compression.md'))
-  plot_contours(result, os.path.join(out, 'compression.png'))
+  plotting.compression_contours(result, os.path.join(out, 'compression.png'))
   return result
 
 
@@ -108,36 +108,3 @@ def write_table(result: dict, path: str) -> str:
   with open(path, 'w') as f:
     f.write(text)
   return text
-
-
-def plot_contours(result: dict, path: str, levels: int = 8):
-  """Filled contours and labelled iso-loss lines of the metric over (steps, memory size)."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  m = result['metric']
-  grid = np.array([[np.nan if v is None else v for v in row] for row in result['grids'][m]], np.float64)
-  steps = np.asarray(result['steps'], np.float64)
-  sizes = np.asarray(result['mem_sizes'], np.float64)
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-  if grid.shape[0] >= 2 and grid.shape[1] >= 2 and np.isfinite(grid).any():
-    X, Y = np.meshgrid(steps, np.log2(sizes))
-    filled = ax.contourf(X, Y, grid, levels=levels, cmap='viridis_r')
-    lines = ax.contour(X, Y, grid, levels=filled.levels, colors='k', linewidths=0.6)
-    ax.clabel(lines, fmt='%.2f', fontsize=7)
-    fig.colorbar(filled, ax=ax, label=m)
-    ax.scatter(X, Y, s=4, color='w', edgecolors='k', linewidths=0.3)  # the measured grid points
-    ax.set_yticks(np.log2(sizes))
-    ax.set_yticklabels([str(int(z)) for z in sizes])
-    ax.set_ylabel(f'memory size Z = {result["num_mem_tokens"]} x d')
-  else:  # a single row or column: plain lines
-    for z, row in zip(sizes, grid):
-      ax.plot(steps, row, marker='o', label=f'Z={int(z)}')
-    ax.legend(fontsize=7)
-    ax.set_ylabel(m)
-  ax.set_xlabel('training steps')
-  ax.set_title(f'{result["config"] or result["task"]}: iso-{m} contours', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return path

@@ -1,0 +1,182 @@
+"""Every figure and image smtjax writes, in one module.
+
+Figures are `matplotlib.figure.Figure` objects, never pyplot state: nothing here switches matplotlib's
+backend or keeps a figure alive, so these functions are safe to call from a notebook (which keeps its own
+backend) and from threads. Images are encoded by Pillow. Each function writes
+`path` (its folder is created) and returns it as a `pathlib.Path`.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+from PIL import Image
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+
+def _save(fig: Figure, path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path)
+  return path
+
+
+def write_png(path, rgb) -> pathlib.Path:
+  """Writes uint8 [H, W, 3] (or [H, W] gray) as a PNG."""
+  a = np.asarray(rgb, np.uint8)
+  if a.ndim == 2:
+    a = np.repeat(a[..., None], 3, axis=2)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(a, 'RGB').save(path, format='PNG')
+  return path
+
+
+def _positive(values) -> np.ndarray:
+  """Values for a log axis: None, zeros and negatives become NaN (not drawn)."""
+  return np.array([np.nan if u is None or u <= 0 else u for u in values], np.float64)
+
+
+def _log_axes(ax, xlabel: str, ylabel: str, title: str):
+  ax.set_yscale('log')
+  ax.xaxis.get_major_locator().set_params(integer=True)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=8)
+
+
+def _marker(n: int):
+  return '.' if n <= 64 else None
+
+
+def loss_by_position(result: dict, path, title: str = '') -> pathlib.Path:
+  """eval.json's RNN loss vs rollout position, the teacher's loss on the same targets as a line."""
+  ys = np.array([np.nan if v is None else v for v in result['rnn_loss_per_position']], np.float64)
+  fig = Figure(figsize=(6, 3.5), dpi=100)
+  ax = fig.subplots()
+  ax.plot(np.arange(len(ys)), ys, marker=_marker(len(ys)), label='RNN (read)')
+  for key, style, label in (('teacher_loss_read_targets', '--', 'teacher, same targets'),
+                            ('teacher_loss', ':', 'teacher, all targets')):
+    v = result.get(key)
+    if v is not None and math.isfinite(v):
+      ax.axhline(v, linestyle=style, color='k' if style == '--' else 'gray', label=f'{label} ({v:.3f})')
+  ax.set_xlabel(f'rollout position j (RNN steps after reading {result["read_len"]} tokens)')
+  ax.set_ylabel('cross-entropy (nats)')
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def gradients(curves: dict, path, title: str = '') -> pathlib.Path:
+  """curves: label -> per-distance gradient norms; log-scale y (zeros and None are not drawn)."""
+  fig = Figure(figsize=(6, 3.5), dpi=100)
+  ax = fig.subplots()
+  for label, v in curves.items():
+    v = _positive(v)
+    ax.plot(np.arange(len(v)), v, marker=_marker(len(v)), label=label)
+  _log_axes(ax, 'distance to the target, T-1-t', 'mean gradient norm', title)
+  return _save(fig, path)
+
+
+def drift(runs: dict, path, title: str = '') -> pathlib.Path:
+  """runs: label -> drift result ({'n', 'one_step_mse', 'rollout_mse'}); both errors against n, log y."""
+  fig = Figure(figsize=(6, 3.5), dpi=100)
+  ax = fig.subplots()
+  for i, (label, r) in enumerate(runs.items()):
+    for key, style, what in (('one_step_mse', '--', 'one-step'), ('rollout_mse', '-', 'rollout')):
+      v = _positive(r[key])
+      ax.plot(r['n'], v, style, color=f'C{i}', marker=_marker(len(v)), label=f'{label}: {what}')
+  _log_axes(ax, 'RNN steps n after the teacher read the prefix', 'MSE to the teacher memory', title)
+  return _save(fig, path)
+
+
+def comparison(summary: dict, path, columns, names: dict) -> pathlib.Path:
+  """Accuracy and loss against length (log2 x-axis), one line per method in `columns` (labels `names`)."""
+  lengths = summary['lengths']
+  fig = Figure(figsize=(10, 4), dpi=100)
+  axes = fig.subplots(1, 2)
+  for ax, key in zip(axes, ('accuracy', 'loss')):
+    for m in columns:
+      ys = [summary['results'][str(L)][m].get(key) for L in lengths]
+      ys = [float('nan') if y is None else y for y in ys]
+      ax.plot(lengths, ys, marker='o', label=names[m], linestyle='--' if m == 'teacher' else '-')
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(lengths)
+    ax.set_xticklabels([str(L) for L in lengths])
+    ax.set_xlabel('number of pairs' if summary.get('length_is') == 'num_pairs' else 'sequence length T')
+    ax.set_ylabel(key + (' (nats/token)' if key == 'loss' else ''))
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  fig.suptitle(summary.get('title') or f'{summary["task"]}')
+  return _save(fig, path)
+
+
+def compression_contours(result: dict, path, levels: int = 8) -> pathlib.Path:
+  """Filled contours and labelled iso-loss lines of result['metric'] over (steps, memory size)."""
+  m = result['metric']
+  grid = np.array([[np.nan if v is None else v for v in row] for row in result['grids'][m]], np.float64)
+  steps = np.asarray(result['steps'], np.float64)
+  sizes = np.asarray(result['mem_sizes'], np.float64)
+  fig = Figure(figsize=(6, 4), dpi=100)
+  ax = fig.subplots()
+  if grid.shape[0] >= 2 and grid.shape[1] >= 2 and np.isfinite(grid).any():
+    X, Y = np.meshgrid(steps, np.log2(sizes))
+    filled = ax.contourf(X, Y, grid, levels=levels, cmap='viridis_r')
+    lines = ax.contour(X, Y, grid, levels=filled.levels, colors='k', linewidths=0.6)
+    ax.clabel(lines, fmt='%.2f', fontsize=7)
+    fig.colorbar(filled, ax=ax, label=m)
+    ax.scatter(X, Y, s=4, color='w', edgecolors='k', linewidths=0.3)  # the measured grid points
+    ax.set_yticks(np.log2(sizes))
+    ax.set_yticklabels([str(int(z)) for z in sizes])
+    ax.set_ylabel(f'memory size Z = {result["num_mem_tokens"]} x d')
+  else:  # a single row or column: plain lines
+    for z, row in zip(sizes, grid):
+      ax.plot(steps, row, marker='o', label=f'Z={int(z)}')
+    ax.legend(fontsize=7)
+    ax.set_ylabel(m)
+  ax.set_xlabel('training steps')
+  ax.set_title(f'{result["config"] or result["task"]}: iso-{m} contours', fontsize=9)
+  return _save(fig, path)
+
+
+def memory_space(coords_BxTxP, labels_BxT, names, path, title: str = '', radius: float | None = None,
+                 max_lines: int = 64, max_names: int = 16) -> pathlib.Path:
+  """Scatter of P = 2 or 3 coordinates [B, T+1, P], coloured by label, trajectories as grey lines, each
+  label's name at its centroid (the `max_names` shortest names only); `radius` draws the circle (P = 2)
+  memories are confined to, and the axes zoom to the points."""
+  coords, labels = np.asarray(coords_BxTxP), np.asarray(labels_BxT)
+  P = coords.shape[-1]
+  fig = Figure(figsize=(5.5, 5), dpi=100)
+  ax = fig.add_subplot(projection='3d' if P == 3 else None)
+  for traj in coords[:max_lines]:
+    ax.plot(*traj.T, color='0.75', lw=0.6, zorder=1)
+  ids = np.unique(labels)
+  cmap = colormaps['tab20' if len(ids) > 10 else 'tab10']
+  flat, flat_labels = coords.reshape(-1, P), labels.reshape(-1)
+  # Names at centroids; with many states only the shortest names (the top of a tree) are written.
+  named = set(sorted(ids, key=lambda i: (len(names[i]), i))[:max_names])
+  for j, i in enumerate(ids):
+    pts = flat[flat_labels == i]
+    ax.scatter(*pts.T, s=10, color=cmap(j % cmap.N), zorder=2, label=names[i] if len(ids) <= 12 else None)
+    if i in named:
+      ax.text(*pts.mean(axis=0), names[i], fontsize=7, zorder=3)
+  if radius and P == 2:
+    lo, hi = flat.min(axis=0), flat.max(axis=0)
+    pad = 0.1 * max(float(np.max(hi - lo)), 0.2)
+    a = np.linspace(0, 2 * np.pi, 400)
+    ax.plot(radius * np.cos(a), radius * np.sin(a), ':', color='0.6', lw=0.8)
+    ax.set_xlim(lo[0] - pad, hi[0] + pad)
+    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    ax.set_aspect('equal')
+  if len(ids) <= 12:
+    ax.legend(fontsize=7, loc='best')
+  if title:
+    ax.set_title(title, fontsize=9)
+  return _save(fig, path)

@@ -1,0 +1,224 @@
+"""Run level: load a trained run from its workdir, score it on held-out data, and sample from it.
+
+- `load_run(workdir)` -> (config, params, nets, source) of a trained run (latest checkpoint);
+- `evaluate_params(...)` / `evaluate_workdir(workdir, ...)` -> the eval.json dictionary (read, teacher and
+  RNN-only scores, loss by rollout position; see `smtjax.inference` for the definitions), written with a
+  plot by `evaluate_workdir`;
+- `sample_workdir(workdir, mode, ...)` -> samples.txt or samples.png.
+
+Used by experiments/evaluate.py, experiments/sample.py, the studies and the notebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smtjax import config as config_lib
+from smtjax import inference
+from smtjax import plotting
+from smtjax import train
+from smtjax.data import make_source, visualize
+from smtjax.data.pipeline import BatchIterator
+from smtjax.errors import ConfigError
+from smtjax.models import Networks
+
+def _encoder_attention(config) -> str:
+  return config.model.encoder_attention
+
+
+def default_read_len(config) -> int:
+  """config.evaluate.read_len, else smt.context for window-mode runs (when 0 < context < T), else T // 2."""
+  T = config.data.seq_len
+  if config.evaluate.read_len:
+    return int(config.evaluate.read_len)
+  if config.smt.mode == 'window' and 0 < config.smt.context < T:
+    return int(config.smt.context)
+  return max(1, T // 2)
+
+
+def resolve_lengths(config, read_len: int | None = None, eval_len: int | None = None) -> tuple[int, int]:
+  """(read_len, eval_len) from the arguments, config.evaluate.*, or the defaults (eval_len: the rest of
+  the sequence); validated against T (ConfigError with the reason)."""
+  T = config.data.seq_len
+  read_len = default_read_len(config) if read_len is None else int(read_len)
+  if eval_len is None:
+    eval_len = int(config.evaluate.eval_len) if config.evaluate.eval_len else T - read_len
+  inference.check_lengths(T, read_len, int(eval_len))
+  return read_len, int(eval_len)
+
+
+def _mean(s: float, n: float) -> float:
+  return float(s / n) if n > 0 else float('nan')
+
+
+def json_safe(v):
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  if isinstance(v, list):
+    return [json_safe(u) for u in v]
+  if isinstance(v, dict):
+    return {k: json_safe(u) for k, u in v.items()}
+  return v
+
+
+def auto_teacher_chunk(batch_size: int, read_len: int, tokens_per_call: int = 1 << 19) -> int:
+  """Time positions per encoder call for a bidirectional teacher: about `tokens_per_call` window tokens
+  (B * chunk * read_len) per call, so the published scale (B=128, read_len=256) needs no more than a few GB."""
+  return max(1, tokens_per_call // max(1, batch_size * read_len))
+
+
+def evaluate_params(nets: Networks, params, config, source, num_batches: int, read_len: int, eval_len: int,
+                    teacher_chunk: int | None = None) -> dict:
+  """Scores `num_batches` held-out 'test' batches; returns the eval.json dictionary (NaN where no target).
+  `teacher_chunk`: see `teacher_scores` (None = `auto_teacher_chunk`; 0 = every window in one call)."""
+  T = config.data.seq_len
+  inference.check_lengths(T, read_len, eval_len)
+  if teacher_chunk is None:
+    teacher_chunk = auto_teacher_chunk(config.batch_size, read_len)
+  if teacher_chunk >= T or _encoder_attention(config) == 'causal':
+    teacher_chunk = 0
+  it = BatchIterator(source, 'test', config.batch_size, 0, 1, prefetch=0)
+  P = eval_len + 1
+  tot = {k: np.zeros(n, np.float64) for k, n in
+         (('rnn_ce', P), ('rnn_n', P), ('rnn_hit', P), ('t_read_ce', P), ('t_read_n', P))}
+  sums = {k: 0.0 for k in ('teacher_ce', 'teacher_n', 'teacher_hit', 'only_ce', 'only_n', 'only_hit')}
+  num_seq = 0
+  for _ in range(num_batches):
+    batch = next(it)
+    x, y = jnp.asarray(batch['x']), jnp.asarray(batch['y'])
+    r = jax.device_get(inference.read(nets, params, x, y, read_len, eval_len))
+    t = jax.device_get(inference.teacher_scores(nets, params, x, y, read_len, teacher_chunk))
+    o = jax.device_get(inference.rnn_only(nets, params, x, y))
+    tot['rnn_ce'] += r['ce'].sum(0)
+    tot['rnn_n'] += r['valid'].sum(0)
+    tot['rnn_hit'] += r['correct'].sum(0)
+    tot['t_read_ce'] += t['ce'][:, read_len - 1:read_len + eval_len].sum(0)
+    tot['t_read_n'] += t['valid'][:, read_len - 1:read_len + eval_len].sum(0)
+    for name, s in (('teacher', t), ('only', o)):
+      sums[f'{name}_ce'] += float(s['ce'].sum())
+      sums[f'{name}_n'] += float(s['valid'].sum())
+      sums[f'{name}_hit'] += float(s['correct'].sum())
+    num_seq += x.shape[0]
+  it.close()
+  n_rnn = tot['rnn_n'].sum()
+  out = {
+      'rnn_loss': _mean(tot['rnn_ce'].sum(), n_rnn),
+      'teacher_loss': _mean(sums['teacher_ce'], sums['teacher_n']),
+      'rnn_only_loss': _mean(sums['only_ce'], sums['only_n']),
+      'rnn_accuracy': _mean(tot['rnn_hit'].sum(), n_rnn),
+      'teacher_accuracy': _mean(sums['teacher_hit'], sums['teacher_n']),
+      'rnn_only_accuracy': _mean(sums['only_hit'], sums['only_n']),
+      # the teacher on exactly the targets `read` scores (y[read_len-1 : read_len+eval_len])
+      'teacher_loss_read_targets': _mean(tot['t_read_ce'].sum(), tot['t_read_n'].sum()),
+      'rnn_loss_per_position': [_mean(c, n) for c, n in zip(tot['rnn_ce'], tot['rnn_n'])],
+      'teacher_loss_per_position': [_mean(c, n) for c, n in zip(tot['t_read_ce'], tot['t_read_n'])],
+      'num_targets_per_position': [int(n) for n in tot['rnn_n']],
+  }
+  for k in ('rnn_loss', 'teacher_loss', 'rnn_only_loss', 'teacher_loss_read_targets'):
+    out[k + '_bits'] = out[k] / math.log(2)
+  out.update(
+      read_len=read_len, eval_len=eval_len, seq_len=T, num_sequences=num_seq, num_batches=num_batches,
+      num_rnn_targets=int(n_rnn), num_teacher_targets=int(sums['teacher_n']),
+      encoder_attention=_encoder_attention(config),
+      teacher='causal prefix memory of x_0..x_t' if _encoder_attention(config) == 'causal'
+      else f'bidirectional memory of the last {read_len} tokens',
+      positions='entry j of *_per_position scores y[read_len-1+j] from the RNN memory after j steps on '
+                'x[read_len : read_len+j] (j = 0: the encoder memory of x[:read_len])',
+      units='nats per target token; *_bits = nats / ln 2',
+  )
+  return out
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, params, nets, source) of a trained run: its saved config, the latest (or `step`) checkpoint's
+  parameters, its networks (initial memory resolved by method) and its data source."""
+  config, params = train.load_params(workdir, step=step)
+  return config, params, Networks.from_config(config.model, config_lib.initial_memory(config)), make_source(config.data, config.seed)
+
+
+def evaluate_workdir(workdir: str, num_batches: int | None = None, read_len: int | None = None,
+                     eval_len: int | None = None, teacher_chunk: int | None = None, write_files: bool = True) -> dict:
+  """Loads workdir's config and latest checkpoint, scores held-out batches (`evaluate_params`) and writes
+  workdir/eval.json and workdir/eval_loss_by_position.png. Returns the result (NaN where no target)."""
+  config, params, nets, source = load_run(workdir)
+  read_len, eval_len = resolve_lengths(config, read_len, eval_len)
+  num_batches = int(num_batches or config.evaluate.num_batches)
+  if num_batches < 1:
+    raise ConfigError(f'num_batches must be >= 1, got {num_batches}')
+  result = evaluate_params(nets, params, config, source, num_batches, read_len, eval_len, teacher_chunk)
+  if write_files:
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(json_safe(result), f, indent=2, sort_keys=True)
+    plotting.loss_by_position(json_safe(result), os.path.join(workdir, 'eval_loss_by_position.png'),
+                          title=f'{config.data.name}: read {read_len}, roll out {eval_len}')
+  return result
+
+
+MODES = ('rnn', 'teacher', 'rnn_only')
+
+
+def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temperature: float | None = None,
+                   seed: int | None = None, prompt_len: int | None = None, length: int | None = None,
+                   read_len: int | None = None, out: str | None = None) -> tuple[pathlib.Path, dict]:
+  """Generates `num` continuations of held-out prompts (the first prompt_len tokens of test batch 0).
+
+  mode 'rnn': the teacher encodes the prompt, the RNN writes (`write`); 'teacher': teacher-only with a
+  rolling window of read_len tokens (`teacher_generate`; default: smt.context for window-mode runs, else
+  T); 'rnn_only': the RNN reads the prompt from its initial memory and writes (`rnn_generate`; prompt_len
+  may be 0). Writes workdir/samples.png (image data: prompt + continuation as one image per row) or
+  workdir/samples.txt, unless `out` names another path. Same arguments -> identical output.
+  Returns (path, {'prompt', 'tokens'}) with numpy arrays.
+  """
+  if mode not in MODES:
+    raise ConfigError(f'mode must be one of {", ".join(MODES)}, got {mode!r}')
+  config, params, nets, source = load_run(workdir)
+  s = config.sample
+  T = config.data.seq_len
+  num = int(num or s.num)
+  temperature = float(s.temperature if temperature is None else temperature)
+  seed = int(s.seed if seed is None else seed)
+  if prompt_len is None:
+    prompt_len = int(s.prompt_len) or default_read_len(config)
+  if not 0 <= prompt_len <= T or (prompt_len == 0 and mode != 'rnn_only'):
+    raise ConfigError(f'prompt_len must be in [{0 if mode == "rnn_only" else 1}, T={T}] for mode {mode!r}, got {prompt_len}')
+  if length is None:
+    length = int(s.length) or T - prompt_len
+  if length < 1:
+    raise ConfigError(f'length must be >= 1, got {length} (prompt_len {prompt_len} of T={T} leaves nothing; '
+                     'pass length explicitly)')
+  if num < 1:
+    raise ConfigError(f'num must be >= 1, got {num}')
+  prompt = np.asarray(source.get_batch('test', 0, 0, num)['x'][:, :prompt_len], np.int32)
+  rng = jax.random.PRNGKey(seed)
+  p = jnp.asarray(prompt)
+  if mode == 'rnn':
+    toks = inference.write(nets, params, p, length, temperature, rng)
+  elif mode == 'teacher':
+    if read_len is None:
+      read_len = config.smt.context if config.smt.mode == 'window' and config.smt.context > 0 else T
+    toks = inference.teacher_generate(nets, params, p, length, int(read_len), temperature, rng)
+  else:
+    toks = inference.rnn_generate(nets, params, num, length, temperature, rng, prompt=p)
+  toks = np.asarray(jax.device_get(toks))
+  info = source.info
+  if info.kind == 'image' and info.image_shape is not None:
+    path = pathlib.Path(out or os.path.join(workdir, 'samples.png'))
+    visualize.save_image_grid(info, np.concatenate([prompt, toks], axis=1), path)
+  else:
+    path = pathlib.Path(out or os.path.join(workdir, 'samples.txt'))
+    ptxt = visualize.batch_to_text(info, prompt) if prompt_len else [''] * num
+    ctxt = visualize.batch_to_text(info, toks)
+    head = (f'# {num} samples of {config.data.name}: mode={mode} temperature={temperature} seed={seed} '
+            f'prompt_len={prompt_len} (held-out test batch 0) length={length}\n')
+    body = ''.join(f'--- sample {i} ---\nprompt:       {a}\ncontinuation: {b}\n' for i, (a, b) in
+                   enumerate(zip(ptxt, ctxt)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + body)
+  return path, {'prompt': prompt, 'tokens': toks}

@@ -1,0 +1,131 @@
+"""The package's architecture, checked statically: imports run one way (no cycles), no imports hide inside
+functions, no library module switches matplotlib's backend, and every error type lives in smtjax.errors."""
+
+import ast
+import pathlib
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / 'smtjax'
+
+# The layers, lowest first: a module may import only modules of its own layer or a lower one.
+LAYERS = [
+    {'smtjax.errors', 'smtjax.plotting'},
+    {'smtjax.config', 'smtjax.data', 'smtjax.sharding', 'smtjax.metrics', 'smtjax.checkpoint'},
+    {'smtjax.layers'},
+    {'smtjax.models'},
+    {'smtjax.losses'},
+    {'smtjax.inference'},
+    {'smtjax.smt', 'smtjax.dmt', 'smtjax.bptt'},
+    {'smtjax.train'},
+    {'smtjax.runs'},
+    {'smtjax.studies'},
+]
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  out = {}
+  for path in sorted(PACKAGE.rglob('*.py')):
+    parts = path.relative_to(ROOT).with_suffix('').parts
+    name = '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+    out[name] = path
+  return out
+
+
+def _imports(path: pathlib.Path, modules) -> tuple[set[str], list[str]]:
+  """(smtjax modules imported at module level, descriptions of imports inside functions)."""
+  tree = ast.parse(path.read_text())
+  top, nested = set(), []
+
+  def targets(node):
+    if isinstance(node, ast.Import):
+      return [a.name for a in node.names]
+    base = node.module or ''
+    # `from pkg import sub` imports the submodule pkg.sub when there is one.
+    return [f'{base}.{a.name}' if f'{base}.{a.name}' in modules else base for a in node.names]
+
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      for inner in ast.walk(node):
+        if isinstance(inner, (ast.Import, ast.ImportFrom)):
+          nested.append(f'{path.name}:{inner.lineno} {", ".join(targets(inner))}')
+  for node in tree.body:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      top.update(t for t in targets(node) if t.split('.')[0] == 'smtjax')
+  return top, nested
+
+
+def _graph():
+  modules = _modules()
+  return {name: _imports(path, modules)[0] & set(modules) for name, path in modules.items()}
+
+
+def _layer(module: str) -> int:
+  for i, group in enumerate(LAYERS):
+    if any(module == g or module.startswith(g + '.') for g in group):
+      return i
+  raise AssertionError(f'{module} is in no layer of tests/test_architecture.py')
+
+
+def test_no_import_cycles():
+  graph = _graph()
+  state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+  def visit(node, stack):
+    state[node] = 1
+    for nxt in sorted(graph.get(node, ())):
+      if state.get(nxt) == 1:
+        raise AssertionError('import cycle: ' + ' -> '.join(stack[stack.index(nxt):] + [node, nxt]))
+      if nxt not in state:
+        visit(nxt, stack + [node])
+    state[node] = 2
+
+  for node in sorted(graph):
+    if node not in state:
+      visit(node, [])
+
+
+def test_imports_run_down_the_layers():
+  bad = [f'{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})'
+         for m, deps in _graph().items() if m != 'smtjax' for d in deps
+         if d != 'smtjax' and _layer(d) > _layer(m)]
+  assert not bad, '\n'.join(bad)
+
+
+def test_no_imports_inside_functions():
+  modules = _modules()
+  nested = [n for path in modules.values() for n in _imports(path, modules)[1]]
+  assert not nested, 'imports inside functions:\n' + '\n'.join(nested)
+
+
+def test_no_backend_switching_or_pyplot_in_the_library():
+  bad = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob('*.py')
+         if any(s in p.read_text() for s in ('matplotlib.use(', 'matplotlib.pyplot', 'import pyplot'))]
+  assert not bad, f'library modules using pyplot or switching the backend: {bad}'
+
+
+def test_error_types_live_in_errors_module():
+  bad = []
+  for path in PACKAGE.rglob('*.py'):
+    if path.name == 'errors.py':
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ClassDef) and any(
+          isinstance(b, ast.Name) and (b.id.endswith('Error') or b.id == 'Exception') for b in node.bases):
+        bad.append(f'{path.relative_to(ROOT)}: class {node.name}')
+  assert not bad, 'error types outside smtjax/errors.py:\n' + '\n'.join(bad)
+
+
+def test_the_checks_can_fail(tmp_path, monkeypatch):
+  """The cycle detector finds a planted cycle and the nested-import scan finds a planted import."""
+  f = tmp_path / 'm.py'
+  f.write_text('import os\n\ndef g():\n  import json\n  return json\n')
+  assert _imports(f, {})[1] and not _imports(f, {})[0]
+  graph = {'a': {'b'}, 'b': {'c'}, 'c': {'a'}}
+  monkeypatch.setattr(__import__(__name__), '_graph', lambda: graph)
+  try:
+    test_no_import_cycles()
+  except AssertionError as e:
+    assert 'a -> b -> c -> a' in str(e)
+  else:
+    raise AssertionError('a planted cycle was not found')
