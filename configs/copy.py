@@ -1,19 +1,39 @@
 """String copy (memory capacity), method.md §10: a random string, a separator, then the reversed string.
 
-Variants: '' (T=32), 'small' (T=12, 2 CPU cores), 'gpu' (T=128; the paper goes to T=4096 with M=64),
+Sizes: '' (T=32), 'small' (T=12, 2 CPU cores), 'gpu' (T=128; the paper goes to T=4096 with M=64),
 'mem2d' / 'mem3d' (binary strings of length 3, one memory token of width 2 / 3, for
 experiments/notebooks/memory_2d.ipynb: the memories of the prefixes read so far should form a tree).
+Modifiers and overrides compose (smtjax/variants.py).
 """
 
-from smtjax.config import synthetic_config
+from smtjax import variants
+
+
+def _base(T: int):
+  return variants.synthetic('copy', T, vocab_size=9, num_symbols=8, reverse=True)
+
+
+def _small():
+  c = variants.small(_base(12))
+  c.smt.num_decoder_samples = 0
+  return c
+
+
+def _mem(width: int):
+  c = variants.synthetic('copy', 6, vocab_size=3, num_symbols=2, length=3, reverse=True)
+  c = variants.narrow_memory(variants.small(c), width)
+  c.smt.num_decoder_samples = 0
+  return c
+
+
+SIZES = {
+    '': lambda: _base(32),
+    'small': _small,
+    'gpu': lambda: variants.gpu(_base(128)),
+    'mem2d': lambda: _mem(2),
+    'mem3d': lambda: _mem(3),
+}
 
 
 def get_config(arg: str | None = None):
-  if arg in ('mem2d', 'mem3d'):
-    c = synthetic_config('copy', 6, vocab_size=3, variant=arg, num_symbols=2, length=3, reverse=True)
-    c.smt.num_decoder_samples = 0
-    return c
-  T = {'': 32, None: 32, 'small': 12, 'gpu': 128}.get(arg, 32)
-  c = synthetic_config('copy', T, vocab_size=9, variant=arg, num_symbols=8, reverse=True)
-  c.smt.num_decoder_samples = 0 if arg == 'small' else c.smt.num_decoder_samples
-  return c
+  return variants.build(arg, 'configs/copy.py', SIZES)

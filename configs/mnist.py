@@ -7,10 +7,15 @@ Data: --config.data.path=DIR holding train-images-idx3-ubyte.gz and t10k-images-
 split); '' looks in $SMTJAX_DATA_DIR/mnist and the cache, then downloads the IDX files (options.download).
 """
 
-from smtjax.config import published_config, real_data_variant
+from smtjax import variants
 
-def get_config(arg: str | None = None):
-  c = published_config('mnist')
+
+def _published():
+  c = variants.published('mnist')
   c.data.options.test_path = ''  # another IDX image file for the test split ('' = the t10k file)
   c.data.options.test_fraction = 0.01  # used only when data.path is one file and test_path is ''
-  return real_data_variant(c, arg, 'configs/mnist.py')
+  return c
+
+
+def get_config(arg: str | None = None):
+  return variants.build(arg, 'configs/mnist.py', variants.real_data_sizes(_published))

@@ -1,24 +1,43 @@
 """Retrieval (needle) task, method.md §10: find the value after a marker and recall it at the last step.
 
-Variants: '' (T=64, CPU-sized), 'small' (T=12: learns on 2 CPU cores in ~2.5 minutes, see README),
-'small_dmt' (DMT after 'small': --config.init_from=WORKDIR_OF_THE_SMALL_RUN), 'gpu' (T=512 with label
-noise 0.3, the length at which the paper reports BPTT failing), 'mem2d' / 'mem3d' (one memory token of
-width 2 / 3 and 4 needle values, for experiments/notebooks/memory_2d.ipynb: the memory should settle
-into a few discrete states, one per held value plus "not seen yet").
+Sizes: '' (T=64, CPU-sized), 'small' (T=12: learns on 2 CPU cores in ~2.5 minutes, see README), 'gpu'
+(T=512 with label noise 0.3, the length at which the paper reports BPTT failing), 'mem2d' / 'mem3d' (one
+memory token of width 2 / 3 and 4 needle values, for experiments/notebooks/memory_2d.ipynb: the memory
+should settle into a few discrete states, one per held value plus "not seen yet").
+'small_dmt': DMT after 'small' (--config.init_from=WORKDIR_OF_THE_SMALL_RUN). Modifiers and overrides
+compose: ':small,gru,bptt', ':small,model.d_model=64' (smtjax/variants.py).
 """
 
-from smtjax.config import dmt_variant, synthetic_config
+from smtjax import variants
+
+
+def _base(T: int, **options):
+  return variants.synthetic('retrieval', T, vocab_size=10, num_symbols=8, noise=0.0, **options)
+
+
+def _small():
+  c = variants.small(_base(12))
+  c.smt.num_decoder_samples = 0  # decode every memory: retrieval has one target per sequence
+  return c
+
+
+def _mem(width: int):
+  c = variants.narrow_memory(variants.small(variants.synthetic('retrieval', 12, vocab_size=6, num_symbols=4,
+                                                                noise=0.0)), width)
+  c.smt.num_decoder_samples = 0
+  return c
+
+
+SIZES = {
+    '': lambda: _base(64),
+    'small': _small,
+    'gpu': lambda: variants.gpu(variants.synthetic('retrieval', 512, vocab_size=10, num_symbols=8, noise=0.3)),
+    'mem2d': lambda: _mem(2),
+    'mem3d': lambda: _mem(3),
+    'small_dmt': lambda: variants.dmt(_small(), context=2, rollout=10, every=5, lr=1e-3, batch_size=32,
+                                      num_steps=200),
+}
 
 
 def get_config(arg: str | None = None):
-  if arg == 'small_dmt':
-    return dmt_variant(get_config('small'), context=2, rollout=10, every=5, lr=1e-3, batch_size=32, num_steps=200)
-  if arg in ('mem2d', 'mem3d'):
-    c = synthetic_config('retrieval', 12, vocab_size=6, variant=arg, num_symbols=4, noise=0.0)
-    c.smt.num_decoder_samples = 0
-    return c
-  T = {'small': 12, 'gpu': 512}.get(arg, 64)
-  c = synthetic_config('retrieval', T, vocab_size=10, variant=arg, num_symbols=8, noise=0.3 if arg == 'gpu' else 0.0)
-  if arg == 'small':
-    c.smt.num_decoder_samples = 0  # decode every memory: retrieval has one target per sequence
-  return c
+  return variants.build(arg, 'configs/retrieval.py', SIZES)

@@ -11,12 +11,17 @@ Data: --config.data.path=DIR of `<category>.npy` files; '' looks in $SMTJAX_DATA
 cache, then downloads `options.categories` from the Quick, Draw! bucket (options.download).
 """
 
-from smtjax.config import published_config, real_data_variant
+from smtjax import variants
 
-def get_config(arg: str | None = None):
-  c = published_config('sketch', seq_len=784, context=720, future=64)
+
+def _published():
+  c = variants.published('sketch', seq_len=784, context=720, future=64)
   # Comma-separated categories, e.g. 'apple,bicycle,cat': a subset of the directory's files ('' = all),
   # and what is downloaded when no data is found.
   c.data.options.categories = ''
   c.data.options.test_fraction = 0.1
-  return real_data_variant(c, arg, 'configs/sketch.py')
+  return c
+
+
+def get_config(arg: str | None = None):
+  return variants.build(arg, 'configs/sketch.py', variants.real_data_sizes(_published))

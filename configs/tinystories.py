@@ -8,11 +8,16 @@ Data: --config.data.path=FILE_OR_DIR (a `.txt` file, or a directory holding `*tr
 release from the Hugging Face hub (options.download).
 """
 
-from smtjax.config import published_config, real_data_variant
+from smtjax import variants
 
-def get_config(arg: str | None = None):
-  c = published_config('tinystories')
+
+def _published():
+  c = variants.published('tinystories')
   c.data.options.test_path = ''  # a second text file for the test split ('' = *valid* files or the last 1%)
   c.data.options.test_fraction = 0.01
   c.data.options.endoftext = ''  # replaces each <|endoftext|> marker ('' leaves a blank line between stories)
-  return real_data_variant(c, arg, 'configs/tinystories.py')
+  return c
+
+
+def get_config(arg: str | None = None):
+  return variants.build(arg, 'configs/tinystories.py', variants.real_data_sizes(_published))

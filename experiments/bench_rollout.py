@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from smtjax import config as config_lib
-from smtjax import dmt, losses, sharding as shard_lib
+from smtjax import dmt, losses, variants, sharding as shard_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
 from smtjax.train import Trainer
@@ -62,7 +62,7 @@ def _config(method, T):
 
 
 def bench_dmt():
-  c = config_lib.dmt_variant(_config('smt', FLAGS.dmt_context + FLAGS.dmt_rollout + FLAGS.future),
+  c = variants.dmt(_config('smt', FLAGS.dmt_context + FLAGS.dmt_rollout + FLAGS.future),
                              FLAGS.dmt_context, FLAGS.dmt_rollout, FLAGS.dmt_every, batch_size=FLAGS.batch)
   c.init_from = '(benchmark)'
   trainer = Trainer.create(c, jax.devices()[:1])

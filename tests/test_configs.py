@@ -36,3 +36,40 @@ def test_config_variants_validate(path):
       assert src.info.seq_len == c.data.seq_len
   with pytest.raises(ValueError, match='nope'):
     mod.get_config('nope')
+
+
+def test_variants_compose_and_override():
+  retrieval = _load(CONFIGS[[p.stem for p in CONFIGS].index('retrieval')])
+  small = retrieval.get_config('small')
+  c = retrieval.get_config('small,gru,bptt,model.d_model=48,smt.coef_dyn=0.25,progress_bar=false')
+  assert (c.model.cell, c.method, c.model.d_model, c.smt.coef_dyn, c.progress_bar) == ('gru', 'bptt', 48, 0.25, False)
+  assert c.data.seq_len == small.data.seq_len == 12 and c.optim.lr == small.optim.lr  # the size is 'small'
+  # Order matters: modifiers and overrides apply left to right, after the size wherever it is named.
+  assert retrieval.get_config('model.d_model=48,small').model.d_model == 48
+  # The common 'dmt' modifier derives DMT for a parallel-mode config at its own length.
+  d = retrieval.get_config('small,dmt')
+  assert d.method == 'dmt' and d.dmt.context + d.dmt.rollout == d.data.seq_len and d.dmt.rollout % d.dmt.every == 0
+  # The old single names keep meaning what they meant.
+  assert retrieval.get_config('small_dmt').dmt.rollout == 10 and retrieval.get_config('mem2d').model.mem_dim == 2
+  assert retrieval.get_config('mem2d,mlp').model.cell == 'mlp'
+
+
+@pytest.mark.parametrize('arg, match', [
+    ('small,gpu', 'more than one size'),
+    ('small,nope', "unknown variant 'nope'"),
+    ('small,model.nope=3', "no field 'model.nope'"),
+    ('small,nope.x=3', "no field 'nope'"),
+    ('small,model.d_model=wide', 'model.d_model'),
+])
+def test_bad_variants_name_what_is_wrong(arg, match):
+  retrieval = _load(CONFIGS[[p.stem for p in CONFIGS].index('retrieval')])
+  with pytest.raises(config_lib.ConfigError, match=match):
+    retrieval.get_config(arg)
+
+
+def test_load_config_takes_a_path_with_variants(tmp_path):
+  path = [p for p in CONFIGS if p.stem == 'copy'][0]
+  c = config_lib.load_config(f'{path}:small,model.num_mem_tokens=3')
+  assert c.data.name == 'copy' and c.model.num_mem_tokens == 3
+  with pytest.raises(config_lib.ConfigError, match='not found'):
+    config_lib.load_config(str(tmp_path / 'missing.py'))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smtjax import bptt, config as config_lib, dmt, models, train
+from smtjax import bptt, config as config_lib, dmt, models, train, variants
 from smtjax.checkpoint import CheckpointError
 from smtjax.metrics import read_metrics
 from tests.conftest import tiny_config
@@ -83,7 +83,7 @@ def smt_workdir(tmp_path_factory):
 
 
 def _dmt_config(init_from):
-  c = config_lib.dmt_variant(tiny_config(), context=2, rollout=6, every=3, lr=1e-3, batch_size=8, num_steps=6)
+  c = variants.dmt(tiny_config(), context=2, rollout=6, every=3, lr=1e-3, batch_size=8, num_steps=6)
   c.log_every, c.eval_every, c.checkpoint_every = 1, 3, 3
   c.init_from = str(init_from)
   return c

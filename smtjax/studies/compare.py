@@ -3,7 +3,7 @@
 For every length, three runs of the same RNN architecture and step budget:
 
 - `smt`: parallel-mode SMT (the task's config, `small` or `gpu` variant, resized to the length);
-- `dmt`: DMT fine-tuning (`dmt_variant`) initialised from the SMT run;
+- `dmt`: DMT fine-tuning (`variants.dmt`) initialised from the SMT run;
 - `bptt`: the BPTT baseline (`config.method='bptt'`), same cell, as many steps as SMT + DMT together.
 
 Each is scored by `inference.evaluate_workdir`: the RNN reads whole held-out sequences from its initial
@@ -24,7 +24,7 @@ import os
 import time
 
 from smtjax import config as config_lib
-from smtjax import plotting, runs, train
+from smtjax import plotting, runs, train, variants
 from smtjax.errors import ConfigError
 
 TASKS = ('retrieval', 'copy', 'stack', 'keys_values', 'modular')
@@ -53,7 +53,7 @@ def load_task_config(task: str, variant: str):
   """configs/<task>.py's get_config(variant)."""
   if task not in TASKS:
     raise ConfigError(f'unknown task {task!r}; expected one of {", ".join(TASKS)}')
-  return config_lib.load_config(f'{task}:{variant}')
+  return config_lib.load_config(f'configs/{task}.py:{variant}')
 
 
 def _largest_pow2_at_most(n: int) -> int:
@@ -113,7 +113,7 @@ def method_configs(task: str, length: int, preset: str, smt_workdir: str, steps:
   dmt = smt_config(task, length, preset, steps)
   Tc, Td, k = dmt_lengths(dmt.data.seq_len)
   lr = 3e-5 if preset == 'gpu' else smt.optim.lr / 3  # published 3e-5; small runs: small_dmt's 1e-3
-  config_lib.dmt_variant(dmt, context=Tc, rollout=Td, every=k, lr=lr, batch_size=smt.batch_size, num_steps=n_dmt)
+  variants.dmt(dmt, context=Tc, rollout=Td, every=k, lr=lr, batch_size=smt.batch_size, num_steps=n_dmt)
   dmt.init_from = smt_workdir
   dmt.log_every = max(1, min(dmt.log_every, n_dmt))
   dmt.eval_every = dmt.checkpoint_every = n_dmt
