@@ -154,6 +154,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _one_of(config.method, 'method', METHODS)
   for f in ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'num_eval_batches'):
     _require(isinstance(config[f], int) and config[f] > 0, f, f'must be a positive integer, got {config[f]!r}')
+  _require(isinstance(config.max_checkpoints_to_keep, int) and config.max_checkpoints_to_keep > 0,
+           'max_checkpoints_to_keep', f'must be a positive integer, got {config.max_checkpoints_to_keep!r}')
   m = config.model
   for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth', 'mlp_ratio'):
     _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')
@@ -294,7 +296,7 @@ def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | No
     c.log_every = 100
     c.eval_every = c.checkpoint_every = 2000
     return c
-  raise ValueError(f"unknown variant {variant!r} of the {task} config; known: '', 'small', 'gpu', 'mem2d', 'mem3d'")
+  raise ConfigError(f"unknown variant {variant!r} of the {task} config; known: '', 'small', 'gpu', 'mem2d', 'mem3d'")
 
 
 def published_config(name: str, seq_len: int = 320, context: int = 256, future: int = 64):
@@ -388,7 +390,7 @@ def real_data_variant(c, variant: str | None, config_file: str):
     return dmt_variant(c, context=None, rollout=256, every=16)
   if variant == 'small_dmt':
     return dmt_variant(small_real_config(c), context=None, rollout=32, every=8, lr=3e-4, batch_size=16, num_steps=200)
-  raise ValueError(f'unknown variant {variant!r} of {config_file}; known: {", ".join(map(repr, REAL_VARIANTS))}')
+  raise ConfigError(f'unknown variant {variant!r} of {config_file}; known: {", ".join(map(repr, REAL_VARIANTS))}')
 
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
