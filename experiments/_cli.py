@@ -1,7 +1,8 @@
-"""What every experiments/ entry point does around its work, in one place: reject stray arguments, route
-`--jax_*` flags to JAX, quiet absl logging (Orbax logs every save at INFO) unless --verbosity is given, and
-turn smtjax's own errors into a one-line exit: bad data, checkpoints or a diverged run -> `error: ...`; bad
-config values -> a usage error. Any other exception (a bug, an error inside JAX) keeps its traceback."""
+"""What every experiments/ entry point does around its work, in one place: reject stray arguments, quiet
+absl logging (Orbax logs every save at INFO) unless --verbosity is given, and turn smtjax's own errors into
+a one-line exit: bad data, checkpoints, workdirs or a diverged run -> `error: ...`; bad config values -> a
+usage error; a run stopped by SIGTERM/SIGINT after saving -> its message and exit status 0. Any other
+exception (a bug, an error inside JAX) keeps its traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 
 from absl import app, flags, logging
 
-from smtjax.errors import ConfigError, SmtjaxError
+from smtjax.errors import ConfigError, Preempted, SmtjaxError
 
 
 def start(argv) -> None:
@@ -24,6 +25,9 @@ def start(argv) -> None:
 def user_errors():
   try:
     yield
+  except Preempted as e:
+    print(f'{e}.', flush=True)
+    raise SystemExit(0)
   except ConfigError as e:
     raise app.UsageError(str(e))
   except SmtjaxError as e:
@@ -34,3 +38,19 @@ def require_workdir(workdir: str) -> None:
   """Exits unless `workdir` holds a training run's config.json."""
   if not os.path.isfile(os.path.join(workdir, 'config.json')):
     raise SystemExit(f'error: {workdir} has no config.json (is it a training workdir?)')
+
+
+def quiet_config_file_errors(name: str = 'config') -> None:
+  """A ConfigError raised by a config file's get_config (an unknown variant) is reported as its message,
+  not as the traceback ml_collections puts into flag-parsing errors."""
+  flag = flags.FLAGS[name]
+  parse = flag.parser.parse
+
+  def quiet_parse(path):
+    try:
+      return parse(path)
+    except ValueError as e:
+      if isinstance(e.__context__, ConfigError):  # ml_collections re-raised it with the traceback as text
+        raise ValueError(str(e.__context__)) from None
+      raise
+  flag.parser.parse = quiet_parse

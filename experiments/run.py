@@ -22,6 +22,7 @@ flags.DEFINE_string('coordinator_address', '', 'Multi-process without auto-detec
 flags.DEFINE_integer('num_processes', 0, 'Multi-process without auto-detection: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-process without auto-detection: this process\'s id.')
 flags.mark_flags_as_required(['config'])
+_cli.quiet_config_file_errors('config')
 
 
 def main(argv):

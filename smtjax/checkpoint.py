@@ -3,33 +3,99 @@
 A checkpoint is a Composite of `state` (the TrainState pytree, saved sharded by every process
 collectively) and `data` (the iterator's JSON state). Saves are asynchronous and atomic (Orbax writes a
 temporary directory and renames it), so a run killed mid-save leaves the previous checkpoint intact.
+`restore_latest` falls back to the newest checkpoint that restores, setting damaged newer ones aside as
+`checkpoints/<step>.corrupt-<time>` (never deleting them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from absl import logging
 
-from smtjax.errors import CheckpointError, ConfigError  # noqa: F401  (re-exported)
+from smtjax.errors import CheckpointError, ConfigError, WorkdirError  # noqa: F401  (re-exported)
+
+
+def write_file(path: str, text: str):
+  """Writes `text` to `path` atomically (a temporary file, then a rename: a kill leaves the old file or the
+  new one); an OSError (read-only or full file system) becomes a WorkdirError naming the file."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise WorkdirError(f'cannot write {path}: {e}') from e
+
+
+def _all_processes(ok: bool) -> bool:
+  """True when `ok` holds on every process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _barrier(name: str):
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _quiet_closed_loop_noise():
+  """After a failed restore, tensorstore reads still in flight report to Orbax's closed asyncio loop, and
+  Python prints each as an 'Event loop is closed' traceback; drop those (only those)."""
+  previous = sys.unraisablehook
+  if getattr(previous, '_smtjax_quiet', False):
+    return
+
+  def hook(u):
+    if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == 'Event loop is closed':
+      return
+    previous(u)
+  hook._smtjax_quiet = True
+  sys.unraisablehook = hook
+
+
+def _reason(e: BaseException, limit: int = 400) -> str:
+  """The first line of an exception's message (Orbax and tensorstore messages run long)."""
+  text = f'{type(e).__name__}: {e}'.strip().splitlines()[0]
+  return text if len(text) <= limit else text[:limit] + '...'
 
 
 class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 2):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_names=('state', 'data'))
+    try:
+      # cleanup_tmp_directories: unfinished saves of a killed run (`<step>.orbax-checkpoint-tmp*`) go.
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
+          item_names=('state', 'data'))
+    except OSError as e:
+      raise WorkdirError(f'cannot open the checkpoint directory {self.directory}: {e}') from e
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: dict):
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    data=ocp.args.JsonSave(data_state)))
+    """Starts an asynchronous save; an error of the previous save (e.g. a full disk) surfaces here."""
+    try:
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      data=ocp.args.JsonSave(data_state)))
+    except Exception as e:  # noqa: BLE001  (Orbax and the file system raise many types)
+      raise CheckpointError(f'cannot write checkpoint step {step} in {self.directory}: {_reason(e)} '
+                            f'(earlier checkpoints are kept: {self.all_steps()})') from e
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, data_state) of `step` (default latest), placed with the shardings in `abstract_state`
@@ -38,16 +104,66 @@ class Checkpointer:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                                data=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-      raise CheckpointError(f'cannot restore checkpoint step {step} from {self.directory}: {e}') from e
+    except Exception as e:  # noqa: BLE001  (corrupt files raise ValueError, KeyError, UnicodeError, OSError...)
+      _quiet_closed_loop_noise()
+      raise CheckpointError(f'cannot restore checkpoint step {step} from {self.directory}: {_reason(e)}') from e
     return out['state'], out['data']
 
+  def restore_latest(self, abstract_state, set_aside: bool = True):
+    """(step, state, data_state) of the newest checkpoint that restores, or None when there is none.
+
+    A checkpoint that fails (corrupt, truncated, missing items) is logged with its step and reason; once
+    an older one restores, the failed newer ones are renamed `<step>.corrupt-<time>` (`set_aside`), so
+    the run continues from the good one and never deletes anything. When none restores, all are left in
+    place and CheckpointError lists each step's reason. Every process takes the same decision.
+    """
+    failed: list[tuple[int, str]] = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      reason = 'it failed to restore on another process'
+      try:
+        state, data_state = self.restore(abstract_state, step)
+        ok = True
+      except CheckpointError as e:
+        ok, reason = False, _reason(e.__cause__ or e)
+      if _all_processes(ok):
+        if failed and set_aside:
+          self._set_aside([s for s, _ in failed])
+        if failed:
+          logging.warning('resuming from checkpoint step %d, the newest that restores', step)
+        return step, state, data_state
+      logging.warning('checkpoint step %d in %s cannot be restored: %s', step, self.directory, reason)
+      failed.append((step, reason))
+    if failed:
+      raise CheckpointError(f'no checkpoint in {self.directory} can be restored (all are left in place):\n  '
+                            + '\n  '.join(f'step {s}: {r}' for s, r in failed))
+    return None
+
+  def _set_aside(self, steps: list[int]):
+    """Renames step directories to `<step>.corrupt-<time>` (process 0), which Orbax no longer lists."""
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    if jax.process_index() == 0:
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        dst = f'{src}.corrupt-{stamp}'
+        while os.path.exists(dst):  # set aside twice within a second
+          dst += '-1'
+        os.rename(src, dst)
+        logging.warning('set aside the damaged checkpoint step %d as %s', step, dst)
+    _barrier('smtjax-checkpoint-set-aside')
+    self.manager.reload()
+
   def wait(self):
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001  an asynchronous save failed
+      raise CheckpointError(f'cannot write a checkpoint in {self.directory}: {_reason(e)} '
+                            f'(earlier checkpoints are kept)') from e
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def abstract_with_shardings(abstract_tree, shardings):
@@ -77,7 +193,7 @@ def check_compatible(config, workdir: str, what: str = 'resume from'):
   try:
     with open(path) as f:
       saved = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
     raise CheckpointError(f'{path} is unreadable: {e}') from e
   current = json.loads(config.to_json_best_effort())
   def get(d, k):

@@ -152,6 +152,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _one_of(config.method, 'method', METHODS)
   for f in ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'num_eval_batches'):
     _require(isinstance(config[f], int) and config[f] > 0, f, f'must be a positive integer, got {config[f]!r}')
+  _require(isinstance(config.max_checkpoints_to_keep, int) and config.max_checkpoints_to_keep > 0,
+           'max_checkpoints_to_keep', f'must be a positive integer, got {config.max_checkpoints_to_keep!r}')
   m = config.model
   for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth', 'mlp_ratio'):
     _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')

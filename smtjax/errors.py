@@ -23,3 +23,17 @@ class CheckpointError(SmtjaxError, ValueError):
 
 class NonFiniteLossError(SmtjaxError, FloatingPointError):
   """The training loss became NaN or Inf; the message names the step."""
+
+
+class WorkdirError(SmtjaxError, ValueError):
+  """The workdir, or a file in it, cannot be created, read or written; the message names the path."""
+
+
+class Preempted(SmtjaxError):
+  """Training stopped on a signal after saving a checkpoint and the metrics of `step`; run again to resume.
+  Not a failure: the command-line entry points exit with status 0."""
+
+  def __init__(self, step: int, signal_name: str, workdir: str):
+    self.step, self.signal_name, self.workdir = step, signal_name, workdir
+    super().__init__(f'stopped by {signal_name} after step {step}: checkpoint and metrics saved in {workdir}; '
+                     'run the same command to resume')

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 from tqdm import tqdm
 
 from smtjax import bptt
@@ -35,6 +36,7 @@ from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import CheckpointError, ConfigError, NonFiniteLossError  # noqa: F401  (re-exported)
 from smtjax.metrics import MetricWriter
 from smtjax.models import Networks
+from smtjax.preemption import Preempted, StopSignals
 
 
 @flax.struct.dataclass
@@ -187,8 +189,21 @@ class Trainer:
 
 def _save_config(config, workdir: str):
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    ckpt_lib.write_file(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _prepare_workdir(workdir: str):
+  """Creates `workdir` and checks that it can be written, before anything is compiled (WorkdirError)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ckpt_lib.WorkdirError(f'workdir {workdir} is a file, not a directory; give a directory (--workdir=DIR)')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ckpt_lib.WorkdirError(f'cannot create the workdir {workdir}: {e}') from e
+  if jax.process_index() == 0:  # a read-only or full file system fails here rather than after compiling
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    ckpt_lib.write_file(probe, 'smtjax')
+    os.remove(probe)
 
 
 def _progress(config, start: int):
@@ -215,14 +230,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       raise ckpt_lib.CheckpointError(f'config.init_from: {config.init_from} holds no trained run '
                                      '(no config.json and checkpoint)')
     ckpt_lib.check_compatible(config, config.init_from, what='initialise from')
-  os.makedirs(workdir, exist_ok=True)
+  _prepare_workdir(workdir)
   ckpt_lib.check_compatible(config, workdir)
 
   trainer = Trainer.create(config)
   checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
   train_it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
-  start = checkpointer.latest_step()
-  if start is None:
+  restored = checkpointer.restore_latest(trainer.abstract_state)  # falls back past damaged checkpoints
+  if restored is None:
     start = 0
     if config.init_from:
       state = trainer.state_from_params(initial_params(config, trainer))
@@ -230,7 +245,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     else:
       state = trainer.init_state(jax.random.PRNGKey(config.seed))
   else:
-    state, data_state = checkpointer.restore(trainer.abstract_state, start)
+    start, state, data_state = restored
     train_it.set_state(data_state)
     print(f'Resumed from {checkpointer.directory} at step {start}.', flush=True)
   _save_config(config, workdir)
@@ -270,6 +285,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if bar is not None:
       bar.update(1)
 
+  stopped = None  # (step, signal name) when SIGTERM/SIGINT stopped the run
+  signals = StopSignals(agree_every=config.log_every).install()
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = shard_lib.global_batch(next(train_it), trainer.batch_sharding)
@@ -278,7 +295,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         finish_step(*pending)
       pending = (step, metrics)
       at_end = step == config.num_steps
-      if step % config.checkpoint_every == 0 or step % config.eval_every == 0 or at_end:
+      # Preemption or Ctrl-C: this step is done; log it, save it and stop (every process at the same step).
+      stop = signals.should_stop(step) and not at_end
+      if step % config.checkpoint_every == 0 or step % config.eval_every == 0 or at_end or stop:
         finish_step(*pending)
         pending = None
       if step % config.eval_every == 0 or at_end:
@@ -288,16 +307,37 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         last.update(eval_metrics)
         if bar is not None:
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
-      if step % config.checkpoint_every == 0 or at_end:
+      if step % config.checkpoint_every == 0 or at_end or stop:
         checkpointer.save(step, state, train_it.get_state())
+      if stop:
+        stopped = (step, signals.received)
+        break
     if pending is not None:
       finish_step(*pending)
-  finally:
-    checkpointer.close()
-    writer.close()
-    if bar is not None:
-      bar.close()
+  except BaseException:
+    # Stopping on an error: keep what is saved (the pending save completes) and report the first error.
+    signals.uninstall()
+    _close_quietly(checkpointer, writer, bar)
+    raise
+  signals.uninstall()
+  checkpointer.close()  # waits for the last save
+  writer.close()
+  if bar is not None:
+    bar.close()
+  if stopped is not None:
+    raise Preempted(stopped[0], stopped[1], workdir)
   return last
+
+
+def _close_quietly(checkpointer, writer, bar):
+  """Closes the run's writers after an error, logging (not raising) their own errors."""
+  for close in (checkpointer.close, writer.close, bar.close if bar is not None else None):
+    if close is None:
+      continue
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001
+      logging.warning('while stopping after an error: %s', e)
 
 
 def initial_params(config, trainer: Trainer):
@@ -332,7 +372,10 @@ def load_params(workdir: str, config=None, step: int | None = None):
   try:
     if checkpointer.latest_step() is None:
       raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory}')
-    state, _ = checkpointer.restore(trainer.abstract_state, step)
+    if step is None:  # the newest that restores (a damaged newer one is logged, and left for training to set aside)
+      _, state, _ = checkpointer.restore_latest(trainer.abstract_state, set_aside=False)
+    else:
+      state, _ = checkpointer.restore(trainer.abstract_state, step)
   finally:
     checkpointer.close()
   return config, state.params

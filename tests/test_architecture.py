@@ -11,7 +11,8 @@ PACKAGE = ROOT / 'smtjax'
 # The layers, lowest first: a module may import only modules of its own layer or a lower one.
 LAYERS = [
     {'smtjax.errors', 'smtjax.plotting'},
-    {'smtjax.config', 'smtjax.variants', 'smtjax.data', 'smtjax.sharding', 'smtjax.metrics', 'smtjax.checkpoint'},
+    {'smtjax.config', 'smtjax.variants', 'smtjax.data', 'smtjax.sharding', 'smtjax.metrics', 'smtjax.checkpoint',
+     'smtjax.preemption'},
     {'smtjax.layers'},
     {'smtjax.models'},
     {'smtjax.losses'},

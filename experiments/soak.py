@@ -1,0 +1,183 @@
+r"""Kill-and-resume soak: N times start a training run, SIGKILL it at a random moment (in start-up, mid-
+training, or while a checkpoint is being written), and start it again; at the end the parameters and every
+logged metric must equal an uninterrupted run's, with no duplicate or missing metric step.
+
+  python -m experiments.soak --kills=10 --out=/tmp/soak      # tiny retrieval model, about 2 minutes on CPU
+
+Writes out/reference (the uninterrupted run), out/run (the killed one), out/launch-<i>.log and
+out/soak.json; exits 1 unless the two runs agree.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A model small enough that a step takes milliseconds: a launch is mostly start-up, and kills land
+# anywhere in a run of many steps and checkpoints.
+TINY = ['--config.data.seq_len=8', '--config.smt.future=8', '--config.model.d_model=16', '--config.model.num_heads=2',
+        '--config.model.enc_depth=1', '--config.model.dec_depth=1', '--config.model.cell_depth=1',
+        '--config.batch_size=8', '--config.num_eval_batches=1', '--config.progress_bar=False', '--config.log_every=1']
+MODES = ('save', 'step', 'startup')
+TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax writes a checkpoint here, then renames it to <step>
+
+
+def _last_step(workdir: pathlib.Path) -> int:
+  """The step of the last complete line of metrics.jsonl (0 if none)."""
+  try:
+    data = (workdir / 'metrics.jsonl').read_bytes()
+  except FileNotFoundError:
+    return 0
+  lines = data[:data.rfind(b'\n') + 1].splitlines()
+  return json.loads(lines[-1])['step'] if lines else 0
+
+
+def _saves_in_progress(workdir: pathlib.Path, old: frozenset[str] = frozenset()) -> set[str]:
+  """Unfinished checkpoint directories, but those in `old` (left by an earlier launch)."""
+  try:
+    return {n for n in os.listdir(workdir / 'checkpoints') if TMP_SUFFIX in n} - old
+  except FileNotFoundError:
+    return set()
+
+
+def _launch(cmd: list[str], log: pathlib.Path) -> subprocess.Popen:
+  with open(log, 'w') as f:  # the child keeps its own copy of the descriptor
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
+
+
+def _strip(records):
+  return [{k: v for k, v in r.items() if k != 'steps_per_s'} for r in records]
+
+
+def soak(out: str, kills: int = 10, seed: int = 0, num_steps: int = 0, checkpoint_every: int = 3,
+         eval_every: int = 10, config: str = 'configs/retrieval.py:small', overrides: tuple[str, ...] = (),
+         verbose: bool = True) -> dict:
+  """Runs the soak; returns a summary dict (`identical` is the verdict). `num_steps` 0: 8*kills + 20."""
+  from smtjax import train
+  from smtjax.metrics import read_metrics
+  say = print if verbose else (lambda *a, **k: None)
+  rng = np.random.default_rng(seed)
+  out_dir = pathlib.Path(out)
+  shutil.rmtree(out_dir, ignore_errors=True)
+  out_dir.mkdir(parents=True)
+  num_steps = num_steps or 8 * kills + 20
+  base = [sys.executable, '-m', 'experiments.run', f'--config={config}', *TINY, f'--config.num_steps={num_steps}',
+          f'--config.checkpoint_every={checkpoint_every}', f'--config.eval_every={eval_every}', *overrides]
+  ref, run = out_dir / 'reference', out_dir / 'run'
+
+  t0 = time.time()
+  p = _launch([*base, f'--workdir={ref}'], out_dir / 'reference.log')
+  first_step_s = None
+  while p.poll() is None:
+    if first_step_s is None and _last_step(ref) > 0:
+      first_step_s = time.time() - t0
+    time.sleep(0.005)
+  if p.returncode != 0:
+    raise RuntimeError(f'the uninterrupted run failed; see {out_dir / "reference.log"}')
+  startup_s = first_step_s or (time.time() - t0)
+  say(f'uninterrupted run: {num_steps} steps in {time.time() - t0:.1f} s (first step logged after {startup_s:.1f} s)')
+
+  # Each block of three kills has every mode once, in random order.
+  modes = [m for _ in range(-(-kills // len(MODES))) for m in rng.permutation(MODES)][:kills]
+  log = []
+  for i, mode in enumerate(modes):
+    resumed_from = max([int(n) for n in os.listdir(run / 'checkpoints') if n.isdigit()], default=0) \
+        if (run / 'checkpoints').is_dir() else 0
+    logged_before = _last_step(run)  # metrics.jsonl still holds what earlier launches logged
+    old_saves = frozenset(_saves_in_progress(run))  # unfinished saves of earlier launches
+    start = time.time()
+    p = _launch([*base, f'--workdir={run}'], out_dir / f'launch-{i}.log')
+    atexit.register(lambda p=p: p.poll() is None and p.kill())  # never leave a run behind
+    if mode == 'startup':  # anywhere from interpreter start to the first steps (compiling, restoring)
+      deadline = start + rng.uniform(0, startup_s)
+      while time.time() < deadline and p.poll() is None:
+        time.sleep(0.002)
+    elif mode == 'step':  # mid-training: a random number of steps past what earlier launches logged
+      target = min(num_steps - 1, max(resumed_from, logged_before) + int(rng.integers(1, 2 * checkpoint_every + 1)))
+      while _last_step(run) < target and p.poll() is None:
+        time.sleep(0.002)
+    else:  # while the next checkpoint is being written: its unfinished directory is there
+      # The record of a checkpoint step is written right before its asynchronous save starts: from then on
+      # wait at most 0.5 s for the save's directory.
+      logged_at = None
+      while p.poll() is None and not _saves_in_progress(run, old_saves):
+        if logged_at is None:
+          last = _last_step(run)
+          if last > max(resumed_from, logged_before) and last % checkpoint_every == 0:
+            logged_at = time.time()
+        elif time.time() - logged_at > 0.5:
+          break
+        time.sleep(0.001)
+    if p.poll() is not None:
+      say(f'kill {i}: the run exited by itself (status {p.returncode}) before the kill; see launch-{i}.log')
+      if p.returncode != 0:
+        raise RuntimeError(f'launch {i} failed; see {out_dir / f"launch-{i}.log"}')
+      break
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    during_save = bool(_saves_in_progress(run, old_saves))
+    entry = dict(kill=i, mode=mode, after_s=round(time.time() - start, 2), resumed_from=resumed_from,
+                 last_logged_step=_last_step(run), during_save=during_save)
+    log.append(entry)
+    say(f'kill {i}: {mode:8s} after {entry["after_s"]:5.2f} s, resumed from step {resumed_from}, '
+        f'last logged step {entry["last_logged_step"]}' + (', during a checkpoint save' if during_save else ''))
+
+  p = _launch([*base, f'--workdir={run}'], out_dir / 'final.log')
+  if p.wait() != 0:
+    raise RuntimeError(f'the final resume failed; see {out_dir / "final.log"}')
+
+  a, b = _strip(read_metrics(str(ref))), _strip(read_metrics(str(run)))
+  steps = [r['step'] for r in b]
+  no_dup_or_missing = steps == sorted(set(steps)) and steps == [r['step'] for r in a]
+  metrics_equal = a == b
+  _, pa = train.load_params(str(ref))
+  _, pb = train.load_params(str(run))
+  import jax
+  params_equal = all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), pa, pb)))
+  set_aside = sorted(n for n in os.listdir(run / 'checkpoints') if '.corrupt-' in n)
+  summary = dict(kills=len(log), num_steps=num_steps, checkpoint_every=checkpoint_every, seed=seed,
+                 during_save=sum(e['during_save'] for e in log),
+                 by_mode={m: sum(e['mode'] == m for e in log) for m in MODES},
+                 metric_records=len(b), steps_ok=no_dup_or_missing, metrics_equal=metrics_equal,
+                 params_equal=params_equal, set_aside=set_aside, wall_s=round(time.time() - t0, 1), log=log)
+  summary['identical'] = bool(no_dup_or_missing and metrics_equal and params_equal)
+  (out_dir / 'soak.json').write_text(json.dumps(summary, indent=2))
+  say(f'soak: {summary["kills"]} kills ({summary["during_save"]} during a checkpoint save; by mode '
+      f'{summary["by_mode"]}), {len(b)} metric records, steps without duplicates or gaps: {no_dup_or_missing}, '
+      f'metrics equal: {metrics_equal}, parameters equal: {params_equal}, checkpoints set aside: {len(set_aside)}; '
+      f'{summary["wall_s"]} s -> {"IDENTICAL" if summary["identical"] else "DIFFERENT"}')
+  return summary
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer('kills', 10, 'Number of SIGKILLs (each followed by a resume).')
+flags.DEFINE_integer('seed', 0, 'Seed of the kill schedule.')
+flags.DEFINE_integer('num_steps', 0, 'Training steps (0: 8*kills + 20).')
+flags.DEFINE_integer('checkpoint_every', 3, 'Checkpoint interval in steps (small: many saves to kill).')
+flags.DEFINE_string('config', 'configs/retrieval.py:small', 'Config file (with variant) to train.')
+flags.DEFINE_multi_string('override', [], 'Extra --config.x=y arguments for the runs, e.g. --override=--config.seed=1.')
+flags.DEFINE_string('out', '/tmp/smtjax_soak', 'Output directory (replaced).')
+
+
+def main(argv):
+  from experiments import _cli
+  _cli.start(argv)
+  s = soak(FLAGS.out, FLAGS.kills, FLAGS.seed, FLAGS.num_steps, FLAGS.checkpoint_every, config=FLAGS.config,
+           overrides=tuple(FLAGS.override))
+  if not s['identical']:
+    raise SystemExit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)
