@@ -19,6 +19,9 @@ CELLS = ('transformer', 'gru', 'mlp')
 ENCODER_ATTENTION = ('causal', 'bidirectional')
 SCHEDULES = ('constant', 'cosine')
 TRAINABLE = ('all', 'teacher', 'rnn')
+DYNAMICS_GRADIENT = ('both', 'stop_target', 'rnn_only')
+CLIP_MODES = ('global', 'per_network')
+DMT_TERM_ON = ('teacher', 'rnn')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -68,6 +71,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.initial_memory = 'auto'
   c.model.dtype = 'float32'  # computation dtype; parameters stay float32
   c.model.remat = False  # rematerialise Transformer blocks in the backward pass
+  # Architecture details (defaults: smtjax's original networks; published_config sets the public code's).
+  c.model.head_dim = 0  # width of one attention head; 0: d_model // num_heads (public code: 64)
+  c.model.rotary_fraction = 1.0  # fraction of each head's features that get rotary positions (public: 0.5)
+  c.model.use_bias = False  # biases in the MLPs and the output head (public code: yes; attention: never)
+  c.model.final_norm = False  # learned-scale RMSNorm after the encoder's / Transformer cell's last block
+  c.model.share_embedding = False  # the decoder reads the encoder's token embedding (public teacher: one embed)
 
   c.smt = ml_collections.ConfigDict()
   c.smt.mode = 'parallel'  # 'window' (published: one transition per sequence) or 'parallel'
@@ -79,7 +88,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.coef_unif = 0.001
   c.smt.unif_samples = 512
   c.smt.unif_t = 2.0
-  c.smt.detach_target = False  # stop the dynamics gradient into the encoder's m_{t+1}
+  # Where the dynamics loss's gradient goes: 'both' (the RNN and both teacher memories m_t, m_{t+1}),
+  # 'stop_target' (not into m_{t+1}), 'rnn_only' (into neither teacher memory: the public `detach_rnn`).
+  c.smt.dynamics_gradient = 'both'
+  c.smt.detach_target = False  # deprecated: True means dynamics_gradient='stop_target'
   c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
   c.smt.num_transitions = 0  # parallel mode: dynamics pairs sampled per sequence (0 = all T)
   c.smt.num_decoder_samples = 4  # parallel mode: memories per sequence whose future is decoded (0 = all T+1)
@@ -92,6 +104,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.dmt.every = 4  # k: the memory is matched to the encoder's every k-th rollout step
   c.dmt.coef_mem = 10.0
   c.dmt.coef_readout = 1.0
+  # The decoder and uniformity terms: 'teacher' (published: computed on the encoder's memories and only
+  # logged, as loss_dec_teacher / loss_unif_teacher; they carry no gradient, the teacher being frozen) or
+  # 'rnn' (smtjax extension: computed on the RNN's memories and trained with coef_dec / coef_unif).
+  c.dmt.decoder_term = 'teacher'
+  c.dmt.uniformity_term = 'teacher'
   c.dmt.coef_dec = 1.0
   c.dmt.coef_unif = 0.01
   c.dmt.backprop_through_rollout = False  # False: one-step gradients (each step's input memory detached)
@@ -120,6 +137,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.warmup_frac = 0.01
   c.optim.schedule = 'constant'  # linear warm-up then 'constant' or 'cosine' decay to 0
   c.optim.grad_clip = 1.0
+  # 'global': one norm over all trained parameters; 'per_network': the teacher (encoder, decoder) and the RNN
+  # (cell, readout, initial memory) are each clipped to grad_clip (the public code's two clip_grad_norm_ calls).
+  c.optim.clip_mode = 'global'
 
   # Device mesh: `data` x `fsdp`; -1 takes all remaining devices.
   c.mesh = ml_collections.ConfigDict()
@@ -133,6 +153,19 @@ def initial_memory(config) -> str:
   if config.model.initial_memory != 'auto':
     return config.model.initial_memory
   return 'zeros' if config.method == 'bptt' else 'encoder'
+
+
+def dynamics_gradient(smt_config) -> str:
+  """config.smt.dynamics_gradient, with the deprecated smt.detach_target=True read as 'stop_target'."""
+  mode = smt_config.get('dynamics_gradient', 'both')
+  if smt_config.get('detach_target', False) and mode == 'both':
+    return 'stop_target'
+  return mode
+
+
+def head_dim(model_config) -> int:
+  """The width of one attention head: model.head_dim, or d_model // num_heads when it is 0."""
+  return int(model_config.get('head_dim', 0) or model_config.d_model // model_config.num_heads)
 
 
 def _require(cond: bool, field: str, msg: str):
@@ -157,8 +190,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   m = config.model
   for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth', 'mlp_ratio'):
     _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')
-  _require(m.d_model % m.num_heads == 0, 'model.d_model', f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  _require((m.d_model // m.num_heads) % 2 == 0, 'model.num_heads', 'the head width d_model/num_heads must be even (rotary)')
+  hd = m.get('head_dim', 0)
+  _require(isinstance(hd, int) and hd >= 0, 'model.head_dim', f'must be an integer >= 0 (0: d_model/num_heads), got {hd!r}')
+  if not hd:
+    _require(m.d_model % m.num_heads == 0, 'model.d_model', f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
+  rf = m.get('rotary_fraction', 1.0)
+  _require(isinstance(rf, (int, float)) and 0 < rf <= 1, 'model.rotary_fraction', f'must be in (0, 1], got {rf!r}')
+  rot = head_dim(m) * rf
+  _require(rot == int(rot) and int(rot) % 2 == 0 and rot >= 2, 'model.rotary_fraction',
+           f'{rf} of the head width {head_dim(m)} is {rot}: the rotated part must be an even number of features')
+  for f in ('use_bias', 'final_norm', 'share_embedding'):
+    _require(isinstance(m.get(f, False), bool), f'model.{f}', f'must be True or False, got {m.get(f)!r}')
   _require(isinstance(m.get('mem_dim', 0), int) and m.get('mem_dim', 0) >= 0, 'model.mem_dim',
            f'must be an integer >= 0 (0: d_model), got {m.get("mem_dim")!r}')
   if m.mem_size is not None:
@@ -174,6 +216,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   s = config.smt
   _one_of(s.mode, 'smt.mode', SMT_MODES)
   _one_of(s.trainable, 'smt.trainable', TRAINABLE)
+  _one_of(s.dynamics_gradient, 'smt.dynamics_gradient', DYNAMICS_GRADIENT)
+  _require(not (s.detach_target and s.dynamics_gradient == 'rnn_only'), 'smt.detach_target',
+           "deprecated; contradicts smt.dynamics_gradient='rnn_only' (set only dynamics_gradient)")
   T = config.data.seq_len
   _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
   _require(s.future >= 1, 'smt.future', 'must be >= 1')
@@ -199,6 +244,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     d = config.dmt
     for f in ('context', 'rollout', 'every'):
       _require(isinstance(d[f], int) and d[f] >= 1, f'dmt.{f}', f'must be a positive integer, got {d[f]!r}')
+    _one_of(d.decoder_term, 'dmt.decoder_term', DMT_TERM_ON)
+    _one_of(d.uniformity_term, 'dmt.uniformity_term', DMT_TERM_ON)
     _require(d.rollout % d.every == 0, 'dmt.every', f'{d.every} does not divide dmt.rollout={d.rollout}')
     _require(d.context + d.rollout <= T, 'dmt.rollout',
              f'context + rollout = {d.context} + {d.rollout} is longer than the sequence (data.seq_len={T})')
@@ -214,6 +261,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _one_of(o.schedule, 'optim.schedule', SCHEDULES)
   _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
   _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
+  _one_of(o.clip_mode, 'optim.clip_mode', CLIP_MODES)
 
   if data_vocab_size is not None:
     _require(m.vocab_size >= data_vocab_size, 'model.vocab_size',
@@ -299,8 +347,8 @@ def synthetic_config(task: str, seq_len: int, vocab_size: int, variant: str | No
 
 def published_config(name: str, seq_len: int = 320, context: int = 256, future: int = 64):
   """The published SMT settings (method.md §8) for a real dataset: window mode, bidirectional encoder,
-  d=256, K=16 (Z=4096), 8 heads, depths 8/4/8, AdamW 3e-4 (0.9, 0.95), wd 0.01, 1% warm-up then constant,
-  batch 128, clipping 1.0, 150k steps, bf16 computation. Shared by configs/tinystories.py, mnist.py,
+  d=256, K=16 (Z=4096), 8 heads of width 64, depths 8/4/8, AdamW 3e-4 (0.9, 0.95), wd 0.01, 1% warm-up then
+  constant, batch 128, clipping 1.0 per network, 150k steps, bf16 computation. Shared by configs/tinystories.py, mnist.py,
   sketch.py."""
   c = default_config()
   c.data.name = name
@@ -315,6 +363,14 @@ def published_config(name: str, seq_len: int = 320, context: int = 256, future: 
   c.model.cell_depth = 8
   c.model.encoder_attention = 'bidirectional'
   c.model.dtype = 'bfloat16'
+  # The public networks (x-transformers Encoder/Decoder defaults): 64 features per head (8 heads: attention
+  # width 512 inside d=256), rotary on half of each head, biases in the MLPs and the logits layer, a final
+  # RMSNorm after the last block, one token embedding shared by the teacher's encoder and decoder.
+  c.model.head_dim = 64
+  c.model.rotary_fraction = 0.5
+  c.model.use_bias = True
+  c.model.final_norm = True
+  c.model.share_embedding = True
   c.smt.mode = 'window'
   c.smt.context = context
   c.smt.future = future
@@ -324,6 +380,7 @@ def published_config(name: str, seq_len: int = 320, context: int = 256, future: 
   c.optim.warmup_frac = 0.01
   c.optim.schedule = 'constant'
   c.optim.grad_clip = 1.0
+  c.optim.clip_mode = 'per_network'  # the RNN's and the teacher's gradients each clipped to 1.0
   c.batch_size = 128
   c.num_steps = 150_000
   c.log_every = 100
@@ -344,6 +401,7 @@ def small_real_config(c, seq_len: int = 64, context: int = 48, future: int = 16)
   c.smt.future = future
   c.model.d_model = 64
   c.model.num_heads = 4
+  c.model.head_dim = 0  # d_model / num_heads = 16 (the other public-architecture options stay)
   c.model.num_mem_tokens = 4
   c.model.enc_depth = c.model.dec_depth = c.model.cell_depth = 2
   c.model.dtype = 'float32'
@@ -360,8 +418,12 @@ def dmt_variant(c, context: int | None, rollout: int, every: int, lr: float = 3e
                 num_steps: int = 1500):
   """Turns an SMT config into DMT fine-tuning of its RNN (method.md §5/§8: lr 3e-5 with 1% warm-up and
   cosine decay, batch 32, 1.5k steps). The sequence grows to context + rollout + future for window-mode
-  teachers; a parallel-mode teacher keeps its task's length. Set --config.init_from=SMT_WORKDIR."""
+  teachers; a parallel-mode teacher keeps its task's length. Set --config.init_from=SMT_WORKDIR.
+  The objective is the published one, 10 x memory MSE + readout cross-entropy; the decoder and uniformity
+  terms are computed on the teacher's memories and only logged (dmt.decoder_term / uniformity_term='rnn'
+  trains them on the RNN's memories instead, an smtjax extension)."""
   c.method = 'dmt'
+  c.dmt.decoder_term = c.dmt.uniformity_term = 'teacher'
   context = c.smt.context if context is None else context  # a window teacher encodes windows of its own length
   c.dmt.context, c.dmt.rollout, c.dmt.every = context, rollout, every
   if c.smt.mode == 'window':
