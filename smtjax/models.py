@@ -9,6 +9,8 @@ The RNN is (cell, readout) and its readout *is* the teacher decoder's parameters
 there is no second copy that could go stale. Only DMT fine-tuning, which trains the readout while the
 teacher stays frozen, adds `params['readout']` (initialised as a copy of the decoder, same architecture);
 `Networks.readout` then uses it. An optional `params['init_memory']` [K, D] is a learned initial memory.
+With `model.share_embedding` (the public teacher) the decoder has no embedding: `Networks.decode` embeds its
+future inputs with `params['encoder']['embed']` (the readout reads memories only and needs none).
 """
 
 from __future__ import annotations
