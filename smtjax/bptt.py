@@ -13,12 +13,13 @@ from smtjax.models import Networks
 
 
 def rollout(nets: Networks, params, mem0, x_BxT, truncation: int = 0):
-  """Memories after each input [B, T, K, D]; with truncation, no gradient crosses step boundaries that
-  are multiples of `truncation`."""
+  """Memories after each input [B, T, K, D]; with truncation, no gradient crosses the step boundaries
+  t = truncation, 2*truncation, ... The initial memory (t = 0) is never detached: a learned or encoder
+  initial memory gets the gradient of the first `truncation` steps (all of them if truncation >= T)."""
   def body(carry, x_B):
     mem, t = carry
     if truncation > 0:
-      mem = jnp.where(t % truncation == 0, jax.lax.stop_gradient(mem), mem)
+      mem = jnp.where((t > 0) & (t % truncation == 0), jax.lax.stop_gradient(mem), mem)
     new = nets.step(params, mem, x_B)
     return (new, t + 1), new
 

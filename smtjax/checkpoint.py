@@ -174,9 +174,11 @@ def abstract_with_shardings(abstract_tree, shardings):
 # only resume (or initialise) from a workdir whose saved config agrees on these.
 ARCHITECTURE_FIELDS = ('model.vocab_size', 'model.d_model', 'model.num_heads', 'model.mlp_ratio',
                        'model.num_mem_tokens', 'model.enc_depth', 'model.dec_depth', 'model.cell',
-                       'model.cell_depth', 'model.encoder_attention', 'model.mem_dim')
+                       'model.cell_depth', 'model.encoder_attention', 'model.mem_dim', 'model.head_dim',
+                       'model.rotary_fraction', 'model.use_bias', 'model.final_norm', 'model.share_embedding')
 # Values of architecture fields added later, for configs saved before them.
-_FIELD_DEFAULTS = {'model.mem_dim': 0}
+_FIELD_DEFAULTS = {'model.mem_dim': 0, 'model.head_dim': 0, 'model.rotary_fraction': 1.0, 'model.use_bias': False,
+                   'model.final_norm': False, 'model.share_embedding': False}
 
 
 def _get(d: dict, dotted: str):

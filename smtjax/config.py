@@ -21,6 +21,9 @@ CELLS = ('transformer', 'gru', 'mlp')
 ENCODER_ATTENTION = ('causal', 'bidirectional')
 SCHEDULES = ('constant', 'cosine')
 TRAINABLE = ('all', 'teacher', 'rnn')
+DYNAMICS_GRADIENT = ('both', 'stop_target', 'rnn_only')
+CLIP_MODES = ('global', 'per_network')
+DMT_TERM_ON = ('teacher', 'rnn')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -66,6 +69,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.initial_memory = 'auto'
   c.model.dtype = 'float32'  # computation dtype; parameters stay float32
   c.model.remat = False  # rematerialise Transformer blocks in the backward pass
+  # Architecture details (defaults: smtjax's original networks; variants.published sets the public code's).
+  c.model.head_dim = 0  # width of one attention head; 0: d_model // num_heads (public code: 64)
+  c.model.rotary_fraction = 1.0  # fraction of each head's features that get rotary positions (public: 0.5)
+  c.model.use_bias = False  # biases in the MLPs and the output head (public code: yes; attention: never)
+  c.model.final_norm = False  # learned-scale RMSNorm after the encoder's / Transformer cell's last block
+  c.model.share_embedding = False  # the decoder reads the encoder's token embedding (public teacher: one embed)
 
   c.smt = ml_collections.ConfigDict()
   c.smt.mode = 'parallel'  # 'window' (published: one transition per sequence) or 'parallel'
@@ -77,7 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.coef_unif = 0.001
   c.smt.unif_samples = 512
   c.smt.unif_t = 2.0
-  c.smt.detach_target = False  # stop the dynamics gradient into the encoder's m_{t+1}
+  # Where the dynamics loss's gradient goes: 'both' (the RNN and both teacher memories m_t, m_{t+1}),
+  # 'stop_target' (not into m_{t+1}), 'rnn_only' (into neither teacher memory: the public `detach_rnn`).
+  c.smt.dynamics_gradient = 'both'
+  c.smt.detach_target = False  # deprecated: True means dynamics_gradient='stop_target'
   c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
   c.smt.num_transitions = 0  # parallel mode: dynamics pairs sampled per sequence (0 = all T)
   c.smt.num_decoder_samples = 4  # parallel mode: memories per sequence whose future is decoded (0 = all T+1)
@@ -90,6 +102,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.dmt.every = 4  # k: the memory is matched to the encoder's every k-th rollout step
   c.dmt.coef_mem = 10.0
   c.dmt.coef_readout = 1.0
+  # The decoder and uniformity terms: 'teacher' (published: computed on the encoder's memories and only
+  # logged, as loss_dec_teacher / loss_unif_teacher; they carry no gradient, the teacher being frozen) or
+  # 'rnn' (smtjax extension: computed on the RNN's memories and trained with coef_dec / coef_unif).
+  c.dmt.decoder_term = 'teacher'
+  c.dmt.uniformity_term = 'teacher'
   c.dmt.coef_dec = 1.0
   c.dmt.coef_unif = 0.01
   c.dmt.backprop_through_rollout = False  # False: one-step gradients (each step's input memory detached)
@@ -118,6 +135,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.warmup_frac = 0.01
   c.optim.schedule = 'constant'  # linear warm-up then 'constant' or 'cosine' decay to 0
   c.optim.grad_clip = 1.0
+  # 'global': one norm over all trained parameters; 'per_network': the teacher (encoder, decoder) and the RNN
+  # (cell, readout, initial memory) are each clipped to grad_clip (the public code's two clip_grad_norm_ calls).
+  c.optim.clip_mode = 'global'
 
   # Device mesh: `data` x `fsdp`; -1 takes all remaining devices.
   c.mesh = ml_collections.ConfigDict()
@@ -131,6 +151,19 @@ def initial_memory(config) -> str:
   if config.model.initial_memory != 'auto':
     return config.model.initial_memory
   return 'zeros' if config.method == 'bptt' else 'encoder'
+
+
+def dynamics_gradient(smt_config) -> str:
+  """config.smt.dynamics_gradient, with the deprecated smt.detach_target=True read as 'stop_target'."""
+  mode = smt_config.get('dynamics_gradient', 'both')
+  if smt_config.get('detach_target', False) and mode == 'both':
+    return 'stop_target'
+  return mode
+
+
+def head_dim(model_config) -> int:
+  """The width of one attention head: model.head_dim, or d_model // num_heads when it is 0."""
+  return int(model_config.get('head_dim', 0) or model_config.d_model // model_config.num_heads)
 
 
 def _require(cond: bool, field: str, msg: str):
@@ -157,8 +190,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   m = config.model
   for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth', 'mlp_ratio'):
     _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')
-  _require(m.d_model % m.num_heads == 0, 'model.d_model', f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  _require((m.d_model // m.num_heads) % 2 == 0, 'model.num_heads', 'the head width d_model/num_heads must be even (rotary)')
+  hd = m.get('head_dim', 0)
+  _require(isinstance(hd, int) and hd >= 0, 'model.head_dim', f'must be an integer >= 0 (0: d_model/num_heads), got {hd!r}')
+  if not hd:
+    _require(m.d_model % m.num_heads == 0, 'model.d_model', f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
+  rf = m.get('rotary_fraction', 1.0)
+  _require(isinstance(rf, (int, float)) and 0 < rf <= 1, 'model.rotary_fraction', f'must be in (0, 1], got {rf!r}')
+  rot = head_dim(m) * rf
+  _require(rot == int(rot) and int(rot) % 2 == 0 and rot >= 2, 'model.rotary_fraction',
+           f'{rf} of the head width {head_dim(m)} is {rot}: the rotated part must be an even number of features')
+  for f in ('use_bias', 'final_norm', 'share_embedding'):
+    _require(isinstance(m.get(f, False), bool), f'model.{f}', f'must be True or False, got {m.get(f)!r}')
   _require(isinstance(m.get('mem_dim', 0), int) and m.get('mem_dim', 0) >= 0, 'model.mem_dim',
            f'must be an integer >= 0 (0: d_model), got {m.get("mem_dim")!r}')
   if m.mem_size is not None:
@@ -174,6 +216,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   s = config.smt
   _one_of(s.mode, 'smt.mode', SMT_MODES)
   _one_of(s.trainable, 'smt.trainable', TRAINABLE)
+  _one_of(s.dynamics_gradient, 'smt.dynamics_gradient', DYNAMICS_GRADIENT)
+  _require(not (s.detach_target and s.dynamics_gradient == 'rnn_only'), 'smt.detach_target',
+           "deprecated; contradicts smt.dynamics_gradient='rnn_only' (set only dynamics_gradient)")
   T = config.data.seq_len
   _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
   _require(s.future >= 1, 'smt.future', 'must be >= 1')
@@ -199,6 +244,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     d = config.dmt
     for f in ('context', 'rollout', 'every'):
       _require(isinstance(d[f], int) and d[f] >= 1, f'dmt.{f}', f'must be a positive integer, got {d[f]!r}')
+    _one_of(d.decoder_term, 'dmt.decoder_term', DMT_TERM_ON)
+    _one_of(d.uniformity_term, 'dmt.uniformity_term', DMT_TERM_ON)
     _require(d.rollout % d.every == 0, 'dmt.every', f'{d.every} does not divide dmt.rollout={d.rollout}')
     _require(d.context + d.rollout <= T, 'dmt.rollout',
              f'context + rollout = {d.context} + {d.rollout} is longer than the sequence (data.seq_len={T})')
@@ -214,6 +261,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _one_of(o.schedule, 'optim.schedule', SCHEDULES)
   _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
   _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
+  _one_of(o.clip_mode, 'optim.clip_mode', CLIP_MODES)
 
   if data_vocab_size is not None:
     _require(m.vocab_size >= data_vocab_size, 'model.vocab_size',

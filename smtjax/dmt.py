@@ -7,10 +7,14 @@ published; future targets past the end count as missing):
   (one causal pass);
 - the RNN starts from the teacher's memory at step 0 and rolls out Td steps on the true inputs x[Tc+s]
   with `lax.scan`, each step from its own previous memory (on-policy states, as in DAgger);
-- losses: MSE to the teacher memory every k-th step (coef_mem), readout cross-entropy on y[Tc+s-1] from
-  the detached memory r_s at every step s = 0..Td (coef_readout; trains the readout copy params['readout']), the frozen
-  decoder's Tf-step prediction from the RNN memory every k-th step (coef_dec) and uniformity of the RNN
-  memories (coef_unif).
+- the trained objective (the public code's effective one): MSE to the teacher memory every k-th step
+  (coef_mem) plus readout cross-entropy on y[Tc+s-1] from the detached memory r_s at every step s = 0..Td
+  (coef_readout; trains the readout copy params['readout']);
+- the decoder and uniformity terms, by dmt.decoder_term / dmt.uniformity_term: 'teacher' (published) computes
+  them on the teacher's memories at steps 0, k, ..., Td-k, as the public code does, and only logs them
+  (loss_dec_teacher, loss_dec0_teacher, loss_unif_teacher: constants of the frozen teacher); 'rnn' (an smtjax
+  extension) adds the frozen decoder's Tf-step prediction from the RNN memory every k-th step (coef_dec,
+  loss_dec) and the uniformity of the RNN's memory tokens (coef_unif, loss_unif) to the objective.
 `backprop_through_rollout=False` (published): each step's input memory is detached, so step s's loss
 reaches the parameters only through step s (one-step gradients). True: full backpropagation through the
 rollout.
@@ -59,11 +63,23 @@ def teacher_memories(nets: Networks, params, x, Tc: int, Td: int, every: int, pr
   return jax.lax.stop_gradient(mems)
 
 
+def _decoder_terms(nets: Networks, params, mems_BxSxKxD, x, y, read_S, Tf: int, gamma: float):
+  """Decoder loss of memories that have read read_S[s] tokens: future inputs x[n:n+Tf-1], targets
+  y[n-1:n+Tf-1] (past the end: missing). Returns (L_dec, L_dec0)."""
+  B, S, K, D = mems_BxSxKxD.shape
+  x_pad = jnp.concatenate([x, jnp.full((B, Tf), -1, x.dtype)], axis=1)
+  y_pad = jnp.concatenate([y, jnp.full((B, Tf), -1, y.dtype)], axis=1)
+  fut = _gather_windows(x_pad, read_S, Tf - 1)
+  tgt = _gather_windows(y_pad, read_S - 1, Tf)
+  logits = nets.decode(params, mems_BxSxKxD.reshape(B * S, K, D), fut.reshape(B * S, Tf - 1))
+  return losses.decoder_loss(logits, tgt.reshape(B * S, Tf), gamma)
+
+
 def dmt_losses(nets: Networks, params, batch, rng, config, probe=None):
-  """(total, metrics): loss, loss_mem, loss_readout, loss_dec, loss_unif."""
+  """(total, metrics): loss, loss_mem, loss_readout, loss_dec_teacher, loss_dec0_teacher, loss_unif_teacher,
+  and loss_dec, loss_dec0 / loss_unif when dmt.decoder_term / uniformity_term is 'rnn'."""
   d = config.dmt
   x, y = batch['x'], batch['y']
-  B = x.shape[0]
   Tc, Td, Tf, k = d.context, d.rollout, config.smt.future, d.every
   frozen = jax.lax.stop_gradient  # the teacher's parameters are frozen; its outputs are targets
   tparams = {'encoder': frozen(params['encoder']), 'decoder': frozen(params['decoder'])}
@@ -80,17 +96,25 @@ def dmt_losses(nets: Networks, params, batch, rng, config, probe=None):
   ce, valid = losses.token_cross_entropy(logits, y[:, Tc - 1:Tc + Td])
   loss_readout = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
 
-  # Frozen decoder on the RNN's memories r_s (s = k, 2k, ...): future inputs x[Tc+s:], targets y[Tc+s-1:].
-  S = at_k.shape[1]
-  starts = Tc + jnp.arange(k, Td + 1, k)
-  x_pad = jnp.concatenate([x, jnp.full((B, Tf), -1, x.dtype)], axis=1)
-  y_pad = jnp.concatenate([y, jnp.full((B, Tf), -1, y.dtype)], axis=1)
-  fut = _gather_windows(x_pad, starts, Tf - 1)
-  tgt = _gather_windows(y_pad, starts - 1, Tf)
-  dec_logits = nets.decode(tparams, at_k.reshape(B * S, K, D), fut.reshape(B * S, Tf - 1))
-  loss_dec, loss_dec0 = losses.decoder_loss(dec_logits, tgt.reshape(B * S, Tf), config.smt.gamma)
+  total = d.coef_mem * loss_mem + d.coef_readout * loss_readout
+  metrics = dict(loss_mem=loss_mem, loss_readout=loss_readout)
+  r_teacher, r_rnn = jax.random.split(rng)
+  s = config.smt
 
-  loss_unif = losses.uniformity_loss(mems.reshape(-1, D), rng, config.smt.unif_samples, config.smt.unif_t)
-  total = d.coef_mem * loss_mem + d.coef_readout * loss_readout + d.coef_dec * loss_dec + d.coef_unif * loss_unif
-  return total, dict(loss=total, loss_mem=loss_mem, loss_readout=loss_readout, loss_dec=loss_dec,
-                     loss_dec0=loss_dec0, loss_unif=loss_unif)
+  # Teacher side, logged as the public code does: the frozen decoder on the encoder's memories at steps
+  # 0, k, ..., Td-k, and uniformity over those whole memories (Z-vectors). No gradient: teacher outputs.
+  enc = targets[:, :-1]
+  dec_t, dec0_t = _decoder_terms(nets, tparams, enc, x, y, Tc + jnp.arange(0, Td, k), Tf, s.gamma)
+  unif_t = losses.uniformity_loss(enc.reshape(-1, K * D), r_teacher, s.unif_samples, s.unif_t)
+  metrics.update(jax.lax.stop_gradient(dict(loss_dec_teacher=dec_t, loss_dec0_teacher=dec0_t,
+                                            loss_unif_teacher=unif_t)))
+
+  if d.get('decoder_term', 'teacher') == 'rnn':  # smtjax extension: the frozen decoder reads r_k, r_2k, ...
+    loss_dec, loss_dec0 = _decoder_terms(nets, tparams, at_k, x, y, Tc + jnp.arange(k, Td + 1, k), Tf, s.gamma)
+    total = total + d.coef_dec * loss_dec
+    metrics.update(loss_dec=loss_dec, loss_dec0=loss_dec0)
+  if d.get('uniformity_term', 'teacher') == 'rnn':  # smtjax extension: spread the RNN's memory tokens
+    loss_unif = losses.uniformity_loss(mems.reshape(-1, D), r_rnn, s.unif_samples, s.unif_t)
+    total = total + d.coef_unif * loss_unif
+    metrics.update(loss_unif=loss_unif)
+  return total, dict(metrics, loss=total)

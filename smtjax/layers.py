@@ -31,9 +31,13 @@ class RMSNorm(nn.Module):
     return (rms_norm(x.astype(jnp.float32)) * scale).astype(self.dtype)
 
 
-def rotary(x, pos):
-  """Rotary position embedding. x: [..., L, H, Dh]; pos: [..., L] (integer positions)."""
+def rotary(x, pos, fraction: float = 1.0):
+  """Rotary position embedding on the first `fraction` of each head's features (the rest pass through
+  unchanged, as in GPT-J / x-transformers). x: [..., L, H, Dh]; pos: [..., L] (integer positions)."""
   dh = x.shape[-1]
+  rot = int(round(dh * fraction))
+  if rot < dh:
+    return jnp.concatenate([rotary(x[..., :rot], pos), x[..., rot:]], axis=-1)
   freq = 1.0 / (10000.0 ** (jnp.arange(0, dh // 2, dtype=jnp.float32) / (dh // 2)))
   ang = pos.astype(jnp.float32)[..., None, None] * freq  # [..., L, 1, Dh/2]
   sin, cos = jnp.sin(ang), jnp.cos(ang)
@@ -55,13 +59,16 @@ def attend(q, k, v, mask):
 
 
 class Attention(nn.Module):
-  """Multi-head attention projections with rotary positions; the attention pattern is the caller's."""
+  """Multi-head attention projections with rotary positions; the attention pattern is the caller's.
+  Heads are `head_dim` wide (0: d_model // num_heads); rotary acts on `rotary_fraction` of each head."""
   d_model: int
   num_heads: int
   dtype: Any = jnp.float32
+  head_dim: int = 0
+  rotary_fraction: float = 1.0
 
   def setup(self):
-    dh = self.d_model // self.num_heads
+    dh = self.head_dim or self.d_model // self.num_heads
     init = nn.initializers.normal(0.02)
     self.qkv_proj = nn.DenseGeneral((3, self.num_heads, dh), use_bias=False, dtype=self.dtype, kernel_init=init)
     self.out_proj = nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype, kernel_init=init)
@@ -70,7 +77,7 @@ class Attention(nn.Module):
     """x: [..., L, D]; pos: [..., L] -> q, k, v: [..., L, H, Dh] (rotary applied to q and k)."""
     qkv = self.qkv_proj(x)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    return rotary(q, pos), rotary(k, pos), v
+    return rotary(q, pos, self.rotary_fraction), rotary(k, pos, self.rotary_fraction), v
 
   def out(self, o):
     return self.out_proj(o)
@@ -80,12 +87,13 @@ class MLP(nn.Module):
   d_model: int
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.normal(0.02)
-    h = nn.Dense(self.d_model * self.mlp_ratio, use_bias=False, dtype=self.dtype, kernel_init=init)(x)
-    return nn.Dense(self.d_model, use_bias=False, dtype=self.dtype, kernel_init=init)(nn.gelu(h))
+    h = nn.Dense(self.d_model * self.mlp_ratio, use_bias=self.use_bias, dtype=self.dtype, kernel_init=init)(x)
+    return nn.Dense(self.d_model, use_bias=self.use_bias, dtype=self.dtype, kernel_init=init)(nn.gelu(h))
 
 
 class Block(nn.Module):
@@ -95,12 +103,15 @@ class Block(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
+  head_dim: int = 0  # 0: d_model // num_heads
+  rotary_fraction: float = 1.0
+  use_bias: bool = False  # MLP biases (attention projections never have any)
 
   def setup(self):
     self.norm_attn = RMSNorm(self.dtype)
     self.norm_mlp = RMSNorm(self.dtype)
-    self.attn = Attention(self.d_model, self.num_heads, self.dtype)
-    self.mlp = MLP(self.d_model, self.mlp_ratio, self.dtype)
+    self.attn = Attention(self.d_model, self.num_heads, self.dtype, self.head_dim, self.rotary_fraction)
+    self.mlp = MLP(self.d_model, self.mlp_ratio, self.dtype, self.use_bias)
 
   def __call__(self, x, pos, mask):
     """x: [B, L, D]; pos: [B, L]; mask: [B, L, L] -> [B, L, D]."""

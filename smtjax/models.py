@@ -9,6 +9,8 @@ The RNN is (cell, readout) and its readout *is* the teacher decoder's parameters
 there is no second copy that could go stale. Only DMT fine-tuning, which trains the readout while the
 teacher stays frozen, adds `params['readout']` (initialised as a copy of the decoder, same architecture);
 `Networks.readout` then uses it. An optional `params['init_memory']` [K, D] is a learned initial memory.
+With `model.share_embedding` (the public teacher) the decoder has no embedding: `Networks.decode` embeds its
+future inputs with `params['encoder']['embed']` (the readout reads memories only and needs none).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def _embed(vocab: int, d: int, dtype, name: str = 'embed'):
   return nn.Embed(vocab, d, embedding_init=nn.initializers.normal(0.02), dtype=dtype, name=name)
 
 
+def _block_options(module) -> dict:
+  """Block keyword arguments shared by every Transformer: head width, rotary fraction, MLP biases."""
+  return dict(head_dim=module.head_dim, rotary_fraction=module.rotary_fraction, use_bias=module.use_bias)
+
+
 def _valid_positions(x_BxT):
   """valid [B, T] (x >= 0), rotary positions counting valid tokens only, and the count of valid tokens."""
   valid = x_BxT >= 0
@@ -70,15 +77,26 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   mem_dim: int = 0  # memory token width; 0: d_model
+  head_dim: int = 0  # attention head width; 0: d_model // num_heads
+  rotary_fraction: float = 1.0
+  use_bias: bool = False
+  final_norm: bool = False  # learned-scale RMSNorm after the last block (before the memory projection)
 
   def setup(self):
     self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
     if _projects(self.mem_dim, self.d_model):
       self.mem_out = _dense(self.mem_dim, self.dtype)
+    if self.final_norm:
+      self.norm_out = layers.RMSNorm(self.dtype)
     self.registers = self.param('registers', nn.initializers.normal(0.02), (self.num_mem_tokens, self.d_model))
     block = layers.make_block(self.remat)
-    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')
-                   for i in range(self.depth)]
+    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}',
+                         **_block_options(self)) for i in range(self.depth)]
+
+  def embed_tokens(self, x_BxT):
+    """Token embeddings [B, T, D] (padding -1 embeds as token 0; attention masks it). The decoder reads
+    them from here when the teacher shares one embedding."""
+    return self.embed(jnp.maximum(x_BxT, 0))
 
   def _token_mask(self, valid, pos):
     """[B, T, T]: query i may read key j."""
@@ -116,6 +134,8 @@ class Encoder(nn.Module):
     return self._memory(h[:, T:])
 
   def _memory(self, h):
+    if self.final_norm:
+      h = self.norm_out(h)
     if _projects(self.mem_dim, self.d_model):
       h = self.mem_out(layers.rms_norm(h))
     return layers.rms_norm(h)
@@ -148,7 +168,8 @@ class Decoder(nn.Module):
 
   Returns logits [B, F+1, V] read at positions K-1 ... K+F-1: entry 0 predicts from the memory alone,
   entry j after also reading future inputs 0..j-1. With F = 0 this is the RNN's readout.
-  `future_emb` [B, F, D] replaces the future embeddings (for gradient tests).
+  `future_emb` [B, F, D] replaces the future embeddings (for gradient tests). With `share_embedding` the
+  decoder has no embedding of its own and the caller passes the encoder's (`Networks.decode` does).
   """
   vocab_size: int
   d_model: int
@@ -158,21 +179,34 @@ class Decoder(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   mem_dim: int = 0  # memory token width; 0: d_model
+  head_dim: int = 0  # attention head width; 0: d_model // num_heads
+  rotary_fraction: float = 1.0
+  use_bias: bool = False  # MLP biases and a bias in the logits layer
+  share_embedding: bool = False  # no embedding of its own: future_emb comes from the encoder's
 
   def setup(self):
-    self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
+    if not self.share_embedding:
+      self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
     if _projects(self.mem_dim, self.d_model):
       self.mem_in = _dense(self.d_model, self.dtype)
     block = layers.make_block(self.remat)
-    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')
-                   for i in range(self.depth)]
+    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}',
+                         **_block_options(self)) for i in range(self.depth)]
     self.norm_out = layers.RMSNorm(self.dtype)
-    self.head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02))
+    self.head = nn.Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype,
+                         kernel_init=nn.initializers.normal(0.02))
 
   def __call__(self, mem_BxKxD, future_BxF, future_emb=None):
     B, K, _ = mem_BxKxD.shape
     F = future_BxF.shape[1]
-    emb = self.embed(jnp.maximum(future_BxF, 0)) if future_emb is None else future_emb
+    if future_emb is not None:
+      emb = future_emb
+    elif not self.share_embedding:
+      emb = self.embed(jnp.maximum(future_BxF, 0))
+    elif F == 0:  # the readout: memory tokens only
+      emb = jnp.zeros((B, 0, self.d_model), self.dtype)
+    else:
+      raise ValueError('a decoder with share_embedding needs future_emb (the encoder embeds the future)')
     mem = mem_BxKxD.astype(self.dtype)
     if _projects(self.mem_dim, self.d_model):
       mem = self.mem_in(mem)
@@ -198,6 +232,10 @@ class TransformerCell(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   mem_dim: int = 0  # memory token width; 0: d_model
+  head_dim: int = 0  # attention head width; 0: d_model // num_heads
+  rotary_fraction: float = 1.0
+  use_bias: bool = False
+  final_norm: bool = False  # learned-scale RMSNorm after the last block (public RNN: yes)
 
   @nn.compact
   def __call__(self, mem_BxKxD, x_B):
@@ -210,7 +248,10 @@ class TransformerCell(nn.Module):
     mask = jnp.ones((B, K + 1, K + 1), bool)
     block = layers.make_block(self.remat)
     for i in range(self.depth):
-      h = block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}')(h, pos, mask)
+      h = block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}',
+                **_block_options(self))(h, pos, mask)
+    if self.final_norm:
+      h = layers.RMSNorm(self.dtype, name='norm_out')(h)
     new = h[:, :K]
     if project:
       new = _dense(self.mem_dim, self.dtype, 'mem_out')(layers.rms_norm(new))
@@ -255,13 +296,20 @@ class MLPCell(nn.Module):
     return layers.rms_norm(h.reshape(B, K, D))
 
 
+def architecture_options(m) -> dict:
+  """The Transformer options of config.model every network takes (configs saved before them: defaults)."""
+  return dict(head_dim=m.get('head_dim', 0), rotary_fraction=float(m.get('rotary_fraction', 1.0)),
+              use_bias=m.get('use_bias', False))
+
+
 def make_cell(m) -> nn.Module:
   """The RNN updater named by config.model.cell. GRU and MLP cells work on the flattened memory and
   need no projection for a narrow memory token."""
   dtype = _dtype(m.dtype)
   if m.cell == 'transformer':
     return TransformerCell(m.vocab_size, m.d_model, m.num_heads, m.cell_depth, m.mlp_ratio,
-                           m.cell_residual, dtype, m.remat, m.get('mem_dim', 0))
+                           m.cell_residual, dtype, m.remat, m.get('mem_dim', 0), **architecture_options(m),
+                           final_norm=m.get('final_norm', False))
   if m.cell == 'gru':
     return GRUCell(m.vocab_size, m.d_model, dtype)
   if m.cell == 'mlp':
@@ -293,8 +341,10 @@ class Networks:
     dtype = _dtype(m.dtype)
     mem_dim = m.get('mem_dim', 0)
     enc = Encoder(m.vocab_size, m.d_model, m.num_heads, m.enc_depth, m.num_mem_tokens, m.mlp_ratio,
-                  m.encoder_attention, m.attn_window, dtype, m.remat, mem_dim)
-    dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat, mem_dim)
+                  m.encoder_attention, m.attn_window, dtype, m.remat, mem_dim, **architecture_options(m),
+                  final_norm=m.get('final_norm', False))
+    dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat, mem_dim,
+                  **architecture_options(m), share_embedding=m.get('share_embedding', False))
     return cls(enc, dec, make_cell(m), initial)
 
   @property
@@ -317,7 +367,8 @@ class Networks:
     mem = jnp.zeros((1, self.num_mem_tokens, self.mem_dim), jnp.float32)
     params = {
         'encoder': self.encoder.init(r_enc, x)['params'],
-        'decoder': self.decoder.init(r_dec, mem, x)['params'],
+        # A decoder sharing the encoder's embedding has no embedding to create: init it on memories alone.
+        'decoder': self.decoder.init(r_dec, mem, x[:, :0] if self.decoder.share_embedding else x)['params'],
         'cell': self.cell.init(r_cell, mem, x[:, 0])['params'],
     }
     if self.initial == 'learned':
@@ -343,8 +394,12 @@ class Networks:
     return self.encode(params, jnp.full((batch_size, 1), -1, jnp.int32))
 
   def decode(self, params, mem_BxKxD, future_BxF):
-    """Decoder logits [B, F+1, V] (float32)."""
-    return self.decoder.apply({'params': params['decoder']}, mem_BxKxD, future_BxF)
+    """Decoder logits [B, F+1, V] (float32). With a shared embedding the future inputs are embedded by
+    params['encoder']['embed'] (so the decoder loss trains it too)."""
+    emb = None
+    if self.decoder.share_embedding:
+      emb = self.encoder.apply({'params': params['encoder']}, future_BxF, method=Encoder.embed_tokens)
+    return self.decoder.apply({'params': params['decoder']}, mem_BxKxD, future_BxF, emb)
 
   def step(self, params, mem_BxKxD, x_B):
     """One RNN transition U(m, x) -> m' [B, K, D]; a padding input (-1) leaves the memory unchanged."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from smtjax import config as config_lib
 from smtjax import inference, losses
 from smtjax.models import Networks
 
@@ -29,20 +30,30 @@ def _teacher(mem, s):
   return jax.lax.stop_gradient(mem) if s.trainable == 'rnn' else mem
 
 
+def _dynamics(nets: Networks, params, m_in, x_in, m_out, s):
+  """L_dyn = MSE(U(m_in, x_in), m_out) over pairs with a real input, with the gradient routed by
+  smt.dynamics_gradient: 'both' (into the RNN and both teacher memories), 'stop_target' (m_out detached),
+  'rnn_only' (m_in and m_out detached: no dynamics gradient reaches the teacher)."""
+  mode = config_lib.dynamics_gradient(s)
+  if mode == 'rnn_only':
+    m_in = jax.lax.stop_gradient(m_in)
+  pred = nets.step(params, m_in, x_in)
+  return losses.dynamics_loss(pred, m_out, mask=x_in >= 0, detach_target=mode in ('stop_target', 'rnn_only'))
+
+
 def window_losses(nets: Networks, params, batch, rng, s):
-  """One transition per sequence (the public implementation's windowing)."""
+  """One transition per sequence (the public implementation's windowing). The uniformity loss covers the
+  tokens of m_t only, as in the public code."""
   x, y = batch['x'], batch['y']
   B = x.shape[0]
   Tc, Tf = s.context, s.future
   # Both windows through the encoder in one call.
   mems = _teacher(nets.encode(params, jnp.concatenate([x[:, :Tc], x[:, 1:Tc + 1]], axis=0)), s)
   m_t, m_next = mems[:B], mems[B:]
-  x_in = x[:, Tc]
-  pred = nets.step(params, m_t, x_in)
-  dyn = losses.dynamics_loss(pred, m_next, mask=x_in >= 0, detach_target=s.detach_target)
+  dyn = _dynamics(nets, params, m_t, x[:, Tc], m_next, s)
   logits = nets.decode(params, m_t, x[:, Tc:Tc + Tf - 1])
   dec, dec0 = losses.decoder_loss(logits, y[:, Tc - 1:Tc + Tf - 1], s.gamma)
-  unif = losses.uniformity_loss(mems.reshape(-1, mems.shape[-1]), rng, s.unif_samples, s.unif_t)
+  unif = losses.uniformity_loss(m_t.reshape(-1, m_t.shape[-1]), rng, s.unif_samples, s.unif_t)
   total = _total(s, dec, dyn, unif)
   return total, dict(loss=total, loss_dec=dec, loss_dec0=dec0, loss_dyn=dyn, loss_unif=unif)
 
@@ -74,8 +85,7 @@ def parallel_losses(nets: Networks, params, batch, rng, s):
   m_in = jnp.take_along_axis(mems, L[:, :, None, None], axis=1).reshape(B * N, K, D)
   m_out = jnp.take_along_axis(mems, (L + 1)[:, :, None, None], axis=1).reshape(B * N, K, D)
   x_in = jnp.take_along_axis(x, L, axis=1).reshape(B * N)
-  pred = nets.step(params, m_in, x_in)
-  dyn = losses.dynamics_loss(pred, m_out, mask=x_in >= 0, detach_target=s.detach_target)
+  dyn = _dynamics(nets, params, m_in, x_in, m_out, s)
 
   # Decoder: memory after L tokens predicts y[L-1 .. L+Tf-2] reading future inputs x[L .. L+Tf-2].
   Tf = s.future

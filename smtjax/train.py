@@ -68,18 +68,46 @@ def frozen_networks(config) -> tuple[str, ...]:
   return {'all': (), 'teacher': ('cell', 'init_memory'), 'rnn': ('encoder', 'decoder')}[config.smt.trainable]
 
 
+# The two networks of SMT as top-level parameter groups (per-network gradient clipping and norms).
+NETWORKS = {'teacher': ('encoder', 'decoder'), 'rnn': ('cell', 'readout', 'init_memory')}
+
+
+def _network_norms(tree) -> dict:
+  """{'teacher': norm, 'rnn': norm}: global norms of each network's part of a parameter-shaped tree."""
+  return {net: _global_norm([tree[k] for k in keys if k in tree]) for net, keys in NETWORKS.items()}
+
+
+def clip_by_network_norm(max_norm: float) -> optax.GradientTransformation:
+  """Scales the teacher's and the RNN's updates separately to a global norm of at most `max_norm` each
+  (the public code's two clip_grad_norm_ calls). Top-level groups outside NETWORKS are left as they are."""
+  def update_fn(updates, state, params=None):
+    del params
+    norms = _network_norms(updates)
+    out = dict(updates)
+    for net, keys in NETWORKS.items():
+      scale = jnp.where(norms[net] < max_norm, 1.0, max_norm / jnp.maximum(norms[net], 1e-30))
+      for k in keys:
+        if k in out:
+          out[k] = jax.tree.map(lambda g: (g * scale).astype(g.dtype), out[k])
+    return out, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def _trainable_labels(params, frozen: tuple[str, ...]):
   return {k: jax.tree.map(lambda _: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW (weight decay on matrices only) after global-norm clipping; frozen networks get no update."""
+  """AdamW (weight decay on matrices only) after gradient clipping (optim.clip_mode: one global norm, or the
+  teacher and the RNN each to optim.grad_clip); frozen networks get no update."""
   o = config.optim
   schedule = learning_rate_schedule(o, config.num_steps)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
   if o.grad_clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    per_network = o.get('clip_mode', 'global') == 'per_network'
+    clip = clip_by_network_norm(o.grad_clip) if per_network else optax.clip_by_global_norm(o.grad_clip)
+    tx = optax.chain(clip, tx)
   frozen = frozen_networks(config)
   if frozen:
     tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, lambda p: _trainable_labels(p, frozen))
@@ -151,7 +179,9 @@ class Trainer:
       (_, metrics), grads = grad_fn(state.params)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      metrics = dict(metrics, grad_norm=_global_norm(grads), lr=schedule(state.step))
+      norms = _network_norms(grads)
+      metrics = dict(metrics, grad_norm=_global_norm(grads), grad_norm_teacher=norms['teacher'],
+                     grad_norm_rnn=norms['rnn'], lr=schedule(state.step))
       return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def eval_step(params, batch, rng):

@@ -91,8 +91,8 @@ def narrow_memory(c: Config, width: int) -> Config:
 
 def published(name: str, seq_len: int = 320, context: int = 256, future: int = 64) -> Config:
   """The published SMT settings (method.md §8) for a real dataset: window mode, bidirectional encoder,
-  d=256, K=16 (Z=4096), 8 heads, depths 8/4/8, AdamW 3e-4 (0.9, 0.95), wd 0.01, 1% warm-up then constant,
-  batch 128, clipping 1.0, 150k steps, bf16 computation."""
+  d=256, K=16 (Z=4096), 8 heads of width 64, depths 8/4/8, AdamW 3e-4 (0.9, 0.95), wd 0.01, 1% warm-up then
+  constant, batch 128, clipping 1.0 per network, 150k steps, bf16 computation."""
   c = config_lib.default_config()
   c.data.name = name
   c.data.seq_len = seq_len
@@ -106,9 +106,18 @@ def published(name: str, seq_len: int = 320, context: int = 256, future: int = 6
   c.model.cell_depth = 8
   c.model.encoder_attention = 'bidirectional'
   c.model.dtype = 'bfloat16'
+  # The public networks (x-transformers Encoder/Decoder defaults): 64 features per head (8 heads: attention
+  # width 512 inside d=256), rotary on half of each head, biases in the MLPs and the logits layer, a final
+  # RMSNorm after the last block, one token embedding shared by the teacher's encoder and decoder.
+  c.model.head_dim = 64
+  c.model.rotary_fraction = 0.5
+  c.model.use_bias = True
+  c.model.final_norm = True
+  c.model.share_embedding = True
   c.smt.mode = 'window'
   c.smt.context = context
   c.smt.future = future
+  c.optim.clip_mode = 'per_network'  # the RNN's and the teacher's gradients each clipped to 1.0
   c.optim.lr = 3e-4
   c.optim.b1, c.optim.b2 = 0.9, 0.95
   c.optim.weight_decay = 0.01
@@ -135,6 +144,7 @@ def small_real(c: Config, seq_len: int = 64, context: int = 48, future: int = 16
   c.smt.future = future
   c.model.d_model = 64
   c.model.num_heads = 4
+  c.model.head_dim = 0  # d_model / num_heads = 16 (the other public-architecture options stay)
   c.model.num_mem_tokens = 4
   c.model.enc_depth = c.model.dec_depth = c.model.cell_depth = 2
   c.model.dtype = 'float32'
@@ -165,8 +175,12 @@ def dmt(c: Config, context: int | None, rollout: int, every: int, lr: float = 3e
         num_steps: int = 1500) -> Config:
   """Turns an SMT config into DMT fine-tuning of its RNN (method.md §5/§8: lr 3e-5 with 1% warm-up and
   cosine decay, batch 32, 1.5k steps). The sequence grows to context + rollout + future for window-mode
-  teachers; a parallel-mode teacher keeps its task's length. Set --config.init_from=SMT_WORKDIR."""
+  teachers; a parallel-mode teacher keeps its task's length. Set --config.init_from=SMT_WORKDIR.
+  The objective is the published one, 10 x memory MSE + readout cross-entropy; the decoder and uniformity
+  terms are computed on the teacher's memories and only logged (dmt.decoder_term / uniformity_term='rnn'
+  trains them on the RNN's memories instead, an smtjax extension)."""
   c.method = 'dmt'
+  c.dmt.decoder_term = c.dmt.uniformity_term = 'teacher'
   context = c.smt.context if context is None else context  # a window teacher encodes windows of its own length
   c.dmt.context, c.dmt.rollout, c.dmt.every = context, rollout, every
   if c.smt.mode == 'window':

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smtjax import bptt, config as config_lib, dmt, models, train, variants
+from smtjax import bptt, config as config_lib, dmt, losses, models, train, variants
 from smtjax.checkpoint import CheckpointError
 from smtjax.metrics import read_metrics
-from tests.conftest import tiny_config
+from tests.conftest import JittedNetworks, tiny_config
 
 B, Td = 2, 6
 
@@ -54,16 +54,27 @@ def test_dmt_one_step_parameter_gradient_equals_single_step_gradient():
   assert diff > 1e-6
 
 
-@pytest.mark.parametrize('truncation', [0, 2])
-def test_bptt_gradient_reaches_first_input_unless_truncated(truncation):
+@pytest.mark.parametrize('truncation', [0, 2, Td + 3])
+def test_bptt_truncation_and_the_initial_memory_gradient(truncation):
+  """The initial memory (learned, or the encoder's) always gets the gradient of the first window; a
+  target beyond a cut does not reach it; a truncation longer than the sequence changes nothing."""
   c, nets, params, x, m0 = _setup('gru')
-  c.bptt.truncation = truncation
-  y = jnp.full(x.shape, -1).at[:, -1].set(3)  # a target at the last step only
-  g = jax.jit(jax.grad(lambda m: bptt.bptt_losses(nets, params, {'x': x, 'y': y}, None, c, mem0=m)[0]))(m0)
-  if truncation:
-    assert jnp.abs(g).max() == 0.0
+
+  def grad_m0(y, trunc):
+    c.bptt.truncation = trunc
+    return jax.jit(jax.grad(lambda m: bptt.bptt_losses(nets, params, {'x': x, 'y': y}, None, c, mem0=m)[0]))(m0)
+
+  first = jnp.full(x.shape, -1).at[:, 0].set(3)  # a target after the first step only
+  last = jnp.full(x.shape, -1).at[:, -1].set(3)  # a target at the last step only
+  g_first, g_last = grad_m0(first, truncation), grad_m0(last, truncation)
+  assert jnp.abs(g_first).max() > 0
+  if 0 < truncation < Td:
+    assert jnp.abs(g_last).max() == 0.0
+    np.testing.assert_allclose(g_first, grad_m0(first, 0), rtol=1e-5, atol=1e-8)  # within the first window: exact
   else:
-    assert jnp.abs(g).max() > 0
+    assert jnp.abs(g_last).max() > 0
+    if truncation:
+      np.testing.assert_allclose(g_last, grad_m0(last, 0), rtol=1e-5, atol=1e-8)
 
 
 def test_bptt_rollout_equals_step_loop():
@@ -89,10 +100,91 @@ def _dmt_config(init_from):
   return c
 
 
+def _np_uniformity(z, t=2.0):
+  z = np.asarray(z, np.float64)
+  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  n = len(z)
+  return np.log(np.mean([np.exp(-t * np.sum((z[i] - z[j]) ** 2)) for i in range(n) for j in range(i + 1, n)]))
+
+
+def _np_decoder_loss(nets, params, mems, starts, x, y, Tf, gamma):
+  """Pooled gamma-weighted decoder loss and its position-0 mean: the memory that has read n tokens reads
+  future inputs x[n:n+Tf-1] and predicts y[n-1:n+Tf-1]; positions past the end are missing."""
+  num = den = num0 = den0 = 0.0
+  B, T = x.shape
+  for m, n in zip(mems, starts):
+    fut = np.full((B, Tf - 1), -1, np.int32)
+    tgt = np.full((B, Tf), -1, np.int32)
+    for j in range(Tf):
+      if j < Tf - 1 and n + j < T:
+        fut[:, j] = x[:, n + j]
+      if n - 1 + j < T:
+        tgt[:, j] = y[:, n - 1 + j]
+    ce, valid = losses.token_cross_entropy(nets.decode(params, m, jnp.asarray(fut)), jnp.asarray(tgt))
+    ce, valid = np.asarray(ce), np.asarray(valid)
+    w = gamma ** np.arange(Tf) * valid
+    num, den = num + np.sum(w * ce), den + np.sum(w)
+    num0, den0 = num0 + np.sum(ce[:, 0]), den0 + np.sum(valid[:, 0])
+  return num / den, num0 / den0
+
+
+@pytest.mark.parametrize('mode,term', [('window', 'teacher'), ('window', 'rnn'), ('parallel', 'teacher')])
+def test_dmt_losses_equal_step_by_step_definition(mode, term):
+  """dmt_losses against the definition written step by step (a Python loop of encoder calls and RNN
+  steps): which memories are compared, which targets each readout and decoder term reads, and which terms
+  are trained (published: 10 x memory MSE + readout CE) or only logged."""
+  c = tiny_config(mode)
+  Tc, Td, k = (3, 6, 2) if mode == 'window' else (2, 6, 3)
+  c = variants.dmt(c, context=Tc, rollout=Td, every=k)
+  c.dmt.decoder_term = c.dmt.uniformity_term = term
+  c.smt.gamma = 0.9
+  Tf, T = c.smt.future, c.data.seq_len
+  nets = JittedNetworks(models.Networks.from_config(c.model))
+  params = jax.jit(nets.init)(jax.random.PRNGKey(0))
+  # A readout copy that differs from the decoder, so using the wrong one shows.
+  params['readout'] = jax.tree.map(lambda p: p * 1.1 + 0.01, params['decoder'])
+  r = np.random.default_rng(5)
+  x = r.integers(0, 10, size=(3, T)).astype(np.int32)
+  y = r.integers(0, 10, size=(3, T)).astype(np.int32)
+  y[:, 1::4] = -1
+  batch = {'x': jnp.asarray(x), 'y': jnp.asarray(y)}
+
+  def teacher(n):  # the teacher's memory after reading n tokens
+    return nets.encode(params, x[:, n - Tc:n]) if mode == 'window' else nets.encode(params, x[:, :n])
+  rnn = [teacher(Tc)]  # r_0 = the teacher's memory; r_s after reading x[Tc+s-1]
+  for s in range(Td):
+    rnn.append(nets.step(params, rnn[-1], x[:, Tc + s]))
+  rnn = [np.asarray(m) for m in rnn]
+  want = {'loss_mem': np.mean([np.mean((rnn[s] - np.asarray(teacher(Tc + s))) ** 2) for s in range(k, Td + 1, k)])}
+  ce, valid = losses.token_cross_entropy(jnp.stack([nets.readout(params, m) for m in rnn], 1), y[:, Tc - 1:Tc + Td])
+  want['loss_readout'] = np.sum(ce) / np.sum(valid)
+  t_steps = list(range(0, Td, k))  # the public code's teacher-side steps 0, k, ..., Td-k
+  want['loss_dec_teacher'], want['loss_dec0_teacher'] = _np_decoder_loss(
+      nets, params, [teacher(Tc + s) for s in t_steps], [Tc + s for s in t_steps], x, y, Tf, 0.9)
+  want['loss_unif_teacher'] = _np_uniformity(np.concatenate([np.asarray(teacher(Tc + s)).reshape(3, -1) for s in t_steps]))
+  want['loss'] = 10 * want['loss_mem'] + want['loss_readout']
+  if term == 'rnn':
+    r_steps = list(range(k, Td + 1, k))
+    want['loss_dec'], want['loss_dec0'] = _np_decoder_loss(
+        nets, params, [rnn[s] for s in r_steps], [Tc + s for s in r_steps], x, y, Tf, 0.9)
+    want['loss_unif'] = _np_uniformity(np.concatenate(rnn[1:]).reshape(-1, rnn[0].shape[-1]))
+    want['loss'] += want['loss_dec'] + 0.01 * want['loss_unif']
+
+  total, got = jax.jit(lambda p, b: dmt.dmt_losses(nets.nets, p, b, jax.random.PRNGKey(0), c))(params, batch)
+  assert set(got) == set(want)
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=2e-4, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(total, want['loss'], rtol=2e-4)
+  g = jax.jit(jax.grad(lambda p: dmt.dmt_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c)[0]))(params)
+  for net in ('encoder', 'decoder'):  # the teacher's terms are constants: nothing reaches it
+    assert max(float(jnp.abs(v).max()) for v in jax.tree.leaves(g[net])) == 0.0
+
+
 def test_dmt_fine_tunes_from_smt_run(smt_workdir, tmp_path):
   c = _dmt_config(smt_workdir)
   final = train.train_and_evaluate(c, str(tmp_path))
-  assert np.isfinite(final['loss_mem']) and np.isfinite(final['rnn_only_loss'])
+  records = read_metrics(str(tmp_path))
+  assert final['loss_mem'] < records[0]['loss_mem']  # the RNN imitates the teacher better
   _, src = train.load_params(str(smt_workdir))
   _, out = train.load_params(str(tmp_path))
   jax.tree.map(np.testing.assert_array_equal, src['encoder'], out['encoder'])  # teacher frozen
@@ -100,7 +192,8 @@ def test_dmt_fine_tunes_from_smt_run(smt_workdir, tmp_path):
   changed = lambda a, b: any(np.abs(u - v).max() > 0 for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert changed(src['cell'], out['cell'])
   assert changed(src['decoder'], out['readout'])  # the readout copy is fine-tuned
-  assert {'loss_mem', 'loss_readout', 'loss_dec', 'loss_unif'} <= set(read_metrics(str(tmp_path))[0])
+  assert {'loss_mem', 'loss_readout', 'loss_dec_teacher', 'loss_unif_teacher'} <= set(records[0])
+  assert 'loss_dec' not in records[0]  # the published objective: no decoder term on the RNN's memories
 
 
 def test_dmt_init_from_incompatible_run_is_refused(smt_workdir, tmp_path):

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smtjax import losses, models, smt
+from smtjax import config as config_lib
+from smtjax import losses, models, smt, train
 from tests.conftest import JittedNetworks, tiny_config
 
 
@@ -67,12 +68,28 @@ def test_uniformity_loss_matches_numpy():
   np.testing.assert_allclose(losses.uniformity_loss(same, jax.random.PRNGKey(0)), 0.0, atol=1e-6)
 
 
+def _np_uniformity(z, t=2.0):
+  """log mean_{i<j} exp(-t ||z_i - z_j||^2) over L2-normalised rows, straight from the definition."""
+  z = np.asarray(z, np.float64)
+  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  n = len(z)
+  return np.log(np.mean([np.exp(-t * np.sum((z[i] - z[j]) ** 2)) for i in range(n) for j in range(i + 1, n)]))
+
+
 def test_uniformity_loss_subsamples_without_replacement():
-  z = jnp.asarray(np.random.default_rng(3).normal(size=(50, 4)), jnp.float32)
-  key = jax.random.PRNGKey(7)
-  idx = jax.random.choice(key, 50, (12,), replace=False)
-  np.testing.assert_allclose(losses.uniformity_loss(z, key, num_samples=12),
-                             losses.uniformity_loss(z[idx], key, num_samples=12), rtol=1e-6)
+  """Properties of the subsample, not a replay of its draw: distinct rows only, different draws for
+  different keys, and the pair mean exp(L) is an unbiased estimate of the full set's."""
+  keys = jax.random.split(jax.random.PRNGKey(7), 300)
+  f = jax.jit(jax.vmap(lambda z, k: losses.uniformity_loss(z, k, num_samples=12), in_axes=(None, 0)))
+  # 50 orthonormal rows: every pair of distinct rows is at squared distance 2, so any subsample without
+  # repeats gives exactly -2t = -4; a repeated row (a pair at distance 0) would raise it.
+  np.testing.assert_allclose(f(jnp.eye(50), keys[:20]), -4.0, atol=1e-5)
+  z = np.random.default_rng(3).normal(size=(50, 4))
+  draws = np.asarray(f(jnp.asarray(z, jnp.float32), keys), np.float64)
+  assert len(np.unique(draws.round(6))) > 250  # really random subsets, not a fixed one
+  full = np.exp(_np_uniformity(z))
+  se = np.exp(draws).std() / np.sqrt(len(draws))
+  assert abs(np.exp(draws).mean() - full) < 4 * se, (np.exp(draws).mean(), full, se)
 
 
 def _setup(mode, **smt_overrides):
@@ -102,7 +119,10 @@ def test_window_losses_follow_public_indexing():
   np.testing.assert_allclose(m['loss_dyn'], dyn, rtol=1e-4)
   np.testing.assert_allclose(m['loss_dec'], dec, rtol=1e-4)
   np.testing.assert_allclose(m['loss_dec0'], dec0, rtol=1e-4)
-  np.testing.assert_allclose(total, dec + 0.1 * dyn + 0.001 * m['loss_unif'], rtol=1e-5)
+  # Uniformity over the tokens of m_t only (the public code), B*K = 6 tokens: no subsampling.
+  unif = _np_uniformity(np.asarray(m_t).reshape(-1, m_t.shape[-1]))
+  np.testing.assert_allclose(m['loss_unif'], unif, rtol=1e-4)
+  np.testing.assert_allclose(total, dec + 0.1 * dyn + 0.001 * unif, rtol=1e-5)
 
 
 def test_parallel_losses_equal_per_prefix_definition():
@@ -143,10 +163,74 @@ def test_sampled_transitions_are_unbiased():
   assert abs(draws.mean() - full) < 4 * se + 1e-7, (draws.mean(), full, se)
 
 
-@pytest.mark.parametrize('trainable,frozen', [('rnn', 'encoder'), ('teacher', 'cell')])
+def _max_abs(tree):
+  return max(float(jnp.abs(v).max()) for v in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('trainable,frozen', [('rnn', ('encoder', 'decoder')), ('teacher', ('cell',))])
 def test_trainable_option_stops_gradients(trainable, frozen):
-  c, nets, params, batch = _setup('parallel', trainable=trainable)
+  """The config's optimizer leaves exactly the frozen networks unchanged; with a frozen teacher its
+  memories are constants, so the encoder gets no gradient and the cell's is that of coef_dyn * L_dyn on
+  fixed memories."""
+  c, nets, params, batch = _setup('parallel', trainable=trainable, num_transitions=0)
+  x = batch['x']
   g = jax.jit(jax.grad(lambda p: smt.parallel_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c.smt)[0]))(params)
-  if trainable == 'rnn':  # teacher memories are constants for the RNN's regression
-    assert max(jnp.abs(v).max() for v in jax.tree.leaves(g['encoder'])) == 0.0
-  assert max(jnp.abs(v).max() for v in jax.tree.leaves(g['cell'])) > 0.0
+  tx, _ = train.make_optimizer(c)
+  updates, _ = jax.jit(tx.update)(g, tx.init(params), params)
+  for net in params:
+    if net in frozen:
+      assert _max_abs(updates[net]) == 0.0, net
+    else:
+      assert _max_abs(updates[net]) > 0.0, net
+  if trainable == 'rnn':
+    assert _max_abs(g['encoder']) == 0.0
+    mems = np.asarray(nets.prefix_memories(params, x))  # numbers, not functions of the parameters
+    T = x.shape[1]
+    dyn = lambda p: jnp.mean(jnp.stack([jnp.mean((nets.nets.step(p, mems[:, L], x[:, L]) - mems[:, L + 1]) ** 2)
+                                        for L in range(T)]))
+    g_def = jax.jit(jax.grad(lambda p: c.smt.coef_dyn * dyn(p)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-8), g['cell'], g_def['cell'])
+
+
+@pytest.mark.parametrize('mode', ['window', 'parallel'])
+@pytest.mark.parametrize('dyn_grad', ['both', 'stop_target', 'rnn_only'])
+def test_dynamics_gradient_option_routes_the_gradient(mode, dyn_grad):
+  """Gradient of the dynamics term alone against its definition with the named stop-gradients."""
+  c, nets, params, batch = _setup(mode, dynamics_gradient=dyn_grad, coef_dec=0.0, coef_unif=0.0, coef_dyn=1.0,
+                                  num_transitions=0)
+  x = batch['x']
+  stop_in = dyn_grad == 'rnn_only'
+  stop_out = dyn_grad in ('stop_target', 'rnn_only')
+  sg = jax.lax.stop_gradient
+
+  def definition(p):
+    if mode == 'window':
+      Tc = c.smt.context
+      pairs = [(nets.nets.encode(p, x[:, :Tc]), x[:, Tc], nets.nets.encode(p, x[:, 1:Tc + 1]))]
+    else:
+      pm = nets.nets.prefix_memories(p, x)
+      pairs = [(pm[:, L], x[:, L], pm[:, L + 1]) for L in range(x.shape[1])]
+    return jnp.mean(jnp.stack([jnp.mean((nets.nets.step(p, sg(m) if stop_in else m, xi) - (sg(n) if stop_out else n)) ** 2)
+                               for m, xi, n in pairs]))
+
+  g = jax.jit(jax.grad(lambda p: smt.smt_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c.smt)[0]))(params)
+  g_def = jax.jit(jax.grad(definition))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7), g, g_def)
+  if dyn_grad == 'rnn_only':
+    assert _max_abs(g['encoder']) == 0.0  # no dynamics gradient reaches the teacher
+  else:
+    assert _max_abs(g['encoder']) > 0.0
+  assert _max_abs(g['cell']) > 0.0
+
+
+def test_deprecated_detach_target_means_stop_target():
+  c = tiny_config()
+  assert config_lib.dynamics_gradient(c.smt) == 'both'
+  c.smt.detach_target = True
+  assert config_lib.dynamics_gradient(c.smt) == 'stop_target'
+  c.smt.dynamics_gradient = 'rnn_only'
+  with pytest.raises(config_lib.ConfigError, match='smt.detach_target'):
+    config_lib.validate(c)
+  c.smt.detach_target, c.smt.dynamics_gradient = False, 'sideways'
+  with pytest.raises(config_lib.ConfigError, match='smt.dynamics_gradient'):
+    config_lib.validate(c)

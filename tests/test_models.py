@@ -147,3 +147,64 @@ def test_rotary_is_relative():
   dot = lambda a, b: jnp.sum(layers.rotary(q, jnp.array([[a]])) * layers.rotary(k, jnp.array([[b]])))
   np.testing.assert_allclose(dot(3, 1), dot(10, 8), rtol=1e-5)
   assert abs(dot(3, 1) - dot(3, 2)) > 1e-4
+
+
+def test_partial_rotary_rotates_the_first_fraction_only():
+  """rotary(x, pos, 0.5) against its definition: feature pairs (i, i + r/2) of the first r = Dh/2 features
+  turn by pos * 10000^(-2i/r) (frequencies over the rotated width, as in x-transformers); the rest pass."""
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 16)))
+  pos = np.broadcast_to(np.arange(5) * 3, (2, 5))
+  got = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 0.5))
+  r = 8
+  ang = pos[..., None, None] * 10000.0 ** (-2 * np.arange(r // 2) / r)  # [2, 5, 1, r/2]
+  a, b = x[..., :r // 2], x[..., r // 2:r]
+  want = np.concatenate([a * np.cos(ang) - b * np.sin(ang), a * np.sin(ang) + b * np.cos(ang), x[..., r:]], -1)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+PUBLIC_ARCH = dict(head_dim=8, rotary_fraction=0.5, use_bias=True, final_norm=True, share_embedding=True)
+
+
+def test_public_architecture_options():
+  """Head width and biases show in the parameter shapes; the final norms exist; the decoder has no
+  embedding of its own and reads the encoder's (its loss trains it)."""
+  c, nets, params = _nets(**PUBLIC_ARCH, num_heads=2)
+  blk = params['encoder']['block_0']
+  assert blk['attn']['qkv_proj']['kernel'].shape == (32, 3, 2, 8)  # heads of width 8 in d_model 32
+  assert blk['attn']['out_proj']['kernel'].shape == (2, 8, 32) and 'bias' not in blk['attn']['out_proj']
+  assert {'bias', 'kernel'} == set(blk['mlp']['Dense_0']) == set(params['cell']['block_0']['mlp']['Dense_1'])
+  assert 'bias' in params['decoder']['head']
+  assert 'norm_out' in params['encoder'] and 'norm_out' in params['cell']
+  assert 'embed' not in params['decoder'] and 'embed' in params['encoder'] and 'embed' in params['cell']
+  x = _tokens()
+  mem = nets.encode(params, x)
+  fut = _tokens(2, (B, 4))
+  g = jax.jit(jax.grad(lambda p: nets.nets.decode(p, mem, fut).sum()))(params)
+  assert jnp.abs(g['encoder']['embed']['embedding']).max() > 0
+  other = dict(params, encoder=dict(params['encoder'], embed={'embedding': params['encoder']['embed']['embedding'] + 1}))
+  assert jnp.abs(nets.decode(other, mem, fut)[:, 1:] - nets.decode(params, mem, fut)[:, 1:]).max() > 1e-4
+  np.testing.assert_array_equal(nets.decode(other, mem, fut)[:, 0], nets.decode(params, mem, fut)[:, 0])
+  chex.assert_shape(nets.readout(params, mem), (B, c.model.vocab_size))
+  chex.assert_shape(nets.prefix_memories(params, x), (B, T + 1, 3, 32))
+  chex.assert_tree_all_finite(nets.step(params, mem, x[:, 0]))
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+def test_published_tinystories_parameter_counts_match_the_public_networks():
+  """configs/tinystories.py against the public code's networks counted from their definition
+  (x-transformers defaults: 64-wide heads, q/k/v/out projections without bias, MLP x4 with biases, two
+  RMSNorm scales per layer and a final one; nn.Linear logits with bias; one embedding in the teacher)."""
+  from configs import tinystories
+  c = tinystories.get_config()
+  nets = models.Networks.from_config(c.model)
+  shapes = jax.eval_shape(nets.init, jax.random.PRNGKey(0))
+  d, V, K, heads, dh = 256, 256, 16, 8, 64  # method.md §8 and x-transformers' default head width
+  layer = 4 * d * heads * dh + (2 * d * 4 * d + 4 * d + d) + 2 * d
+  stack = lambda depth: depth * layer + d
+  teacher = V * d + K * d + stack(8) + stack(4) + (d * V + V)  # embed, registers, encoder, decoder, to_logits
+  rnn_cell = V * d + stack(8)  # its own embedding and 8 blocks (its readout is the decoder)
+  assert _count(shapes['encoder']) + _count(shapes['decoder']) == teacher
+  assert _count(shapes['cell']) == rnn_cell

@@ -5,10 +5,11 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from smtjax import config as config_lib
-from smtjax import train
+from smtjax import train, variants
 from smtjax.metrics import read_metrics
 from tests.conftest import tiny_config
 
@@ -92,6 +93,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
   c = tiny_config()
+  create = train.Trainer.create.__func__
 
   def nan_from_step_6(step_fn, state, batch, rng):
     step = int(state.step)
@@ -107,7 +109,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
       train.train_and_evaluate(c, str(tmp_path))
   _, params = train.load_params(str(tmp_path))
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
-  assert train.Trainer.create  # unpatched again
+  assert train.Trainer.create.__func__ is create  # unpatched again: the resumed run below is a real one
   final = train.train_and_evaluate(c, str(tmp_path))  # resumes from step 4 and finishes
   assert 'Resumed' in capsys.readouterr().out
   assert np.isfinite(final['loss'])
@@ -207,3 +209,72 @@ def test_resume_with_different_architecture_is_refused(tmp_path):
   with pytest.raises(config_lib.ConfigError, match='model.d_model'):
     train.train_and_evaluate(c, str(tmp_path))
   assert json.load(open(tmp_path / 'config.json'))['model']['d_model'] == 16  # saved config untouched
+
+
+def _adam_step_updates(c, grads_seq, params):
+  """The config's optimizer applied to a sequence of gradients; returns the last updates."""
+  tx, _ = train.make_optimizer(c)
+  state = tx.init(params)
+  for g in grads_seq:
+    updates, state = tx.update(g, state, params)
+  return updates
+
+
+def test_per_network_clipping_keeps_the_rnn_update_independent_of_the_teacher():
+  """clip_mode='per_network': the teacher's and the RNN's gradients are clipped to grad_clip each, so a huge
+  teacher gradient does not shrink the RNN's step (it does under one global norm)."""
+  c = tiny_config()
+  c.optim.warmup_frac, c.optim.weight_decay, c.optim.grad_clip = 0.0, 0.0, 1.0
+  nets = train.Networks.from_config(c.model)
+  params = jax.jit(nets.init)(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  def grads(teacher_norm, rnn_norm):  # random gradients with the given norm per network
+    g = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    scale = lambda t, n: jax.tree.map(lambda a: a * n / float(train._global_norm(t)), t)
+    teacher = scale({'encoder': g['encoder'], 'decoder': g['decoder']}, teacher_norm)
+    return dict(g, **teacher, cell=scale(g['cell'], rnn_norm))
+  seq = [grads(100.0, 0.5), grads(0.1, 0.5)]
+  # Reference: Adam on the RNN's gradients alone (its norm 0.5 is under the limit: nothing to clip).
+  ref_tx = optax.adam(c.optim.lr, b1=c.optim.b1, b2=c.optim.b2)
+  ref_state = ref_tx.init(params['cell'])
+  for g in seq:
+    ref, ref_state = ref_tx.update(g['cell'], ref_state)
+  c.optim.clip_mode = 'per_network'
+  per_net = _adam_step_updates(c, seq, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), per_net['cell'], ref)
+  c.optim.clip_mode = 'global'
+  glob = _adam_step_updates(c, seq, params)
+  assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(glob['cell']), jax.tree.leaves(ref))) > 1e-5
+  # The transformation itself: each network's norm ends at min(norm, 1).
+  out, _ = train.clip_by_network_norm(1.0).update(seq[0], optax.EmptyState())
+  norms = train._network_norms(out)
+  np.testing.assert_allclose([norms['teacher'], norms['rnn']], [1.0, 0.5], rtol=1e-5)
+
+
+def test_published_architecture_trains_resumes_and_fine_tunes(tmp_path):
+  """The published options on a tiny window-mode run: SMT with per-network clipping, the architecture
+  check on resume covers the new fields, and DMT from it keeps the teacher (with its shared embedding)."""
+  c = tiny_config('window')
+  c.model.update(head_dim=8, rotary_fraction=0.5, use_bias=True, final_norm=True, share_embedding=True)
+  c.optim.clip_mode = 'per_network'
+  c.num_steps = 4
+  smt_dir = str(tmp_path / 'smt')
+  train.train_and_evaluate(c, smt_dir)
+  rec = read_metrics(smt_dir)[0]
+  assert rec['grad_norm_teacher'] > 0 and rec['grad_norm_rnn'] > 0
+  np.testing.assert_allclose(rec['grad_norm'] ** 2, rec['grad_norm_teacher'] ** 2 + rec['grad_norm_rnn'] ** 2, rtol=1e-4)
+  c2 = c.copy_and_resolve_references()
+  c2.model.share_embedding = False
+  with pytest.raises(config_lib.ConfigError, match='model.share_embedding'):
+    train.train_and_evaluate(c2, smt_dir)
+  d = variants.dmt(c.copy_and_resolve_references(), context=2, rollout=4, every=2, lr=1e-3, batch_size=8,
+                             num_steps=2)
+  d.eval_every = d.checkpoint_every = 2
+  d.init_from = smt_dir
+  dmt_dir = str(tmp_path / 'dmt')
+  train.train_and_evaluate(d, dmt_dir)
+  _, src = train.load_params(smt_dir)
+  _, out = train.load_params(dmt_dir)
+  jax.tree.map(np.testing.assert_array_equal, src['encoder'], out['encoder'])
+  jax.tree.map(np.testing.assert_array_equal, src['decoder'], out['decoder'])
+  assert 'embed' not in out['readout']
