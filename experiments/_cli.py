@@ -1,4 +1,5 @@
-"""What every experiments/ entry point does around its work, in one place: reject stray arguments, quiet
+"""What every experiments/ entry point does around its work, in one place: JAX's options as flags
+(--jax_log_compiles etc.), reject stray arguments, quiet
 absl logging (Orbax logs every save at INFO) unless --verbosity is given, and turn the library's errors
 into a one-line exit: bad data, checkpoints or a diverged run -> `error: ...`; bad values (ConfigError and
 other ValueErrors) -> a usage error."""
@@ -8,11 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 
+import jax
 from absl import app, flags, logging
 
 from smtjax.checkpoint import CheckpointError
 from smtjax.data import DataError
 from smtjax.train import NonFiniteLossError
+
+# JAX's options as absl flags of every entry point (--jax_log_compiles, --jax_debug_nans, ...). Importing
+# this module defines them, so it happens once, before app.run parses the command line.
+jax.config.config_with_absl()
 
 
 def start(argv) -> None:
