@@ -1,17 +1,23 @@
-"""What every experiments/ entry point does around its work, in one place: reject stray arguments, quiet
-absl logging (Orbax logs every save at INFO) unless --verbosity is given, and turn smtjax's own errors into
-a one-line exit: bad data, checkpoints, workdirs or a diverged run -> `error: ...`; bad config values -> a
-usage error; a run stopped by SIGTERM/SIGINT after saving -> its message and exit status 0. Any other
-exception (a bug, an error inside JAX) keeps its traceback."""
+"""What every experiments/ entry point does around its work, in one place: JAX's options as flags
+(--jax_log_compiles etc.), reject stray arguments, quiet absl logging (Orbax logs every save at INFO) unless
+--verbosity is given, and turn smtjax's own errors into a one-line exit: bad data, checkpoints, workdirs or
+a diverged run -> `error: ...`; bad config values -> a usage error; a run stopped by SIGTERM/SIGINT after
+saving -> its message and exit status 0. Any other exception (a bug, an error inside JAX) keeps its
+traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 
+import jax
 from absl import app, flags, logging
 
 from smtjax.errors import ConfigError, Preempted, SmtjaxError
+
+# JAX's options as absl flags of every entry point (--jax_log_compiles, --jax_debug_nans, ...). Importing
+# this module defines them, so it happens once, before app.run parses the command line.
+jax.config.config_with_absl()
 
 
 def start(argv) -> None:

@@ -1,21 +1,33 @@
-r"""Times the compiled SMT train step of a config: warm-up (compilation) excluded, median of repeats.
+r"""Times the compiled train step of a config: compilation excluded, median of repeats; FLOPs, TFLOP/s, MFU
+and the compiled program's memory.
 
   python -m experiments.bench --config=configs/tinystories.py:small
   python -m experiments.bench --config=configs/retrieval.py --config.data.seq_len=256 --compare_modes
+  python -m experiments.bench --preset=paper_smt        # the published TinyStories sizes (GPU-sized)
+  python -m experiments.bench --preset=paper_dmt
+  python -m experiments.bench --preset=paper_bptt       # BPTT vs parallel SMT at T=1024
+  python -m experiments.bench --memory_table            # peak memory of parallel SMT, T = 256 .. 8192
 
-Prints step time, sequences/s, tokens/s and memory transitions trained per second (window mode: one
-per sequence; parallel mode: num_transitions, or T, per sequence). With --compare_modes, runs the
-config in both SMT modes at the same model, batch and length and prints the ratio.
+Prints step time, sequences/s, tokens/s, memory transitions trained per second (window mode: one per
+sequence; parallel mode: num_transitions, or T, per sequence), FLOPs per step (XLA's cost analysis; scans
+counted by trip count, see smtjax.perf), TFLOP/s and MFU against the device's peak bf16 throughput (none
+on an unknown device such as a CPU). With --compare_modes, runs the config in both SMT modes at the same
+model, batch and length and prints the ratio. --synthetic times on random tokens (no dataset needed);
+the presets always do. --preset_scale=tiny shrinks a preset to a few milliseconds (tests).
 """
 
 import statistics
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import _cli  # noqa: F401 -- JAX options as flags (--jax_log_compiles)
 from smtjax import config as config_lib
+from smtjax import perf
 from smtjax import sharding as shard_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
@@ -24,51 +36,236 @@ from smtjax.train import Trainer
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (with optional :variant).', lock_config=True)
 flags.DEFINE_integer('steps', 10, 'Timed steps per repeat.')
-flags.DEFINE_integer('repeats', 3, 'Repeats; the median is reported.')
+flags.DEFINE_integer('repeats', 3, 'Repeats; the median is reported (and the min).')
 flags.DEFINE_bool('compare_modes', False, 'Time window and parallel SMT at the same size.')
+flags.DEFINE_bool('synthetic', False, 'Random tokens instead of the config\'s data source.')
+flags.DEFINE_enum('preset', '', ['', 'paper_smt', 'paper_dmt', 'paper_bptt'], 'A published-size benchmark.')
+flags.DEFINE_enum('preset_scale', 'paper', ['paper', 'tiny'], 'tiny: a preset or the memory table shrunk to '
+                  'CPU test size.')
+flags.DEFINE_bool('memory_table', False, 'Peak compiled memory of the parallel-SMT train step over --lengths '
+                  '(compiles only, runs nothing).')
+flags.DEFINE_list('lengths', ['256', '512', '1024', '2048', '4096', '8192'], '--memory_table: sequence lengths.')
+flags.DEFINE_integer('batch', 8, '--memory_table: batch size.')
+flags.DEFINE_integer('prefix_chunk', 32, '--memory_table: model.prefix_chunk of the chunked column.')
+flags.DEFINE_integer('dense_up_to', 2048, '--memory_table: also compile the unchunked step up to this T.')
+flags.DEFINE_bool('remat', True, '--memory_table: model.remat.')
+
+# Published wall-clock figures (method.md §8): s/iter on one H200.
+PUBLISHED = {'paper_smt': (9 * 3600 / 150_000, 'SMT: 150k iterations in ~9 h on one H200'),
+             'paper_dmt': (7 * 3600 / 1_500, 'DMT: 1.5k iterations in ~7 h on one H200')}
+GOALS = {'paper_smt': 'goal on one H100: <= 0.10 s/iter, MFU >= 35%',
+         'paper_dmt': 'goal on one H100: <= 2 s/iter',
+         'paper_bptt': 'goal: BPTT step >= 10x a parallel-SMT step at equal size'}
 
 
-def time_train_step(config, steps: int, repeats: int) -> dict:
-  source = make_source(config.data, config.seed)
-  config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
+# ------------------------------------------------------------------------------------------ configs
+
+def _tiny(c):
+  """A preset shrunk to CPU test size (same code paths)."""
+  m = c.model
+  m.d_model, m.num_heads, m.num_mem_tokens = 16, 2, 2
+  m.enc_depth = m.dec_depth = m.cell_depth = 1
+  m.dtype = 'float32'
+  c.batch_size = 2
+  return c
+
+
+def preset_configs(name: str, scale: str = 'paper') -> dict:
+  """{label: config} of a preset: the published TinyStories settings (configs/tinystories.py)."""
+  from configs import tinystories
+  tiny = scale == 'tiny'
+  if name == 'paper_smt':  # window mode, bidirectional encoder, T=320, Tc=256, Tf=64, batch 128, bf16
+    c = tinystories.get_config()
+    if tiny:
+      c = _tiny(c)
+      c.data.seq_len, c.smt.context, c.smt.future = 24, 16, 8
+    return {'SMT (window)': c}
+  if name == 'paper_dmt':  # Td=256, k=16, batch 32 (T = Tc + Td + Tf = 576)
+    c = tinystories.get_config('dmt')
+    c.init_from = '(benchmark: random parameters)'
+    if tiny:
+      c = _tiny(c)
+      c.dmt.context, c.dmt.rollout, c.dmt.every, c.smt.future = 8, 8, 4, 4
+      c.smt.context = 8
+      c.data.seq_len = 20
+    return {'DMT': c}
+  if name == 'paper_bptt':  # the published model at T=1024, batch 32: BPTT vs parallel SMT (every transition)
+    out = {}
+    for method in ('bptt', 'smt'):
+      c = tinystories.get_config()
+      c.method = method
+      c.data.seq_len = 16 if tiny else 1024
+      c.batch_size = 32
+      c.model.remat = True
+      c.model.encoder_attention = 'causal'
+      c.model.prefix_chunk = 64
+      c.smt.mode = 'parallel'
+      c.smt.num_transitions = 0
+      c.smt.num_decoder_samples = 4
+      if tiny:
+        c = _tiny(c)
+        c.smt.future = 8
+        c.model.prefix_chunk = 4
+      out['BPTT' if method == 'bptt' else 'SMT (parallel)'] = c
+    return out
+  raise ValueError(f'unknown preset {name!r}')
+
+
+def memory_table_config(T: int, batch: int, chunk: int, remat: bool, scale: str = 'paper'):
+  """Parallel SMT at the published model size (d=256, K=16, depths 8/4/8, bf16), sequence length T
+  (scale='tiny': the tiny model, for tests)."""
+  from configs import tinystories
+  c = tinystories.get_config()
+  c.data.seq_len = T
+  c.batch_size = batch
+  c.model.encoder_attention = 'causal'
+  c.model.prefix_chunk = chunk
+  c.model.remat = remat
+  c.smt.mode = 'parallel'
+  c.smt.future = 64
+  c.smt.num_transitions = min(T, 256)
+  c.smt.num_decoder_samples = 4
+  if scale == 'tiny':
+    c = _tiny(c)
+    c.batch_size = batch
+    c.smt.future = 4
+  return c
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+def _synthetic_batch(config, seed: int):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, config.model.vocab_size, (config.batch_size, config.data.seq_len + 1), dtype=np.int32)
+  return {'x': x[:, :-1], 'y': x[:, 1:]}
+
+
+def _batches(config, trainer, synthetic: bool, n: int):
+  if synthetic:
+    config_lib.validate(config, num_devices=jax.device_count())
+    local = [_synthetic_batch(config, i) for i in range(n)]
+  else:
+    source = make_source(config.data, config.seed)
+    config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
+    it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
+    local = [next(it) for _ in range(n)]
+  return [shard_lib.global_batch(b, trainer.batch_sharding) for b in local]
+
+
+def time_train_step(config, steps: int, repeats: int, synthetic: bool = False) -> dict:
+  """Compiles the config's train step (ahead of time), then times `repeats` x `steps` calls."""
   trainer = Trainer.create(config)
+  batches = _batches(config, trainer, synthetic, min(steps, 4))
   state = trainer.init_state(jax.random.PRNGKey(config.seed))
-  it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
-  batches = [shard_lib.global_batch(next(it), trainer.batch_sharding) for _ in range(min(steps, 4))]
   rng = jax.random.PRNGKey(0)
   t0 = time.perf_counter()
-  state, m = trainer.train_step(state, batches[0], rng)  # compile
-  jax.block_until_ready(m)
+  compiled = trainer.train_step.lower(state, batches[0], rng).compile()
   compile_s = time.perf_counter() - t0
+  flops = perf.step_flops(trainer.train_step, state, batches[0], rng, compiled=compiled)
+  mem = perf.memory(compiled)
+  state, m = compiled(state, batches[0], rng)  # warm-up
+  jax.block_until_ready(m)
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     for i in range(steps):
-      state, m = trainer.train_step(state, batches[i % len(batches)], rng)
+      state, m = compiled(state, batches[i % len(batches)], rng)
     jax.block_until_ready(m)
     times.append((time.perf_counter() - t0) / steps)
   step = statistics.median(times)
   B, T = config.batch_size, config.data.seq_len
   s = config.smt
-  per_seq = 1 if s.mode == 'window' else (s.num_transitions or T)
-  return dict(mode=s.mode, step_ms=1e3 * step, compile_s=compile_s, seq_per_s=B / step, tok_per_s=B * T / step,
-              transitions_per_s=B * per_seq / step, loss=float(m['loss']))
+  if config.method != 'smt':
+    per_seq = config.dmt.rollout if config.method == 'dmt' else T
+  else:
+    per_seq = 1 if s.mode == 'window' else (s.num_transitions or T)
+  # XLA's count of a sharded program is one device's share; the jaxpr count is the whole step.
+  total_flops = max(flops['xla'] * jax.device_count(), flops['matmul'])
+  return dict(mode=s.mode if config.method == 'smt' else config.method, step_ms=1e3 * step,
+              min_ms=1e3 * min(times), compile_s=compile_s, seq_per_s=B / step, tok_per_s=B * T / step,
+              transitions_per_s=B * per_seq / step, loss=float(m['loss']), flops=total_flops,
+              peak_gb=mem['peak'] / 2**30, **perf.throughput(total_flops, 1 / step, jax.device_count()))
 
 
 def _print(name, r):
-  print(f"{name:>10}: step {r['step_ms']:9.2f} ms | {r['seq_per_s']:10.1f} seq/s | {r['tok_per_s']:12.0f} tok/s | "
-        f"{r['transitions_per_s']:12.1f} transitions/s | compile {r['compile_s']:.1f} s", flush=True)
+  mfu = f" | MFU {100 * r['mfu']:.1f}%" if 'mfu' in r else ''
+  print(f"{name:>14}: step {r['step_ms']:9.2f} ms (min {r['min_ms']:.2f}) | {r['seq_per_s']:9.1f} seq/s | "
+        f"{r['tok_per_s']:11.0f} tok/s | {r['transitions_per_s']:11.1f} transitions/s | "
+        f"{r['flops'] / 1e9:.4g} GFLOP/step | {r['tflops_per_s']:.4g} TFLOP/s{mfu} | "
+        f"compiled peak {r['peak_gb']:.2f} GiB | compile {r['compile_s']:.1f} s", flush=True)
+
+
+def _describe(config):
+  m = config.model
+  return (f'batch {config.batch_size}, T {config.data.seq_len}, d {m.d_model}, K {m.num_mem_tokens}, '
+          f'depths {m.enc_depth}/{m.dec_depth}/{m.cell_depth}, {m.dtype}')
+
+
+def run_preset(name: str, scale: str, steps: int, repeats: int) -> dict:
+  """Times a preset's configs and prints them next to the published figures; returns {label: result}."""
+  results = {}
+  for label, c in preset_configs(name, scale).items():
+    print(f'{label}: {_describe(c)}', flush=True)
+    results[label] = time_train_step(c, steps, repeats, synthetic=True)
+    _print(label, results[label])
+  if name in PUBLISHED:
+    (r,) = results.values()
+    pub, what = PUBLISHED[name]
+    print(f'published: {pub:.3f} s/iter ({what}); here: {r["step_ms"] / 1e3:.3f} s/iter '
+          f'({pub / (r["step_ms"] / 1e3):.2f}x the published rate)')
+  else:
+    ratio = results['BPTT']['step_ms'] / results['SMT (parallel)']['step_ms']
+    print(f'BPTT / parallel SMT step time: {ratio:.1f}x')
+  print(GOALS[name])
+  return results
+
+
+def memory_table(lengths, batch: int, chunk: int, remat: bool, dense_up_to: int, scale: str = 'paper') -> list[dict]:
+  """Lowers and compiles (never runs) the parallel-SMT train step for each T; prints peak memory (GiB)."""
+  size = 'published model size (d=256, K=16, depths 8/4/8, bf16)' if scale == 'paper' else 'tiny model'
+  print(f'parallel SMT train step, {size}, batch {batch}, '
+        f'remat {remat}, num_transitions min(T, 256), 4 decoded memories per sequence; '
+        f'device {jax.devices()[0].device_kind}')
+  print(f'{"T":>6} | {"prefix_chunk":>12} | {"temp GiB":>9} | {"args GiB":>9} | {"out GiB":>8} | '
+        f'{"peak GiB":>9} | compile s')
+  rows = []
+  for T in lengths:
+    for c_ in ([0] if T <= dense_up_to else []) + [chunk]:
+      c = memory_table_config(T, batch, c_, remat, scale)
+      config_lib.validate(c, num_devices=jax.device_count())
+      trainer = Trainer.create(c)
+      batch_spec = {k: jax.ShapeDtypeStruct((batch, T), jnp.int32, sharding=trainer.batch_sharding)
+                    for k in ('x', 'y')}
+      t0 = time.perf_counter()
+      compiled = trainer.train_step.lower(trainer.abstract_state, batch_spec, jax.random.PRNGKey(0)).compile()
+      m = perf.memory(compiled)
+      row = dict(T=T, prefix_chunk=c_, compile_s=time.perf_counter() - t0, **{k: v / 2**30 for k, v in m.items()})
+      rows.append(row)
+      print(f'{T:6d} | {c_:12d} | {row["temp"]:9.2f} | {row["argument"]:9.2f} | {row["output"]:8.2f} | '
+            f'{row["peak"]:9.2f} | {row["compile_s"]:.0f}', flush=True)
+  return rows
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  dev = jax.devices()[0]
+  name, peak = perf.peak_flops(dev)
+  print(f'devices: {jax.device_count()} x {dev.device_kind} (peak bf16: '
+        f'{f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown, no MFU"})')
+  if FLAGS.memory_table:
+    memory_table([int(t) for t in FLAGS.lengths], FLAGS.batch, FLAGS.prefix_chunk, FLAGS.remat, FLAGS.dense_up_to,
+                 FLAGS.preset_scale)
+    return
+  if FLAGS.preset:
+    run_preset(FLAGS.preset, FLAGS.preset_scale, FLAGS.steps, FLAGS.repeats)
+    return
   config = FLAGS.config
-  print(f'devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {config.batch_size}, '
-        f'T {config.data.seq_len}, d {config.model.d_model}, K {config.model.num_mem_tokens}, '
-        f'depths {config.model.enc_depth}/{config.model.dec_depth}/{config.model.cell_depth}, {config.model.dtype}')
+  if config is None:
+    raise app.UsageError('give --config, --preset or --memory_table')
+  print(_describe(config))
   if not FLAGS.compare_modes:
-    _print(config.smt.mode, time_train_step(config, FLAGS.steps, FLAGS.repeats))
+    _print(config.smt.mode, time_train_step(config, FLAGS.steps, FLAGS.repeats, FLAGS.synthetic))
     return
   results = {}
   for mode in ('window', 'parallel'):
@@ -81,12 +278,11 @@ def main(argv):
         c.smt.context = c.data.seq_len - c.smt.future
     else:
       c.model.encoder_attention = 'causal'
-    results[mode] = time_train_step(c, FLAGS.steps, FLAGS.repeats)
+    results[mode] = time_train_step(c, FLAGS.steps, FLAGS.repeats, FLAGS.synthetic)
     _print(mode, results[mode])
   ratio = results['parallel']['transitions_per_s'] / results['window']['transitions_per_s']
   print(f'parallel / window transitions per second: {ratio:.1f}x')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -7,7 +7,10 @@ r"""Rollout benchmarks (issue 4), on one device:
    T: SMT's time-parallelism shows as a ratio growing with T.
 
   python -m experiments.bench_rollout                     # CPU-sized defaults
-  python -m experiments.bench_rollout --d_model=256 --num_mem_tokens=16 --depth=8 --batch=32 --dmt_rollout=256
+  python -m experiments.bench_rollout --paper             # the one-command check at the published sizes (GPU)
+
+--paper: d=256, K=16, depths 8/4/8, bf16, remat, batch 32; DMT Tc=256, Td=256, k=16, Tf=64; BPTT vs SMT at
+T=1024 (chunked prefix groups). Goals (issue 11): loop/scan >= 10x, BPTT/SMT at T=1024 >= 10x.
 """
 
 import statistics
@@ -17,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
+from experiments import _cli  # noqa: F401 -- JAX options as flags (--jax_log_compiles)
 from smtjax import config as config_lib
 from smtjax import dmt, losses, variants, sharding as shard_lib
 from smtjax.data import make_source
@@ -33,6 +37,11 @@ flags.DEFINE_integer('dmt_every', 16, 'k (published: 16).')
 flags.DEFINE_integer('future', 16, 'Tf (published: 64).')
 flags.DEFINE_list('lengths', ['64', '256', '1024'], 'Sequence lengths for BPTT vs SMT.')
 flags.DEFINE_integer('repeats', 3, 'Timed repeats (median reported).')
+flags.DEFINE_bool('paper', False, 'Published sizes (overrides the size flags above); bf16, remat.')
+flags.DEFINE_integer('dec_depth', 0, 'Decoder depth (0: --depth).')
+flags.DEFINE_string('dtype', 'float32', 'Computation dtype.')
+flags.DEFINE_bool('remat', False, 'Rematerialise Transformer blocks.')
+flags.DEFINE_integer('prefix_chunk', 0, 'Parallel SMT: register groups per chunk (0: all at once).')
 FLAGS = flags.FLAGS
 
 
@@ -54,6 +63,8 @@ def _config(method, T):
   c.model.d_model, c.model.num_mem_tokens = FLAGS.d_model, FLAGS.num_mem_tokens
   c.model.num_heads = max(1, FLAGS.d_model // 32)
   c.model.enc_depth = c.model.dec_depth = c.model.cell_depth = FLAGS.depth
+  c.model.dec_depth = FLAGS.dec_depth or FLAGS.depth
+  c.model.dtype, c.model.remat, c.model.prefix_chunk = FLAGS.dtype, FLAGS.remat, FLAGS.prefix_chunk
   c.batch_size = FLAGS.batch
   c.method = method
   c.smt.future = FLAGS.future
@@ -102,7 +113,7 @@ def bench_dmt():
   t_loop = _median_time(loop_iter, FLAGS.repeats)
   print(f'DMT iteration (B={FLAGS.batch}, Tc={Tc}, Td={Td}, k={k}, Tf={c.smt.future}, d={FLAGS.d_model}, '
         f'K={FLAGS.num_mem_tokens}, depth {FLAGS.depth}): scan {1e3 * t_scan:.1f} ms, '
-        f'Python loop {1e3 * t_loop:.1f} ms, loop/scan = {t_loop / t_scan:.1f}x', flush=True)
+        f'Python loop {1e3 * t_loop:.1f} ms, loop/scan = {t_loop / t_scan:.1f}x (goal >= 10x)', flush=True)
   print('  (the loop version computes only the memory and readout terms; the scan version the whole DMT loss)')
 
 
@@ -125,12 +136,23 @@ def bench_bptt_vs_smt():
         return m
       times[method] = _median_time(run, FLAGS.repeats)
     print(f'  T={T:5d}: BPTT {1e3 * times["bptt"]:9.1f} ms | SMT {1e3 * times["smt"]:9.1f} ms | '
-          f'BPTT/SMT = {times["bptt"] / times["smt"]:.2f}', flush=True)
+          f'BPTT/SMT = {times["bptt"] / times["smt"]:.2f}' + (' (goal at T=1024: >= 10x)' if T == 1024 else ''),
+          flush=True)
+
+
+def _paper_sizes():
+  """The published model and DMT sizes (method.md §8)."""
+  for name, value in dict(d_model=256, num_mem_tokens=16, depth=8, dec_depth=4, batch=32, dmt_context=256,
+                          dmt_rollout=256, dmt_every=16, future=64, lengths=['1024'], dtype='bfloat16', remat=True,
+                          prefix_chunk=64).items():
+    setattr(FLAGS, name, value)
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.paper:
+    _paper_sizes()
   print(f'device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform})')
   bench_dmt()
   bench_bptt_vs_smt()

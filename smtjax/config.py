@@ -40,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_eval_batches = 4
   c.max_checkpoints_to_keep = 2
   c.progress_bar = True
+  c.profile_steps = ''  # 'START:STOP' (e.g. '100:105'): jax.profiler trace of steps START..STOP-1 in workdir/profile/
 
   # Data: `name` is a synthetic task (smtjax.data.synthetic) or a real dataset; the remaining fields
   # are passed to it. `seq_len` is T, the length of a training sequence.
@@ -75,6 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.use_bias = False  # biases in the MLPs and the output head (public code: yes; attention: never)
   c.model.final_norm = False  # learned-scale RMSNorm after the encoder's / Transformer cell's last block
   c.model.share_embedding = False  # the decoder reads the encoder's token embedding (public teacher: one embed)
+  # Parallel SMT: compute the encoder's register groups (one per prefix) this many at a time, so peak memory
+  # grows about linearly in T instead of quadratically (0 = all groups at once; e.g. 32 for T in the thousands).
+  c.model.prefix_chunk = 0
 
   c.smt = ml_collections.ConfigDict()
   c.smt.mode = 'parallel'  # 'window' (published: one transition per sequence) or 'parallel'
@@ -212,6 +216,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _one_of(m.dtype, 'model.dtype', DTYPES)
   _one_of(m.initial_memory, 'model.initial_memory', ('auto', 'encoder', 'zeros', 'learned'))
   _require(m.attn_window >= 0, 'model.attn_window', 'must be >= 0')
+  chunk = m.get('prefix_chunk', 0)
+  _require(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0, 'model.prefix_chunk',
+           f'must be an integer >= 0 (0 = all register groups at once), got {chunk!r}')
+  profile_range(config)  # validates config.profile_steps
 
   s = config.smt
   _one_of(s.mode, 'smt.mode', SMT_MODES)
@@ -270,6 +278,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     mesh_shape(config, num_devices)  # validates mesh fields
     _require(config.batch_size % num_devices == 0, 'batch_size',
              f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
+
+
+def profile_range(config) -> tuple[int, int] | None:
+  """config.profile_steps 'START:STOP' as (START, STOP) (steps START..STOP-1 are traced), or None when ''."""
+  spec = config.get('profile_steps', '')
+  if spec in ('', None):
+    return None
+  _require(isinstance(spec, str), 'profile_steps', f"must be a string 'START:STOP', got {spec!r}")
+  start, sep, stop = spec.partition(':')
+  ok = sep == ':' and start.strip().isdigit() and stop.strip().isdigit()
+  _require(ok, 'profile_steps', f"expected 'START:STOP' with integers (e.g. '100:105'), got {spec!r}")
+  start, stop = int(start), int(stop)
+  _require(1 <= start < stop, 'profile_steps', f'need 1 <= START < STOP (steps count from 1), got {spec!r}')
+  return start, stop
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, int]:

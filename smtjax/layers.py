@@ -1,11 +1,18 @@
-"""Transformer building blocks: RMSNorm, rotary multi-head attention with explicit masks, MLP, Block.
+"""Transformer building blocks: RMSNorm, rotary multi-head attention, MLP, Block.
+
+Attention goes through `jax.nn.dot_product_attention` (cuDNN flash attention on NVIDIA GPUs for 16-bit
+inputs, XLA's fused path elsewhere); only the register groups of parallel SMT (`Block.prefix_groups`),
+whose keys differ per group, use explicit scores, optionally in chunks of groups so that memory grows
+linearly with the sequence length.
 
 Shapes in names: B batch, L sequence, H heads, Dh head width, D model width, G register groups,
-K registers per group, T tokens. Masks are boolean, True where a query may attend to a key.
+K registers per group, T tokens, C groups per chunk. Masks are boolean, True where a query may attend to
+a key.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -51,11 +58,49 @@ def masked_softmax(logits, mask):
   return jax.nn.softmax(logits, axis=-1)
 
 
-def attend(q, k, v, mask):
-  """q: [B, Lq, H, Dh]; k, v: [B, Lk, H, Dh]; mask: [B, Lq, Lk] -> [B, Lq, H, Dh]."""
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-  w = masked_softmax(logits, mask[:, None]).astype(v.dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', w, v)
+def attention_implementation(dtype, head_dim: int) -> str:
+  """'cudnn' (flash attention) on NVIDIA GPUs for 16-bit inputs with a head width cuDNN supports, else 'xla'.
+  The environment variable SMTJAX_ATTENTION=xla|cudnn overrides the choice."""
+  forced = os.environ.get('SMTJAX_ATTENTION', '')
+  if forced:
+    return forced
+  on_gpu = jax.default_backend() == 'gpu' and 'nvidia' in jax.devices()[0].device_kind.lower()
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return 'cudnn' if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128 else 'xla'
+
+
+def _rows_with_keys(mask, is_causal: bool, Lq: int):
+  """[B or 1, Lq]: whether query i may read at least one key under mask [B, Lq or 1, Lk] (and j <= i)."""
+  if is_causal and mask.shape[1] == 1:  # key padding + causal: some valid key at or before i
+    return jnp.cumsum(mask[:, 0, :Lq], axis=-1) > 0
+  if is_causal:
+    mask = mask & jnp.tril(jnp.ones((Lq, mask.shape[-1]), bool))
+  return jnp.broadcast_to(jnp.any(mask, axis=-1), mask.shape[:1] + (Lq,))
+
+
+def attend(q, k, v, mask=None, is_causal: bool = False, implementation: str | None = None):
+  """Multi-head attention through jax.nn.dot_product_attention.
+
+  q: [B, Lq, H, Dh]; k, v: [B, Lk, H, Dh]; mask: None or boolean broadcastable to [B, Lq, Lk] (e.g.
+  [B, 1, Lk] for key padding); `is_causal` also restricts query i to keys j <= i. -> [B, Lq, H, Dh].
+  A query that may read no key gets zeros (padding rows), never NaN. Scores and softmax in float32.
+  """
+  B, Lq = q.shape[:2]
+  impl = implementation or attention_implementation(q.dtype, q.shape[-1])
+  mask4 = None if mask is None else mask[:, None]  # [B, 1, Lq or 1, Lk]: one mask for every head
+  out = None
+  if impl == 'cudnn':
+    try:  # cuDNN takes a full [B, 1, Lq, Lk] mask (as a bias); an unsupported shape falls back to XLA
+      m = None if mask4 is None else jnp.broadcast_to(mask4, (B, 1, Lq, k.shape[1]))
+      out = jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=is_causal, implementation='cudnn')
+    except (ValueError, NotImplementedError, RuntimeError):
+      out = None
+  if out is None:
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask4, is_causal=is_causal, implementation='xla')
+  if mask is None:
+    return out
+  has_key = _rows_with_keys(mask, is_causal, Lq)
+  return jnp.where(has_key[:, :, None, None], out, jnp.zeros((), out.dtype))
 
 
 class Attention(nn.Module):
@@ -97,8 +142,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-RMSNorm Transformer block. `__call__` is the ordinary masked block; `prefix_groups` runs the same
-  weights on a token stream plus groups of registers that read a prefix of it (parallel SMT encoder)."""
+  """Pre-RMSNorm Transformer block. `__call__` is the ordinary block (masked, and causal when `causal`);
+  `prefix_groups` runs the same weights on a token stream plus groups of registers that read a prefix of
+  it (parallel SMT encoder), attending only to the last `window` tokens when `window > 0`, and computing
+  the register groups `prefix_chunk` at a time when `prefix_chunk > 0`."""
   d_model: int
   num_heads: int
   mlp_ratio: int = 4
@@ -106,6 +153,9 @@ class Block(nn.Module):
   head_dim: int = 0  # 0: d_model // num_heads
   rotary_fraction: float = 1.0
   use_bias: bool = False  # MLP biases (attention projections never have any)
+  causal: bool = False
+  window: int = 0
+  prefix_chunk: int = 0
 
   def setup(self):
     self.norm_attn = RMSNorm(self.dtype)
@@ -113,36 +163,97 @@ class Block(nn.Module):
     self.attn = Attention(self.d_model, self.num_heads, self.dtype, self.head_dim, self.rotary_fraction)
     self.mlp = MLP(self.d_model, self.mlp_ratio, self.dtype, self.use_bias)
 
-  def __call__(self, x, pos, mask):
-    """x: [B, L, D]; pos: [B, L]; mask: [B, L, L] -> [B, L, D]."""
+  def __call__(self, x, pos, mask=None):
+    """x: [B, L, D]; pos: [B, L]; mask: None or broadcastable to [B, L, L] -> [B, L, D]."""
     q, k, v = self.attn.qkv(self.norm_attn(x), pos)
-    x = x + self.attn.out(attend(q, k, v, mask))
+    x = x + self.attn.out(attend(q, k, v, mask, is_causal=self.causal))
     return x + self.mlp(self.norm_mlp(x))
 
-  def prefix_groups(self, tok, tok_pos, tok_mask, reg, reg_pos, reg_tok_mask):
+  def prefix_groups(self, tok, tok_pos, tok_valid, reg, reg_pos):
     """One layer over a token stream and G groups of K registers.
 
-    tok: [B, T, D], tok_pos: [B, T], tok_mask: [B, T, T] (token-to-token, causal);
-    reg: [B, G, K, D], reg_pos: [B, G, K], reg_tok_mask: [B, G, T] (which tokens group g reads).
-    Tokens never read registers; a register reads its group's allowed tokens and its own K siblings.
-    Cost per head: O(T^2 + G*K*(T + K)), never O((G*K)^2).
+    tok: [B, T, D], tok_pos: [B, T] (rotary positions), tok_valid: [B, T] (False for padding);
+    reg: [B, G, K, D], reg_pos: [B, G, K]: group g holds its registers' positions, the first of which is
+    the number of valid tokens it reads. Token i reads valid tokens j <= i; group g reads valid tokens
+    j < g and its own K registers (with a window w: only tokens less than w positions back). Tokens
+    never read registers. Cost per head: O(T^2 + G*K*(T + K)), never O((G*K)^2); with `prefix_chunk` C,
+    peak memory O(C*K*T) for the scores instead of O(G*K*T).
     """
     qt, kt, vt = self.attn.qkv(self.norm_attn(tok), tok_pos)  # [B, T, H, Dh]
-    qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos)  # [B, G, K, H, Dh]
-    tok = tok + self.attn.out(attend(qt, kt, vt, tok_mask))
+    if self.prefix_chunk <= 0:
+      if self.window > 0:
+        tok_att = attend(qt, kt, vt, _token_mask(tok_pos, tok_valid, tok_pos, self.window), is_causal=True)
+      else:
+        tok_att = attend(qt, kt, vt, tok_valid[:, None, :], is_causal=True)
+      new_reg = self._registers(reg, reg_pos, jnp.arange(reg.shape[1]), kt, vt, tok_pos, tok_valid)
+    else:
+      tok_att, new_reg = self._chunked(qt, kt, vt, tok_pos, tok_valid, reg, reg_pos)
+    tok = tok + self.attn.out(tok_att)
+    return tok + self.mlp(self.norm_mlp(tok)), new_reg
 
-    scale = jnp.sqrt(qr.shape[-1]).astype(qr.dtype)
-    to_tok = jnp.einsum('bgkhd,bthd->bhgkt', qr, kt) / scale  # [B, H, G, K, T]
-    to_reg = jnp.einsum('bgkhd,bgjhd->bhgkj', qr, kr) / scale  # [B, H, G, K, K]
-    K = reg.shape[2]
-    mask = jnp.concatenate([
-        jnp.broadcast_to(reg_tok_mask[:, None, :, None, :], to_tok.shape),
-        jnp.ones(to_reg.shape, bool)], axis=-1)
-    w = masked_softmax(jnp.concatenate([to_tok, to_reg], axis=-1), mask).astype(vt.dtype)
-    o = (jnp.einsum('bhgkt,bthd->bgkhd', w[..., :-K], vt)
-         + jnp.einsum('bhgkj,bgjhd->bgkhd', w[..., -K:], vr))
+  def _registers(self, reg, reg_pos, group, kt, vt, tok_pos, tok_valid):
+    """The whole layer for register groups `group` [G'] (their indices): reg [B, G', K, D] -> same."""
+    qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos)  # [B, G', K, H, Dh]
+    reads = _group_reads(group, reg_pos[:, :, 0], tok_pos, tok_valid, self.window)  # [B, G', T]
+    scale = jnp.sqrt(jnp.float32(qr.shape[-1]))
+    to_tok = jnp.einsum('bgkhd,bthd->bhgkt', qr, kt, preferred_element_type=jnp.float32) / scale
+    to_reg = jnp.einsum('bgkhd,bgjhd->bhgkj', qr, kr, preferred_element_type=jnp.float32) / scale
+    # One softmax over [allowed tokens, own registers]: the registers are always there, so no row is empty.
+    to_tok = jnp.where(reads[:, None, :, None, :], to_tok, NEG_INF)
+    mx = jnp.maximum(jnp.max(to_tok, axis=-1, keepdims=True), jnp.max(to_reg, axis=-1, keepdims=True))
+    e_tok, e_reg = jnp.exp(to_tok - mx), jnp.exp(to_reg - mx)
+    norm = jnp.sum(e_tok, axis=-1, keepdims=True) + jnp.sum(e_reg, axis=-1, keepdims=True)
+    o = (jnp.einsum('bhgkt,bthd->bgkhd', (e_tok / norm).astype(vt.dtype), vt)
+         + jnp.einsum('bhgkj,bgjhd->bgkhd', (e_reg / norm).astype(vr.dtype), vr))
     reg = reg + self.attn.out(o)
-    return tok + self.mlp(self.norm_mlp(tok)), reg + self.mlp(self.norm_mlp(reg))
+    return reg + self.mlp(self.norm_mlp(reg))
+
+  def _chunked(self, qt, kt, vt, tok_pos, tok_valid, reg, reg_pos):
+    """Token attention and the register groups, C queries / C groups at a time (a rematerialised scan),
+    so only one chunk's scores [B, H, C, K, T] exist at once, in the forward and the backward pass."""
+    B, T = tok_pos.shape
+    G, C = reg.shape[1], self.prefix_chunk
+    n = max(-(-T // C), -(-G // C))
+
+    def split(a, length):  # [B, length, ...] -> [n, B, C, ...], zero-padded to n*C
+      a = jnp.pad(a, [(0, 0), (0, n * C - length)] + [(0, 0)] * (a.ndim - 2))
+      return jnp.moveaxis(a.reshape((B, n, C) + a.shape[2:]), 1, 0)
+
+    def merge(a, length):  # [n, B, C, ...] -> [B, length, ...]
+      return jnp.moveaxis(a, 0, 1).reshape((B, n * C) + a.shape[3:])[:, :length]
+
+    def body(blk, carry, xs, shared):
+      q_c, qpos_c, reg_c, regpos_c, start = xs
+      kt, vt, tok_pos, tok_valid = shared
+      mask = _token_mask(qpos_c, tok_valid, tok_pos, blk.window) & (
+          (start + jnp.arange(C))[:, None] >= jnp.arange(T)[None, :])[None]
+      att = attend(q_c, kt, vt, mask)
+      return carry, (att, blk._registers(reg_c, regpos_c, start + jnp.arange(C), kt, vt, tok_pos, tok_valid))
+
+    scan = nn.scan(nn.remat(body, prevent_cse=False), variable_broadcast='params', split_rngs={'params': False},
+                   in_axes=(0, nn.broadcast), length=n)
+    xs = (split(qt, T), split(tok_pos, T), split(reg, G), split(reg_pos, G), jnp.arange(n) * C)
+    _, (att, new_reg) = scan(self, None, xs, (kt, vt, tok_pos, tok_valid))
+    return merge(att, T), merge(new_reg, G)
+
+
+def _token_mask(q_pos, k_valid, k_pos, window: int):
+  """[B, Lq, T]: valid keys, and with a window only those less than `window` positions back. (Causality
+  is the caller's.)"""
+  mask = k_valid[:, None, :]
+  if window > 0:
+    mask = mask & (q_pos[:, :, None] - k_pos[:, None, :] < window)
+  return jnp.broadcast_to(mask, (k_valid.shape[0], q_pos.shape[1], k_valid.shape[1]))
+
+
+def _group_reads(group, n_before, tok_pos, tok_valid, window: int):
+  """[B, G', T]: group g (prefix length g, `n_before` [B, G'] valid tokens) reads valid tokens j < g, and
+  with a window only those at positions >= n_before - window."""
+  T = tok_pos.shape[1]
+  reads = tok_valid[:, None, :] & (jnp.arange(T)[None, :] < group[:, None])[None]
+  if window > 0:
+    reads = reads & (tok_pos[:, None, :] >= n_before[:, :, None] - window)
+  return reads
 
 
 def make_block(remat: bool):

@@ -57,6 +57,8 @@ def uniformity_loss(tokens_NxD, rng, num_samples: int = 512, t: float = 2.0):
     z = z[idx]
   z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
   n = z.shape[0]
-  sq = jnp.sum(jnp.square(z[:, None, :] - z[None, :, :]), axis=-1)
-  i, j = jnp.triu_indices(n, k=1)
-  return jax.nn.logsumexp(-t * sq[i, j]) - jnp.log(i.shape[0])
+  # ||z_i - z_j||^2 = 2 - 2 z_i.z_j for unit vectors: one [n, n] matrix product instead of an [n, n, D]
+  # difference tensor and a gather of the pairs i < j (the loss was a sixth of a CPU window step).
+  sq = jnp.maximum(2.0 - 2.0 * (z @ z.T), 0.0)
+  upper = jnp.triu(jnp.ones((n, n), bool), k=1)
+  return jax.nn.logsumexp(jnp.where(upper, -t * sq, -jnp.inf)) - jnp.log(n * (n - 1) / 2)

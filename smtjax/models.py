@@ -81,6 +81,7 @@ class Encoder(nn.Module):
   rotary_fraction: float = 1.0
   use_bias: bool = False
   final_norm: bool = False  # learned-scale RMSNorm after the last block (before the memory projection)
+  prefix_chunk: int = 0  # prefix_memories: register groups per chunk (0: all at once)
 
   def setup(self):
     self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
@@ -90,8 +91,9 @@ class Encoder(nn.Module):
       self.norm_out = layers.RMSNorm(self.dtype)
     self.registers = self.param('registers', nn.initializers.normal(0.02), (self.num_mem_tokens, self.d_model))
     block = layers.make_block(self.remat)
-    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}',
-                         **_block_options(self)) for i in range(self.depth)]
+    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, window=self.window,
+                         prefix_chunk=self.prefix_chunk, name=f'block_{i}', **_block_options(self))
+                   for i in range(self.depth)]
 
   def embed_tokens(self, x_BxT):
     """Token embeddings [B, T, D] (padding -1 embeds as token 0; attention masks it). The decoder reads
@@ -119,9 +121,8 @@ class Encoder(nn.Module):
     tok = self.embed(jnp.maximum(x_BxT, 0)) if tok_emb is None else tok_emb
     h = jnp.concatenate([tok, jnp.broadcast_to(self.registers.astype(self.dtype), (B, K, self.d_model))], axis=1)
     all_pos = jnp.concatenate([pos, reg_pos], axis=1)
-    if self.attention == 'bidirectional':
-      keys = jnp.concatenate([valid, jnp.ones((B, K), bool)], axis=1)
-      mask = jnp.broadcast_to(keys[:, None, :], (B, T + K, T + K))
+    if self.attention == 'bidirectional':  # key padding only: the fused attention path
+      mask = jnp.concatenate([valid, jnp.ones((B, K), bool)], axis=1)[:, None, :]
     else:
       reads = valid
       if self.window > 0:
@@ -143,7 +144,8 @@ class Encoder(nn.Module):
   def prefix_memories(self, x_BxT, tok_emb=None):
     """Memories of every prefix in one pass: [B, T+1, K, D], entry L = E(x[:, :L]) (L=0: empty prefix).
 
-    Needs attention='causal'. Group L of K registers reads tokens j < L (and its own registers).
+    Needs attention='causal'. Group L of K registers reads tokens j < L (and its own registers); with
+    `prefix_chunk` > 0 the groups are computed that many at a time (peak memory linear in T).
     """
     if self.attention != 'causal':
       raise ValueError("prefix_memories needs attention='causal'")
@@ -152,14 +154,10 @@ class Encoder(nn.Module):
     valid, pos, count = _valid_positions(x_BxT)
     n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)  # [B, G] valid tokens < L
     reg_pos = n_before[:, :, None] + jnp.arange(K)  # [B, G, K]
-    reads = valid[:, None, :] & (jnp.arange(T)[None, :] < jnp.arange(G)[:, None])[None]  # [B, G, T]
-    if self.window > 0:
-      reads = reads & (pos[:, None, :] >= n_before[:, :, None] - self.window)
     tok = self.embed(jnp.maximum(x_BxT, 0)) if tok_emb is None else tok_emb
     reg = jnp.broadcast_to(self.registers.astype(self.dtype), (B, G, K, self.d_model))
-    tok_mask = self._token_mask(valid, pos)
-    for blk in self.blocks:
-      tok, reg = blk.prefix_groups(tok, pos, tok_mask, reg, reg_pos, reads)
+    for blk in self.blocks:  # the masks (causal, window, padding) are built inside, per chunk of groups
+      tok, reg = blk.prefix_groups(tok, pos, valid, reg, reg_pos)
     return self._memory(reg)
 
 
@@ -190,7 +188,7 @@ class Decoder(nn.Module):
     if _projects(self.mem_dim, self.d_model):
       self.mem_in = _dense(self.d_model, self.dtype)
     block = layers.make_block(self.remat)
-    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}',
+    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, causal=True, name=f'block_{i}',
                          **_block_options(self)) for i in range(self.depth)]
     self.norm_out = layers.RMSNorm(self.dtype)
     self.head = nn.Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype,
@@ -211,9 +209,8 @@ class Decoder(nn.Module):
     if _projects(self.mem_dim, self.d_model):
       mem = self.mem_in(mem)
     h = jnp.concatenate([mem, emb.astype(self.dtype)], axis=1)
-    keys = jnp.concatenate([jnp.ones((B, K), bool), future_BxF >= 0], axis=1)
+    mask = jnp.concatenate([jnp.ones((B, K), bool), future_BxF >= 0], axis=1)[:, None, :]  # keys; causal in Block
     L = K + F
-    mask = keys[:, None, :] & jnp.tril(jnp.ones((L, L), bool))[None]
     pos = jnp.broadcast_to(jnp.arange(L), (B, L))
     for blk in self.blocks:
       h = blk(h, pos, mask)
@@ -245,11 +242,10 @@ class TransformerCell(nn.Module):
     h = jnp.concatenate([mem,
                          _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))[:, None]], axis=1)
     pos = jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1))
-    mask = jnp.ones((B, K + 1, K + 1), bool)
     block = layers.make_block(self.remat)
-    for i in range(self.depth):
+    for i in range(self.depth):  # full attention, no mask: the fused path
       h = block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}',
-                **_block_options(self))(h, pos, mask)
+                **_block_options(self))(h, pos)
     if self.final_norm:
       h = layers.RMSNorm(self.dtype, name='norm_out')(h)
     new = h[:, :K]
@@ -342,7 +338,7 @@ class Networks:
     mem_dim = m.get('mem_dim', 0)
     enc = Encoder(m.vocab_size, m.d_model, m.num_heads, m.enc_depth, m.num_mem_tokens, m.mlp_ratio,
                   m.encoder_attention, m.attn_window, dtype, m.remat, mem_dim, **architecture_options(m),
-                  final_norm=m.get('final_norm', False))
+                  final_norm=m.get('final_norm', False), prefix_chunk=m.get('prefix_chunk', 0))
     dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat, mem_dim,
                   **architecture_options(m), share_embedding=m.get('share_embedding', False))
     return cls(enc, dec, make_cell(m), initial)

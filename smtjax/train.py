@@ -29,6 +29,7 @@ from smtjax import bptt
 from smtjax import checkpoint as ckpt_lib
 from smtjax import config as config_lib
 from smtjax import dmt
+from smtjax import perf
 from smtjax import sharding as shard_lib
 from smtjax import smt
 from smtjax.data import make_source
@@ -246,7 +247,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
 
   Writes workdir/config.json, workdir/metrics.jsonl (+ TensorBoard events) and Orbax checkpoints under
-  workdir/checkpoints/. Bad config values raise ConfigError before anything is compiled or written.
+  workdir/checkpoints/, and with config.profile_steps a jax.profiler trace under workdir/profile/. Logged
+  steps carry `tflops_per_s` (FLOPs per step from the program's cost analysis, counted once) and, on a
+  device with a known peak (smtjax.perf), `mfu`. Bad config values raise ConfigError before anything is
+  compiled or written.
   """
   source = make_source(config.data, config.seed)
   config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
@@ -286,6 +290,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   pending = None  # (step, device metrics) of the step dispatched before the current one
   stash: dict[str, float] = {}  # train metrics of an eval step, written with the eval metrics
   t_last, steps_since = time.perf_counter(), 0
+  profile = config_lib.profile_range(config)
+  tracing = False
+  flops_per_step = 0.0  # of the whole (global) step; set at the first step
 
   def finish_step(step: int, metrics):
     """Host side of a step, one step behind the device: NaN check, logging, progress."""
@@ -305,6 +312,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       t_last, steps_since = now, 0
       record = {k: float(v) for k, v in metrics.items()}
       record['steps_per_s'] = rate
+      if flops_per_step:
+        record.update(perf.throughput(flops_per_step, rate, jax.device_count()))
       last.update(record)
       if step % config.eval_every == 0 or step == config.num_steps:
         stash.update(record)
@@ -319,8 +328,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   signals = StopSignals(agree_every=config.log_every).install()
   try:
     for step in range(start + 1, config.num_steps + 1):
-      batch = shard_lib.global_batch(next(train_it), trainer.batch_sharding)
-      state, metrics = trainer.train_step(state, batch, rng)
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+        tracing = True
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = shard_lib.global_batch(next(train_it), trainer.batch_sharding)
+        if step == start + 1:
+          flops_per_step = _flops_per_step(trainer, state, batch, rng)
+        state, metrics = trainer.train_step(state, batch, rng)
+      if tracing and step == profile[1] - 1:
+        jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        tracing = False
       if pending is not None:
         finish_step(*pending)
       pending = (step, metrics)
@@ -347,9 +366,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   except BaseException:
     # Stopping on an error: keep what is saved (the pending save completes) and report the first error.
     signals.uninstall()
+    _stop_trace(tracing)
     _close_quietly(checkpointer, writer, bar)
     raise
   signals.uninstall()
+  _stop_trace(tracing)
   checkpointer.close()  # waits for the last save
   writer.close()
   if bar is not None:
@@ -357,6 +378,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   if stopped is not None:
     raise Preempted(stopped[0], stopped[1], workdir)
   return last
+
+
+def _stop_trace(tracing: bool):
+  if tracing:
+    jax.profiler.stop_trace()
 
 
 def _close_quietly(checkpointer, writer, bar):
@@ -368,6 +394,17 @@ def _close_quietly(checkpointer, writer, bar):
       close()
     except Exception as e:  # noqa: BLE001
       logging.warning('while stopping after an error: %s', e)
+
+
+def _flops_per_step(trainer: Trainer, state, batch, rng) -> float:
+  """FLOPs of one train step (all devices) from its lowered program (no compilation); 0 if unavailable."""
+  if not hasattr(trainer.train_step, 'lower'):  # a wrapped step (tests)
+    return 0.0
+  try:
+    return perf.step_flops(trainer.train_step, state, batch, rng)['flops']
+  except Exception as e:  # noqa: BLE001 -- a missing cost model must not stop training
+    logging.warning('no FLOP count for the train step (%s: %s)', type(e).__name__, e)
+    return 0.0
 
 
 def initial_params(config, trainer: Trainer):

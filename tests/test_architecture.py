@@ -10,7 +10,7 @@ PACKAGE = ROOT / 'smtjax'
 
 # The layers, lowest first: a module may import only modules of its own layer or a lower one.
 LAYERS = [
-    {'smtjax.errors', 'smtjax.plotting'},
+    {'smtjax.errors', 'smtjax.plotting', 'smtjax.perf'},
     {'smtjax.config', 'smtjax.variants', 'smtjax.data', 'smtjax.sharding', 'smtjax.metrics', 'smtjax.checkpoint',
      'smtjax.preemption'},
     {'smtjax.layers'},

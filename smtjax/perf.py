@@ -1,0 +1,116 @@
+"""Speed and memory made visible: FLOPs per step, peak accelerator throughput and MFU, compiled memory.
+
+FLOPs come from XLA's cost analysis of the step's program. XLA counts a loop body once (whatever its trip
+count), so a step with `lax.scan` (DMT and BPTT rollouts, chunked prefix groups) is also counted from
+its jaxpr, where every matrix product is weighted by the trip counts of the scans around it; the step's
+FLOPs are the larger of the two.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+
+# Dense bf16 peak throughput per chip, FLOP/s (vendor figures, without sparsity).
+PEAK_BF16_FLOPS = {
+    'H100': 989e12,  # SXM
+    'H200': 989e12,
+    'A100': 312e12,
+    'TPU v4': 275e12,
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+}
+
+
+def device_name(kind: str) -> str:
+  """The PEAK_BF16_FLOPS key for a jax device_kind ('NVIDIA H100 80GB HBM3', 'TPU v5 lite', ...), or 'unknown'."""
+  k = kind.lower()
+  if 'tpu' in k:
+    if 'v5 lite' in k or 'v5e' in k or 'v5litepod' in k:
+      return 'TPU v5e'
+    if 'v5p' in k or k.strip().endswith('v5'):
+      return 'TPU v5p'
+    if 'v4' in k:
+      return 'TPU v4'
+    return 'unknown'
+  for name in ('H200', 'H100', 'A100'):
+    if name.lower() in k:
+      return name
+  return 'unknown'
+
+
+def peak_flops(device=None) -> tuple[str, float | None]:
+  """(name, peak bf16 FLOP/s per chip) of `device` (default jax.devices()[0]); None when unknown (no MFU)."""
+  device = device or jax.devices()[0]
+  name = device_name(device.device_kind)
+  return name, PEAK_BF16_FLOPS.get(name)
+
+
+def xla_flops(stage) -> float:
+  """'flops' of a jax Lowered or Compiled stage's cost analysis (0 when the backend reports none)."""
+  cost = stage.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', 0.0))
+
+
+def _sub_jaxprs(eqn):
+  for v in eqn.params.values():
+    for item in (v if isinstance(v, (list, tuple)) else (v,)):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'dot_general':
+      (lhs_contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      out = eqn.outvars[0].aval.shape
+      total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+    elif name == 'cond':
+      total += max((_jaxpr_flops(b.jaxpr) for b in eqn.params['branches']), default=0.0)
+    else:
+      inner = sum(_jaxpr_flops(j) for j in _sub_jaxprs(eqn))
+      total += inner * (eqn.params['length'] if name == 'scan' else 1)
+  return total
+
+
+def matmul_flops(fn, *args) -> float:
+  """FLOPs of every matrix product of fn(*args) (forward and, for a train step, backward), with scan
+  bodies multiplied by their length. args may be jax.ShapeDtypeStruct."""
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def step_flops(jitted, *args, compiled=None) -> dict[str, float]:
+  """{'xla', 'matmul', 'flops'} of one call of a jitted function: XLA's count (of `compiled` if given,
+  else of the lowered program: no compilation), the scan-aware matmul count, and the larger."""
+  xla = xla_flops(compiled if compiled is not None else jitted.lower(*args))
+  mm = matmul_flops(jitted, *args)
+  return dict(xla=xla, matmul=mm, flops=max(xla, mm))
+
+
+def memory(compiled) -> dict[str, Any]:
+  """Bytes of a compiled program: temp, argument, output, alias, and peak = temp + argument + output -
+  alias (donated inputs that become outputs are counted once)."""
+  m = compiled.memory_analysis()
+  out = dict(temp=m.temp_size_in_bytes, argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+             alias=m.alias_size_in_bytes)
+  out['peak'] = out['temp'] + out['argument'] + out['output'] - out['alias']
+  return out
+
+
+def throughput(flops_per_step: float, steps_per_s: float, num_devices: int = 1, device=None) -> dict[str, float]:
+  """{'tflops_per_s'} and, on a device with a known peak, {'mfu'} (fraction of num_devices x peak)."""
+  achieved = flops_per_step * steps_per_s
+  out = {'tflops_per_s': achieved / 1e12}
+  _, peak = peak_flops(device)
+  if peak:
+    out['mfu'] = achieved / (peak * num_devices)
+  return out

@@ -1,0 +1,226 @@
+"""The fused attention path and chunked prefix groups against the explicit-mask implementation they
+replace (kept here as the reference), including padding, windows and gradients."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smtjax import config as config_lib
+from smtjax import layers, models
+from tests.conftest import tiny_config
+
+NEG_INF = -1e30
+D, H = 16, 2
+
+
+# ------------------------------------------------------------------ the previous (explicit-mask) code
+
+def ref_attend(q, k, v, mask):
+  """q: [B, Lq, H, Dh]; mask: [B, Lq, Lk] (the implementation before the fused path)."""
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  w = jax.nn.softmax(jnp.where(mask[:, None], logits.astype(jnp.float32), NEG_INF), axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', w, v)
+
+
+class RefBlock(nn.Module):
+  """The previous Block (same parameter tree as layers.Block)."""
+  d_model: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.norm_attn = layers.RMSNorm(self.dtype)
+    self.norm_mlp = layers.RMSNorm(self.dtype)
+    self.attn = layers.Attention(self.d_model, self.num_heads, self.dtype)
+    self.mlp = layers.MLP(self.d_model, self.mlp_ratio, self.dtype)
+
+  def __call__(self, x, pos, mask):
+    q, k, v = self.attn.qkv(self.norm_attn(x), pos)
+    x = x + self.attn.out(ref_attend(q, k, v, mask))
+    return x + self.mlp(self.norm_mlp(x))
+
+  def prefix_groups(self, tok, tok_pos, tok_mask, reg, reg_pos, reg_tok_mask):
+    qt, kt, vt = self.attn.qkv(self.norm_attn(tok), tok_pos)
+    qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos)
+    tok = tok + self.attn.out(ref_attend(qt, kt, vt, tok_mask))
+    scale = jnp.sqrt(qr.shape[-1]).astype(qr.dtype)
+    to_tok = jnp.einsum('bgkhd,bthd->bhgkt', qr, kt) / scale
+    to_reg = jnp.einsum('bgkhd,bgjhd->bhgkj', qr, kr) / scale
+    K = reg.shape[2]
+    mask = jnp.concatenate([jnp.broadcast_to(reg_tok_mask[:, None, :, None, :], to_tok.shape),
+                            jnp.ones(to_reg.shape, bool)], axis=-1)
+    logits = jnp.where(mask, jnp.concatenate([to_tok, to_reg], axis=-1).astype(jnp.float32), NEG_INF)
+    w = jax.nn.softmax(logits, axis=-1).astype(vt.dtype)
+    o = (jnp.einsum('bhgkt,bthd->bgkhd', w[..., :-K], vt) + jnp.einsum('bhgkj,bgjhd->bgkhd', w[..., -K:], vr))
+    reg = reg + self.attn.out(o)
+    return tok + self.mlp(self.norm_mlp(tok)), reg + self.mlp(self.norm_mlp(reg))
+
+
+def ref_prefix_inputs(x, K, window):
+  """The masks the previous Encoder.prefix_memories built: positions, [B,T,T] token mask, [B,G,T] reads."""
+  B, T = x.shape
+  valid, pos, count = models._valid_positions(x)
+  n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)
+  reg_pos = n_before[:, :, None] + jnp.arange(K)
+  reads = valid[:, None, :] & (jnp.arange(T)[None, :] < jnp.arange(T + 1)[:, None])[None]
+  tok_mask = valid[:, None, :] & jnp.tril(jnp.ones((T, T), bool))
+  if window > 0:
+    reads = reads & (pos[:, None, :] >= n_before[:, :, None] - window)
+    tok_mask = tok_mask & (pos[:, :, None] - pos[:, None, :] < window)
+  return valid, pos, reg_pos, tok_mask, reads
+
+
+def _tokens(B, T, seed=0, pad_left=(0,), pad_mid=False):
+  x = np.array(jax.random.randint(jax.random.PRNGKey(seed), (B, T), 0, 9))
+  for b, n in enumerate(pad_left):
+    x[b, :n] = -1
+  if pad_mid:
+    x[-1, T // 2] = -1
+  return jnp.asarray(x)
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_attend_equals_explicit_mask_reference(causal):
+  B, L = 3, 9
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, H, 8)) for i in range(3))
+  keys = jnp.asarray(np.random.RandomState(0).rand(B, L) > 0.3).at[:, -1].set(True).at[1, :2].set(False)
+  full = jnp.broadcast_to(keys[:, None, :] & (jnp.tril(jnp.ones((L, L), bool)) if causal else True), (B, L, L))
+  out = jax.jit(lambda q, k, v: layers.attend(q, k, v, keys[:, None, :], is_causal=causal))(q, k, v)
+  ref = ref_attend(q, k, v, full)
+  rows = np.asarray(jnp.any(full, -1))
+  assert causal == (not rows.all())  # a causal pattern with key padding leaves some rows empty
+  np.testing.assert_allclose(np.asarray(out)[rows], np.asarray(ref)[rows], atol=1e-5, rtol=1e-5)
+  # The explicit-mask call (a window pattern) agrees too.
+  win = full & (jnp.arange(L)[:, None] - jnp.arange(L)[None, :] < 3)
+  out_w = layers.attend(q, k, v, win)
+  rows_w = np.asarray(jnp.any(win, -1))
+  np.testing.assert_allclose(np.asarray(out_w)[rows_w], np.asarray(ref_attend(q, k, v, win))[rows_w], atol=1e-5)
+
+
+def test_fully_masked_rows_give_zeros_and_finite_gradients():
+  B, L = 2, 6
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, H, 8)) for i in range(3))
+  keys = jnp.array([[False, False, True, True, True, True], [False] * L])  # row 1: nothing to read
+  out = layers.attend(q, k, v, keys[:, None, :], is_causal=True)
+  np.testing.assert_array_equal(np.asarray(out[0, :2]), 0.0)
+  np.testing.assert_array_equal(np.asarray(out[1]), 0.0)
+  assert np.all(np.abs(np.asarray(out[0, 2:])) > 0)
+  g = jax.grad(lambda q, k, v: jnp.sum(layers.attend(q, k, v, keys[:, None, :], is_causal=True) ** 2),
+               argnums=(0, 1, 2))(q, k, v)
+  assert all(np.isfinite(np.asarray(x)).all() for x in g)
+  # bfloat16 too
+  out16 = layers.attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), keys[:, None, :],
+                        is_causal=True)
+  assert np.isfinite(np.asarray(out16, np.float32)).all()
+
+
+@pytest.mark.parametrize('pattern', ['decoder', 'cell', 'bidirectional'])
+def test_block_equals_reference(pattern):
+  """Block with the fused path (causal flag + key padding, or no mask) == the previous explicit-mask Block."""
+  B, L = 3, 10
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, L, D))
+  pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+  keys = jnp.ones((B, L), bool).at[1, -3:].set(False).at[2, 4].set(False)
+  if pattern == 'bidirectional':  # left padding, as the window-mode encoder sees it
+    keys = jnp.ones((B, L), bool).at[1, :3].set(False)
+  blk = layers.Block(D, H, causal=pattern == 'decoder')
+  params = RefBlock(D, H).init(jax.random.PRNGKey(1), x, pos, jnp.ones((B, L, L), bool))
+  if pattern == 'cell':
+    mask, full = None, jnp.ones((B, L, L), bool)
+  else:
+    mask = keys[:, None, :]
+    full = jnp.broadcast_to(keys[:, None, :], (B, L, L))
+    if pattern == 'decoder':
+      full = full & jnp.tril(jnp.ones((L, L), bool))
+  out = blk.apply(params, x, pos, mask)
+  ref = RefBlock(D, H).apply(params, x, pos, full)
+  np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize('window,chunk', [(0, 0), (0, 4), (0, 3), (3, 0), (3, 4), (0, 32)])
+def test_prefix_groups_equal_reference(window, chunk):
+  """Unchunked and chunked prefix groups (chunk not dividing G = T+1, larger than G, with a window and
+  padding) == the previous dense implementation, values and gradients."""
+  B, T, K = 3, 9, 2
+  x = _tokens(B, T, pad_left=(0, 3), pad_mid=True)
+  valid, pos, reg_pos, tok_mask, reads = ref_prefix_inputs(x, K, window)
+  tok = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  reg = jax.random.normal(jax.random.PRNGKey(1), (B, T + 1, K, D))
+  ref_blk = RefBlock(D, H)
+  params = ref_blk.init(jax.random.PRNGKey(2), tok, pos, tok_mask, reg, reg_pos, reads, method=RefBlock.prefix_groups)
+  blk = layers.Block(D, H, window=window, prefix_chunk=chunk)
+
+  def run(p, tok, reg):
+    t, r = blk.apply(p, tok, pos, valid, reg, reg_pos, method=layers.Block.prefix_groups)
+    return t * valid[..., None], r  # padding tokens' own outputs are never read
+
+  def ref(p, tok, reg):
+    t, r = ref_blk.apply(p, tok, pos, tok_mask, reg, reg_pos, reads, method=RefBlock.prefix_groups)
+    return t * valid[..., None], r
+
+  out, want = jax.jit(run)(params, tok, reg), ref(params, tok, reg)
+  for a, b in zip(out, want):
+    np.testing.assert_allclose(a, b, atol=3e-5, rtol=3e-5)
+  w_t = jax.random.normal(jax.random.PRNGKey(3), out[0].shape)
+  w_r = jax.random.normal(jax.random.PRNGKey(4), out[1].shape)
+  loss = lambda f: lambda p, tok, reg: jnp.sum(f(p, tok, reg)[0] * w_t) + jnp.sum(f(p, tok, reg)[1] * w_r)
+  g = jax.jit(jax.grad(loss(run), argnums=(0, 1, 2)))(params, tok, reg)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(params, tok, reg)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5)
+
+
+@pytest.mark.parametrize('window', [0, 4])
+def test_chunked_prefix_memories_equal_unchunked(window):
+  """The whole encoder (2 layers, remat on) with chunks of 4 groups at T=11 (G=12, chunks pad to 12... and
+  chunks of 5: G=12 not divisible) equals the unchunked encoder; gradients too."""
+  c = tiny_config()
+  c.model.enc_depth, c.model.attn_window, c.model.remat = 2, window, True
+  nets0 = models.Networks.from_config(c.model)
+  params = jax.jit(nets0.init)(jax.random.PRNGKey(0))
+  x = _tokens(3, 11, seed=5, pad_left=(0, 4), pad_mid=True)
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 12, c.model.num_mem_tokens, c.model.d_model))
+  loss = lambda nets: jax.jit(jax.value_and_grad(lambda p: jnp.sum(nets.prefix_memories(p, x) * w)))
+  want_l, want_g = loss(nets0)(params)
+  for chunk in (4, 5):
+    c.model.prefix_chunk = chunk
+    nets = models.Networks.from_config(c.model)
+    np.testing.assert_allclose(jax.jit(nets.prefix_memories)(params, x), jax.jit(nets0.prefix_memories)(params, x),
+                               atol=1e-5, rtol=1e-5)
+    l, g = loss(nets)(params)
+    np.testing.assert_allclose(l, want_l, rtol=1e-5, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(want_g)):
+      np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-4)
+
+
+def test_chunked_scores_are_linear_in_T():
+  """The compiled program's temporary memory: chunked grows about linearly in T, unchunked quadratically."""
+  c = tiny_config()
+  c.model.d_model, c.model.num_heads, c.model.num_mem_tokens, c.model.enc_depth = 16, 2, 8, 1
+
+  def temp_bytes(T, chunk):
+    c.model.prefix_chunk = chunk
+    nets = models.Networks.from_config(c.model)
+    params = jax.eval_shape(nets.init, jax.random.PRNGKey(0))
+    x = jax.ShapeDtypeStruct((2, T), jnp.int32)
+    f = jax.jit(jax.grad(lambda p, x: jnp.sum(nets.prefix_memories(p, x) ** 2)))
+    return f.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+
+  dense = temp_bytes(512, 0) / temp_bytes(256, 0)
+  chunked = temp_bytes(512, 16) / temp_bytes(256, 16)
+  assert dense > 3.0, dense  # the [B, H, G, K, T] scores dominate
+  assert chunked < 2.6, chunked
+
+
+def test_prefix_chunk_is_validated():
+  c = tiny_config()
+  c.model.prefix_chunk = -1
+  with pytest.raises(config_lib.ConfigError, match='model.prefix_chunk'):
+    config_lib.validate(c)

@@ -1,0 +1,113 @@
+"""FLOPs, MFU, compiled memory, profiles and the benchmark presets (issue 11), at tiny sizes on CPU."""
+
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from smtjax import config as config_lib
+from smtjax import perf, train
+from smtjax.metrics import read_metrics
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize('kind,name', [('NVIDIA H100 80GB HBM3', 'H100'), ('NVIDIA H200', 'H200'),
+                                       ('NVIDIA A100-SXM4-80GB', 'A100'), ('TPU v4', 'TPU v4'),
+                                       ('TPU v5 lite', 'TPU v5e'), ('TPU v5', 'TPU v5p'), ('TPU v5p', 'TPU v5p'),
+                                       ('cpu', 'unknown'), ('NVIDIA GeForce RTX 4090', 'unknown')])
+def test_device_names(kind, name):
+  assert perf.device_name(kind) == name
+
+
+def test_throughput_and_mfu():
+  h100 = types.SimpleNamespace(device_kind='NVIDIA H100 80GB HBM3')
+  r = perf.throughput(2e12, 100.0, num_devices=2, device=h100)
+  assert r['tflops_per_s'] == pytest.approx(200.0)
+  assert r['mfu'] == pytest.approx(200e12 / (2 * 989e12))
+  assert 'mfu' not in perf.throughput(2e12, 100.0, device=types.SimpleNamespace(device_kind='cpu'))
+
+
+def test_matmul_flops_count_scan_trip_counts():
+  """XLA's cost analysis counts a loop body once; the jaxpr count multiplies it by the scan length."""
+  a, b = jnp.ones((8, 32)), jnp.ones((32, 32))
+  f = jax.jit(lambda a, b: jax.lax.scan(lambda c, _: (jnp.tanh(c @ b), None), a, None, length=10)[0])
+  one = 2 * 8 * 32 * 32
+  r = perf.step_flops(f, a, b)
+  assert r['matmul'] == 10 * one
+  assert r['xla'] < 2 * one  # the body once (plus elementwise work)
+  assert r['flops'] == 10 * one
+  # Reverse mode: forward and the backward products with respect to `a` (b is not differentiated).
+  g = jax.grad(lambda a: jnp.sum(f(a, b)))
+  assert perf.matmul_flops(g, a) == 20 * one
+
+
+def test_train_step_flops_and_memory():
+  """A loop-free step: XLA's count covers every matrix product; compiled memory is positive."""
+  c = tiny_config('window')
+  trainer = train.Trainer.create(c, jax.devices()[:1])
+  state = trainer.init_state(jax.random.PRNGKey(0))
+  batch = {k: jnp.zeros((c.batch_size, c.data.seq_len), jnp.int32) for k in ('x', 'y')}
+  r = perf.step_flops(trainer.train_step, state, batch, jax.random.PRNGKey(0))
+  assert r['matmul'] > 0 and r['xla'] >= 0.99 * r['matmul']
+  m = perf.memory(trainer.train_step.lower(state, batch, jax.random.PRNGKey(0)).compile())
+  assert m['peak'] == m['temp'] + m['argument'] + m['output'] - m['alias'] and m['argument'] > 0
+
+
+def test_runner_logs_tflops_and_writes_profile(tmp_path):
+  c = tiny_config()
+  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 6, 2, 6, 6
+  c.profile_steps = '2:4'
+  train.train_and_evaluate(c, str(tmp_path))
+  logged = [r for r in read_metrics(str(tmp_path)) if 'loss' in r]
+  assert logged and all(r['tflops_per_s'] > 0 for r in logged)
+  assert all('mfu' not in r for r in logged)  # CPU: no known peak
+  traces = [f for _, _, files in os.walk(tmp_path / 'profile') for f in files if f.endswith('.xplane.pb')]
+  assert traces, list(os.walk(tmp_path / 'profile'))
+
+
+@pytest.mark.parametrize('spec', ['5', '3:3', '0:2', 'a:b', '4:2'])
+def test_profile_steps_validated(spec):
+  c = tiny_config()
+  c.profile_steps = spec
+  with pytest.raises(config_lib.ConfigError, match='profile_steps'):
+    config_lib.validate(c)
+
+
+def test_profile_range():
+  c = tiny_config()
+  assert config_lib.profile_range(c) is None
+  c.profile_steps = '100:105'
+  assert config_lib.profile_range(c) == (100, 105)
+
+
+@pytest.mark.parametrize('preset', ['paper_smt', 'paper_dmt', 'paper_bptt'])
+def test_bench_presets_run_tiny(preset, capsys):
+  from experiments import bench
+  results = bench.run_preset(preset, 'tiny', steps=1, repeats=1)
+  out = capsys.readouterr().out
+  for r in results.values():
+    assert r['step_ms'] > 0 and r['flops'] > 0 and r['tflops_per_s'] > 0
+    assert jnp.isfinite(r['loss'])
+  assert ('published' in out) == (preset != 'paper_bptt')
+  assert 'goal' in out
+  # The presets are the published configs: only the sizes shrink.
+  full = bench.preset_configs(preset)
+  for c in full.values():
+    assert (c.model.d_model, c.model.num_mem_tokens, c.model.enc_depth, c.model.dec_depth, c.model.cell_depth,
+            c.model.dtype) == (256, 16, 8, 4, 8, 'bfloat16')
+  if preset == 'paper_smt':
+    (c,) = full.values()
+    assert (c.data.seq_len, c.smt.context, c.smt.future, c.batch_size, c.smt.mode) == (320, 256, 64, 128, 'window')
+  if preset == 'paper_dmt':
+    (c,) = full.values()
+    assert (c.dmt.rollout, c.dmt.every, c.batch_size) == (256, 16, 32)
+
+
+def test_memory_table_tiny(capsys):
+  from experiments import bench
+  rows = bench.memory_table([16, 32], batch=2, chunk=4, remat=True, dense_up_to=16, scale='tiny')
+  assert [(r['T'], r['prefix_chunk']) for r in rows] == [(16, 0), (16, 4), (32, 4)]
+  assert all(r['peak'] > 0 for r in rows)
+  assert 'peak GiB' in capsys.readouterr().out
