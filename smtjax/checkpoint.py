@@ -8,11 +8,12 @@ temporary directory and renames it), so a run killed mid-save leaves the previou
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from smtjax import workdir as workdir_lib
 from smtjax.config import ConfigError
 
 
@@ -21,8 +22,8 @@ class CheckpointError(ValueError):
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, max_to_keep: int = 2):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  def __init__(self, workdir, max_to_keep: int = 2):
+    self.directory = workdir_lib.as_path(workdir) / 'checkpoints'
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -73,14 +74,13 @@ def _get(d: dict, dotted: str):
   return d if d != {} else None
 
 
-def check_compatible(config, workdir: str, what: str = 'resume from'):
+def check_compatible(config, workdir, what: str = 'resume from'):
   """Raises ConfigError if workdir/config.json disagrees with `config` on an architecture field."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
     return
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f'{path} is unreadable: {e}') from e
   current = json.loads(config.to_json_best_effort())

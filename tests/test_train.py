@@ -92,7 +92,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, caplog):
   c = tiny_config()
 
   def nan_from_step_6(step_fn, state, batch, rng):
@@ -110,8 +110,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
   _, params = train.load_params(str(tmp_path))
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
   assert train.Trainer.create  # unpatched again
-  final = train.train_and_evaluate(c, str(tmp_path))  # resumes from step 4 and finishes
-  assert 'Resumed' in capsys.readouterr().out
+  with caplog.at_level('INFO', logger='absl'):
+    final = train.train_and_evaluate(c, str(tmp_path))  # resumes from step 4 and finishes
+  assert any('Resumed' in r.getMessage() and 'step 4' in r.getMessage() for r in caplog.records)
   assert np.isfinite(final['loss'])
 
 

@@ -11,11 +11,11 @@ pixels after the window's end are drawn in blue.
 from __future__ import annotations
 
 import math
-import pathlib
 import struct
 import zlib
 
 import numpy as np
+from etils import epath
 
 from smtjax.data.base import DataError, DataInfo
 
@@ -74,15 +74,15 @@ def write_png(path, rgb: np.ndarray):
   raw = np.concatenate([np.zeros((h, 1), np.uint8), a.reshape(h, w * 3)], axis=1).tobytes()  # filter 0 per row
   png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
          + chunk(b'IDAT', zlib.compress(raw, 6)) + chunk(b'IEND', b''))
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(png)
 
 
-def save_image_grid(source_info: DataInfo, x, path, scale: int = 4, cols: int = 0) -> pathlib.Path:
+def save_image_grid(source_info: DataInfo, x, path, scale: int = 4, cols: int = 0) -> epath.Path:
   """Draws tokens [B, T] of an image source as a PNG grid at `path`; returns the path."""
   write_png(path, image_grid(source_info, x, scale, cols))
-  return pathlib.Path(path)
+  return epath.Path(path)
 
 
 def main(argv):
@@ -107,7 +107,7 @@ def main(argv):
   body = ''.join(f'--- {config.data.name} {_SPLIT.value} batch {_INDEX.value} row {i} ---\n{t}\n'
                  for i, t in enumerate(texts))
   if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(body)
+    epath.Path(_OUT.value).write_text(body)
     print(f'wrote {len(texts)} sequences to {_OUT.value}')
   else:
     print(body, end='')
