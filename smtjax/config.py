@@ -128,6 +128,25 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def infer_from_data(config, seq_len: int, vocab_size: int) -> ml_collections.ConfigDict:
+  """`config` with the fields left to the data filled in: data.seq_len = 0 (T from the file, the arrays
+  source) and model.vocab_size = 0 (the data's vocabulary), as configs/arrays.py and configs/tokens.py
+  set them. An inferred T also caps smt.future, smt.context and smt.num_transitions at T. Returns a copy
+  when anything is filled, else `config` itself."""
+  if config.data.seq_len != 0 and config.model.vocab_size != 0:
+    return config
+  c = config.copy_and_resolve_references()
+  if c.model.vocab_size == 0:
+    c.model.vocab_size = int(vocab_size)
+  if c.data.seq_len == 0:
+    T = c.data.seq_len = int(seq_len)
+    c.smt.future = min(c.smt.future, T)
+    c.smt.context = min(c.smt.context, T - 1) if c.smt.mode == 'window' else c.smt.context
+    c.smt.num_transitions = min(c.smt.num_transitions, T)
+    c.smt.num_decoder_samples = min(c.smt.num_decoder_samples, T + 1)
+  return c
+
+
 def initial_memory(config) -> str:
   """config.model.initial_memory with 'auto' resolved by config.method."""
   if config.model.initial_memory != 'auto':

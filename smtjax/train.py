@@ -210,6 +210,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
   WorkdirLockedError.
   """
   source = make_source(config.data, config.seed)
+  config = config_lib.infer_from_data(config, source.info.seq_len, source.info.vocab_size)
   config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
   if config.data.seq_len != source.info.seq_len:
     raise config_lib.ConfigError(f'config.data.seq_len={config.data.seq_len} but the data has {source.info.seq_len}')
