@@ -20,6 +20,7 @@ ENCODER_ATTENTION = ('causal', 'bidirectional')
 SCHEDULES = ('constant', 'cosine')
 TRAINABLE = ('all', 'teacher', 'rnn')
 DTYPES = ('float32', 'bfloat16')
+DATA_SOURCES = ('files', 'tfds')
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.name = 'retrieval'
   c.data.seq_len = 32
   c.data.path = ''  # real datasets: a file or a directory; '' means the default location / download
+  # 'files' (IDX, .npy, .txt readers) or 'tfds' (mnist, sketch through tfds.data_source; data.path = TFDS data_dir)
+  c.data.source = 'files'
   c.data.options = ml_collections.ConfigDict()  # task-specific keyword arguments
 
   c.model = ml_collections.ConfigDict()
@@ -190,6 +193,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _one_of(m.initial_memory, 'model.initial_memory', ('auto', 'encoder', 'zeros', 'learned'))
   _require(m.attn_window >= 0, 'model.attn_window', 'must be >= 0')
 
+  _one_of(config.data.get('source', 'files'), 'data.source', DATA_SOURCES)
   s = config.smt
   _one_of(s.mode, 'smt.mode', SMT_MODES)
   _one_of(s.trainable, 'smt.trainable', TRAINABLE)

@@ -60,6 +60,12 @@ def make_source(data_config, seed: int) -> Source:
   """Builds the source named by data_config.name; raises DataError for unknown names or bad options."""
   _import_all()
   name = data_config.name
+  via = data_config.get('source', 'files') if hasattr(data_config, 'get') else 'files'
+  if via == 'tfds':
+    from smtjax.data.tfds_source import make_tfds_source
+    return make_tfds_source(data_config, seed)
+  if via != 'files':
+    raise DataError(f"config.data.source: unknown value {via!r}; expected 'files' or 'tfds'")
   if name not in _REGISTRY:
     raise DataError(f'config.data.name: unknown task or dataset {name!r}; known: {", ".join(sorted(_REGISTRY))}')
   return _REGISTRY[name](data_config, seed)
