@@ -28,7 +28,8 @@ def start(argv) -> None:
 def user_errors():
   try:
     yield
-  except (CheckpointError, DataError, NonFiniteLossError, WorkdirLockedError) as e:  # DataError/CheckpointError are ValueErrors too
+  # DataError and CheckpointError are ValueErrors too: caught first.
+  except (CheckpointError, DataError, NonFiniteLossError, WorkdirLockedError) as e:
     raise SystemExit(f'error: {e}')
   except ValueError as e:
     raise app.UsageError(str(e))

@@ -7,7 +7,7 @@ r"""Train a run from a config file; resumes from the latest checkpoint in --work
 """
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import _cli
@@ -37,8 +37,11 @@ def main(argv):
   workdir = FLAGS.workdir or workdir_lib.default_workdir(config_file, variant)
   with _cli.user_errors():
     metrics = train.train_and_evaluate(config, workdir)
+  summary = 'final: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items()))
   if jax.process_index() == 0:
-    print('final: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
+    print(summary)  # printed once per run
+  else:
+    logging.info(summary)
 
 
 if __name__ == '__main__':

@@ -95,7 +95,7 @@ def test_errors_name_the_file(tmp_path):
   c = _load('arrays')
   c.data.path = str(tmp_path / 'train.npz')
   c.data.options.test_path = str(tmp_path / 'short.npz')
-  with pytest.raises(DataError, match=r'short\.npz: x holds sequences of length 8, but the length of x in .*train\.npz is 10'):
+  with pytest.raises(DataError, match=r'short\.npz: x holds sequences of length 8, but the length of x in .*train\.npz'):
     make_source(c.data, 0)
   c.data.options.test_path = ''
   c.data.options.vocab_size = 4  # tokens 4 and 5 fall outside

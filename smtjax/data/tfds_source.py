@@ -1,6 +1,6 @@
 """MNIST and Quick, Draw! bitmaps through TensorFlow Datasets: `--config.data.source=tfds`.
 
-    python -m experiments.run --config=configs/mnist.py --config.data.source=tfds --config.data.path=~/tensorflow_datasets
+    python -m experiments.run --config=configs/mnist.py --config.data.source=tfds --config.data.path=DATA_DIR
 
 `tfds.data_source(name, split, data_dir=config.data.path or TFDS's default)` opens the prepared
 ArrayRecord files for random access (no TensorFlow needed to read them). Training sequences are the same
@@ -103,7 +103,8 @@ def make_tfds_source(data_config, seed: int):
                     '(TinyStories and your own arrays are read from files: data.source=files)')
   o = stream.parse_options(data_config, _FILE_OPTIONS[name], name)
   T = stream.seq_len_of(data_config)
-  splits = {k: open_split(DATASETS[name], s, data_config.path, bool(o['download'])) for k, s in _splits(name, o).items()}
+  splits = {k: open_split(DATASETS[name], s, data_config.path, bool(o['download']))
+            for k, s in _splits(name, o).items()}
   shape = tuple(int(d) for d in np.asarray(splits['train'][0]['image']).shape[:2])
   info = DataInfo(vocab_size=VOCAB_SIZE, seq_len=T, kind='image', image_shape=shape,
                   decode=lambda t: decode_image(t, shape))
