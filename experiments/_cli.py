@@ -1,18 +1,19 @@
 """What every experiments/ entry point does around its work, in one place: JAX's options as flags
-(--jax_log_compiles etc.), reject stray arguments, quiet absl logging (Orbax logs every save at INFO) unless
---verbosity is given, and turn smtjax's own errors into a one-line exit: bad data, checkpoints, workdirs or
-a diverged run -> `error: ...`; bad config values -> a usage error; a run stopped by SIGTERM/SIGINT after
-saving -> its message and exit status 0. Any other exception (a bug, an error inside JAX) keeps its
-traceback."""
+(--jax_log_compiles etc.), reject stray arguments, set up absl logging (process index on every line; only
+our INFO lines, as Orbax logs every save at INFO, unless --verbosity is given), and turn smtjax's own errors
+into a one-line exit: bad data, checkpoints, workdirs (one in use too) or a diverged run -> `error: ...`; bad
+config values -> a usage error; a run stopped by SIGTERM/SIGINT after saving -> its message and exit status
+0. Any other exception (a bug, an error inside JAX) keeps its traceback."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
+from etils import epath
 
+from smtjax import logs
 from smtjax.errors import ConfigError, Preempted, SmtjaxError
 
 # JAX's options as absl flags of every entry point (--jax_log_compiles, --jax_debug_nans, ...). Importing
@@ -23,8 +24,7 @@ jax.config.config_with_absl()
 def start(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  logs.setup(verbosity_given=flags.FLAGS['verbosity'].present)
 
 
 @contextlib.contextmanager
@@ -40,9 +40,9 @@ def user_errors():
     raise SystemExit(f'error: {e}')
 
 
-def require_workdir(workdir: str) -> None:
-  """Exits unless `workdir` holds a training run's config.json."""
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+def require_workdir(workdir) -> None:
+  """Exits unless `workdir` (local or gs://...) holds a training run's config.json."""
+  if not (epath.Path(workdir) / 'config.json').exists():
     raise SystemExit(f'error: {workdir} has no config.json (is it a training workdir?)')
 
 

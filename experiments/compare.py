@@ -11,6 +11,7 @@ numbers of key/value pairs. See smtjax/compare.py.
 """
 
 from absl import app, flags
+from etils import epath
 
 from experiments import _cli
 from smtjax.studies import compare
@@ -32,8 +33,7 @@ def main(argv):
     raise app.UsageError(f'--lengths must be a comma list of integers, got {FLAGS.lengths}')
   with _cli.user_errors():
     summary = compare.run_comparison(FLAGS.task, lengths, FLAGS.preset, FLAGS.out, FLAGS.steps)
-  with open(f'{FLAGS.out}/compare_{FLAGS.task}.md') as f:
-    print(f.read())
+  print((epath.Path(FLAGS.out) / f'compare_{FLAGS.task}.md').read_text())
   print(f'wrote {FLAGS.out}/compare_{FLAGS.task}.json, .md, .png ({len(summary["lengths"])} lengths)')
 
 

@@ -9,6 +9,7 @@ and a rerun reuses them. Any --config.* override applies to every run. See smtja
 """
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from experiments import _cli
@@ -30,8 +31,7 @@ def main(argv):
     result = compression.run_compression(FLAGS.config, [int(d) for d in FLAGS.mem_dims], FLAGS.out, FLAGS.steps,
                                          FLAGS.num_evals, FLAGS.metric,
                                          config_name=config_flags.get_config_filename(FLAGS['config']))
-  with open(f'{FLAGS.out}/compression.md') as f:
-    print(f.read())
+  print((epath.Path(FLAGS.out) / 'compression.md').read_text())
   print(f'wrote {FLAGS.out}/compression.json, compression.md and compression.png ({result["metric"]})')
 
 

@@ -10,9 +10,9 @@ smt.context for window-mode runs, else T // 2; eval_len: the rest of the sequenc
 """
 
 import math
-import os
 
 from absl import app, flags
+from etils import epath
 
 from experiments import _cli
 from smtjax import runs
@@ -41,7 +41,8 @@ def main(argv):
   for name in ('rnn', 'teacher', 'rnn_only'):
     print(f'  {name:9s} loss {f(r[name + "_loss"])} ({f(r[name + "_loss_bits"])} bits)  '
           f'accuracy {f(r[name + "_accuracy"])}')
-  print(f'wrote {os.path.join(FLAGS.workdir, "eval.json")} and {os.path.join(FLAGS.workdir, "eval_loss_by_position.png")}')
+  wd = epath.Path(FLAGS.workdir)
+  print(f'wrote {wd / "eval.json"} and {wd / "eval_loss_by_position.png"}')
 
 
 if __name__ == '__main__':

@@ -2,20 +2,24 @@ r"""Train a run from a config file; resumes from the latest checkpoint in --work
 
   python -m experiments.run --config=configs/retrieval.py --workdir=/tmp/run1
   python -m experiments.run --config=configs/retrieval.py:small --config.model.d_model=64
+  python -m experiments.run --config=configs/arrays.py --config.data.path=task.npz   # your own data
+  python -m experiments.run --config=configs/mnist.py --workdir=gs://bucket/mnist --multihost
 """
 
-from absl import app, flags
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import _cli
 from smtjax import sharding
 from smtjax import train
+from smtjax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with a variant: configs/x.py:small.',
                                 lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, config.json, metrics.jsonl, TensorBoard events. '
-                    'Default: workdirs/<config name>.')
+flags.DEFINE_string('workdir', None, 'Run directory (a local path or gs://...): checkpoints, config.json, '
+                    'metrics.jsonl, TensorBoard events. Default: workdirs/<config file>[_<variant>].')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() with auto-detection (TPU pod slices, '
                   'SLURM, Open MPI): run the same command on every host.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process without auto-detection: host:port of process 0.')
@@ -30,10 +34,15 @@ def main(argv):
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                   auto=FLAGS.multihost)
   config = FLAGS.config
-  workdir = FLAGS.workdir or f'workdirs/{config.data.name}'
+  config_file, _, variant = config_flags.get_config_filename(FLAGS['config']).partition(':')  # 'configs/x.py:small'
+  workdir = FLAGS.workdir or workdir_lib.default_workdir(config_file, variant)
   with _cli.user_errors():
     metrics = train.train_and_evaluate(config, workdir)
-  print('final: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
+  summary = 'final: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items()))
+  if jax.process_index() == 0:
+    print(summary)  # printed once per run
+  else:
+    logging.info(summary)
 
 
 if __name__ == '__main__':

@@ -23,6 +23,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from smtjax import metrics as metrics_lib
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A model small enough that a step takes milliseconds: a launch is mostly start-up, and kills land
 # anywhere in a run of many steps and checkpoints.
@@ -57,7 +59,7 @@ def _launch(cmd: list[str], log: pathlib.Path) -> subprocess.Popen:
 
 
 def _strip(records):
-  return [{k: v for k, v in r.items() if k != 'steps_per_s'} for r in records]
+  return metrics_lib.without_timings(records)
 
 
 def soak(out: str, kills: int = 10, seed: int = 0, num_steps: int = 0, checkpoint_every: int = 3,

@@ -4,9 +4,8 @@ r"""See a batch of any config's data: decoded text, or a PNG grid of images (smt
   python -m experiments.visualize --config=configs/tinystories.py:small --config.data.path=DIR --num=4
 """
 
-import pathlib
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from experiments import _cli
@@ -39,7 +38,7 @@ def main(argv):
   body = ''.join(f'--- {config.data.name} {_SPLIT.value} batch {_INDEX.value} row {i} ---\n{t}\n'
                  for i, t in enumerate(texts))
   if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(body)
+    epath.Path(_OUT.value).write_text(body)
     print(f'wrote {len(texts)} sequences to {_OUT.value}')
   else:
     print(body, end='')

@@ -10,31 +10,18 @@ temporary directory and renames it), so a run killed mid-save leaves the previou
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
+from smtjax import workdir as workdir_lib
 from smtjax.errors import CheckpointError, ConfigError, WorkdirError  # noqa: F401  (re-exported)
-
-
-def write_file(path: str, text: str):
-  """Writes `text` to `path` atomically (a temporary file, then a rename: a kill leaves the old file or the
-  new one); an OSError (read-only or full file system) becomes a WorkdirError naming the file."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except OSError as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise WorkdirError(f'cannot write {path}: {e}') from e
 
 
 def _all_processes(ok: bool) -> bool:
@@ -71,8 +58,8 @@ def _reason(e: BaseException, limit: int = 400) -> str:
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, max_to_keep: int = 2):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  def __init__(self, workdir, max_to_keep: int = 2):
+    self.directory = workdir_lib.as_path(workdir) / 'checkpoints'
     try:
       # cleanup_tmp_directories: unfinished saves of a killed run (`<step>.orbax-checkpoint-tmp*`) go.
       self.manager = ocp.CheckpointManager(
@@ -143,11 +130,11 @@ class Checkpointer:
     stamp = time.strftime('%Y%m%dT%H%M%S')
     if jax.process_index() == 0:
       for step in steps:
-        src = os.path.join(self.directory, str(step))
-        dst = f'{src}.corrupt-{stamp}'
-        while os.path.exists(dst):  # set aside twice within a second
-          dst += '-1'
-        os.rename(src, dst)
+        src = self.directory / str(step)
+        dst = self.directory / f'{step}.corrupt-{stamp}'
+        while dst.exists():  # set aside twice within a second
+          dst = dst.parent / (dst.name + '-1')
+        src.rename(dst)
         logging.warning('set aside the damaged checkpoint step %d as %s', step, dst)
     _barrier('smtjax-checkpoint-set-aside')
     self.manager.reload()
@@ -187,14 +174,13 @@ def _get(d: dict, dotted: str):
   return d if d != {} else None
 
 
-def check_compatible(config, workdir: str, what: str = 'resume from'):
+def check_compatible(config, workdir, what: str = 'resume from'):
   """Raises ConfigError if workdir/config.json disagrees with `config` on an architecture field."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
     return
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(path.read_text())
   except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
     raise CheckpointError(f'{path} is unreadable: {e}') from e
   current = json.loads(config.to_json_best_effort())

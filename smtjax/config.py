@@ -25,6 +25,7 @@ DYNAMICS_GRADIENT = ('both', 'stop_target', 'rnn_only')
 CLIP_MODES = ('global', 'per_network')
 DMT_TERM_ON = ('teacher', 'rnn')
 DTYPES = ('float32', 'bfloat16')
+DATA_SOURCES = ('files', 'tfds')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -48,6 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.name = 'retrieval'
   c.data.seq_len = 32
   c.data.path = ''  # real datasets: a file or a directory; '' means the default location / download
+  # 'files' (IDX, .npy, .txt readers) or 'tfds' (mnist, sketch through tfds.data_source; data.path = TFDS data_dir)
+  c.data.source = 'files'
   c.data.options = ml_collections.ConfigDict()  # task-specific keyword arguments
 
   c.model = ml_collections.ConfigDict()
@@ -150,6 +153,25 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def infer_from_data(config, seq_len: int, vocab_size: int) -> ml_collections.ConfigDict:
+  """`config` with the fields left to the data filled in: data.seq_len = 0 (T from the file, the arrays
+  source) and model.vocab_size = 0 (the data's vocabulary), as configs/arrays.py and configs/tokens.py
+  set them. An inferred T also caps smt.future, smt.context and smt.num_transitions at T. Returns a copy
+  when anything is filled, else `config` itself."""
+  if config.data.seq_len != 0 and config.model.vocab_size != 0:
+    return config
+  c = config.copy_and_resolve_references()
+  if c.model.vocab_size == 0:
+    c.model.vocab_size = int(vocab_size)
+  if c.data.seq_len == 0:
+    T = c.data.seq_len = int(seq_len)
+    c.smt.future = min(c.smt.future, T)
+    c.smt.context = min(c.smt.context, T - 1) if c.smt.mode == 'window' else c.smt.context
+    c.smt.num_transitions = min(c.smt.num_transitions, T)
+    c.smt.num_decoder_samples = min(c.smt.num_decoder_samples, T + 1)
+  return c
+
+
 def initial_memory(config) -> str:
   """config.model.initial_memory with 'auto' resolved by config.method."""
   if config.model.initial_memory != 'auto':
@@ -221,6 +243,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
            f'must be an integer >= 0 (0 = all register groups at once), got {chunk!r}')
   profile_range(config)  # validates config.profile_steps
 
+  _one_of(config.data.get('source', 'files'), 'data.source', DATA_SOURCES)
   s = config.smt
   _one_of(s.mode, 'smt.mode', SMT_MODES)
   _one_of(s.trainable, 'smt.trainable', TRAINABLE)

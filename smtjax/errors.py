@@ -29,6 +29,10 @@ class WorkdirError(SmtjaxError, ValueError):
   """The workdir, or a file in it, cannot be created, read or written; the message names the path."""
 
 
+class WorkdirLockedError(WorkdirError):
+  """Another live run holds the workdir; the message names its host and pid."""
+
+
 class Preempted(SmtjaxError):
   """Training stopped on a signal after saving a checkpoint and the metrics of `step`; run again to resume.
   Not a failure: the command-line entry points exit with status 0."""

@@ -2,38 +2,45 @@
 
 Figures are `matplotlib.figure.Figure` objects, never pyplot state: nothing here switches matplotlib's
 backend or keeps a figure alive, so these functions are safe to call from a notebook (which keeps its own
-backend) and from threads. Images are encoded by Pillow. Each function writes
-`path` (its folder is created) and returns it as a `pathlib.Path`.
+backend) and from threads. Images are encoded by Pillow. Every file is rendered in memory and written whole
+through etils.epath, so `path` may be local or on an object store (gs://...); each function returns it.
 """
 
 from __future__ import annotations
 
+import io
 import math
-import pathlib
 
 import numpy as np
+from etils import epath
 from PIL import Image
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 
-def _save(fig: Figure, path) -> pathlib.Path:
-  path = pathlib.Path(path)
+def _write(path, data: bytes) -> epath.Path:
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path)
+  path.write_bytes(data)
   return path
 
 
-def write_png(path, rgb) -> pathlib.Path:
+def _save(fig: Figure, path) -> epath.Path:
+  """Renders `fig` in memory (format from the suffix) and writes it whole: local paths and gs:// alike."""
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format=epath.Path(path).suffix[1:] or 'png')
+  return _write(path, buf.getvalue())
+
+
+def write_png(path, rgb) -> epath.Path:
   """Writes uint8 [H, W, 3] (or [H, W] gray) as a PNG."""
   a = np.asarray(rgb, np.uint8)
   if a.ndim == 2:
     a = np.repeat(a[..., None], 3, axis=2)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(a, 'RGB').save(path, format='PNG')
-  return path
+  buf = io.BytesIO()
+  Image.fromarray(a, 'RGB').save(buf, format='PNG')
+  return _write(path, buf.getvalue())
 
 
 def _positive(values) -> np.ndarray:
@@ -55,7 +62,7 @@ def _marker(n: int):
   return '.' if n <= 64 else None
 
 
-def loss_by_position(result: dict, path, title: str = '') -> pathlib.Path:
+def loss_by_position(result: dict, path, title: str = '') -> epath.Path:
   """eval.json's RNN loss vs rollout position, the teacher's loss on the same targets as a line."""
   ys = np.array([np.nan if v is None else v for v in result['rnn_loss_per_position']], np.float64)
   fig = Figure(figsize=(6, 3.5), dpi=100)
@@ -74,7 +81,7 @@ def loss_by_position(result: dict, path, title: str = '') -> pathlib.Path:
   return _save(fig, path)
 
 
-def gradients(curves: dict, path, title: str = '') -> pathlib.Path:
+def gradients(curves: dict, path, title: str = '') -> epath.Path:
   """curves: label -> per-distance gradient norms; log-scale y (zeros and None are not drawn)."""
   fig = Figure(figsize=(6, 3.5), dpi=100)
   ax = fig.subplots()
@@ -85,7 +92,7 @@ def gradients(curves: dict, path, title: str = '') -> pathlib.Path:
   return _save(fig, path)
 
 
-def drift(runs: dict, path, title: str = '') -> pathlib.Path:
+def drift(runs: dict, path, title: str = '') -> epath.Path:
   """runs: label -> drift result ({'n', 'one_step_mse', 'rollout_mse'}); both errors against n, log y."""
   fig = Figure(figsize=(6, 3.5), dpi=100)
   ax = fig.subplots()
@@ -97,7 +104,7 @@ def drift(runs: dict, path, title: str = '') -> pathlib.Path:
   return _save(fig, path)
 
 
-def comparison(summary: dict, path, columns, names: dict) -> pathlib.Path:
+def comparison(summary: dict, path, columns, names: dict) -> epath.Path:
   """Accuracy and loss against length (log2 x-axis), one line per method in `columns` (labels `names`)."""
   lengths = summary['lengths']
   fig = Figure(figsize=(10, 4), dpi=100)
@@ -118,7 +125,7 @@ def comparison(summary: dict, path, columns, names: dict) -> pathlib.Path:
   return _save(fig, path)
 
 
-def compression_contours(result: dict, path, levels: int = 8) -> pathlib.Path:
+def compression_contours(result: dict, path, levels: int = 8) -> epath.Path:
   """Filled contours and labelled iso-loss lines of result['metric'] over (steps, memory size)."""
   m = result['metric']
   grid = np.array([[np.nan if v is None else v for v in row] for row in result['grids'][m]], np.float64)
@@ -147,7 +154,7 @@ def compression_contours(result: dict, path, levels: int = 8) -> pathlib.Path:
 
 
 def memory_space(coords_BxTxP, labels_BxT, names, path, title: str = '', radius: float | None = None,
-                 max_lines: int = 64, max_names: int = 16) -> pathlib.Path:
+                 max_lines: int = 64, max_names: int = 16) -> epath.Path:
   """Scatter of P = 2 or 3 coordinates [B, T+1, P], coloured by label, trajectories as grey lines, each
   label's name at its centroid (the `max_names` shortest names only); `radius` draws the circle (P = 2)
   memories are confined to, and the axes zoom to the points."""

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from smtjax import config as config_lib
 from smtjax import inference
 from smtjax import plotting
 from smtjax import train
+from smtjax import workdir as workdir_lib
 from smtjax.data import make_source, visualize
 from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import ConfigError
@@ -154,9 +154,8 @@ def evaluate_workdir(workdir: str, num_batches: int | None = None, read_len: int
     raise ConfigError(f'num_batches must be >= 1, got {num_batches}')
   result = evaluate_params(nets, params, config, source, num_batches, read_len, eval_len, teacher_chunk)
   if write_files:
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(json_safe(result), f, indent=2, sort_keys=True)
-    plotting.loss_by_position(json_safe(result), os.path.join(workdir, 'eval_loss_by_position.png'),
+    workdir_lib.write_text(epath.Path(workdir) / 'eval.json', json.dumps(json_safe(result), indent=2, sort_keys=True))
+    plotting.loss_by_position(json_safe(result), epath.Path(workdir) / 'eval_loss_by_position.png',
                           title=f'{config.data.name}: read {read_len}, roll out {eval_len}')
   return result
 
@@ -166,7 +165,7 @@ MODES = ('rnn', 'teacher', 'rnn_only')
 
 def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temperature: float | None = None,
                    seed: int | None = None, prompt_len: int | None = None, length: int | None = None,
-                   read_len: int | None = None, out: str | None = None) -> tuple[pathlib.Path, dict]:
+                   read_len: int | None = None, out: str | None = None) -> tuple[epath.Path, dict]:
   """Generates `num` continuations of held-out prompts (the first prompt_len tokens of test batch 0).
 
   mode 'rnn': the teacher encodes the prompt, the RNN writes (`write`); 'teacher': teacher-only with a
@@ -209,10 +208,10 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
   toks = np.asarray(jax.device_get(toks))
   info = source.info
   if info.kind == 'image' and info.image_shape is not None:
-    path = pathlib.Path(out or os.path.join(workdir, 'samples.png'))
+    path = epath.Path(out or epath.Path(workdir) / 'samples.png')
     visualize.save_image_grid(info, np.concatenate([prompt, toks], axis=1), path)
   else:
-    path = pathlib.Path(out or os.path.join(workdir, 'samples.txt'))
+    path = epath.Path(out or epath.Path(workdir) / 'samples.txt')
     ptxt = visualize.batch_to_text(info, prompt) if prompt_len else [''] * num
     ctxt = visualize.batch_to_text(info, toks)
     head = (f'# {num} samples of {config.data.name}: mode={mode} temperature={temperature} seed={seed} '
@@ -220,5 +219,5 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
     body = ''.join(f'--- sample {i} ---\nprompt:       {a}\ncontinuation: {b}\n' for i, (a, b) in
                    enumerate(zip(ptxt, ctxt)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head + body)
+    workdir_lib.write_text(path, head + body)
   return path, {'prompt': prompt, 'tokens': toks}

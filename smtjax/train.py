@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
+from etils import epath
 from tqdm import tqdm
 
 from smtjax import bptt
@@ -32,9 +33,10 @@ from smtjax import dmt
 from smtjax import perf
 from smtjax import sharding as shard_lib
 from smtjax import smt
+from smtjax import workdir as workdir_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
-from smtjax.errors import CheckpointError, ConfigError, NonFiniteLossError  # noqa: F401  (re-exported)
+from smtjax.errors import CheckpointError, ConfigError, NonFiniteLossError, WorkdirError  # noqa: F401
 from smtjax.metrics import MetricWriter
 from smtjax.models import Networks
 from smtjax.preemption import Preempted, StopSignals
@@ -218,23 +220,23 @@ class Trainer:
 
 # ------------------------------------------------------------------------------------------ the loop
 
-def _save_config(config, workdir: str):
+def _save_config(config, workdir: epath.Path):
   if jax.process_index() == 0:
-    ckpt_lib.write_file(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2, sort_keys=True))
+    workdir_lib.write_text(workdir / 'config.json', config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def _prepare_workdir(workdir: str):
+def _prepare_workdir(workdir: epath.Path):
   """Creates `workdir` and checks that it can be written, before anything is compiled (WorkdirError)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ckpt_lib.WorkdirError(f'workdir {workdir} is a file, not a directory; give a directory (--workdir=DIR)')
+  if workdir.exists() and not workdir.is_dir():
+    raise WorkdirError(f'workdir {workdir} is a file, not a directory; give a directory (--workdir=DIR)')
   try:
-    os.makedirs(workdir, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise ckpt_lib.WorkdirError(f'cannot create the workdir {workdir}: {e}') from e
+    raise WorkdirError(f'cannot create the workdir {workdir}: {e}') from e
   if jax.process_index() == 0:  # a read-only or full file system fails here rather than after compiling
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    ckpt_lib.write_file(probe, 'smtjax')
-    os.remove(probe)
+    probe = workdir / f'.write-test-{os.getpid()}'
+    workdir_lib.write_text(probe, 'smtjax')
+    probe.unlink()
 
 
 def _progress(config, start: int):
@@ -243,30 +245,38 @@ def _progress(config, start: int):
   return tqdm(total=config.num_steps, initial=start, dynamic_ncols=True, desc='train')
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last metrics.
+def train_and_evaluate(config, workdir) -> dict[str, float]:
+  """Trains `config` in `workdir` (a local path or gs://...), resuming from its latest checkpoint;
+  returns the last metrics.
 
   Writes workdir/config.json, workdir/metrics.jsonl (+ TensorBoard events) and Orbax checkpoints under
   workdir/checkpoints/, and with config.profile_steps a jax.profiler trace under workdir/profile/. Logged
   steps carry `tflops_per_s` (FLOPs per step from the program's cost analysis, counted once) and, on a
   device with a known peak (smtjax.perf), `mfu`. Bad config values raise ConfigError before anything is
-  compiled or written.
+  compiled or written. Process 0 holds workdir/lock.json while it trains: a workdir another live run
+  holds raises WorkdirLockedError.
   """
   source = make_source(config.data, config.seed)
+  config = config_lib.infer_from_data(config, source.info.seq_len, source.info.vocab_size)
   config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
   if config.data.seq_len != source.info.seq_len:
     raise config_lib.ConfigError(f'config.data.seq_len={config.data.seq_len} but the data has {source.info.seq_len}')
   if config.init_from:
-    if not os.path.isdir(config.init_from):
+    init_from = epath.Path(config.init_from)
+    if not init_from.is_dir():
       raise config_lib.ConfigError(f'config.init_from: {config.init_from!r} is not a directory')
-    if not os.path.exists(os.path.join(config.init_from, 'config.json')) or not os.path.isdir(
-        os.path.join(config.init_from, 'checkpoints')):
+    if not (init_from / 'config.json').exists() or not (init_from / 'checkpoints').is_dir():
       raise ckpt_lib.CheckpointError(f'config.init_from: {config.init_from} holds no trained run '
                                      '(no config.json and checkpoint)')
     ckpt_lib.check_compatible(config, config.init_from, what='initialise from')
+  workdir = workdir_lib.as_path(workdir)
   _prepare_workdir(workdir)
-  ckpt_lib.check_compatible(config, workdir)
+  with workdir_lib.lock(workdir, jax.process_index()):
+    ckpt_lib.check_compatible(config, workdir)
+    return _train(config, workdir, source)
 
+
+def _train(config, workdir: epath.Path, source) -> dict[str, float]:
   trainer = Trainer.create(config)
   checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
   train_it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
@@ -275,13 +285,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     start = 0
     if config.init_from:
       state = trainer.state_from_params(initial_params(config, trainer))
-      print(f'Initialised parameters from {config.init_from}.', flush=True)
+      logging.info('Initialised parameters from %s.', config.init_from)
     else:
       state = trainer.init_state(jax.random.PRNGKey(config.seed))
   else:
     start, state, data_state = restored
     train_it.set_state(data_state)
-    print(f'Resumed from {checkpointer.directory} at step {start}.', flush=True)
+    logging.info('Resumed from %s at step %d.', checkpointer.directory, start)
   _save_config(config, workdir)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
   rng = jax.random.PRNGKey(config.seed)
@@ -329,7 +339,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   try:
     for step in range(start + 1, config.num_steps + 1):
       if profile and step == profile[0]:
-        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+        jax.profiler.start_trace(str(workdir / 'profile'))
         tracing = True
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = shard_lib.global_batch(next(train_it), trainer.batch_sharding)
@@ -352,11 +362,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       if step % config.eval_every == 0 or at_end:
         eval_metrics = trainer.evaluate(state.params, source, config.num_eval_batches)
         writer.write(step, {**stash, **eval_metrics})
+        writer.flush()
         stash.clear()
         last.update(eval_metrics)
         if bar is not None:
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items())))
       if step % config.checkpoint_every == 0 or at_end or stop:
+        writer.flush()  # before the checkpoint: metrics.jsonl always holds every record up to the latest one
         checkpointer.save(step, state, train_it.get_state())
       if stop:
         stopped = (step, signals.received)
@@ -427,13 +439,12 @@ def initial_params(config, trainer: Trainer):
     raise ckpt_lib.CheckpointError(f'the parameters in {config.init_from} do not fit this config: {e}') from e
 
 
-def load_params(workdir: str, config=None, step: int | None = None):
+def load_params(workdir, config=None, step: int | None = None):
   """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks."""
   if config is None:
-    if not os.path.exists(os.path.join(workdir, 'config.json')):
+    if not (epath.Path(workdir) / 'config.json').exists():
       raise ckpt_lib.CheckpointError(f'{workdir} holds no trained run: no config.json')
-    with open(os.path.join(workdir, 'config.json')) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.loads((epath.Path(workdir) / 'config.json').read_text()))
   trainer = Trainer.create(config)
   checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
   try:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from smtjax import checkpoint as ckpt_lib
+from smtjax import metrics as metrics_lib
 from smtjax import train
 from smtjax.metrics import read_metrics
 from tests.conftest import tiny_config
@@ -23,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _strip(records):
-  return [{k: v for k, v in r.items() if k != 'steps_per_s'} for r in records]
+  return metrics_lib.without_timings(records)
 
 
 def _assert_same_run(a: str, b: str):

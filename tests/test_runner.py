@@ -37,7 +37,8 @@ def test_runner_trains_writes_workdir_and_resumes(tmp_path):
   # Same command with more steps: resumes from the last checkpoint.
   r = _run([*cmd, '--config.num_steps=9'])
   assert r.returncode == 0, r.stderr[-3000:]
-  assert 'Resumed' in r.stdout and 'at step 6' in r.stdout
+  assert 'Resumed' in r.stderr and 'at step 6' in r.stderr  # absl logging, on stderr
+  assert r.stdout.count('final:') == 1
 
 
 def test_runner_rejects_bad_config_naming_the_field(tmp_path):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+from smtjax import metrics as metrics_lib
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 RESHARD = textwrap.dedent('''
@@ -83,10 +85,13 @@ def test_two_processes_train_one_run(tmp_path):
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  finals = [dict(kv.split('=') for kv in next(l for l in out.splitlines() if l.startswith('final:'))[7:].split(', '))
-            for out, _ in outs]
+  assert 'final:' in outs[0][0] and 'final:' not in outs[1][0]  # printed once, by process 0
+  lines = [next(l for l in outs[0][0].splitlines() if l.startswith('final:')),
+           next(l for l in outs[1][1].splitlines() if l.startswith('p1 ') and 'final:' in l)]  # p1: absl, on stderr
+  finals = [dict(kv.split('=') for kv in l.split('final: ', 1)[1].split(', ')) for l in lines]
   for f in finals:
-    f.pop('steps_per_s')  # a timing, not a metric
+    for k in metrics_lib.TIMING_KEYS:  # timings, not metrics
+      f.pop(k, None)
   assert finals[0] == finals[1] and 'loss' in finals[0]  # both processes agree on every metric
   records = [json.loads(l) for l in (wd / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records] == [1, 2, 3, 4]  # written once, by process 0

@@ -5,6 +5,8 @@
 
 Options (both): `vocab_size` (0 = max token + 1), `test_path` (a second file for the test split, else
 the last `test_fraction`), `decode` ('ids': tokens as space-separated numbers, or 'bytes': as text).
+`arrays` with `config.data.seq_len = 0` takes T from the file (the width of x); `configs/arrays.py` and
+`configs/tokens.py` also infer the model's vocabulary (`config_lib.infer_from_data`).
 """
 
 from __future__ import annotations
@@ -86,11 +88,13 @@ def tokens(data_config, seed: int):
   return stream.WindowSource(info, splits, seed)
 
 
-def _load_xy(path: pathlib.Path, T: int, suffix: str = '') -> tuple[np.ndarray, np.ndarray] | None:
+def _load_xy(path: pathlib.Path, T: int | None, suffix: str = '',
+             length_from: str = 'config.data.seq_len') -> tuple[np.ndarray, np.ndarray] | None:
   """(x, y) [N, T] from arrays `x{suffix}` and `y{suffix}` of a .npz; None when `suffix` and absent.
 
   Without y: sequences of T+1 tokens give x = s[:-1], y = s[1:]; sequences of T tokens get next-token
-  targets with -1 (no target) at the last step.
+  targets with -1 (no target) at the last step. T None: the width of x (`length_from` names where T came
+  from in the error for a file of another length).
   """
   xk, yk = 'x' + suffix, 'y' + suffix
   if not path.is_file():
@@ -110,11 +114,13 @@ def _load_xy(path: pathlib.Path, T: int, suffix: str = '') -> tuple[np.ndarray, 
     raise DataError(f'{path}: not a readable .npz archive ({e})') from None
   if x.ndim != 2:
     raise DataError(f'{path}: {xk} must be [N, T], got shape {x.shape}')
+  if T is None:
+    T = x.shape[1]
   if y is None and x.shape[1] == T + 1:
     x, y = x[:, :-1], x[:, 1:]
   if x.shape[1] != T:
-    raise DataError(f'{path}: {xk} holds sequences of length {x.shape[1]}, but config.data.seq_len is {T} '
-                    f'(set --config.data.seq_len={x.shape[1]})')
+    fix = f' (set --config.data.seq_len={x.shape[1]})' if length_from == 'config.data.seq_len' else ''
+    raise DataError(f'{path}: {xk} holds sequences of length {x.shape[1]}, but {length_from} is {T}{fix}')
   if y is None:
     y = np.concatenate([x[:, 1:], np.full((x.shape[0], 1), -1, x.dtype)], axis=1)
   if y.shape != x.shape:
@@ -149,16 +155,18 @@ def arrays(data_config, seed: int):
   `options.test_fraction` of the rows.
   """
   o = stream.parse_options(data_config, dict(vocab_size=0, test_path='', test_fraction=0.1, decode='ids'), 'arrays')
-  T = stream.seq_len_of(data_config)
+  T = stream.seq_len_of(data_config) if data_config.seq_len != 0 else None  # 0: the file's length
   if not data_config.path:
     raise DataError('config.data.path: the arrays source needs a .npz file (--config.data.path=FILE.npz)')
   path = stream.existing_path(data_config.path)
   x, y = _load_xy(path, T)
+  length_from = 'config.data.seq_len' if T else f'the length of x in {path}'
+  T = x.shape[1]
   if o['test_path']:
     test_file = stream.existing_path(o['test_path'], 'config.data.options.test_path')
-    test = _load_xy(test_file, T)
+    test = _load_xy(test_file, T, length_from=length_from)
   else:
-    test_file, test = path, _load_xy(path, T, suffix='_test')
+    test_file, test = path, _load_xy(path, T, suffix='_test', length_from=length_from)
   if test is None:
     if not 0 < o['test_fraction'] < 1:
       raise DataError(f'config.data.options.test_fraction: must be in (0, 1), got {o["test_fraction"]!r}')

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import sys
 import urllib.error
 import urllib.request
+
+from absl import logging
 
 from smtjax.data.base import DataError
 
@@ -33,7 +34,7 @@ def fetch(url: str, dest: pathlib.Path, timeout: float = 10.0, md5: str | None =
   dest.parent.mkdir(parents=True, exist_ok=True)
   part = dest.with_name(dest.name + f'.{os.getpid()}.part')
   h = hashlib.md5()
-  print(f'smtjax: downloading {url} -> {dest}', file=sys.stderr, flush=True)
+  logging.info('downloading %s -> %s', url, dest)
   try:
     with urllib.request.urlopen(url, timeout=timeout) as r, open(part, 'wb') as f:
       total = int(r.headers.get('Content-Length') or 0)
@@ -44,7 +45,7 @@ def fetch(url: str, dest: pathlib.Path, timeout: float = 10.0, md5: str | None =
         done += len(chunk)
         if done >= next_report:
           of = f' of {total >> 20} MiB' if total else ''
-          print(f'smtjax:   {done >> 20} MiB{of}', file=sys.stderr, flush=True)
+          logging.info('  %d MiB%s', done >> 20, of)
           next_report += 1 << 27
     if md5 and h.hexdigest() != md5:
       raise OSError(f'{url}: MD5 {h.hexdigest()} differs from the published {md5}')
@@ -52,7 +53,7 @@ def fetch(url: str, dest: pathlib.Path, timeout: float = 10.0, md5: str | None =
   finally:
     if part.exists():
       part.unlink()
-  print(f'smtjax: saved {dest}', file=sys.stderr, flush=True)
+  logging.info('saved %s', dest)
   return dest
 
 
@@ -76,7 +77,7 @@ def download_tinystories(dest_dir: pathlib.Path, looked: list[pathlib.Path], ena
         fetch(TINYSTORIES_URL + name, dest_dir / name, timeout)
   except (OSError, urllib.error.URLError) as e:
     raise _fail('TinyStories', looked, wanted, f'downloading from {TINYSTORIES_URL} failed ({e})', how) from e
-  print(f'smtjax: TinyStories is in {dest_dir}', file=sys.stderr, flush=True)
+  logging.info('TinyStories is in %s', dest_dir)
 
 
 def download_mnist(dest_dir: pathlib.Path, looked: list[pathlib.Path], enabled: bool, timeout: float):
@@ -96,7 +97,7 @@ def download_mnist(dest_dir: pathlib.Path, looked: list[pathlib.Path], enabled: 
         errors.append(f'{base}: {e}')
     else:
       raise _fail('MNIST', looked, wanted, 'downloading failed (' + '; '.join(errors) + ')', how)
-  print(f'smtjax: MNIST is in {dest_dir}', file=sys.stderr, flush=True)
+  logging.info('MNIST is in %s', dest_dir)
 
 
 def download_quickdraw(dest_dir: pathlib.Path, looked: list[pathlib.Path], categories: list[str], enabled: bool,
@@ -111,4 +112,4 @@ def download_quickdraw(dest_dir: pathlib.Path, looked: list[pathlib.Path], categ
         fetch(QUICKDRAW_URL + urllib.request.quote(c) + '.npy', dest_dir / f'{c}.npy', timeout)
   except (OSError, urllib.error.URLError) as e:
     raise _fail('Quick, Draw!', looked, '<category>.npy files', f'downloading failed ({e})', how) from e
-  print(f'smtjax: Quick, Draw! bitmaps are in {dest_dir}', file=sys.stderr, flush=True)
+  logging.info('Quick, Draw! bitmaps are in %s', dest_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from smtjax.data import arrays, images, synthetic, text
+from smtjax.data import arrays, images, synthetic, text, tfds_source
 from smtjax.data.base import Source
 from smtjax.errors import DataError
 
@@ -23,8 +23,14 @@ def known_sources() -> list[str]:
 
 
 def make_source(data_config, seed: int) -> Source:
-  """Builds the source named by data_config.name; raises DataError for unknown names or bad options."""
+  """Builds the source named by data_config.name (through TFDS when data_config.source is 'tfds'); raises
+  DataError for unknown names or bad options."""
   name = data_config.name
+  via = data_config.get('source', 'files')
+  if via == 'tfds':
+    return tfds_source.make_tfds_source(data_config, seed)
+  if via != 'files':
+    raise DataError(f"config.data.source: unknown value {via!r}; expected 'files' or 'tfds'")
   if name not in SOURCES:
     raise DataError(f'config.data.name: unknown task or dataset {name!r}; known: {", ".join(known_sources())}')
   return SOURCES[name](data_config, seed)

@@ -11,9 +11,9 @@ pixels after the window's end are drawn in blue.
 from __future__ import annotations
 
 import math
-import pathlib
 
 import numpy as np
+from etils import epath
 
 from smtjax import plotting
 from smtjax.data.base import DataInfo
@@ -61,6 +61,6 @@ def image_grid(source_info: DataInfo, x, scale: int = 4, cols: int = 0) -> np.nd
   return out
 
 
-def save_image_grid(source_info: DataInfo, x, path, scale: int = 4, cols: int = 0) -> pathlib.Path:
-  """Draws tokens [B, T] of an image source as a PNG grid at `path`; returns the path."""
+def save_image_grid(source_info: DataInfo, x, path, scale: int = 4, cols: int = 0) -> epath.Path:
+  """Draws tokens [B, T] of an image source as a PNG grid at `path` (local or gs://...); returns the path."""
   return plotting.write_png(path, image_grid(source_info, x, scale, cols))

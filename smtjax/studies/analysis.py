@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from smtjax import dmt, inference, losses, plotting, runs
+from smtjax import workdir as workdir_lib
 from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import ConfigError
 from smtjax.models import Encoder, Networks
@@ -201,7 +201,7 @@ def gradients_params(nets: Networks, params, config, source, num_batches: int = 
 
 
 def _run_label(workdir, result):
-  return f'{result["method"]} run ({pathlib.Path(workdir).name})'
+  return f'{result["method"]} run ({epath.Path(workdir).name})'
 
 
 DIFFERENTIATED = {
@@ -232,10 +232,10 @@ def gradients_workdir(workdir: str | None = None, smt_workdir: str | None = None
       curves[f'{name}: encoder (SMT loss), token embedding'] = r['smt_embedding']
   result = {'runs': results, 'differentiated': DIFFERENTIATED}
   out = out or dirs[0]
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'gradients.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  plotting.gradients(curves, os.path.join(out, 'gradients.png'), title='gradient norm vs distance to the target')
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_text(out / 'gradients.json', json.dumps(result, indent=2))
+  plotting.gradients(curves, out / 'gradients.png', title='gradient norm vs distance to the target')
   return result
 
 
@@ -269,9 +269,9 @@ def drift_workdir(workdir: str, compare_workdir: str | None = None, out: str | N
       'rollout_mse': 'MSE(RNN memory after n steps from the teacher memory of x[:R], teacher memory at n)',
       'teacher memory at n': 'memory of x[:R+n] (causal: prefix memory; bidirectional: window x[n:n+R])'}}
   out = out or workdir
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'drift.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  plotting.drift({_run_label(d, r): r for d, r in results.items()}, os.path.join(out, 'drift.png'),
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_text(out / 'drift.json', json.dumps(result, indent=2))
+  plotting.drift({_run_label(d, r): r for d, r in results.items()}, out / 'drift.png',
              title=f'memory drift (read_len {read_len})')
   return result

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
+
+from absl import logging
+from etils import epath
 
 from smtjax import config as config_lib
 from smtjax import plotting, runs, train, variants
+from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 
 TASKS = ('retrieval', 'copy', 'stack', 'keys_values', 'modular')
@@ -126,15 +129,13 @@ def method_configs(task: str, length: int, preset: str, smt_workdir: str, steps:
 
 def _finished_eval(workdir: str, num_steps: int) -> dict | None:
   """workdir/eval.json if it exists and the run there was trained for num_steps."""
-  ev, cfg = os.path.join(workdir, 'eval.json'), os.path.join(workdir, 'config.json')
-  if not (os.path.exists(ev) and os.path.exists(cfg)):
+  ev, cfg = epath.Path(workdir) / 'eval.json', epath.Path(workdir) / 'config.json'
+  if not (ev.exists() and cfg.exists()):
     return None
   try:
-    with open(cfg) as f:
-      if json.load(f).get('num_steps') != num_steps:
-        return None
-    with open(ev) as f:
-      return json.load(f)
+    if json.loads(cfg.read_text()).get('num_steps') != num_steps:
+      return None
+    return json.loads(ev.read_text())
   except (OSError, json.JSONDecodeError):
     return None
 
@@ -143,7 +144,7 @@ def _train_and_score(config, workdir: str) -> tuple[dict, float]:
   """(eval result, training seconds); reuses workdir/eval.json of a finished run."""
   done = _finished_eval(workdir, config.num_steps)
   if done is not None:
-    print(f'{workdir}: finished, reusing eval.json', flush=True)
+    logging.info('%s: finished, reusing eval.json', workdir)
     return done, float('nan')
   t0 = time.perf_counter()
   train.train_and_evaluate(config, workdir)
@@ -168,13 +169,13 @@ def run_comparison(task: str, lengths=None, preset: str = 'cpu', out: str = 'wor
   lengths = [int(x) for x in (lengths or DEFAULT_LENGTHS[preset][task])]
   results = {}
   for length in lengths:
-    base = os.path.join(out, task, f'T{length}')
-    dirs = {m: os.path.join(base, m) for m in METHODS}
+    base = epath.Path(out) / task / f'T{length}'
+    dirs = {m: str(base / m) for m in METHODS}
     configs = method_configs(task, length, preset, dirs['smt'], steps)
     row = {'seq_len': configs['smt'].data.seq_len,
            'dmt': {}, 'smt': {}, 'bptt': {}, 'teacher': {}}
     for m in METHODS:
-      print(f'== {task} length {length}: {m} ({configs[m].num_steps} steps) in {dirs[m]}', flush=True)
+      logging.info('== %s length %d: %s (%d steps) in %s', task, length, m, configs[m].num_steps, dirs[m])
       ev, seconds = _train_and_score(configs[m], dirs[m])
       row[m] = {'loss': _num(ev.get('rnn_only_loss')), 'accuracy': _num(ev.get('rnn_only_accuracy')),
                 'steps': configs[m].num_steps, 'train_seconds': seconds, 'workdir': dirs[m]}
@@ -186,11 +187,11 @@ def run_comparison(task: str, lengths=None, preset: str = 'cpu', out: str = 'wor
     results[str(length)] = row
   summary = {'task': task, 'preset': preset, 'lengths': lengths, 'title': f'{task} ({preset} preset)',
              'length_is': 'num_pairs' if task == 'keys_values' else 'seq_len', 'results': results}
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, f'compare_{task}.json'), 'w') as f:
-    json.dump(_nan_to_none(summary), f, indent=2)
-  write_table(summary, os.path.join(out, f'compare_{task}.md'))
-  plotting.comparison(summary, os.path.join(out, f'compare_{task}.png'), COLUMNS, METHOD_NAMES)
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_text(out / f'compare_{task}.json', json.dumps(_nan_to_none(summary), indent=2))
+  write_table(summary, out / f'compare_{task}.md')
+  plotting.comparison(summary, out / f'compare_{task}.png', COLUMNS, METHOD_NAMES)
   return summary
 
 
@@ -227,6 +228,5 @@ def write_table(summary: dict, path: str) -> str:
     cells += [_fmt(r[m].get('accuracy')) for m in COLUMNS] + [_fmt(r[m].get('loss')) for m in COLUMNS]
     lines.append('| ' + ' | '.join(cells) + ' |')
   text = '\n'.join(lines) + '\n'
-  with open(path, 'w') as f:
-    f.write(text)
+  workdir_lib.write_text(path, text)
   return text

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
+from absl import logging
+from etils import epath
 
 from smtjax import config as config_lib
 from smtjax import plotting, train
+from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
+from smtjax.metrics import read_metrics
 
 DEFAULT_METRICS = ('loss_dec_test', 'loss_dec0_test', 'rnn_only_loss', 'rnn_only_accuracy', 'teacher_accuracy')
 
@@ -42,11 +45,9 @@ def sweep_config(config, mem_dim: int, num_steps: int | None = None, num_evals: 
 def read_evals(workdir: str) -> dict[int, dict]:
   """step -> the evaluation record (the lines of metrics.jsonl that hold *_test metrics)."""
   out = {}
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      r = json.loads(line)
-      if any(k.endswith('_test') for k in r):
-        out[int(r['step'])] = r
+  for r in read_metrics(workdir):
+    if any(k.endswith('_test') for k in r):
+      out[int(r['step'])] = r
   return out
 
 
@@ -68,9 +69,9 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
   steps = None
   for d in mem_dims:
     c = sweep_config(config, d, num_steps, num_evals)
-    workdir = os.path.join(out, f'Z{K * d}')
-    print(f'== memory {K}x{d} (Z={K * d}): {c.num_steps} steps, evaluated every {c.eval_every}, in {workdir}',
-          flush=True)
+    workdir = str(epath.Path(out) / f'Z{K * d}')
+    logging.info('== memory %dx%d (Z=%d): %d steps, evaluated every %d, in %s', K, d, K * d, c.num_steps,
+                 c.eval_every, workdir)
     train.train_and_evaluate(c, workdir)
     evals = read_evals(workdir)
     run_steps = sorted(s for s in evals if s <= c.num_steps)
@@ -84,11 +85,11 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
   grids = {m: [[_finite(rows[d][s].get(m)) for s in steps] for d in mem_dims] for m in metrics}
   result = {'config': config_name, 'task': config.data.name, 'num_mem_tokens': K, 'mem_dims': mem_dims,
             'mem_sizes': [K * d for d in mem_dims], 'steps': steps, 'metric': metric, 'grids': grids}
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'compression.json'), 'w') as f:
-    json.dump(result, f, indent=2)
-  write_table(result, os.path.join(out, 'compression.md'))
-  plotting.compression_contours(result, os.path.join(out, 'compression.png'))
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_text(out / 'compression.json', json.dumps(result, indent=2))
+  write_table(result, out / 'compression.md')
+  plotting.compression_contours(result, out / 'compression.png')
   return result
 
 
@@ -105,6 +106,5 @@ def write_table(result: dict, path: str) -> str:
   for z, row in zip(result['mem_sizes'], result['grids'][m]):
     lines.append(f'| {z} | ' + ' | '.join('n/a' if v is None else f'{v:.3f}' for v in row) + ' |')
   text = '\n'.join(lines) + '\n'
-  with open(path, 'w') as f:
-    f.write(text)
+  workdir_lib.write_text(path, text)
   return text

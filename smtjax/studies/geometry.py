@@ -29,13 +29,14 @@ and each state's name is written at its centroid.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from smtjax import plotting, runs
+from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.models import Networks
 
@@ -191,8 +192,8 @@ def geometry_workdir(workdir: str, out: str | None = None, num_sequences: int = 
   config, params, nets, source = runs.load_run(workdir)
   x = source.get_batch('test', 0, 0, num_sequences)['x']
   space = memory_space(nets, params, config, x, sources)
-  out = out or workdir
-  os.makedirs(out, exist_ok=True)
+  out = epath.Path(out or workdir)
+  out.mkdir(parents=True, exist_ok=True)
   D = nets.mem_dim
   z = nets.num_mem_tokens * D
   radius = float(np.sqrt(D)) if z == 2 else None
@@ -201,13 +202,12 @@ def geometry_workdir(workdir: str, out: str | None = None, num_sequences: int = 
   if 'pca_explained' in space:
     result['pca_explained'] = space['pca_explained']
   for s, r in space['sources'].items():
-    path = os.path.join(out, f'memory_{s}.png')
+    path = str(out / f'memory_{s}.png')
     what = {'teacher': 'teacher encoder memories', 'rnn': 'RNN memories (rolled from its initial memory)'}[s]
     sep = r['separation']
     plotting.memory_space(r['coords'], space['labels'], space['names'], path, radius=radius,
                       title=f'{config.data.name}: {what}\nZ={z} ({space["projection"]}); '
                             f'nearest-state accuracy {sep["accuracy"]:.2f}, within/between {sep["ratio"]:.2f}')
     result['sources'][s] = dict(sep, plot=path)
-  with open(os.path.join(out, 'geometry.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  workdir_lib.write_text(out / 'geometry.json', json.dumps(result, indent=2))
   return result
