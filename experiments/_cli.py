@@ -1,8 +1,7 @@
 """What every experiments/ entry point does around its work, in one place: JAX's options as flags
-(--jax_log_compiles etc.), reject stray arguments, quiet
-absl logging (Orbax logs every save at INFO) unless --verbosity is given, and turn the library's errors
-into a one-line exit: bad data, checkpoints or a diverged run -> `error: ...`; bad values (ConfigError and
-other ValueErrors) -> a usage error."""
+(--jax_log_compiles etc.), reject stray arguments, quiet absl logging (Orbax logs every save at INFO)
+unless --verbosity is given, and turn the library's errors into a one-line exit: bad data, checkpoints or
+a diverged run -> `error: ...`; bad values (ConfigError and other ValueErrors) -> a usage error."""
 
 from __future__ import annotations
 
