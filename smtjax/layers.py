@@ -52,12 +52,6 @@ def rotary(x, pos, fraction: float = 1.0):
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
-def masked_softmax(logits, mask):
-  """Softmax over the last axis in float32; masked-out entries get zero weight."""
-  logits = jnp.where(mask, logits.astype(jnp.float32), NEG_INF)
-  return jax.nn.softmax(logits, axis=-1)
-
-
 def attention_implementation(dtype, head_dim: int) -> str:
   """'cudnn' (flash attention) on NVIDIA GPUs for 16-bit inputs with a head width cuDNN supports, else 'xla'.
   The environment variable SMTJAX_ATTENTION=xla|cudnn overrides the choice."""
