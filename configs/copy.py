@@ -5,6 +5,8 @@ Variants: '' (T=32), 'small' (T=12, 2 CPU cores), 'gpu' (T=128; the paper goes t
 experiments/notebooks/memory_2d.ipynb: the memories of the prefixes read so far should form a tree).
 """
 
+from ml_collections import config_dict
+
 from smtjax.config import synthetic_config
 
 
@@ -15,5 +17,7 @@ def get_config(arg: str | None = None):
     return c
   T = {'': 32, None: 32, 'small': 12, 'gpu': 128}.get(arg, 32)
   c = synthetic_config('copy', T, vocab_size=9, variant=arg, num_symbols=8, reverse=True)
+  # None: strings of T // 2 symbols at any T; --config.data.options.length=64 fixes M (the paper's long copies)
+  c.data.options.length = config_dict.placeholder(int)
   c.smt.num_decoder_samples = 0 if arg == 'small' else c.smt.num_decoder_samples
   return c
