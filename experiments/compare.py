@@ -36,7 +36,7 @@ def _ints(name):
   try:
     return [int(x) for x in FLAGS[name].value] if FLAGS[name].value else None
   except ValueError:
-    raise app.UsageError(f'--{name} must be a comma list of integers, got {FLAGS[name].value}')
+    raise app.UsageError(f'--{name} must be a comma list of integers, got {FLAGS[name].value}') from None
 
 
 def main(argv):

@@ -42,7 +42,8 @@ def main(argv):
   def f(v):
     return 'n/a' if v is None or not math.isfinite(v) else f'{v:.4f}'
 
-  print(f'{r["num_sequences"]} held-out sequences of length {r["seq_len"]} (trained at {r["trained_seq_len"]}), read_len={r["read_len"]}, eval_len={r["eval_len"]} (nats/token):')
+  print(f'{r["num_sequences"]} held-out sequences of length {r["seq_len"]} (trained at {r["trained_seq_len"]}), '
+        f'read_len={r["read_len"]}, eval_len={r["eval_len"]} (nats/token):')
   for name in ('rnn', 'teacher', 'rnn_only'):
     print(f'  {name:9s} loss {f(r[name + "_loss"])} ({f(r[name + "_loss_bits"])} bits)  '
           f'accuracy {f(r[name + "_accuracy"])}')

@@ -196,7 +196,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     _require(0 <= s.num_decoder_samples <= T + 1, 'smt.num_decoder_samples',
              f'must be in [0, seq_len+1={T + 1}] (0 = every memory)')
   n = s.get('rollout_steps', 1)
-  _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps', f'must be an integer in [1, seq_len={T}], got {n!r}')
+  _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps',
+           f'must be an integer in [1, seq_len={T}], got {n!r}')
   _require(s.get('rollout_decode', 0.0) >= 0, 'smt.rollout_decode', 'must be >= 0')
   _require(s.get('memory_noise', 0.0) >= 0, 'smt.memory_noise', 'must be >= 0 (0 = off)')
   _one_of(s.get('memory_noise_mode', 'fixed'), 'smt.memory_noise_mode', NOISE_MODES)

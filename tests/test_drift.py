@@ -122,7 +122,7 @@ def test_matched_noise_scales_with_the_one_step_error_and_is_detached():
   g_matched = grad(c.smt)
   c.smt.memory_noise, c.smt.memory_noise_mode = float(m['mem_noise_std']), 'fixed'
   g_fixed = grad(c.smt)
-  for u, v in zip(jax.tree.leaves(g_matched), jax.tree.leaves(g_fixed)):
+  for u, v in zip(jax.tree.leaves(g_matched), jax.tree.leaves(g_fixed), strict=True):
     np.testing.assert_allclose(u, v, rtol=2e-3, atol=1e-7)
 
 

@@ -216,7 +216,8 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
       row['generalization'] = {col: {kk: _cell(v) for kk, v in longer[col].items()} for col in columns}
     results[str(length)] = row
   summary = {'task': task, 'config': name, 'lengths': lengths, 'seeds': seed_list, 'columns': list(columns),
-             'test_lengths': test_lengths, 'title': f'{name or task} ({len(seed_list)} seed{"s" * (len(seed_list) > 1)})',
+             'test_lengths': test_lengths,
+             'title': f'{name or task} ({len(seed_list)} seed{"s" * (len(seed_list) > 1)})',
              'length_is': 'num_pairs' if task == 'keys_values' else 'seq_len', 'results': results}
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f'compare_{task}.json'), 'w') as f:
