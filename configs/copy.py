@@ -6,11 +6,16 @@ experiments/notebooks/memory_2d.ipynb: the memories of the prefixes read so far 
 Modifiers and overrides compose (smtjax/variants.py).
 """
 
+from ml_collections import config_dict
+
 from smtjax import variants
 
 
 def _base(T: int):
-  return variants.synthetic('copy', T, vocab_size=9, num_symbols=8, reverse=True)
+  c = variants.synthetic('copy', T, vocab_size=9, num_symbols=8, reverse=True)
+  # None: strings of T // 2 symbols at any T; --config.data.options.length=64 fixes M (the paper's long copies)
+  c.data.options.length = config_dict.placeholder(int)
+  return c
 
 
 def _small():

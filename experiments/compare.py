@@ -1,40 +1,56 @@
-r"""SMT vs SMT->DMT vs BPTT across sequence lengths on a synthetic task (method.md §10).
+r"""SMT vs SMT->DMT vs BPTT across sequence lengths and seeds on a synthetic task (method.md §10).
 
-  python -m experiments.compare --task=retrieval [--preset=cpu|gpu|tiny] [--lengths=8,16,32] \
-      [--out=workdirs/compare] [--steps=300]
+  python -m experiments.compare --config=configs/retrieval.py:small --lengths=8,12,16 [--seeds=3] \
+      [--steps=1000] [--dmt_steps=200] [--methods=smt,dmt,bptt] [--test_lengths=2,4,8] \
+      [--out=workdirs/compare] [--config.smt.rollout_steps=4 ...]
 
-For every length: SMT (parallel mode), DMT fine-tuning from it, and BPTT with the same cell and the same
-total number of steps; each RNN is scored reading whole held-out sequences from its initial memory, with
-the SMT run's Transformer teacher as the upper bound. Writes OUT/compare_TASK.{json,md,png}; workdirs go
-to OUT/TASK/T<length>/{smt,dmt,bptt} and a rerun skips finished runs. For keys_values, --lengths are
-numbers of key/value pairs. See smtjax/compare.py.
+For every length and seed (config.seed + 0..seeds-1): SMT (the config, resized to the length), DMT
+fine-tuning from it, and BPTT with the same cell and the same total number of steps; each RNN is scored
+reading whole held-out sequences from its initial memory, with the SMT run's Transformer teacher as the
+upper bound, and (--test_lengths=k,...) on sequences k times longer than it was trained on. Cells are the
+mean and a 95% t-interval over seeds. Writes OUT/compare_TASK.{json,md,png}; workdirs go to
+OUT/TASK/T<length>[/seed<s>]/{smt,dmt,bptt} and a rerun skips finished runs. For keys_values, --lengths are
+numbers of key/value pairs. Any --config.* override applies to every run. See smtjax/studies/compare.py.
 """
 
 from absl import app, flags
 from etils import epath
+from ml_collections import config_flags
 
 from experiments import _cli
 from smtjax.studies import compare
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('task', 'retrieval', list(compare.TASKS), 'Synthetic task (configs/<task>.py).')
-flags.DEFINE_enum('preset', 'cpu', list(compare.PRESETS), "Sizes and lengths: 'cpu' (small configs, 2 CPU "
-                  "cores), 'gpu' (the paper's lengths, gpu configs), 'tiny' (seconds, for tests).")
-flags.DEFINE_list('lengths', None, 'Override the preset\'s lengths (keys_values: numbers of pairs).')
+config_flags.DEFINE_config_file('config', None, 'Config file and variant (e.g. configs/retrieval.py:small).',
+                                lock_config=True)
+flags.DEFINE_list('lengths', None, "Lengths to sweep (default: the config's; keys_values: numbers of pairs).")
 flags.DEFINE_string('out', 'workdirs/compare', 'Output directory.')
-flags.DEFINE_integer('steps', None, 'Override the SMT step count (DMT gets steps // 3, BPTT their sum).')
+flags.DEFINE_integer('steps', None, "SMT steps (default: the config's num_steps).")
+flags.DEFINE_integer('dmt_steps', None, 'DMT steps (default: SMT steps // 5); BPTT runs SMT + DMT steps.')
+flags.DEFINE_integer('seeds', 1, 'Seeds per cell (config.seed + 0..seeds-1): mean and 95% interval.')
+flags.DEFINE_list('methods', list(compare.METHODS), 'Which of smt, dmt, bptt to run (dmt needs smt).')
+flags.DEFINE_list('test_lengths', [], 'Length generalization: also score every run at k * T for these k.')
+flags.mark_flags_as_required(['config'])
+
+
+def _ints(name):
+  try:
+    return [int(x) for x in FLAGS[name].value] if FLAGS[name].value else None
+  except ValueError:
+    raise app.UsageError(f'--{name} must be a comma list of integers, got {FLAGS[name].value}') from None
 
 
 def main(argv):
   _cli.start(argv)
-  try:
-    lengths = [int(x) for x in FLAGS.lengths] if FLAGS.lengths else None
-  except ValueError:
-    raise app.UsageError(f'--lengths must be a comma list of integers, got {FLAGS.lengths}')
+  lengths, test_lengths = _ints('lengths'), _ints('test_lengths') or []
   with _cli.user_errors():
-    summary = compare.run_comparison(FLAGS.task, lengths, FLAGS.preset, FLAGS.out, FLAGS.steps)
-  print((epath.Path(FLAGS.out) / f'compare_{FLAGS.task}.md').read_text())
-  print(f'wrote {FLAGS.out}/compare_{FLAGS.task}.json, .md, .png ({len(summary["lengths"])} lengths)')
+    summary = compare.run_comparison(FLAGS.config, lengths, FLAGS.out, FLAGS.steps, FLAGS.dmt_steps, FLAGS.seeds,
+                                     FLAGS.methods, test_lengths,
+                                     name=config_flags.get_config_filename(FLAGS['config']))
+  task = summary['task']
+  print((epath.Path(FLAGS.out) / f'compare_{task}.md').read_text())
+  print(f'wrote {FLAGS.out}/compare_{task}.json, .md, .png ({len(summary["lengths"])} lengths, '
+        f'{len(summary["seeds"])} seeds)')
 
 
 if __name__ == '__main__':

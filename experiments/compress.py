@@ -1,11 +1,12 @@
 r"""Compression sweep: test loss over a (memory size x training steps) grid, with iso-loss contours.
 
   python -m experiments.compress --config=configs/copy.py:small --mem_dims=1,2,4,8,16 \
-      [--steps=1000] [--num_evals=10] [--metric=loss_dec_test] [--out=workdirs/compress_copy]
+      [--steps=1000] [--num_evals=10] [--metric=loss_dec_test] [--seeds=3] [--out=workdirs/compress_copy]
 
 One SMT run per memory token width d (memory size Z = K*d with K = config.model.num_mem_tokens), each
 evaluated --num_evals times while it trains. Writes OUT/compression.{json,md,png}; runs go to OUT/Z<size>
-and a rerun reuses them. Any --config.* override applies to every run. See smtjax/compression.py.
+(OUT/Z<size>/seed<s> with --seeds > 1: each cell is then the mean over seeds, with a 95% t-interval in the
+table) and a rerun reuses them. Any --config.* override applies to every run. See smtjax/compression.py.
 """
 
 from absl import app, flags
@@ -16,11 +17,12 @@ from experiments import _cli
 from smtjax.studies import compression
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (e.g. configs/copy.py:small).', lock_config=False)
+config_flags.DEFINE_config_file('config', None, 'Config file (e.g. configs/copy.py:small).', lock_config=True)
 flags.DEFINE_list('mem_dims', ['1', '2', '4', '8', '16'], 'Memory token widths d to sweep.')
 flags.DEFINE_integer('steps', None, 'Training steps per run (default: the config\'s num_steps).')
 flags.DEFINE_integer('num_evals', 10, 'Evaluations per run (the steps axis).')
 flags.DEFINE_string('metric', 'loss_dec_test', 'Evaluation metric drawn (any *_test or rnn_only_/teacher_ metric).')
+flags.DEFINE_integer('seeds', 1, 'Seeds per memory size (config.seed + 0..seeds-1): mean and 95% interval.')
 flags.DEFINE_string('out', 'workdirs/compress', 'Output directory.')
 flags.mark_flags_as_required(['config'])
 
@@ -30,7 +32,8 @@ def main(argv):
   with _cli.user_errors():
     result = compression.run_compression(FLAGS.config, [int(d) for d in FLAGS.mem_dims], FLAGS.out, FLAGS.steps,
                                          FLAGS.num_evals, FLAGS.metric,
-                                         config_name=config_flags.get_config_filename(FLAGS['config']))
+                                         config_name=config_flags.get_config_filename(FLAGS['config']),
+                                         seeds=FLAGS.seeds)
   print((epath.Path(FLAGS.out) / 'compression.md').read_text())
   print(f'wrote {FLAGS.out}/compression.json, compression.md and compression.png ({result["metric"]})')
 

@@ -1,12 +1,15 @@
 r"""Score a trained run on held-out data (method.md §7): teacher-forced RNN reading, teacher, RNN-only.
 
   python -m experiments.evaluate --workdir=/tmp/run1 [--num_batches=8] [--read_len=16] [--eval_len=16]
+  python -m experiments.evaluate --workdir=/tmp/run1 --seq_len=96   # length generalization -> eval_T96.json
 
 The teacher encodes the first read_len tokens of each held-out sequence, the RNN reads the next eval_len
 true tokens, and every memory r_0..r_eval_len scores the next target (position j = RNN steps taken).
 Writes WORKDIR/eval.json (losses in nats per target token, *_bits = nats / ln 2, accuracies, the RNN loss
 per rollout position) and WORKDIR/eval_loss_by_position.png. Defaults come from config.evaluate.* (read_len:
-smt.context for window-mode runs, else T // 2; eval_len: the rest of the sequence).
+smt.context for window-mode runs, else T // 2; eval_len: the rest of the sequence). --seq_len scores
+held-out sequences of another length than the run was trained on (synthetic tasks generate any length):
+the RNN reads the whole sequence from its initial memory, a causal teacher scores every prefix memory.
 """
 
 import math
@@ -24,6 +27,8 @@ flags.DEFINE_integer('read_len', None, 'Tokens the teacher encodes before the RN
 flags.DEFINE_integer('eval_len', None, 'Tokens the RNN then reads (positions 0..eval_len are scored).')
 flags.DEFINE_integer('teacher_chunk', None, 'Bidirectional teachers: encode the windows of this many time '
                      'positions per call (0 = all in one call; default: about 2^19 window tokens per call).')
+flags.DEFINE_integer('seq_len', None, 'Score sequences of this length (default: the training length); '
+                     'writes eval_T<seq_len>.json.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -32,17 +37,18 @@ def main(argv):
   _cli.require_workdir(FLAGS.workdir)
   with _cli.user_errors():  # bad lengths or config values, unreadable checkpoints
     r = runs.evaluate_workdir(FLAGS.workdir, FLAGS.num_batches, FLAGS.read_len, FLAGS.eval_len,
-                                   FLAGS.teacher_chunk)
+                                   FLAGS.teacher_chunk, seq_len=FLAGS.seq_len)
 
   def f(v):
     return 'n/a' if v is None or not math.isfinite(v) else f'{v:.4f}'
 
-  print(f'{r["num_sequences"]} held-out sequences, read_len={r["read_len"]}, eval_len={r["eval_len"]} (nats/token):')
+  print(f'{r["num_sequences"]} held-out sequences of length {r["seq_len"]} (trained at {r["trained_seq_len"]}), '
+        f'read_len={r["read_len"]}, eval_len={r["eval_len"]} (nats/token):')
   for name in ('rnn', 'teacher', 'rnn_only'):
     print(f'  {name:9s} loss {f(r[name + "_loss"])} ({f(r[name + "_loss_bits"])} bits)  '
           f'accuracy {f(r[name + "_accuracy"])}')
-  wd = epath.Path(FLAGS.workdir)
-  print(f'wrote {wd / "eval.json"} and {wd / "eval_loss_by_position.png"}')
+  name = 'eval.json' if r['seq_len'] == r['trained_seq_len'] else f'eval_T{r["seq_len"]}.json'
+  print(f'wrote {epath.Path(FLAGS.workdir) / name} and the loss-by-position plot beside it')
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ CLIP_MODES = ('global', 'per_network')
 DMT_TERM_ON = ('teacher', 'rnn')
 DTYPES = ('float32', 'bfloat16')
 DATA_SOURCES = ('files', 'tfds')
+NOISE_MODES = ('fixed', 'matched')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -100,6 +101,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
   c.smt.num_transitions = 0  # parallel mode: dynamics pairs sampled per sequence (0 = all T)
   c.smt.num_decoder_samples = 4  # parallel mode: memories per sequence whose future is decoded (0 = all T+1)
+  # Drift-robust SMT (parallel mode; smtjax/smt.py, README "Drift"), all off by default:
+  c.smt.rollout_steps = 1  # n: the cell rolls n steps from each teacher memory, matched at every step (1 = one-step)
+  c.smt.rollout_detach = False  # detach each rolled step's input memory (one-step gradients on own inputs)
+  c.smt.rollout_decode = 0.0  # > 0: weight of the readout's cross-entropy on the rolled memories
+  c.smt.memory_noise = 0.0  # sigma of the noise on the teacher memory fed to the cell (target stays clean)
+  c.smt.memory_noise_mode = 'fixed'  # 'fixed' sigma, or 'matched': sigma x RMS of the cell's one-step error
 
   # DMT fine-tuning (method.md §5), config.method='dmt'. Sequences are Tc + Td + Tf long.
   c.init_from = ''  # workdir of a trained run whose parameters start this one (DMT: the SMT run)
@@ -266,6 +273,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     _require(0 <= s.num_transitions <= T, 'smt.num_transitions', f'must be in [0, seq_len={T}]')
     _require(0 <= s.num_decoder_samples <= T + 1, 'smt.num_decoder_samples',
              f'must be in [0, seq_len+1={T + 1}] (0 = every memory)')
+  n = s.get('rollout_steps', 1)
+  _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps',
+           f'must be an integer in [1, seq_len={T}], got {n!r}')
+  _require(s.get('rollout_decode', 0.0) >= 0, 'smt.rollout_decode', 'must be >= 0')
+  _require(s.get('memory_noise', 0.0) >= 0, 'smt.memory_noise', 'must be >= 0 (0 = off)')
+  _one_of(s.get('memory_noise_mode', 'fixed'), 'smt.memory_noise_mode', NOISE_MODES)
+  if config.method == 'smt' and s.mode == 'window':
+    for f, off in (('rollout_steps', 1), ('rollout_detach', False), ('rollout_decode', 0.0), ('memory_noise', 0.0)):
+      _require(s.get(f, off) == off, f'smt.{f}', "needs smt.mode='parallel' (prefix memories of every length)")
   _require(0 < s.gamma <= 1, 'smt.gamma', 'must be in (0, 1]')
   for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
     _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')

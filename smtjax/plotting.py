@@ -105,15 +105,18 @@ def drift(runs: dict, path, title: str = '') -> epath.Path:
 
 
 def comparison(summary: dict, path, columns, names: dict) -> epath.Path:
-  """Accuracy and loss against length (log2 x-axis), one line per method in `columns` (labels `names`)."""
+  """Accuracy and loss against length (log2 x-axis), one line per method in `columns` (labels `names`);
+  error bars where the cells hold `<key>_ci` (95% intervals over seeds)."""
   lengths = summary['lengths']
   fig = Figure(figsize=(10, 4), dpi=100)
   axes = fig.subplots(1, 2)
+  nan = lambda v: float('nan') if v is None else float(v)
   for ax, key in zip(axes, ('accuracy', 'loss')):
     for m in columns:
-      ys = [summary['results'][str(L)][m].get(key) for L in lengths]
-      ys = [float('nan') if y is None else y for y in ys]
-      ax.plot(lengths, ys, marker='o', label=names[m], linestyle='--' if m == 'teacher' else '-')
+      ys = [nan(summary['results'][str(L)][m].get(key)) for L in lengths]
+      ci = [nan(summary['results'][str(L)][m].get(f'{key}_ci')) for L in lengths]
+      ax.errorbar(lengths, ys, yerr=None if all(c != c for c in ci) else [0.0 if c != c else c for c in ci],
+                  marker='o', capsize=3, label=names[m], linestyle='--' if m == 'teacher' else '-')
     ax.set_xscale('log', base=2)
     ax.set_xticks(lengths)
     ax.set_xticklabels([str(L) for L in lengths])

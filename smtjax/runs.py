@@ -143,19 +143,49 @@ def load_run(workdir: str, step: int | None = None):
   return config, params, Networks.from_config(config.model, config_lib.initial_memory(config)), make_source(config.data, config.seed)
 
 
+def eval_filename(config, seq_len: int | None = None) -> str:
+  """eval.json, or eval_T<seq_len>.json for a length other than the run's training length."""
+  return 'eval.json' if seq_len in (None, config.data.seq_len) else f'eval_T{int(seq_len)}.json'
+
+
+def at_seq_len(config, seq_len: int):
+  """A trained run's config scoring sequences of length seq_len (synthetic tasks generate any length):
+  data.seq_len replaced, evaluate.read_len / eval_len left to their defaults for that length."""
+  c = config.copy_and_resolve_references()
+  c.data.seq_len = int(seq_len)
+  return c
+
+
 def evaluate_workdir(workdir: str, num_batches: int | None = None, read_len: int | None = None,
-                     eval_len: int | None = None, teacher_chunk: int | None = None, write_files: bool = True) -> dict:
+                     eval_len: int | None = None, teacher_chunk: int | None = None, write_files: bool = True,
+                     seq_len: int | None = None) -> dict:
   """Loads workdir's config and latest checkpoint, scores held-out batches (`evaluate_params`) and writes
-  workdir/eval.json and workdir/eval_loss_by_position.png. Returns the result (NaN where no target)."""
+  workdir/eval.json and workdir/eval_loss_by_position.png. Returns the result (NaN where no target).
+
+  `seq_len`: score sequences of this length instead of the training length (length generalization; the
+  data source is rebuilt with data.seq_len overridden). The RNN reads the whole longer sequence; a causal
+  teacher scores it from its prefix memories (rotary positions it never saw in training), one with
+  model.attn_window > 0 sees only its window. Files: eval_T<seq_len>.json and eval_T<seq_len>_loss_by_position.png.
+  """
   config, params, nets, source = load_run(workdir)
+  if seq_len is not None and seq_len != config.data.seq_len:
+    if int(seq_len) < 2:
+      raise ConfigError(f'seq_len must be an integer >= 2, got {seq_len}')
+    trained_len = config.data.seq_len
+    config = at_seq_len(config, seq_len)
+    source = make_source(config.data, config.seed)
+  else:
+    trained_len = config.data.seq_len
   read_len, eval_len = resolve_lengths(config, read_len, eval_len)
   num_batches = int(num_batches or config.evaluate.num_batches)
   if num_batches < 1:
     raise ConfigError(f'num_batches must be >= 1, got {num_batches}')
   result = evaluate_params(nets, params, config, source, num_batches, read_len, eval_len, teacher_chunk)
+  result.update(trained_seq_len=trained_len, teacher_window=int(config.model.attn_window))
   if write_files:
-    workdir_lib.write_text(epath.Path(workdir) / 'eval.json', json.dumps(json_safe(result), indent=2, sort_keys=True))
-    plotting.loss_by_position(json_safe(result), epath.Path(workdir) / 'eval_loss_by_position.png',
+    name = 'eval.json' if trained_len == config.data.seq_len else f'eval_T{config.data.seq_len}.json'
+    workdir_lib.write_text(epath.Path(workdir) / name, json.dumps(json_safe(result), indent=2, sort_keys=True))
+    plotting.loss_by_position(json_safe(result), epath.Path(workdir) / name.replace('.json', '_loss_by_position.png'),
                           title=f'{config.data.name}: read {read_len}, roll out {eval_len}')
   return result
 

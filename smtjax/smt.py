@@ -9,6 +9,17 @@
   decoder loss a sampled set of memories with up to Tf future targets each, and the uniformity loss
   all memory tokens of the batch.
 Both return (total, metrics) with the metric names loss, loss_dec, loss_dec0, loss_dyn, loss_unif.
+
+Drift-robust options of the parallel mode (each off by default, each still time-parallel; README "Drift"):
+- `smt.rollout_steps` n > 1: from every prefix memory m_L at once the cell rolls n steps on the true
+  inputs (a short lax.scan over n, batched over all B*(T+1-n) starts) and each rolled memory is matched to
+  the teacher's m_{L+j} (one MSE pooled over the n steps); `smt.rollout_detach` feeds each step a detached
+  input from step 2 on (one-step gradients on self-generated inputs: the pushforward trick / parallel
+  scheduled sampling);
+  `smt.rollout_decode` > 0 adds the readout's cross-entropy on the rolled memories (`loss_roll_dec`).
+- `smt.memory_noise` sigma > 0: the teacher memory fed to the cell is rms_norm(m + sigma * eps), the target
+  stays clean (training noise against drift); `memory_noise_mode='matched'` scales sigma by the RMS of the
+  cell's current one-step error (detached), so the noise looks like the RNN's own mistakes.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from smtjax import config as config_lib
-from smtjax import inference, losses
+from smtjax import inference, layers, losses
 from smtjax.models import Networks
 
 
@@ -64,11 +75,75 @@ def _windows(a_BxN, starts_BxS, length: int):
   return jnp.take_along_axis(a_BxN[:, None, :], idx, axis=-1)
 
 
-def transition_indices(rng, B: int, T: int, num_transitions: int):
-  """Prefix lengths L of the dynamics pairs per sequence: all of 0..T-1, or a uniform sample."""
+def transition_indices(rng, B: int, T: int, num_transitions: int, steps: int = 1):
+  """Prefix lengths L where the dynamics rollouts of `steps` transitions start, per sequence [B, N]: all of
+  0..T-steps, or a uniform sample of `num_transitions` (0 or T = all)."""
   if num_transitions in (0, T):
-    return jnp.broadcast_to(jnp.arange(T), (B, T))
-  return jax.random.randint(rng, (B, num_transitions), 0, T)
+    return jnp.broadcast_to(jnp.arange(T + 1 - steps), (B, T + 1 - steps))
+  return jax.random.randint(rng, (B, num_transitions), 0, T + 1 - steps)
+
+
+def _gather_mems(mems_BxNxKxD, idx_BxM):
+  """mems[b, idx[b, m]] -> [B*M, K, D]."""
+  K, D = mems_BxNxKxD.shape[2:]
+  return jnp.take_along_axis(mems_BxNxKxD, idx_BxM[:, :, None, None], axis=1).reshape(-1, K, D)
+
+
+def perturb_memory(mem_NxKxD, sigma, rng):
+  """rms_norm(m + sigma * eps), eps ~ N(0, 1): a noisy memory on the same RMS-1 shell as the encoder's."""
+  eps = jax.random.normal(rng, mem_NxKxD.shape, jnp.float32)
+  return layers.rms_norm(mem_NxKxD + sigma * eps)
+
+
+def _noise_scale(nets: Networks, params, m_in, x_in, m_out, s):
+  """sigma of the memory noise: smt.memory_noise, times (mode 'matched') the RMS of the cell's current
+  one-step error on these pairs (detached: the noise is data, not a path for gradients)."""
+  if s.get('memory_noise_mode', 'fixed') == 'fixed':
+    return jnp.float32(s.memory_noise)
+  err = losses.dynamics_loss(nets.step(params, m_in, x_in), m_out, mask=x_in >= 0)
+  return s.memory_noise * jnp.sqrt(jax.lax.stop_gradient(err))
+
+
+def rollout_dynamics(nets: Networks, params, mems, x, y, starts_BxN, s, rng):
+  """The dynamics loss of n = smt.rollout_steps cell steps from the teacher memories mems[:, L] (L in
+  starts), on the true inputs x[:, L..L+n-1], each rolled memory matched to mems[:, L+j+1] (masked MSE
+  pooled over all steps and starts). mems: [B, T+1, K, D]. Returns (loss_dyn, extra metrics)."""
+  B, N = starts_BxN.shape
+  n = int(s.get('rollout_steps', 1))
+  pos_BxNxn = starts_BxN[..., None] + jnp.arange(n)  # input positions L + j
+  m0 = _gather_mems(mems, starts_BxN)  # [B*N, K, D]
+  xs = jnp.take_along_axis(x, pos_BxNxn.reshape(B, N * n), axis=1).reshape(B * N, n)
+  targets = _gather_mems(mems, (pos_BxNxn + 1).reshape(B, N * n)).reshape((B * N, n) + mems.shape[2:])
+  extra = {}
+  if s.get('memory_noise', 0.0) > 0:
+    sigma = _noise_scale(nets, params, m0, xs[:, 0], targets[:, 0], s)
+    m0 = perturb_memory(m0, sigma, rng)
+    extra['mem_noise_std'] = sigma
+  if n == 1:  # the one-step loss, as it always was
+    return _dynamics(nets, params, m0, xs[:, 0], targets[:, 0], s), extra
+
+  detach = s.get('rollout_detach', False)
+  mode = config_lib.dynamics_gradient(s)  # routes the teacher's share of the gradient as in one-step SMT
+  if mode == 'rnn_only':
+    m0 = jax.lax.stop_gradient(m0)
+
+  def body(m, x_N):
+    m = nets.step(params, jax.lax.stop_gradient(m) if detach else m, x_N)
+    return m, m
+
+  # The first step reads the teacher's memory (gradients as in one-step SMT); the rest their own predictions.
+  m1 = nets.step(params, m0, xs[:, 0])
+  _, rest = jax.lax.scan(body, m1, xs[:, 1:].T)  # [n-1, B*N, K, D]
+  preds = jnp.concatenate([m1[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)  # [B*N, n, K, D]
+  flat = lambda a: a.reshape((B * N * n,) + a.shape[2:])
+  dyn = losses.dynamics_loss(flat(preds), flat(targets), mask=flat(xs) >= 0,
+                             detach_target=mode in ('stop_target', 'rnn_only'))
+  if s.get('rollout_decode', 0.0) > 0:
+    # The memory after reading x[:L+j+1] predicts y[L+j]: the RNN's readout on its own rolled memories.
+    ys = jnp.take_along_axis(y, pos_BxNxn.reshape(B, N * n), axis=1).reshape(B * N * n)
+    ce, valid = losses.token_cross_entropy(nets.readout(params, flat(preds)), ys)
+    extra['loss_roll_dec'] = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
+  return dyn, extra
 
 
 def parallel_losses(nets: Networks, params, batch, rng, s):
@@ -79,13 +154,9 @@ def parallel_losses(nets: Networks, params, batch, rng, s):
   mems = _teacher(nets.prefix_memories(params, x), s)  # [B, T+1, K, D]
   K, D = mems.shape[2:]
 
-  # Dynamics: (m_{L-1}, x_L) -> m_L, i.e. mems[:, L], x[:, L] -> mems[:, L+1].
-  L = transition_indices(r_dyn, B, T, s.num_transitions)  # [B, N]
-  N = L.shape[1]
-  m_in = jnp.take_along_axis(mems, L[:, :, None, None], axis=1).reshape(B * N, K, D)
-  m_out = jnp.take_along_axis(mems, (L + 1)[:, :, None, None], axis=1).reshape(B * N, K, D)
-  x_in = jnp.take_along_axis(x, L, axis=1).reshape(B * N)
-  dyn = _dynamics(nets, params, m_in, x_in, m_out, s)
+  # Dynamics: (m_{L-1}, x_L) -> m_L, i.e. mems[:, L], x[:, L] -> mems[:, L+1] (rolled n steps: see above).
+  L = transition_indices(r_dyn, B, T, s.num_transitions, int(s.get('rollout_steps', 1)))  # [B, N]
+  dyn, extra = rollout_dynamics(nets, params, mems, x, y, L, s, jax.random.fold_in(r_dyn, 1))
 
   # Decoder: memory after L tokens predicts y[L-1 .. L+Tf-2] reading future inputs x[L .. L+Tf-2].
   Tf = s.future
@@ -101,7 +172,9 @@ def parallel_losses(nets: Networks, params, batch, rng, s):
 
   unif = losses.uniformity_loss(mems.reshape(-1, D), r_unif, s.unif_samples, s.unif_t)
   total = _total(s, dec, dyn, unif)
-  return total, dict(loss=total, loss_dec=dec, loss_dec0=dec0, loss_dyn=dyn, loss_unif=unif)
+  if 'loss_roll_dec' in extra:
+    total = total + s.rollout_decode * extra['loss_roll_dec']
+  return total, dict(loss=total, loss_dec=dec, loss_dec0=dec0, loss_dyn=dyn, loss_unif=unif, **extra)
 
 
 def smt_losses(nets: Networks, params, batch, rng, smt_config):

@@ -1,38 +1,119 @@
-"""experiments.compare / smtjax.compare: the tiny preset end to end (SMT, SMT->DMT, BPTT per length).
+"""experiments.compare / smtjax.studies.compare: a tiny config end to end (SMT, SMT->DMT, BPTT per length,
+seeds with 95% intervals, length generalization), and the statistics it reports.
 
 One length keeps the test to a few compilations; the table and plot code is the same for any number."""
 
 import json
 import math
+import subprocess
+import sys
 
-from smtjax.studies import compare
+import numpy as np
+import pytest
+
+from smtjax import runs, train, variants
+from smtjax.errors import ConfigError
+from smtjax.studies import compare, stats
+from tests.conftest import ROOT, tiny_config
 
 
 def test_dmt_lengths_fit():
   for T in (3, 6, 8, 12, 32, 512, 4096):
-    Tc, Td, k = compare.dmt_lengths(T)
+    Tc, Td, k = variants.dmt_lengths(T)
     assert Tc >= 1 and Td >= 1 and Td % k == 0 and Tc + Td <= T
 
 
-def test_tiny_retrieval_comparison(tmp_path):
+def test_mean_ci_is_the_t_interval():
+  v = [0.5, 0.7, 0.9]
+  st = stats.mean_ci(v)
+  # t_{0.975, 2} = 4.303; s = 0.2
+  np.testing.assert_allclose(st['mean'], 0.7)
+  np.testing.assert_allclose(st['ci'], 4.302653 * 0.2 / math.sqrt(3), rtol=1e-5)
+  assert math.isnan(stats.mean_ci([0.4])['ci']) and stats.mean_ci([0.4, None, float('nan')])['n'] == 1
+  assert stats.fmt(0.7, 0.05) == '0.700 ± 0.050' and stats.fmt(None) == 'n/a'
+
+
+def test_at_length_resizes_and_keeps_the_config():
+  c = tiny_config()
+  c.smt.rollout_steps, c.smt.num_transitions = 4, 8
+  r = compare.at_length(c, 6, steps=3, seed=5)
+  assert (r.data.seq_len, r.smt.future, r.smt.rollout_steps, r.smt.num_transitions, r.num_steps, r.seed) == (
+      6, 6, 4, 6, 3, 5)
+  assert c.data.seq_len == 8 and c.seed == 0  # the input is not modified
+  c.smt.future = 4  # a short (dense-target) future stays short
+  assert compare.at_length(c, 16).smt.future == 4
+
+
+def test_tiny_comparison_with_seeds_and_longer_test_sequences(tmp_path):
   out = str(tmp_path / 'cmp')
-  summary = compare.run_comparison('retrieval', [6], preset='tiny', out=out)
+  summary = compare.run_comparison(tiny_config(), [6], out=out, steps=4, dmt_steps=2, seeds=2, test_lengths=[2])
   for ext in ('json', 'md', 'png'):
     assert (tmp_path / 'cmp' / f'compare_retrieval.{ext}').stat().st_size > 0
   data = json.loads((tmp_path / 'cmp' / 'compare_retrieval.json').read_text())
-  assert data['lengths'] == [6]
-  for length in ('6',):
-    row = data['results'][length]
-    for m in ('teacher', 'smt', 'dmt', 'bptt'):
-      for key in ('loss', 'accuracy'):
-        v = row[m][key]
-        assert v is not None and math.isfinite(v), (length, m, key, v)
-    # Same budget: BPTT runs as many steps as SMT and DMT together.
-    assert row['bptt']['steps'] == row['smt']['steps'] + row['dmt']['steps']
-  table = (tmp_path / 'cmp' / 'compare_retrieval.md').read_text().splitlines()
-  rows = [l for l in table if l.startswith('| ') and l.split('|')[1].strip().isdigit()]
-  assert [l.split('|')[1].strip() for l in rows] == ['6']
-  # A rerun reuses every finished run's eval.json (no training).
-  again = compare.run_comparison('retrieval', [6], preset='tiny', out=out)
-  assert all(math.isnan(again['results'][L][m]['train_seconds']) for L in ('6',) for m in compare.METHODS)
+  assert data['lengths'] == [6] and data['seeds'] == [0, 1]
+  row = data['results']['6']
+  for m in ('teacher', 'smt', 'dmt', 'bptt'):
+    per = row[m]['per_seed']
+    assert [p['seed'] for p in per] == [0, 1]
+    for key in ('loss', 'accuracy'):
+      vals = [p[key] for p in per]
+      assert all(v is not None and math.isfinite(v) for v in vals), (m, key, vals)
+      st = stats.mean_ci(vals)
+      assert row[m][key] == pytest.approx(st['mean']) and row[m][f'{key}_ci'] == pytest.approx(st['ci'], nan_ok=True)
+    # the per-seed numbers are the runs' own eval.json
+    ev = json.loads((tmp_path / 'cmp' / 'retrieval' / 'T6' / 'seed1' / ('smt' if m == 'teacher' else m) /
+                     'eval.json').read_text())
+    assert per[1]['accuracy'] == ev['teacher_accuracy' if m == 'teacher' else 'rnn_only_accuracy']
+    # length generalization: scored on sequences of 12 tokens, from each run's eval_T12.json
+    g = row['generalization'][m]['2']['per_seed'][0]
+    assert g['seq_len'] == 12
+    ev12 = json.loads((tmp_path / 'cmp' / 'retrieval' / 'T6' / 'seed0' / ('smt' if m == 'teacher' else m) /
+                       'eval_T12.json').read_text())
+    assert ev12['seq_len'] == 12 and ev12['trained_seq_len'] == 6
+    assert g['accuracy'] == ev12['teacher_accuracy' if m == 'teacher' else 'rnn_only_accuracy']
+  # Different seeds train different runs; BPTT gets SMT + DMT steps.
+  cfgs = [json.loads((tmp_path / 'cmp' / 'retrieval' / 'T6' / f'seed{s}' / 'smt' / 'config.json').read_text())
+          for s in (0, 1)]
+  assert [c['seed'] for c in cfgs] == [0, 1]
+  assert row['bptt']['steps'] == row['smt']['steps'] + row['dmt']['steps'] == 6
+  table = (tmp_path / 'cmp' / 'compare_retrieval.md').read_text()
+  assert '±' in table and 'Length generalization' in table and '@ 2T' in table
+  # A rerun reuses every finished run's eval.json (no training) and its longer-sequence scores.
+  again = compare.run_comparison(tiny_config(), [6], out=out, steps=4, dmt_steps=2, seeds=2, test_lengths=[2])
+  assert all(math.isnan(p['train_seconds']) for m in compare.METHODS for p in again['results']['6'][m]['per_seed'])
   assert again['results']['6']['smt']['accuracy'] == summary['results']['6']['smt']['accuracy']
+
+
+def test_methods_subset_and_bad_arguments(tmp_path):
+  s = compare.run_comparison(tiny_config(), [6], out=str(tmp_path), steps=2, methods=['smt'])
+  assert s['columns'] == ['teacher', 'smt'] and not (tmp_path / 'retrieval' / 'T6' / 'bptt').exists()
+  with pytest.raises(ConfigError, match='dmt needs smt'):
+    compare.run_comparison(tiny_config(), [6], out=str(tmp_path), methods=['dmt'])
+  with pytest.raises(ConfigError, match='test_lengths'):
+    compare.run_comparison(tiny_config(), [6], out=str(tmp_path), test_lengths=[1])
+  bad = tiny_config()
+  bad.smt.rollout_steps = 0
+  with pytest.raises(ConfigError, match='smt.rollout_steps'):
+    compare.run_comparison(bad, [6], out=str(tmp_path / 'bad'))
+  assert not (tmp_path / 'bad').exists()
+
+
+def test_evaluate_on_longer_sequences_rebuilds_the_source(tmp_path):
+  """A run trained at T=6 scored at T=24: the held-out batch is the task at that length."""
+  c = compare.at_length(tiny_config(), 6, steps=2)
+  train.train_and_evaluate(c, str(tmp_path))
+  r = runs.evaluate_workdir(str(tmp_path), seq_len=24, num_batches=1)
+  assert r['seq_len'] == 24 and r['trained_seq_len'] == 6 and r['read_len'] == 12
+  assert (tmp_path / 'eval_T24.json').exists() and not (tmp_path / 'eval.json').exists()
+  # retrieval has one target per sequence (the query at the end): batch_size targets
+  assert r['num_teacher_targets'] == c.batch_size
+
+
+def test_compare_command_line_takes_a_config_file(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'experiments.compare', '--config=configs/retrieval.py:small',
+                      '--config.smt.rollout_steps=0', f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode != 0 and 'smt.rollout_steps' in r.stderr
+  r = subprocess.run([sys.executable, '-m', 'experiments.compare', '--config=configs/retrieval.py:small',
+                      '--config.no_such_field=1', f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode != 0 and 'no_such_field' in r.stderr  # the config is locked
+  assert not any(tmp_path.iterdir())

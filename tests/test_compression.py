@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from smtjax.studies import compression
+from smtjax.studies import compression, stats
 from smtjax.config import ConfigError
 from tests.conftest import ROOT, tiny_config
 
@@ -45,3 +45,17 @@ def test_compress_command_line_rejects_bad_widths(tmp_path):
                       '--mem_dims=0,2', f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode != 0 and 'memory widths must be positive' in r.stderr
   assert not any(tmp_path.iterdir())
+
+
+def test_compression_with_seeds_reports_mean_and_interval(tmp_path):
+  c = tiny_config()
+  c.model.num_mem_tokens = 1
+  result = compression.run_compression(c, [2], str(tmp_path), num_steps=2, num_evals=1, seeds=2)
+  assert result['seeds'] == [0, 1] and result['steps'] == [2]
+  runs = [compression.read_evals(str(tmp_path / 'Z2' / f'seed{s}'))[2]['loss_dec_test'] for s in (0, 1)]
+  assert runs[0] != runs[1]  # two seeds, two different runs
+  st = stats.mean_ci(runs)
+  assert result['grids_per_seed']['loss_dec_test'] == [[[runs[0]], [runs[1]]]]
+  assert result['grids']['loss_dec_test'][0][0] == pytest.approx(st['mean'])
+  assert result['grids_ci']['loss_dec_test'][0][0] == pytest.approx(st['ci'])
+  assert '±' in (tmp_path / 'compression.md').read_text()

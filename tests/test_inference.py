@@ -213,3 +213,15 @@ def test_evaluate_cli(workdir):
     j = json.load(f)
   assert (j['read_len'], j['eval_len'], j['num_sequences']) == (3, 5, 8)
   assert math.isfinite(j['rnn_loss'])
+
+
+def test_evaluate_cli_scores_longer_sequences(workdir):
+  p = subprocess.run([sys.executable, '-m', 'experiments.evaluate', f'--workdir={workdir}', '--num_batches=1',
+                      f'--seq_len={2 * T}'], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+                     text=True, timeout=120)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert f'eval_T{2 * T}.json' in p.stdout
+  with open(os.path.join(workdir, f'eval_T{2 * T}.json')) as f:
+    j = json.load(f)
+  assert (j['seq_len'], j['trained_seq_len'], j['read_len']) == (2 * T, T, T)
+  assert math.isfinite(j['rnn_only_accuracy']) and math.isfinite(j['teacher_accuracy'])

@@ -1,19 +1,22 @@
-"""SMT vs SMT->DMT vs BPTT on a synthetic task across sequence lengths (method.md §10, issue 7).
+"""SMT vs SMT->DMT vs BPTT on a synthetic task across sequence lengths and seeds (method.md §10).
 
-For every length, three runs of the same RNN architecture and step budget:
+Everything starts from one ConfigDict (a config file and variant, e.g. configs/retrieval.py:small, with any
+overrides): for every length and seed, runs of the same RNN architecture:
 
-- `smt`: parallel-mode SMT (the task's config, `small` or `gpu` variant, resized to the length);
-- `dmt`: DMT fine-tuning (`variants.dmt`) initialised from the SMT run;
+- `smt`: the config's SMT run, resized to the length (`at_length`), `config.seed` = seed;
+- `dmt`: DMT fine-tuning (`variants.dmt`) initialised from that SMT run;
 - `bptt`: the BPTT baseline (`config.method='bptt'`), same cell, as many steps as SMT + DMT together.
 
-Each is scored by `inference.evaluate_workdir`: the RNN reads whole held-out sequences from its initial
-memory (`rnn_only_loss` / `rnn_only_accuracy`); the SMT run's Transformer teacher (`teacher_loss` /
-`teacher_accuracy`) is the upper bound. Workdirs: `<out>/<task>/T<length>/{smt,dmt,bptt}`; a run whose
-`eval.json` exists (with the same number of steps) is not trained again. Results:
-`<out>/compare_<task>.{json,md,png}`.
+Each is scored by `runs.evaluate_workdir`: the RNN reads whole held-out sequences from its initial memory
+(`rnn_only_loss` / `rnn_only_accuracy`); the SMT run's Transformer teacher (`teacher_*`) is the upper
+bound. With `test_lengths` (multipliers k) every run is also scored on sequences k times longer than it
+was trained on (length generalization; `eval_T<kT>.json` in its workdir). Each cell reports the mean over
+seeds and a 95% t-interval. Workdirs: `<out>/<task>/T<length>/<method>` for one seed,
+`<out>/<task>/T<length>/seed<s>/<method>` for several; a run whose `eval.json` exists (same steps and seed)
+is not trained again. Results: `<out>/compare_<task>.{json,md,png}`.
 
 For keys_values the swept "length" is the number of key/value pairs (the sequence length follows from it,
-as in configs/keys_values.py); for the other tasks it is `data.seq_len`.
+as in configs/keys_values.py; no length-generalization table); for the other tasks it is `data.seq_len`.
 """
 
 from __future__ import annotations
@@ -29,111 +32,69 @@ from smtjax import config as config_lib
 from smtjax import plotting, runs, train, variants
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
+from smtjax.studies import stats
 
-TASKS = ('retrieval', 'copy', 'stack', 'keys_values', 'modular')
-PRESETS = ('tiny', 'cpu', 'gpu')
 METHODS = ('smt', 'dmt', 'bptt')
-DENSE_TASKS = ('stack', 'modular')  # configs/stack.py, modular.py: smt.future = min(T, 16)
 METHOD_NAMES = {'teacher': 'Transformer teacher', 'smt': 'SMT', 'dmt': 'SMT→DMT', 'bptt': 'BPTT'}
 
-# Default lengths per preset (keys_values: numbers of pairs).
-DEFAULT_LENGTHS = {
-    'tiny': {'retrieval': (6, 8), 'copy': (6, 8), 'stack': (6, 8), 'keys_values': (1, 2), 'modular': (6, 8)},
-    # retrieval: the teacher does not learn T >= 32 within the cpu budget (measured: README "Results").
-    'cpu': {'retrieval': (8, 12, 16), 'copy': (8, 16, 32), 'stack': (8, 16, 32), 'keys_values': (2, 4, 8),
-            'modular': (8, 16, 32)},
-    # method.md §10: retrieval to T=512 (noise 0.3, the gpu variant), string copy to T=4096 with M=64,
-    # stacks of depth 5 (the gpu variant) around T=64.
-    'gpu': {'retrieval': (64, 128, 256, 512), 'copy': (128, 256, 512, 1024, 2048, 4096),
-            'stack': (32, 64, 128, 256), 'keys_values': (8, 16, 32, 64), 'modular': (32, 64, 128, 256)},
-}
 
-# Step budgets per preset: (SMT steps, DMT steps); BPTT gets their sum.
-STEPS = {'tiny': (4, 2), 'cpu': (1000, 200), 'gpu': (20000, 5000)}
-
-
-def load_task_config(task: str, variant: str):
-  """configs/<task>.py's get_config(variant)."""
-  if task not in TASKS:
-    raise ConfigError(f'unknown task {task!r}; expected one of {", ".join(TASKS)}')
-  return config_lib.load_config(f'configs/{task}.py:{variant}')
-
-
-def _largest_pow2_at_most(n: int) -> int:
-  p = 1
-  while p * 2 <= n:
-    p *= 2
-  return p
-
-
-def dmt_lengths(T: int, max_every: int = 16) -> tuple[int, int, int]:
-  """(Tc, Td, k) for a parallel-mode teacher on length T: k a power of two near T/8 (at most max_every),
-  Td the largest multiple of k below T, Tc = T - Td >= 1 (the rollout reaches the end of the sequence)."""
-  k = min(max_every, _largest_pow2_at_most(max(1, T // 8)))
-  Td = ((T - 1) // k) * k
-  return T - Td, Td, k
-
-
-def smt_config(task: str, length: int, preset: str, steps: int | None = None):
-  """The SMT run's config for `task` at `length` under `preset` (steps: SMT steps, default the preset's)."""
-  if preset not in PRESETS:
-    raise ConfigError(f'unknown preset {preset!r}; expected one of {", ".join(PRESETS)}')
-  c = load_task_config(task, 'gpu' if preset == 'gpu' else 'small')
-  if task == 'keys_values':
+def at_length(config, length: int, steps: int | None = None, seed: int | None = None):
+  """`config` resized to `length` (keys_values: number of pairs) for an SMT run of `steps` steps (default
+  the config's) with seed `seed`: a `smt.future` that decoded to the end of the sequence still does, others
+  are capped at T, as are the sampled transitions, decoder samples and rollout steps; one evaluation at the
+  end."""
+  c = config.copy_and_resolve_references()
+  T0 = c.data.seq_len
+  if c.data.name == 'keys_values':
     o = c.data.options
     o.num_pairs = int(length)
     T = o.num_pairs * (o.key_len + o.value_len) + 1 + o.key_len + o.value_len - 1
   else:
     T = int(length)
-    if task == 'copy' and preset == 'gpu':
-      c.data.options.length = min(64, T // 2)  # the paper's M=64 at long T
   c.data.seq_len = T
-  # Sparse targets (one answer late in the sequence): decode to the end; dense ones: a short future.
-  c.smt.future = min(T, 16) if task in DENSE_TASKS else T
-  if c.smt.num_transitions:
-    c.smt.num_transitions = min(T, c.smt.num_transitions if preset != 'gpu' else 256)
+  # Sparse targets (one answer late in the sequence) decode to the end; dense ones keep a short future.
+  c.smt.future = T if c.smt.future >= T0 else min(T, c.smt.future)
+  c.smt.num_transitions = min(T, c.smt.num_transitions)
   c.smt.num_decoder_samples = min(c.smt.num_decoder_samples, T + 1)
+  c.smt.rollout_steps = min(T, c.smt.get('rollout_steps', 1))
   c.progress_bar = False
-  if preset == 'tiny':  # tests/conftest.py's tiny_config sizes
-    c.model.d_model = 16
-    c.model.num_heads = 2
-    c.model.num_mem_tokens = 2
-    c.model.enc_depth = c.model.dec_depth = c.model.cell_depth = 1
-    c.batch_size = 8
-    c.num_eval_batches = 1
-    c.evaluate.num_batches = 1
-  c.num_steps = int(steps or STEPS[preset][0])
+  if seed is not None:
+    c.seed = int(seed)
+  c.num_steps = int(steps or c.num_steps)
   c.log_every = max(1, min(c.log_every, c.num_steps))
   c.eval_every = c.checkpoint_every = c.num_steps
   return c
 
 
-def method_configs(task: str, length: int, preset: str, smt_workdir: str, steps: int | None = None,
-                   dmt_steps: int | None = None) -> dict:
-  """{'smt', 'dmt', 'bptt'} configs: same architecture; BPTT runs SMT + DMT steps."""
-  smt = smt_config(task, length, preset, steps)
-  n_dmt = int(dmt_steps or (max(1, smt.num_steps // 3) if steps else STEPS[preset][1]))
-  dmt = smt_config(task, length, preset, steps)
-  Tc, Td, k = dmt_lengths(dmt.data.seq_len)
-  lr = 3e-5 if preset == 'gpu' else smt.optim.lr / 3  # published 3e-5; small runs: small_dmt's 1e-3
+def method_configs(config, length: int, smt_workdir: str, steps: int | None = None, dmt_steps: int | None = None,
+                   seed: int | None = None) -> dict:
+  """{'smt', 'dmt', 'bptt'} configs at `length`: same architecture; DMT `dmt_steps` (default SMT steps // 5)
+  at a third of SMT's learning rate (3e-5 at most 1e-4: the published rate for large models); BPTT runs
+  SMT + DMT steps."""
+  smt = at_length(config, length, steps, seed)
+  n_dmt = int(dmt_steps or max(1, smt.num_steps // 5))
+  dmt = at_length(config, length, steps, seed)
+  Tc, Td, k = variants.dmt_lengths(dmt.data.seq_len)
+  lr = smt.optim.lr / 3 if smt.optim.lr > 3e-4 else 3e-5
   variants.dmt(dmt, context=Tc, rollout=Td, every=k, lr=lr, batch_size=smt.batch_size, num_steps=n_dmt)
   dmt.init_from = smt_workdir
   dmt.log_every = max(1, min(dmt.log_every, n_dmt))
   dmt.eval_every = dmt.checkpoint_every = n_dmt
-  bptt = smt_config(task, length, preset, steps)
+  bptt = at_length(config, length, steps, seed)
   bptt.method = 'bptt'
   bptt.num_steps = smt.num_steps + n_dmt
   bptt.eval_every = bptt.checkpoint_every = bptt.num_steps
   return {'smt': smt, 'dmt': dmt, 'bptt': bptt}
 
 
-def _finished_eval(workdir: str, num_steps: int) -> dict | None:
-  """workdir/eval.json if it exists and the run there was trained for num_steps."""
-  ev, cfg = epath.Path(workdir) / 'eval.json', epath.Path(workdir) / 'config.json'
+def _finished_eval(workdir: str, config, name: str = 'eval.json') -> dict | None:
+  """workdir/<name> if it exists and the run there was trained for config's steps with config's seed."""
+  ev, cfg = epath.Path(workdir) / name, epath.Path(workdir) / 'config.json'
   if not (ev.exists() and cfg.exists()):
     return None
   try:
-    if json.loads(cfg.read_text()).get('num_steps') != num_steps:
+    saved = json.loads(cfg.read_text())
+    if saved.get('num_steps') != config.num_steps or saved.get('seed', 0) != config.seed:
       return None
     return json.loads(ev.read_text())
   except (OSError, json.JSONDecodeError):
@@ -142,7 +103,7 @@ def _finished_eval(workdir: str, num_steps: int) -> dict | None:
 
 def _train_and_score(config, workdir: str) -> tuple[dict, float]:
   """(eval result, training seconds); reuses workdir/eval.json of a finished run."""
-  done = _finished_eval(workdir, config.num_steps)
+  done = _finished_eval(workdir, config)
   if done is not None:
     logging.info('%s: finished, reusing eval.json', workdir)
     return done, float('nan')
@@ -153,45 +114,103 @@ def _train_and_score(config, workdir: str) -> tuple[dict, float]:
   return json.loads(json.dumps(runs.json_safe(result))), seconds
 
 
+def _score_longer(config, workdir: str, seq_len: int) -> dict:
+  """workdir's run scored on held-out sequences of length seq_len (reuses its eval_T<seq_len>.json)."""
+  done = _finished_eval(workdir, config, runs.eval_filename(config, seq_len))
+  if done is not None:
+    return done
+  return json.loads(json.dumps(runs.json_safe(runs.evaluate_workdir(workdir, seq_len=seq_len))))
+
+
 def _num(v) -> float:
   return float('nan') if v is None else float(v)
 
 
-def run_comparison(task: str, lengths=None, preset: str = 'cpu', out: str = 'workdirs/compare',
-                   steps: int | None = None) -> dict:
-  """Trains and scores SMT, SMT->DMT and BPTT at every length; writes <out>/compare_<task>.{json,md,png}.
+def _cell(per_seed: list[dict]) -> dict:
+  """Mean and 95% interval over seeds of a column's 'accuracy' and 'loss', and the per-seed records."""
+  out = {'per_seed': per_seed}
+  for key in ('accuracy', 'loss', 'train_seconds'):
+    st = stats.mean_ci([r.get(key) for r in per_seed])
+    out[key], out[f'{key}_ci'] = st['mean'], st['ci']
+  out['num_seeds'] = len(per_seed)
+  return out
 
-  `steps` overrides the SMT step count (DMT then gets steps // 3, BPTT their sum). Returns the JSON
-  object: {'task', 'preset', 'lengths', 'results': {str(length): {method: {...}}}}.
+
+def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: int | None = None,
+                   dmt_steps: int | None = None, seeds: int = 1, methods=METHODS, test_lengths=(),
+                   name: str = '') -> dict:
+  """Trains and scores every method at every length for seeds config.seed + 0..seeds-1; writes
+  <out>/compare_<task>.{json,md,png}.
+
+  `lengths`: default the config's own length (keys_values: its num_pairs); `steps` overrides the SMT
+  step count, `dmt_steps` DMT's (default steps // 5; BPTT their sum); `methods` any of smt, dmt, bptt
+  (dmt needs smt); `test_lengths`: multipliers k, each run is also scored at k * T. Returns the JSON
+  object: {'task', 'lengths', 'seeds', 'results': {str(length): {column: {'accuracy', 'accuracy_ci',
+  'loss', 'loss_ci', 'per_seed', ...}, 'generalization': {column: {str(k): {...}}}}}}.
   """
-  if preset not in PRESETS:
-    raise ConfigError(f'unknown preset {preset!r}; expected one of {", ".join(PRESETS)}')
-  lengths = [int(x) for x in (lengths or DEFAULT_LENGTHS[preset][task])]
+  task = config.data.name
+  methods = tuple(m for m in METHODS if m in methods)
+  if not methods or ('dmt' in methods and 'smt' not in methods):
+    raise ConfigError(f'methods must be a non-empty subset of {", ".join(METHODS)} (dmt needs smt), got {methods}')
+  if int(seeds) < 1:
+    raise ConfigError(f'seeds must be >= 1, got {seeds}')
+  test_lengths = [int(k) for k in test_lengths or ()]
+  if any(k < 2 for k in test_lengths):
+    raise ConfigError(f'test_lengths are multipliers of the training length, each >= 2; got {test_lengths}')
+  if task == 'keys_values':
+    test_lengths = []  # its length is a number of pairs; longer sequences would only add padding
+  if lengths is None:
+    lengths = [config.data.options.num_pairs if task == 'keys_values' else config.data.seq_len]
+  lengths = [int(x) for x in lengths]
+  seed_list = [int(config.seed) + i for i in range(int(seeds))]
+  for length in lengths:  # every config is validated before anything trains
+    for m, c in method_configs(config, length, 'unused', steps, dmt_steps, seed_list[0]).items():
+      if m in methods:
+        config_lib.validate(c)
+  columns = (('teacher',) if 'smt' in methods else ()) + methods
   results = {}
   for length in lengths:
-    base = epath.Path(out) / task / f'T{length}'
-    dirs = {m: str(base / m) for m in METHODS}
-    configs = method_configs(task, length, preset, dirs['smt'], steps)
-    row = {'seq_len': configs['smt'].data.seq_len,
-           'dmt': {}, 'smt': {}, 'bptt': {}, 'teacher': {}}
-    for m in METHODS:
-      logging.info('== %s length %d: %s (%d steps) in %s', task, length, m, configs[m].num_steps, dirs[m])
-      ev, seconds = _train_and_score(configs[m], dirs[m])
-      row[m] = {'loss': _num(ev.get('rnn_only_loss')), 'accuracy': _num(ev.get('rnn_only_accuracy')),
-                'steps': configs[m].num_steps, 'train_seconds': seconds, 'workdir': dirs[m]}
-      if m == 'smt':
-        row['teacher'] = {'loss': _num(ev.get('teacher_loss')), 'accuracy': _num(ev.get('teacher_accuracy')),
-                          'steps': configs[m].num_steps, 'workdir': dirs[m]}
-    d = configs['dmt'].dmt
-    row['dmt'].update(context=d.context, rollout=d.rollout, every=d.every)
+    per_seed = {m: [] for m in columns}
+    longer = {m: {str(k): [] for k in test_lengths} for m in columns}
+    for seed in seed_list:
+      base = epath.Path(out) / task / f'T{length}'
+      base = base if seeds == 1 else base / f'seed{seed}'
+      dirs = {m: str(base / m) for m in METHODS}
+      configs = method_configs(config, length, dirs['smt'], steps, dmt_steps, seed)
+      for m in methods:
+        logging.info('== %s length %d seed %d: %s (%d steps) in %s', task, length, seed, m, configs[m].num_steps, dirs[m])
+        ev, seconds = _train_and_score(configs[m], dirs[m])
+        cols = (m, 'teacher') if m == 'smt' else (m,)
+        for col in cols:
+          key = 'rnn_only' if col != 'teacher' else 'teacher'
+          per_seed[col].append({'seed': seed, 'loss': _num(ev.get(f'{key}_loss')),
+                                'accuracy': _num(ev.get(f'{key}_accuracy')), 'steps': configs[m].num_steps,
+                                'train_seconds': seconds if col != 'teacher' else float('nan'),
+                                'workdir': dirs[m]})
+          for k in test_lengths:
+            T = configs[m].data.seq_len
+            lv = _score_longer(configs[m], dirs[m], k * T)
+            longer[col][str(k)].append({'seed': seed, 'seq_len': k * T, 'loss': _num(lv.get(f'{key}_loss')),
+                                        'accuracy': _num(lv.get(f'{key}_accuracy'))})
+    row = {'seq_len': at_length(config, length).data.seq_len}
+    for col in columns:
+      row[col] = _cell(per_seed[col])
+      row[col]['steps'] = per_seed[col][0]['steps']
+    if 'dmt' in methods:
+      Tc, Td, k = variants.dmt_lengths(row['seq_len'])
+      row['dmt'].update(context=Tc, rollout=Td, every=k)
+    if test_lengths:
+      row['generalization'] = {col: {kk: _cell(v) for kk, v in longer[col].items()} for col in columns}
     results[str(length)] = row
-  summary = {'task': task, 'preset': preset, 'lengths': lengths, 'title': f'{task} ({preset} preset)',
+  summary = {'task': task, 'config': name, 'lengths': lengths, 'seeds': seed_list, 'columns': list(columns),
+             'test_lengths': test_lengths,
+             'title': f'{name or task} ({len(seed_list)} seed{"s" * (len(seed_list) > 1)})',
              'length_is': 'num_pairs' if task == 'keys_values' else 'seq_len', 'results': results}
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_text(out / f'compare_{task}.json', json.dumps(_nan_to_none(summary), indent=2))
   write_table(summary, out / f'compare_{task}.md')
-  plotting.comparison(summary, out / f'compare_{task}.png', COLUMNS, METHOD_NAMES)
+  plotting.comparison(summary, out / f'compare_{task}.png', columns, METHOD_NAMES)
   return summary
 
 
@@ -205,28 +224,41 @@ def _nan_to_none(v):
   return v
 
 
-def _fmt(v) -> str:
-  return 'n/a' if v is None or not math.isfinite(float(v)) else f'{float(v):.3f}'
-
-
-COLUMNS = ('teacher', 'smt', 'dmt', 'bptt')
+def _fmt(cell: dict, key: str) -> str:
+  return stats.fmt(cell.get(key), cell.get(f'{key}_ci'))
 
 
 def write_table(summary: dict, path: str) -> str:
-  """A markdown table, one row per length: accuracy and loss (nats/token, RNN from its initial memory)
-  of the teacher, SMT, SMT->DMT and BPTT. Returns the text (also written to `path`)."""
+  """Markdown: one row per length with each column's accuracy and loss (nats/token, the RNN from its
+  initial memory; mean ± 95% interval over seeds), then the length-generalization table (accuracy at
+  k * T). Returns the text (also written to `path`)."""
+  columns = summary.get('columns', ['teacher'] + list(METHODS))
+  seeds = summary.get('seeds', [0])
   first = 'pairs' if summary.get('length_is') == 'num_pairs' else 'T'
   head = [first] + (['T'] if first == 'pairs' else [])
-  head += [f'{METHOD_NAMES[m]} acc' for m in COLUMNS] + [f'{METHOD_NAMES[m]} loss' for m in COLUMNS]
-  lines = [f'# {summary["task"]}: SMT vs SMT→DMT vs BPTT ({summary["preset"]} preset)', '',
+  head += [f'{METHOD_NAMES[m]} acc' for m in columns] + [f'{METHOD_NAMES[m]} loss' for m in columns]
+  lines = [f'# {summary.get("config") or summary["task"]}: SMT vs SMT→DMT vs BPTT', '',
            'RNN accuracy / loss (nats per target token) reading whole held-out sequences from its initial '
-           'memory; the Transformer teacher (SMT run) is the upper bound.', '',
+           'memory; the Transformer teacher (SMT run) is the upper bound. '
+           f'Seeds {", ".join(map(str, seeds))}' + (': mean ± 95% t-interval.' if len(seeds) > 1 else '.'), '',
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for length in summary['lengths']:
     r = summary['results'][str(length)]
     cells = [str(length)] + ([str(r['seq_len'])] if first == 'pairs' else [])
-    cells += [_fmt(r[m].get('accuracy')) for m in COLUMNS] + [_fmt(r[m].get('loss')) for m in COLUMNS]
+    cells += [_fmt(r[m], 'accuracy') for m in columns] + [_fmt(r[m], 'loss') for m in columns]
     lines.append('| ' + ' | '.join(cells) + ' |')
+  ks = summary.get('test_lengths') or []
+  if ks:
+    head = ['trained at T'] + [f'{METHOD_NAMES[m]} @ {lbl}' for m in columns for lbl in ['T'] + [f'{k}T' for k in ks]]
+    lines += ['', '## Length generalization: accuracy on sequences k times longer than training', '',
+              '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for length in summary['lengths']:
+      r = summary['results'][str(length)]
+      cells = [str(r['seq_len'])]
+      for m in columns:
+        cells.append(_fmt(r[m], 'accuracy'))
+        cells += [_fmt(r['generalization'][m][str(k)], 'accuracy') for k in ks]
+      lines.append('| ' + ' | '.join(cells) + ' |')
   text = '\n'.join(lines) + '\n'
   workdir_lib.write_text(path, text)
   return text

@@ -6,7 +6,9 @@ whole row of the (memory size x steps) grid. The grid of any logged evaluation m
 `loss_dec_test`: the teacher's predictive loss, what a memory of that size lets the decoder reach;
 `rnn_only_loss`: the RNN reading whole sequences from its initial memory) is written as
 compression.json, a markdown table, and an iso-loss contour plot (steps on the x-axis, memory size on a
-log2 y-axis). Runs go to OUT/Z<size>/ and resume or are reused when rerun.
+log2 y-axis). Runs go to OUT/Z<size>/ (OUT/Z<size>/seed<s>/ with several seeds, config.seed + 0..seeds-1;
+the grid then holds the mean over seeds and `grids_ci` the 95% t-interval) and resume or are reused when
+rerun.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from smtjax import plotting, train
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
+from smtjax.studies import stats
 
 DEFAULT_METRICS = ('loss_dec_test', 'loss_dec0_test', 'rnn_only_loss', 'rnn_only_accuracy', 'teacher_accuracy')
 
@@ -52,11 +55,12 @@ def read_evals(workdir: str) -> dict[int, dict]:
 
 
 def run_compression(config, mem_dims, out: str, num_steps: int | None = None, num_evals: int = 10,
-                    metric: str = 'loss_dec_test', config_name: str = '') -> dict:
-  """Trains one run per memory width (or reuses finished ones) and writes OUT/compression.{json,md,png}.
+                    metric: str = 'loss_dec_test', config_name: str = '', seeds: int = 1) -> dict:
+  """Trains one run per memory width and seed (or reuses finished ones) and writes OUT/compression.{json,md,png}.
 
-  Returns {'config', 'num_mem_tokens', 'mem_dims', 'mem_sizes', 'steps', 'metric', 'grids': {metric:
-  [[value per step] per memory size]}}.
+  Returns {'config', 'num_mem_tokens', 'mem_dims', 'mem_sizes', 'steps', 'metric', 'seeds', 'grids': {metric:
+  [[mean over seeds per step] per memory size]}, 'grids_ci': the 95% half-widths (None for one seed),
+  'grids_per_seed': {metric: [[[value per step] per seed] per memory size]}}.
   """
   if not (metric.endswith('_test') or metric.startswith(('rnn_only_', 'teacher_'))):  # before any training
     raise ConfigError(f'metric {metric!r} is not logged at evaluation steps (expected a *_test, rnn_only_* or '
@@ -64,27 +68,40 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
   mem_dims = sorted(int(d) for d in mem_dims)
   if not mem_dims or mem_dims[0] < 1:
     raise config_lib.ConfigError(f'memory widths must be positive integers, got {mem_dims}')
+  if int(seeds) < 1:
+    raise ConfigError(f'seeds must be >= 1, got {seeds}')
+  seed_list = [int(config.seed) + i for i in range(int(seeds))]
   K = int(config.model.num_mem_tokens)
   rows = {}
   steps = None
   for d in mem_dims:
-    c = sweep_config(config, d, num_steps, num_evals)
-    workdir = str(epath.Path(out) / f'Z{K * d}')
-    logging.info('== memory %dx%d (Z=%d): %d steps, evaluated every %d, in %s', K, d, K * d, c.num_steps,
-                 c.eval_every, workdir)
-    train.train_and_evaluate(c, workdir)
-    evals = read_evals(workdir)
-    run_steps = sorted(s for s in evals if s <= c.num_steps)
-    steps = run_steps if steps is None else [s for s in steps if s in run_steps]
-    rows[d] = evals
+    rows[d] = []
+    for seed in seed_list:
+      c = sweep_config(config, d, num_steps, num_evals)
+      c.seed = seed
+      workdir = epath.Path(out) / f'Z{K * d}'
+      workdir = str(workdir if seeds == 1 else workdir / f'seed{seed}')
+      logging.info('== memory %dx%d (Z=%d), seed %d: %d steps, evaluated every %d, in %s', K, d, K * d, seed,
+                   c.num_steps, c.eval_every, workdir)
+      train.train_and_evaluate(c, workdir)
+      evals = read_evals(workdir)
+      run_steps = sorted(s for s in evals if s <= c.num_steps)
+      steps = run_steps if steps is None else [s for s in steps if s in run_steps]
+      rows[d].append(evals)
   if not steps:
     raise ConfigError('the runs share no evaluation step')
-  metrics = list(dict.fromkeys([metric] + [m for m in DEFAULT_METRICS if m in rows[mem_dims[0]][steps[0]]]))
-  if metric not in rows[mem_dims[0]][steps[0]]:
-    raise ConfigError(f'metric {metric!r} is not logged; logged: {sorted(rows[mem_dims[0]][steps[0]])}')
-  grids = {m: [[_finite(rows[d][s].get(m)) for s in steps] for d in mem_dims] for m in metrics}
+  logged = rows[mem_dims[0]][0][steps[0]]
+  metrics = list(dict.fromkeys([metric] + [m for m in DEFAULT_METRICS if m in logged]))
+  if metric not in logged:
+    raise ConfigError(f'metric {metric!r} is not logged; logged: {sorted(logged)}')
+  per_seed = {m: [[[_finite(ev[s].get(m)) for s in steps] for ev in rows[d]] for d in mem_dims] for m in metrics}
+  cells = {m: [[stats.mean_ci([run[i] for run in runs]) for i in range(len(steps))] for runs in per_seed[m]]
+           for m in metrics}
+  grids = {m: [[_finite(c['mean']) for c in row] for row in cells[m]] for m in metrics}
+  grids_ci = {m: [[_finite(c['ci']) for c in row] for row in cells[m]] for m in metrics}
   result = {'config': config_name, 'task': config.data.name, 'num_mem_tokens': K, 'mem_dims': mem_dims,
-            'mem_sizes': [K * d for d in mem_dims], 'steps': steps, 'metric': metric, 'grids': grids}
+            'mem_sizes': [K * d for d in mem_dims], 'steps': steps, 'metric': metric, 'seeds': seed_list,
+            'grids': grids, 'grids_ci': grids_ci, 'grids_per_seed': per_seed}
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_text(out / 'compression.json', json.dumps(result, indent=2))
@@ -98,13 +115,17 @@ def _finite(v):
 
 
 def write_table(result: dict, path: str) -> str:
+  """Markdown grid of result['metric']: mean (± 95% interval with several seeds) per memory size and step."""
   m = result['metric']
+  seeds = result.get('seeds', [0])
+  cis = result.get('grids_ci', {}).get(m) or [[None] * len(result['steps'])] * len(result['mem_sizes'])
   lines = [f'# Compression sweep: {result["config"] or result["task"]}, {m}', '',
-           f'Rows: memory size Z = K x d (K = {result["num_mem_tokens"]}); columns: training steps.', '',
+           f'Rows: memory size Z = K x d (K = {result["num_mem_tokens"]}); columns: training steps. Seeds '
+           f'{", ".join(map(str, seeds))}' + (' (mean ± 95% t-interval).' if len(seeds) > 1 else '.'), '',
            '| Z | ' + ' | '.join(str(s) for s in result['steps']) + ' |',
            '|---|' + '---|' * len(result['steps'])]
-  for z, row in zip(result['mem_sizes'], result['grids'][m]):
-    lines.append(f'| {z} | ' + ' | '.join('n/a' if v is None else f'{v:.3f}' for v in row) + ' |')
+  for z, row, ci in zip(result['mem_sizes'], result['grids'][m], cis):
+    lines.append(f'| {z} | ' + ' | '.join(stats.fmt(v, c) for v, c in zip(row, ci)) + ' |')
   text = '\n'.join(lines) + '\n'
   workdir_lib.write_text(path, text)
   return text
