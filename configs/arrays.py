@@ -10,11 +10,11 @@ naming the file. The options are exactly the `arrays` source's, so any of them c
 command line. Variants: '' (CPU-sized), 'small' (2 CPU cores), 'gpu' (as the synthetic tasks).
 """
 
-from smtjax.config import synthetic_config
+from smtjax import variants
 
 
-def get_config(arg: str | None = None):
-  c = synthetic_config('arrays', 2, vocab_size=1, variant=arg)
+def _base():
+  c = variants.synthetic('arrays', 2, vocab_size=1)
   c.data.options.vocab_size = 0  # 0: the largest token + 1
   c.data.options.test_path = ''  # a second .npz for the test split
   c.data.options.test_fraction = 0.1  # without x_test or test_path: the last rows
@@ -23,3 +23,10 @@ def get_config(arg: str | None = None):
   c.model.vocab_size = 0  # the data's vocabulary
   c.smt.future = 16  # capped at T once T is known
   return c
+
+
+SIZES = {'': _base, 'small': lambda: variants.small(_base()), 'gpu': lambda: variants.gpu(_base())}
+
+
+def get_config(arg: str | None = None):
+  return variants.build(arg, 'configs/arrays.py', SIZES)

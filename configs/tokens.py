@@ -8,12 +8,11 @@ window is an error naming it); the vocabulary (`model.vocab_size = 0`) is the la
 `options.vocab_size`). The options are exactly the `tokens` source's. Variants: '', 'small', 'gpu'.
 """
 
-from smtjax.config import synthetic_config
+from smtjax import variants
 
 
-def get_config(arg: str | None = None):
-  T = {'small': 32, 'gpu': 512}.get(arg, 64)
-  c = synthetic_config('tokens', T, vocab_size=1, variant=arg)
+def _base(T: int):
+  c = variants.synthetic('tokens', T, vocab_size=1)
   c.data.options.vocab_size = 0  # 0: the largest token + 1
   c.data.options.test_path = ''  # a second .npy for the test split
   c.data.options.test_fraction = 0.01
@@ -21,3 +20,10 @@ def get_config(arg: str | None = None):
   c.model.vocab_size = 0  # the data's vocabulary
   c.smt.future = min(T, 16)  # dense next-token targets: a short future suffices
   return c
+
+
+SIZES = {'': lambda: _base(64), 'small': lambda: variants.small(_base(32)), 'gpu': lambda: variants.gpu(_base(512))}
+
+
+def get_config(arg: str | None = None):
+  return variants.build(arg, 'configs/tokens.py', SIZES)

@@ -33,11 +33,11 @@ def user_errors():
     yield
   except Preempted as e:
     print(f'{e}.', flush=True)
-    raise SystemExit(0)
+    raise SystemExit(0) from None
   except ConfigError as e:
-    raise app.UsageError(str(e))
+    raise app.UsageError(str(e)) from None
   except SmtjaxError as e:
-    raise SystemExit(f'error: {e}')
+    raise SystemExit(f'error: {e}') from None
 
 
 def require_workdir(workdir) -> None:

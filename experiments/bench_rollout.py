@@ -22,7 +22,8 @@ from absl import app, flags, logging
 
 from experiments import _cli  # noqa: F401 -- JAX options as flags (--jax_log_compiles)
 from smtjax import config as config_lib
-from smtjax import dmt, losses, variants, sharding as shard_lib
+from smtjax import dmt, losses, variants
+from smtjax import sharding as shard_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
 from smtjax.train import Trainer
@@ -131,7 +132,7 @@ def bench_bptt_vs_smt():
                                      trainer.batch_sharding)
       holder = [state]
 
-      def run():
+      def run(trainer=trainer, batch=batch, holder=holder):
         holder[0], m = trainer.train_step(holder[0], batch, jax.random.PRNGKey(0))
         return m
       times[method] = _median_time(run, FLAGS.repeats)

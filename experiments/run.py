@@ -11,8 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import _cli
-from smtjax import sharding
-from smtjax import train
+from smtjax import sharding, train
 from smtjax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS

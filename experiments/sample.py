@@ -22,7 +22,8 @@ flags.DEFINE_enum('mode', 'rnn', list(runs.MODES), 'Who writes: rnn, teacher or 
 flags.DEFINE_float('temperature', None, 'Sampling temperature; 0 = argmax (default config.sample.temperature).')
 flags.DEFINE_integer('seed', None, 'Sampling seed (default config.sample.seed).')
 flags.DEFINE_integer('num', None, 'Number of samples (default config.sample.num).')
-flags.DEFINE_integer('prompt_len', None, 'Prompt tokens (default config.sample.prompt_len, else the evaluate read_len).')
+flags.DEFINE_integer('prompt_len', None,
+                     'Prompt tokens (default config.sample.prompt_len, else the evaluate read_len).')
 flags.DEFINE_integer('length', None, 'Generated tokens (default config.sample.length, else the rest of the sequence).')
 flags.DEFINE_integer('read_len', None, 'Teacher mode: window of tokens re-encoded each step.')
 flags.DEFINE_string('out', None, 'Output path (default WORKDIR/samples.txt or samples.png).')

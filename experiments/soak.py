@@ -23,6 +23,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from experiments import _cli
 from smtjax import metrics as metrics_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,7 +31,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # anywhere in a run of many steps and checkpoints.
 TINY = ['--config.data.seq_len=8', '--config.smt.future=8', '--config.model.d_model=16', '--config.model.num_heads=2',
         '--config.model.enc_depth=1', '--config.model.dec_depth=1', '--config.model.cell_depth=1',
-        '--config.batch_size=8', '--config.num_eval_batches=1', '--config.progress_bar=False', '--config.log_every=1']
+        '--config.batch_size=8', '--config.num_eval_batches=1', '--config.progress_bar=False', '--config.log_every=1',
+        '--config.metrics_flush_secs=0']
 MODES = ('save', 'step', 'startup')
 TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax writes a checkpoint here, then renames it to <step>
 
@@ -163,17 +165,22 @@ def soak(out: str, kills: int = 10, seed: int = 0, num_steps: int = 0, checkpoin
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('kills', 10, 'Number of SIGKILLs (each followed by a resume).')
-flags.DEFINE_integer('seed', 0, 'Seed of the kill schedule.')
-flags.DEFINE_integer('num_steps', 0, 'Training steps (0: 8*kills + 20).')
-flags.DEFINE_integer('checkpoint_every', 3, 'Checkpoint interval in steps (small: many saves to kill).')
-flags.DEFINE_string('config', 'configs/retrieval.py:small', 'Config file (with variant) to train.')
-flags.DEFINE_multi_string('override', [], 'Extra --config.x=y arguments for the runs, e.g. --override=--config.seed=1.')
-flags.DEFINE_string('out', '/tmp/smtjax_soak', 'Output directory (replaced).')
+
+
+def _define_flags():
+  """The command line's flags, defined only when this file runs as a script: the tests import `soak`
+  beside other entry points that define --config too."""
+  flags.DEFINE_integer('kills', 10, 'Number of SIGKILLs (each followed by a resume).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the kill schedule.')
+  flags.DEFINE_integer('num_steps', 0, 'Training steps (0: 8*kills + 20).')
+  flags.DEFINE_integer('checkpoint_every', 3, 'Checkpoint interval in steps (small: many saves to kill).')
+  flags.DEFINE_string('config', 'configs/retrieval.py:small', 'Config file (with variant) to train.')
+  flags.DEFINE_multi_string('override', [], 'Extra --config.x=y arguments for the runs, e.g. '
+                            '--override=--config.seed=1.')
+  flags.DEFINE_string('out', '/tmp/smtjax_soak', 'Output directory (replaced).')
 
 
 def main(argv):
-  from experiments import _cli
   _cli.start(argv)
   s = soak(FLAGS.out, FLAGS.kills, FLAGS.seed, FLAGS.num_steps, FLAGS.checkpoint_every, config=FLAGS.config,
            overrides=tuple(FLAGS.override))
@@ -182,4 +189,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -42,6 +42,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_eval_batches = 4
   c.max_checkpoints_to_keep = 2
   c.progress_bar = True
+  # metrics.jsonl is rewritten whole (object stores cannot append) at evaluation and checkpoint steps and at
+  # most this often in between; 0 rewrites it at every logged step (small runs, tests that watch the file).
+  c.metrics_flush_secs = 30.0
   c.profile_steps = ''  # 'START:STOP' (e.g. '100:105'): jax.profiler trace of steps START..STOP-1 in workdir/profile/
 
   # Data: `name` is a synthetic task (smtjax.data.synthetic) or a real dataset; the remaining fields
@@ -220,13 +223,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     _require(isinstance(config[f], int) and config[f] > 0, f, f'must be a positive integer, got {config[f]!r}')
   _require(isinstance(config.max_checkpoints_to_keep, int) and config.max_checkpoints_to_keep > 0,
            'max_checkpoints_to_keep', f'must be a positive integer, got {config.max_checkpoints_to_keep!r}')
+  _require(config.get('metrics_flush_secs', 30.0) >= 0, 'metrics_flush_secs', 'must be >= 0')
   m = config.model
-  for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth', 'mlp_ratio'):
+  for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth',
+            'mlp_ratio'):
     _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')
   hd = m.get('head_dim', 0)
-  _require(isinstance(hd, int) and hd >= 0, 'model.head_dim', f'must be an integer >= 0 (0: d_model/num_heads), got {hd!r}')
+  _require(isinstance(hd, int) and hd >= 0, 'model.head_dim',
+           f'must be an integer >= 0 (0: d_model/num_heads), got {hd!r}')
   if not hd:
-    _require(m.d_model % m.num_heads == 0, 'model.d_model', f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
+    _require(m.d_model % m.num_heads == 0, 'model.d_model',
+             f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
   rf = m.get('rotary_fraction', 1.0)
   _require(isinstance(rf, (int, float)) and 0 < rf <= 1, 'model.rotary_fraction', f'must be in (0, 1], got {rf!r}')
   rot = head_dim(m) * rf
@@ -312,7 +319,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
 
   if data_vocab_size is not None:
     _require(m.vocab_size >= data_vocab_size, 'model.vocab_size',
-             f'{m.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for data.name={config.data.name!r})')
+             f'{m.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for '
+             f'data.name={config.data.name!r})')
   if num_devices is not None:
     mesh_shape(config, num_devices)  # validates mesh fields
     _require(config.batch_size % num_devices == 0, 'batch_size',

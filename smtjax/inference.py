@@ -41,7 +41,6 @@ from smtjax import losses
 from smtjax.errors import ConfigError
 from smtjax.models import Networks
 
-
 # ------------------------------------------------------------------------------------------- scoring
 
 def _scores(logits, y):

@@ -4,7 +4,8 @@ into pure functions of one parameter tree {'encoder', 'decoder', 'cell'}.
 Memories are [B, K, D] arrays of K tokens of width D (the memory size is Z = K*D); every memory token is
 RMS-normalised without a learned scale. D is d_model unless `model.mem_dim` sets a different width (e.g. 2
 or 3 to look at memory geometry); then the encoder ends with a projection d_model -> D (`mem_out`) and
-the decoder and the Transformer cell start with D -> d_model (`mem_in`); the cell also ends with `mem_out`. Token ids are in [0, V); -1 in an input means padding.
+the decoder and the Transformer cell start with D -> d_model (`mem_in`); the cell also ends with `mem_out`.
+Token ids are in [0, V); -1 in an input means padding.
 The RNN is (cell, readout) and its readout *is* the teacher decoder's parameters (`params['decoder']`):
 there is no second copy that could go stale. Only DMT fine-tuning, which trains the readout while the
 teacher stays frozen, adds `params['readout']` (initialised as a copy of the decoder, same architecture);
@@ -238,7 +239,9 @@ class TransformerCell(nn.Module):
   def __call__(self, mem_BxKxD, x_B):
     B, K, _ = mem_BxKxD.shape
     project = _projects(self.mem_dim, self.d_model)
-    mem = _dense(self.d_model, self.dtype, 'mem_in')(mem_BxKxD.astype(self.dtype)) if project else mem_BxKxD.astype(self.dtype)
+    mem = mem_BxKxD.astype(self.dtype)
+    if project:
+      mem = _dense(self.d_model, self.dtype, 'mem_in')(mem)
     h = jnp.concatenate([mem,
                          _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))[:, None]], axis=1)
     pos = jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1))
@@ -326,7 +329,7 @@ class Networks:
   initial: str = 'encoder'  # the RNN's initial memory: the encoder's m_{-1}, zeros, or learned
 
   @classmethod
-  def from_config(cls, model_config, initial: str | None = None) -> 'Networks':
+  def from_config(cls, model_config, initial: str | None = None) -> Networks:
     """`initial` overrides model_config.initial_memory (pass config.initial_memory(config) to resolve
     'auto' by method)."""
     m = model_config

@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 from etils import epath
-from PIL import Image
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from PIL import Image
 
 
 def _write(path, data: bytes) -> epath.Path:

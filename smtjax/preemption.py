@@ -42,7 +42,7 @@ class StopSignals:
     self.received: str | None = None  # name of the first signal received on this process
     self._previous: dict[int, object] = {}
 
-  def install(self) -> 'StopSignals':
+  def install(self) -> StopSignals:
     if threading.current_thread() is not threading.main_thread():
       return self  # signal handlers can only be set from the main thread (e.g. not in a notebook worker)
     sigs = [signal.SIGINT] + ([] if _preemption_service() is not None else [signal.SIGTERM])
@@ -56,7 +56,7 @@ class StopSignals:
       signal.signal(sig, handler)
     self._previous.clear()
 
-  def __enter__(self) -> 'StopSignals':
+  def __enter__(self) -> StopSignals:
     return self.install()
 
   def __exit__(self, *exc):

@@ -20,14 +20,13 @@ import numpy as np
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import inference
-from smtjax import plotting
-from smtjax import train
+from smtjax import inference, plotting, train
 from smtjax import workdir as workdir_lib
 from smtjax.data import make_source, visualize
 from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import ConfigError
 from smtjax.models import Networks
+
 
 def _encoder_attention(config) -> str:
   return config.model.encoder_attention
@@ -88,7 +87,7 @@ def evaluate_params(nets: Networks, params, config, source, num_batches: int, re
   P = eval_len + 1
   tot = {k: np.zeros(n, np.float64) for k, n in
          (('rnn_ce', P), ('rnn_n', P), ('rnn_hit', P), ('t_read_ce', P), ('t_read_n', P))}
-  sums = {k: 0.0 for k in ('teacher_ce', 'teacher_n', 'teacher_hit', 'only_ce', 'only_n', 'only_hit')}
+  sums = dict.fromkeys(('teacher_ce', 'teacher_n', 'teacher_hit', 'only_ce', 'only_n', 'only_hit'), 0.0)
   num_seq = 0
   for _ in range(num_batches):
     batch = next(it)
@@ -140,7 +139,8 @@ def load_run(workdir: str, step: int | None = None):
   """(config, params, nets, source) of a trained run: its saved config, the latest (or `step`) checkpoint's
   parameters, its networks (initial memory resolved by method) and its data source."""
   config, params = train.load_params(workdir, step=step)
-  return config, params, Networks.from_config(config.model, config_lib.initial_memory(config)), make_source(config.data, config.seed)
+  nets = Networks.from_config(config.model, config_lib.initial_memory(config))
+  return config, params, nets, make_source(config.data, config.seed)
 
 
 def eval_filename(config, seq_len: int | None = None) -> str:
@@ -216,7 +216,8 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
   if prompt_len is None:
     prompt_len = int(s.prompt_len) or default_read_len(config)
   if not 0 <= prompt_len <= T or (prompt_len == 0 and mode != 'rnn_only'):
-    raise ConfigError(f'prompt_len must be in [{0 if mode == "rnn_only" else 1}, T={T}] for mode {mode!r}, got {prompt_len}')
+    raise ConfigError(f'prompt_len must be in [{0 if mode == "rnn_only" else 1}, T={T}] for mode {mode!r}, '
+                      f'got {prompt_len}')
   if length is None:
     length = int(s.length) or T - prompt_len
   if length < 1:

@@ -14,7 +14,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import chex
 import flax
@@ -26,13 +27,10 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from smtjax import bptt
+from smtjax import bptt, dmt, perf, smt
 from smtjax import checkpoint as ckpt_lib
 from smtjax import config as config_lib
-from smtjax import dmt
-from smtjax import perf
 from smtjax import sharding as shard_lib
-from smtjax import smt
 from smtjax import workdir as workdir_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
@@ -91,13 +89,13 @@ def clip_by_network_norm(max_norm: float) -> optax.GradientTransformation:
       scale = jnp.where(norms[net] < max_norm, 1.0, max_norm / jnp.maximum(norms[net], 1e-30))
       for k in keys:
         if k in out:
-          out[k] = jax.tree.map(lambda g: (g * scale).astype(g.dtype), out[k])
+          out[k] = jax.tree.map(lambda g, scale=scale: (g * scale).astype(g.dtype), out[k])
     return out, state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def _trainable_labels(params, frozen: tuple[str, ...]):
-  return {k: jax.tree.map(lambda _: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
+  return {k: jax.tree.map(lambda _, k=k: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -152,7 +150,7 @@ class Trainer:
     return shard_lib.batch_sharding(self.mesh)
 
   @classmethod
-  def create(cls, config, devices=None, max_traces: int | None = None) -> 'Trainer':
+  def create(cls, config, devices=None, max_traces: int | None = None) -> Trainer:
     """Builds the compiled functions on a mesh over `devices` (default all). `max_traces` makes the train
     step raise if it is traced (so compiled) more often than that (chex.assert_max_traces)."""
     nets = Networks.from_config(config.model, config_lib.initial_memory(config))
@@ -293,7 +291,8 @@ def _train(config, workdir: epath.Path, source) -> dict[str, float]:
     train_it.set_state(data_state)
     logging.info('Resumed from %s at step %d.', checkpointer.directory, start)
   _save_config(config, workdir)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start,
+                        flush_every_s=float(config.get('metrics_flush_secs', 30.0)))
   rng = jax.random.PRNGKey(config.seed)
   bar = _progress(config, start)
   last: dict[str, float] = {}

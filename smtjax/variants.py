@@ -16,7 +16,7 @@ internals.
 from __future__ import annotations
 
 import ast
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 

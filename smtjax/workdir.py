@@ -108,7 +108,7 @@ class WorkdirLock:
   def _write(self):
     write_text(self.path, json.dumps({**self.me, 'time': time.time()}))
 
-  def acquire(self) -> 'WorkdirLock':
+  def acquire(self) -> WorkdirLock:
     held = self.holder()
     if held is not None:
       raise WorkdirLockedError(

@@ -19,10 +19,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 from smtjax import checkpoint as ckpt_lib
 from smtjax import config as config_lib
-from smtjax import metrics as metrics_lib
 from smtjax import train
 from smtjax.data import DataError
 from tests.conftest import tiny_config
@@ -226,16 +226,19 @@ def c_read_only_workdir(tmp, wd, mp):
 
 
 def c_disk_full_metrics(tmp, wd, mp):
-  real_open, appends = open, []
+  # metrics.jsonl is written whole through a temporary file (smtjax.workdir.write_text): the file system
+  # fills up at the third write of it; the complete file written before stays.
+  path_cls = type(epath.Path(str(tmp)))
+  real_write, writes = path_cls.write_text, []
 
-  def filling_open(file, mode='r', *a, **k):
-    if mode == 'a' and str(file).endswith('metrics.jsonl'):
-      appends.append(file)
-      if len(appends) > 2:  # steps 5 and 6 fit; then the disk is full
-        raise OSError(errno.ENOSPC, 'No space left on device', str(file))
-    return real_open(file, mode, *a, **k)
-  mp.setattr(metrics_lib, 'open', filling_open, raising=False)
-  return _train(_config()), f'cannot write {wd / "metrics.jsonl"} .*No space left on device'
+  def filling_write(self, data, *a, **k):
+    if self.name.startswith('.metrics.jsonl.tmp'):
+      writes.append(self)
+      if len(writes) > 2:
+        raise OSError(errno.ENOSPC, 'No space left on device', str(self))
+    return real_write(self, data, *a, **k)
+  mp.setattr(path_cls, 'write_text', filling_write)
+  return _train(_config(metrics_flush_secs=0.0)), f'cannot write {wd / "metrics.jsonl"}: .*No space left on device'
 
 
 def c_disk_full_checkpoint(tmp, wd, mp):

@@ -31,7 +31,7 @@ def _task(n=64, T=10, vocab=6, seed=0):
 
 
 def _load(name, variant=''):
-  return config_lib.load_config(f'{name}:{variant}')
+  return config_lib.load_config(f'{ROOT}/configs/{name}.py:{variant}')
 
 
 def _resolved(c):
@@ -95,7 +95,8 @@ def test_errors_name_the_file(tmp_path):
   c = _load('arrays')
   c.data.path = str(tmp_path / 'train.npz')
   c.data.options.test_path = str(tmp_path / 'short.npz')
-  with pytest.raises(DataError, match=r'short\.npz: x holds sequences of length 8, but the length of x in .*train\.npz'):
+  with pytest.raises(DataError,
+                     match=r'short\.npz: x holds sequences of length 8, but the length of x in .*train\.npz'):
     make_source(c.data, 0)
   c.data.options.test_path = ''
   c.data.options.vocab_size = 4  # tokens 4 and 5 fall outside

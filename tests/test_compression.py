@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from smtjax.studies import compression, stats
 from smtjax.config import ConfigError
+from smtjax.studies import compression, stats
 from tests.conftest import ROOT, tiny_config
 
 

@@ -22,9 +22,16 @@ if str(ROOT) not in sys.path:  # plain `pytest tests/...` without an installed p
 import ml_collections  # noqa: E402
 
 from smtjax.config import validate  # noqa: E402
-from smtjax.data import DataError, make_source  # noqa: E402
-from smtjax.data import download, images, real, stream, text  # noqa: E402
-from smtjax.data import known_sources  # noqa: E402
+from smtjax.data import (  # noqa: E402  # noqa: E402
+  DataError,
+  download,
+  images,
+  known_sources,  # noqa: E402
+  make_source,
+  real,
+  stream,
+  text,
+)
 from smtjax.data.pipeline import BatchIterator  # noqa: E402
 from smtjax.data.visualize import batch_to_text, save_image_grid  # noqa: E402
 

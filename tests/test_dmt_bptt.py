@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smtjax import bptt, config as config_lib, dmt, losses, models, train, variants
+from smtjax import bptt, dmt, losses, models, train, variants
+from smtjax import config as config_lib
 from smtjax.checkpoint import CheckpointError
 from smtjax.metrics import read_metrics
 from tests.conftest import JittedNetworks, tiny_config
@@ -49,7 +50,8 @@ def test_dmt_one_step_parameter_gradient_equals_single_step_gradient():
   g_roll = jax.jit(jax.grad(loss_roll))(params)['cell']
   g_one = jax.jit(jax.grad(loss_one))(params)['cell']
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_roll, g_one)
-  g_full = jax.jit(jax.grad(lambda p: jnp.mean((dmt.rollout(nets, p, m0, x, True)[:, t] - target) ** 2)))(params)['cell']
+  full_loss = lambda p: jnp.mean((dmt.rollout(nets, p, m0, x, True)[:, t] - target) ** 2)
+  g_full = jax.jit(jax.grad(full_loss))(params)['cell']
   diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_one)))
   assert diff > 1e-6
 
@@ -161,7 +163,8 @@ def test_dmt_losses_equal_step_by_step_definition(mode, term):
   t_steps = list(range(0, Td, k))  # the public code's teacher-side steps 0, k, ..., Td-k
   want['loss_dec_teacher'], want['loss_dec0_teacher'] = _np_decoder_loss(
       nets, params, [teacher(Tc + s) for s in t_steps], [Tc + s for s in t_steps], x, y, Tf, 0.9)
-  want['loss_unif_teacher'] = _np_uniformity(np.concatenate([np.asarray(teacher(Tc + s)).reshape(3, -1) for s in t_steps]))
+  want['loss_unif_teacher'] = _np_uniformity(
+      np.concatenate([np.asarray(teacher(Tc + s)).reshape(3, -1) for s in t_steps]))
   want['loss'] = 10 * want['loss_mem'] + want['loss_readout']
   if term == 'rnn':
     r_steps = list(range(k, Td + 1, k))

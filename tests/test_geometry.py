@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from smtjax import checkpoint, models, train
-from smtjax.studies import geometry
 from smtjax.config import ConfigError
+from smtjax.studies import geometry
 from tests.conftest import tiny_config
 
 

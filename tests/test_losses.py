@@ -154,7 +154,8 @@ def test_parallel_losses_equal_per_prefix_definition():
 
 def test_sampled_transitions_are_unbiased():
   c, nets, params, batch = _setup('parallel', num_transitions=0)
-  full = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c.smt)[1]['loss_dyn'])(jax.random.PRNGKey(0))
+  full = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c.smt)[1]['loss_dyn'])(
+      jax.random.PRNGKey(0))
   c.smt.num_transitions = 2
   f = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c.smt)[1]['loss_dyn'])
   draws = np.array([f(r) for r in jax.random.split(jax.random.PRNGKey(1), 400)])
@@ -210,7 +211,8 @@ def test_dynamics_gradient_option_routes_the_gradient(mode, dyn_grad):
     else:
       pm = nets.nets.prefix_memories(p, x)
       pairs = [(pm[:, L], x[:, L], pm[:, L + 1]) for L in range(x.shape[1])]
-    return jnp.mean(jnp.stack([jnp.mean((nets.nets.step(p, sg(m) if stop_in else m, xi) - (sg(n) if stop_out else n)) ** 2)
+    return jnp.mean(jnp.stack([jnp.mean((nets.nets.step(p, sg(m) if stop_in else m, xi)
+                                         - (sg(n) if stop_out else n)) ** 2)
                                for m, xi, n in pairs]))
 
   g = jax.jit(jax.grad(lambda p: smt.smt_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c.smt)[0]))(params)

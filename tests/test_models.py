@@ -88,7 +88,7 @@ def test_prefix_memories_are_causal():
   x = _tokens()
   emb = jax.random.normal(jax.random.PRNGKey(4), (B, T, 32))
   for L in (0, 3, T):
-    g = jax.jit(jax.grad(lambda e: nets.encoder.apply({'params': params['encoder']}, x, tok_emb=e,
+    g = jax.jit(jax.grad(lambda e, L=L: nets.encoder.apply({'params': params['encoder']}, x, tok_emb=e,
                                                method=models.Encoder.prefix_memories)[:, L].sum()))(emb)
     if L < T:
       assert jnp.abs(g[:, L:]).max() == 0.0
@@ -181,7 +181,8 @@ def test_public_architecture_options():
   fut = _tokens(2, (B, 4))
   g = jax.jit(jax.grad(lambda p: nets.nets.decode(p, mem, fut).sum()))(params)
   assert jnp.abs(g['encoder']['embed']['embedding']).max() > 0
-  other = dict(params, encoder=dict(params['encoder'], embed={'embedding': params['encoder']['embed']['embedding'] + 1}))
+  shifted = {'embedding': params['encoder']['embed']['embedding'] + 1}
+  other = dict(params, encoder=dict(params['encoder'], embed=shifted))
   assert jnp.abs(nets.decode(other, mem, fut)[:, 1:] - nets.decode(params, mem, fut)[:, 1:]).max() > 1e-4
   np.testing.assert_array_equal(nets.decode(other, mem, fut)[:, 0], nets.decode(params, mem, fut)[:, 0])
   chex.assert_shape(nets.readout(params, mem), (B, c.model.vocab_size))

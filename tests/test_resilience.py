@@ -112,7 +112,8 @@ def test_no_checkpoint_restores_fails_naming_each_and_keeps_them(full_run, tmp_p
 TINY_CLI = ['-m', 'experiments.run', '--config=configs/retrieval.py:small', '--config.data.seq_len=8',
             '--config.smt.future=8', '--config.model.d_model=16', '--config.model.num_heads=2',
             '--config.model.enc_depth=1', '--config.model.dec_depth=1', '--config.model.cell_depth=1',
-            '--config.batch_size=8', '--config.num_eval_batches=1', '--config.progress_bar=False']
+            '--config.batch_size=8', '--config.num_eval_batches=1', '--config.progress_bar=False',
+            '--config.metrics_flush_secs=0']  # metrics.jsonl rewritten at every step: the test watches it
 
 
 def _wait_for_records(wd: pathlib.Path, n: int, proc, timeout: float = 240):
@@ -148,7 +149,7 @@ def test_signal_finishes_step_saves_exits_0_and_resume_equals_uninterrupted(tmp_
 
   r = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f'at step {stopped}' in r.stdout and 'final:' in r.stdout
+  assert 'Resumed from' in r.stderr and f'at step {stopped}' in r.stderr and 'final:' in r.stdout
 
   import ml_collections
   config = ml_collections.ConfigDict(json.loads((wd / 'config.json').read_text()))
@@ -190,7 +191,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for p, (out, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   stops = [int(out.split('after step ')[1].split(':')[0]) for out, _ in outs]
   assert stops[0] == stops[1] < 150, stops

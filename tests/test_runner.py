@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.data.seq_len=8', '--config.smt.future=8', '--config.model.d_model=16', '--config.model.num_heads=2',
         '--config.model.enc_depth=1', '--config.model.dec_depth=1', '--config.model.cell_depth=1',

@@ -83,7 +83,7 @@ def test_two_processes_train_one_run(tmp_path):
   procs = [subprocess.Popen([sys.executable, *args, f'--process_id={i}'], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
-  for p, (out, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert 'final:' in outs[0][0] and 'final:' not in outs[1][0]  # printed once, by process 0
   lines = [next(l for l in outs[0][0].splitlines() if l.startswith('final:')),

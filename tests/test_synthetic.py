@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 from smtjax.config import default_config
-from smtjax.data import DataError, make_source
-from smtjax.data import synthetic
-from smtjax.data import known_sources
+from smtjax.data import DataError, known_sources, make_source, synthetic
 
 T = 32
 
@@ -284,7 +282,7 @@ def test_modular_narrowed_w_and_b():
 def test_modular_default_fills_sequence():
   x, y = batch(source('modular', seq_len=33), rows=8)
   assert (x[:, 0] == -1).all() and (x[:, 1:] >= 0).all()
-  assert (x < 17).all() and ((y[:, 1::2] >= 0)).all() and (y[:, 2::2] == -1).all()
+  assert (x < 17).all() and (y[:, 1::2] >= 0).all() and (y[:, 2::2] == -1).all()
 
 
 def test_parity_reference():

@@ -1,6 +1,8 @@
 """MNIST and Quick, Draw! through tfds.data_source (--config.data.source=tfds), on TFDS's mock data: no
 download, no TensorFlow."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,8 @@ from smtjax.data import DataError, make_source  # noqa: E402
 from smtjax.data.pipeline import BatchIterator  # noqa: E402
 from smtjax.metrics import read_metrics  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def mock_tfds():
@@ -20,7 +24,7 @@ def mock_tfds():
 
 
 def _config(name, T=64):
-  c = config_lib.load_config(f'{"mnist" if name == "mnist" else "sketch"}:small')
+  c = config_lib.load_config(f'{ROOT}/configs/{"mnist" if name == "mnist" else "sketch"}.py:small')
   c.data.source = 'tfds'
   c.data.seq_len = T
   return c

@@ -264,7 +264,8 @@ def test_published_architecture_trains_resumes_and_fine_tunes(tmp_path):
   train.train_and_evaluate(c, smt_dir)
   rec = read_metrics(smt_dir)[0]
   assert rec['grad_norm_teacher'] > 0 and rec['grad_norm_rnn'] > 0
-  np.testing.assert_allclose(rec['grad_norm'] ** 2, rec['grad_norm_teacher'] ** 2 + rec['grad_norm_rnn'] ** 2, rtol=1e-4)
+  np.testing.assert_allclose(rec['grad_norm'] ** 2, rec['grad_norm_teacher'] ** 2 + rec['grad_norm_rnn'] ** 2,
+                             rtol=1e-4)
   c2 = c.copy_and_resolve_references()
   c2.model.share_embedding = False
   with pytest.raises(config_lib.ConfigError, match='model.share_embedding'):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from smtjax.data import arrays, images, synthetic, text, tfds_source
 from smtjax.data.base import Source

@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 import tempfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

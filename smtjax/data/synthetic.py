@@ -22,7 +22,8 @@ import numpy as np
 from smtjax.data.base import DataError, DataInfo, row_rng
 
 _DESCRIPTIONS = {
-    'retrieval': 'needle retrieval: random symbols, MARKER then the needle early on; at the final QUERY predict the needle',
+    'retrieval': 'needle retrieval: random symbols, MARKER then the needle early on; at the final QUERY predict '
+                 'the needle',
     'copy': 'string copy: a random string, SEP, then the (reversed) string predicted one symbol ahead',
     'stack': 'stack operations: push a symbol or POP by coin flip within max_depth; on POP predict the popped symbol',
     'keys_values': 'associative recall: key/value pairs, QUERY and one key; predict its value',

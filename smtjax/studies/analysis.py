@@ -46,7 +46,6 @@ from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import ConfigError
 from smtjax.models import Encoder, Networks
 
-
 # ---------------------------------------------------------------------------------------- gradients
 
 def _last_target(y):

@@ -178,7 +178,8 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
       dirs = {m: str(base / m) for m in METHODS}
       configs = method_configs(config, length, dirs['smt'], steps, dmt_steps, seed)
       for m in methods:
-        logging.info('== %s length %d seed %d: %s (%d steps) in %s', task, length, seed, m, configs[m].num_steps, dirs[m])
+        logging.info('== %s length %d seed %d: %s (%d steps) in %s', task, length, seed, m, configs[m].num_steps,
+                     dirs[m])
         ev, seconds = _train_and_score(configs[m], dirs[m])
         cols = (m, 'teacher') if m == 'smt' else (m,)
         for col in cols:
