@@ -58,10 +58,6 @@ def write_text(path, text: str) -> None:
     raise WorkdirError(f'cannot write {path}: {e}') from e
 
 
-def read_json(path):
-  return json.loads(epath.Path(path).read_text())
-
-
 # -------------------------------------------------------------------------------------------- lock
 
 def _pid_alive(pid: int) -> bool:
