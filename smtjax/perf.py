@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import jax
+from absl import logging
 
 # Dense bf16 peak throughput per chip, FLOP/s (vendor figures, without sparsity).
 PEAK_BF16_FLOPS = {
@@ -91,8 +92,27 @@ def matmul_flops(fn, *args) -> float:
 def step_flops(jitted, *args, compiled=None) -> dict[str, float]:
   """{'xla', 'matmul', 'flops'} of one call of a jitted function: XLA's count (of `compiled` if given,
   else of the lowered program: no compilation), the scan-aware matmul count, and the larger."""
-  xla = xla_flops(compiled if compiled is not None else jitted.lower(*args))
-  mm = matmul_flops(jitted, *args)
+  traced = jitted.trace(*args)
+  return _flops(traced.jaxpr, compiled if compiled is not None else traced.lower())
+
+
+def compile_with_flops(jitted, *args):
+  """(compiled program, FLOPs) of jitted(*args) from one trace and one lowering: the program a training loop
+  runs, and its `step_flops` count (XLA's count of the global lowered program) at no extra tracing; FLOPs
+  are None when the cost model fails."""
+  traced = jitted.trace(*args)
+  lowered = traced.lower()
+  try:
+    flops = _flops(traced.jaxpr, lowered)
+  except Exception as e:  # noqa: BLE001 -- a missing cost model must not stop training
+    logging.warning('no FLOP count for %s (%s: %s)', getattr(jitted, '__name__', 'the step'), type(e).__name__, e)
+    flops = None
+  return lowered.compile(), flops
+
+
+def _flops(closed_jaxpr, stage) -> dict[str, float]:
+  xla = xla_flops(stage)
+  mm = _jaxpr_flops(closed_jaxpr.jaxpr)
   return dict(xla=xla, matmul=mm, flops=max(xla, mm))
 
 

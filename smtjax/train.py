@@ -343,8 +343,8 @@ def _train(config, workdir: epath.Path, source) -> dict[str, float]:
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = shard_lib.global_batch(next(train_it), trainer.batch_sharding)
         if step == start + 1:
-          flops_per_step = _flops_per_step(trainer, state, batch, rng)
-        state, metrics = trainer.train_step(state, batch, rng)
+          train_step, flops_per_step = _compile_step(trainer, state, batch, rng)
+        state, metrics = train_step(state, batch, rng)
       if tracing and step == profile[1] - 1:
         jax.block_until_ready(metrics)
         jax.profiler.stop_trace()
@@ -407,15 +407,13 @@ def _close_quietly(checkpointer, writer, bar):
       logging.warning('while stopping after an error: %s', e)
 
 
-def _flops_per_step(trainer: Trainer, state, batch, rng) -> float:
-  """FLOPs of one train step (all devices) from its lowered program (no compilation); 0 if unavailable."""
-  if not hasattr(trainer.train_step, 'lower'):  # a wrapped step (tests)
-    return 0.0
-  try:
-    return perf.step_flops(trainer.train_step, state, batch, rng)['flops']
-  except Exception as e:  # noqa: BLE001 -- a missing cost model must not stop training
-    logging.warning('no FLOP count for the train step (%s: %s)', type(e).__name__, e)
-    return 0.0
+def _compile_step(trainer: Trainer, state, batch, rng):
+  """(train step, FLOPs of one step on all devices): the step compiled once for these arguments, and its FLOP
+  count from the same trace and lowering (0 when unavailable)."""
+  if not hasattr(trainer.train_step, 'trace'):  # a wrapped step (tests)
+    return trainer.train_step, 0.0
+  compiled, flops = perf.compile_with_flops(trainer.train_step, state, batch, rng)
+  return compiled, flops['flops'] if flops else 0.0
 
 
 def initial_params(config, trainer: Trainer):

@@ -18,7 +18,7 @@ from smtjax import checkpoint as ckpt_lib
 from smtjax import metrics as metrics_lib
 from smtjax import train
 from smtjax.metrics import read_metrics
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
   cmd = [sys.executable, *TINY_CLI, f'--workdir={wd}', '--config.num_steps=300', '--config.log_every=1',
          '--config.eval_every=150', '--config.checkpoint_every=150', f'--coordinator_address=127.0.0.1:{port}',
          '--num_processes=2']
-  env = {**os.environ, 'XLA_FLAGS': ''}
+  env = {**os.environ, 'XLA_FLAGS': xla_flags()}
   procs = [subprocess.Popen([*cmd, f'--process_id={i}'], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE) for i in range(2)]
   try:

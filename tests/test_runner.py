@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests.conftest import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.data.seq_len=8', '--config.smt.future=8', '--config.model.d_model=16', '--config.model.num_heads=2',
         '--config.model.enc_depth=1', '--config.model.dec_depth=1', '--config.model.cell_depth=1',
@@ -85,6 +87,6 @@ MULTI_DEVICE = textwrap.dedent('''
 
 
 def test_train_step_on_8_fake_devices_matches_one_device():
-  r = _run(['-c', MULTI_DEVICE], env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  r = _run(['-c', MULTI_DEVICE], env={'XLA_FLAGS': xla_flags('--xla_force_host_platform_device_count=8')})
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'OK' in r.stdout

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 from smtjax import metrics as metrics_lib
+from tests.conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,8 +58,9 @@ RESHARD = textwrap.dedent('''
 
 
 def test_checkpoint_from_8x1_mesh_restores_onto_2x4_and_1x1(tmp_path):
+  env = {**os.environ, 'XLA_FLAGS': xla_flags('--xla_force_host_platform_device_count=8')}
   r = subprocess.run([sys.executable, '-c', RESHARD, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                     timeout=300, env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+                     timeout=300, env=env)
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'OK' in r.stdout
 
@@ -79,7 +81,7 @@ def test_two_processes_train_one_run(tmp_path):
           '--config.model.cell_depth=1', '--config.batch_size=8', '--config.num_steps=4', '--config.log_every=1',
           '--config.eval_every=4', '--config.checkpoint_every=2', '--config.num_eval_batches=1',
           '--config.progress_bar=False', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  env = {**os.environ, 'XLA_FLAGS': ''}
+  env = {**os.environ, 'XLA_FLAGS': xla_flags()}
   procs = [subprocess.Popen([sys.executable, *args, f'--process_id={i}'], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]

@@ -1,0 +1,61 @@
+r"""Train-step time of plain SMT against its drift-robust variants (issue 15), interleaved.
+
+  python -m experiments.bench_drift --config=configs/retrieval.py:small [--rounds=7] [--steps=20]
+
+Compiles the train step of plain SMT, `smt.rollout_steps=4` and matched memory noise (scale 3), then times
+--rounds rounds of --steps steps of each in turn, so that a changing machine load hits every variant alike;
+prints the median step time and its ratio to plain SMT.
+"""
+
+import statistics
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import _cli
+from smtjax import sharding as shard_lib
+from smtjax.data import make_source
+from smtjax.data.pipeline import BatchIterator
+from smtjax.train import Trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (with optional :variant).', lock_config=True)
+flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median is reported.')
+flags.DEFINE_integer('steps', 20, 'Steps per round.')
+flags.mark_flags_as_required(['config'])
+
+VARIANTS = {'smt': {}, 'rollout4': {'rollout_steps': 4}, 'noise': {'memory_noise': 3.0, 'memory_noise_mode': 'matched'}}
+
+
+def main(argv):
+  _cli.start(argv)
+  runs = {}
+  for name, opts in VARIANTS.items():
+    c = FLAGS.config.copy_and_resolve_references()
+    for k, v in opts.items():
+      c.smt[k] = v
+    tr = Trainer.create(c)
+    state = tr.init_state(jax.random.PRNGKey(0))
+    it = BatchIterator(make_source(c.data, 0), 'train', c.batch_size, 0, 1)
+    batches = [shard_lib.global_batch(next(it), tr.batch_sharding) for _ in range(4)]
+    state, m = tr.train_step(state, batches[0], jax.random.PRNGKey(0))  # compile
+    jax.block_until_ready(m)
+    runs[name] = {'trainer': tr, 'state': state, 'batches': batches, 'times': []}
+  for _ in range(FLAGS.rounds):
+    for r in runs.values():
+      t0 = time.perf_counter()
+      for i in range(FLAGS.steps):
+        r['state'], m = r['trainer'].train_step(r['state'], r['batches'][i % 4], jax.random.PRNGKey(0))
+      jax.block_until_ready(m)
+      r['times'].append((time.perf_counter() - t0) / FLAGS.steps)
+  base = statistics.median(runs['smt']['times'])
+  for name, r in runs.items():
+    med = statistics.median(r['times'])
+    print(f'{name:>9}: step {1e3 * med:8.2f} ms (median of {FLAGS.rounds} rounds of {FLAGS.steps}), '
+          f'{med / base:.2f}x plain SMT', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
