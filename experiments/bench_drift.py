@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _cli
+from smtjax import config as config_lib
 from smtjax import sharding as shard_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
@@ -32,22 +33,27 @@ VARIANTS = {'smt': {}, 'rollout4': {'rollout_steps': 4}, 'noise': {'memory_noise
 def main(argv):
   _cli.start(argv)
   runs = {}
+  rng = jax.random.PRNGKey(0)
   for name, opts in VARIANTS.items():
     c = FLAGS.config.copy_and_resolve_references()
     for k, v in opts.items():
       c.smt[k] = v
+    with _cli.user_errors():  # a bad value or data file stops here, naming it, before any compilation
+      source = make_source(c.data, c.seed)
+      config_lib.validate(c, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
     tr = Trainer.create(c)
-    state = tr.init_state(jax.random.PRNGKey(0))
-    it = BatchIterator(make_source(c.data, 0), 'train', c.batch_size, 0, 1)
+    it = BatchIterator(source, 'train', c.batch_size, jax.process_index(), jax.process_count())
     batches = [shard_lib.global_batch(next(it), tr.batch_sharding) for _ in range(4)]
-    state, m = tr.train_step(state, batches[0], jax.random.PRNGKey(0))  # compile
+    state = tr.init_state(jax.random.PRNGKey(c.seed))
+    step = tr.train_step.lower(state, batches[0], rng).compile()
+    state, m = step(state, batches[0], rng)  # warm-up
     jax.block_until_ready(m)
-    runs[name] = {'trainer': tr, 'state': state, 'batches': batches, 'times': []}
+    runs[name] = {'step': step, 'state': state, 'batches': batches, 'times': []}
   for _ in range(FLAGS.rounds):
     for r in runs.values():
       t0 = time.perf_counter()
       for i in range(FLAGS.steps):
-        r['state'], m = r['trainer'].train_step(r['state'], r['batches'][i % 4], jax.random.PRNGKey(0))
+        r['state'], m = r['step'](r['state'], r['batches'][i % 4], rng)
       jax.block_until_ready(m)
       r['times'].append((time.perf_counter() - t0) / FLAGS.steps)
   base = statistics.median(runs['smt']['times'])
