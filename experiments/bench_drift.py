@@ -1,10 +1,12 @@
 r"""Train-step time of plain SMT against its drift-robust variants (issue 15), interleaved.
 
-  python -m experiments.bench_drift --config=configs/retrieval.py:small [--rounds=7] [--steps=20]
+  python -m experiments.bench_drift --config=configs/retrieval.py:small [--rounds=7] [--steps=20] \
+      [--variant=roll4_half:rollout_steps=4,num_transitions=8 ...]
 
-Compiles the train step of plain SMT, `smt.rollout_steps=4` and matched memory noise (scale 3), then times
---rounds rounds of --steps steps of each in turn, so that a changing machine load hits every variant alike;
-prints the median step time and its ratio to plain SMT.
+Compiles the train step of plain SMT and of each variant (by default `smt.rollout_steps=4` and matched memory
+noise, scale 3; `--variant=NAME:key=value,...` replaces them with `config.smt` overrides of your own), then
+times --rounds rounds of --steps steps of each in turn, so that a changing machine load hits every variant
+alike; prints the median step time and its ratio to plain SMT.
 """
 
 import statistics
@@ -17,30 +19,50 @@ from ml_collections import config_flags
 from experiments import _cli
 from smtjax import config as config_lib
 from smtjax import sharding as shard_lib
+from smtjax import variants as variants_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
+from smtjax.errors import ConfigError
 from smtjax.train import Trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (with optional :variant).', lock_config=True)
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median is reported.')
 flags.DEFINE_integer('steps', 20, 'Steps per round.')
+flags.DEFINE_multi_string('variant', None, 'NAME:key=value,... of config.smt overrides (repeatable); '
+                          'replaces the default variants.')
 flags.mark_flags_as_required(['config'])
 
-VARIANTS = {'smt': {}, 'rollout4': {'rollout_steps': 4}, 'noise': {'memory_noise': 3.0, 'memory_noise_mode': 'matched'}}
+DEFAULT_VARIANTS = {'rollout4': {'rollout_steps': 4}, 'noise': {'memory_noise': 3.0, 'memory_noise_mode': 'matched'}}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+  """'name:rollout_steps=4,num_transitions=8' -> ('name', {'rollout_steps': 4, 'num_transitions': 8})."""
+  name, sep, body = text.partition(':')
+  items = [item.partition('=') for item in body.split(',')]
+  if not sep or not name or any(not key.strip() or not eq for key, eq, _ in items):
+    raise ConfigError(f'--variant={text!r}: expected NAME:key=value[,key=value...] (config.smt fields)')
+  return name.strip(), {key.strip(): variants_lib.parse_value(value.strip()) for key, _, value in items}
 
 
 def main(argv):
   _cli.start(argv)
   runs = {}
   rng = jax.random.PRNGKey(0)
-  for name, opts in VARIANTS.items():
+  with _cli.user_errors():
+    variants = dict(parse_variant(v) for v in FLAGS.variant) if FLAGS.variant else DEFAULT_VARIANTS
+    if 'smt' in variants:
+      raise ConfigError("--variant: the name 'smt' is plain SMT's")
+  configs = {}
+  for name, opts in {'smt': {}, **variants}.items():
     c = FLAGS.config.copy_and_resolve_references()
-    for k, v in opts.items():
-      c.smt[k] = v
     with _cli.user_errors():  # a bad value or data file stops here, naming it, before any compilation
+      for k, v in opts.items():
+        variants_lib.override(c, f'smt.{k}', v)
       source = make_source(c.data, c.seed)
       config_lib.validate(c, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
+    configs[name] = (c, source)
+  for name, (c, source) in configs.items():
     tr = Trainer.create(c)
     it = BatchIterator(source, 'train', c.batch_size, jax.process_index(), jax.process_count())
     batches = [shard_lib.global_batch(next(it), tr.batch_sharding) for _ in range(4)]

@@ -219,7 +219,7 @@ def _common_dmt(c: Config) -> Config:
 
 def _set(field: str, value) -> Callable[[Config], Config]:
   def apply(c):
-    _override(c, field, value)
+    override(c, field, value)
     return c
   return apply
 
@@ -235,7 +235,7 @@ COMMON: dict[str, Callable[[Config], Config]] = {
 }
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
   """'64' -> 64, '0.2' -> 0.2, 'true' -> True, "'x'" or x -> 'x'."""
   if text.lower() in ('true', 'false'):
     return text.lower() == 'true'
@@ -245,7 +245,7 @@ def _parse_value(text: str):
     return text
 
 
-def _override(c: Config, field: str, value) -> None:
+def override(c: Config, field: str, value) -> None:
   *path, leaf = field.split('.')
   node = c
   for i, part in enumerate(path):
@@ -287,7 +287,7 @@ def build(arg: str | None, config_file: str, sizes: dict[str, Callable[[], Confi
       continue
     if '=' in p:
       field, _, value = p.partition('=')
-      _override(c, field.strip(), _parse_value(value.strip()))
+      override(c, field.strip(), parse_value(value.strip()))
     else:
       c = modifiers[p](c)
   return c
