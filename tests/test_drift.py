@@ -144,3 +144,23 @@ def test_training_with_every_option_logs_its_metrics(tmp_path):
   final = train.train_and_evaluate(c, str(tmp_path))
   for k in ('loss_roll_dec_test', 'mem_noise_std_test', 'rnn_only_accuracy'):
     assert np.isfinite(final[k]), k
+
+
+def test_bench_drift_variants_parse_and_bad_ones_fail_before_compiling():
+  """experiments.bench_drift --variant=NAME:key=value,...: parsed into config.smt overrides; a malformed one or
+  an unknown field is a one-line usage error. (A subprocess: importing the script
+  defines a --config flag, as experiments.bench does.)"""
+  import subprocess
+  import sys
+
+  from tests.conftest import ROOT
+  code = ('from experiments.bench_drift import parse_variant as p; '
+          'print(p("r:rollout_steps=4, num_transitions=8,dynamics_gradient=stop_target"))')
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == "('r', {'rollout_steps': 4, 'num_transitions': 8, 'dynamics_gradient': 'stop_target'})"
+  for variant, message in (('bad', 'expected NAME:key=value'), ('r:rollout_steps', 'expected NAME:key=value'),
+                           ('r:no_such=1', "no field 'smt.no_such'"), ('smt:rollout_steps=2', "'smt' is plain")):
+    r = subprocess.run([sys.executable, '-m', 'experiments.bench_drift', '--config=configs/stack.py:small',
+                        f'--variant={variant}'], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr and 'Traceback' not in r.stderr, (variant, r.stderr[-2000:])
