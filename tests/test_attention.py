@@ -262,3 +262,27 @@ def test_prefix_chunk_is_validated():
   c.model.prefix_chunk = -1
   with pytest.raises(config_lib.ConfigError, match='model.prefix_chunk'):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize('features,in_dims,split,shape', [((3, 2, 8), 1, False, (2, 5, 16)),
+                                                          ((3, 2, 8), 1, True, (2, 5, 16)),
+                                                          ((16,), 2, False, (2, 3, 5, 2, 8))])
+def test_projection_equals_dense_general(features, in_dims, split, shape):
+  """The 2-D-product Projection draws and applies the same kernel as nn.DenseGeneral (the module it replaces:
+  checkpoints and seeds carry over), gradients included; `split` returns the slices of the first feature axis."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  new = layers.Projection(features, in_dims=in_dims, split=split)
+  old = nn.DenseGeneral(features, axis=tuple(range(-in_dims, 0)), use_bias=False,
+                        kernel_init=nn.initializers.normal(0.02))
+  p_new, p_old = new.init(jax.random.PRNGKey(1), x), old.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_array_equal(np.asarray(p_new['params']['kernel']), np.asarray(p_old['params']['kernel']))
+  out = new.apply(p_new, x)
+  if split:
+    assert isinstance(out, tuple) and len(out) == features[0]
+    out = jnp.stack(out, axis=x.ndim - in_dims)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(old.apply(p_old, x)), atol=1e-6)
+  whole = (lambda p, x: jnp.stack(new.apply(p, x), axis=-3)) if split else new.apply
+  g_new = jax.grad(lambda p, x: jnp.sum(jnp.sin(whole(p, x))), argnums=(0, 1))(p_new, x)
+  g_old = jax.grad(lambda p, x: jnp.sum(jnp.sin(old.apply(p, x))), argnums=(0, 1))(p_old, x)
+  for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_old)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
