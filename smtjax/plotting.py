@@ -104,6 +104,16 @@ def drift(runs: dict, path, title: str = '') -> epath.Path:
   return _save(fig, path)
 
 
+def _yerr(ys, ci, lo: float, hi: float):
+  """Error bars [below, above] for values ys +- ci, drawn only inside the range a value can take [lo, hi]
+  (a t-interval over 3 seeds can pass 1 for an accuracy); None where no cell has an interval."""
+  if all(c != c for c in ci):
+    return None
+  below = [0.0 if c != c or y != y else min(c, y - lo) for y, c in zip(ys, ci)]
+  above = [0.0 if c != c or y != y else min(c, hi - y) for y, c in zip(ys, ci)]
+  return [below, above]
+
+
 def comparison(summary: dict, path, columns, names: dict) -> epath.Path:
   """Accuracy and loss against length (log2 x-axis), one line per method in `columns` (labels `names`);
   error bars where the cells hold `<key>_ci` (95% intervals over seeds)."""
@@ -115,7 +125,7 @@ def comparison(summary: dict, path, columns, names: dict) -> epath.Path:
     for m in columns:
       ys = [nan(summary['results'][str(L)][m].get(key)) for L in lengths]
       ci = [nan(summary['results'][str(L)][m].get(f'{key}_ci')) for L in lengths]
-      ax.errorbar(lengths, ys, yerr=None if all(c != c for c in ci) else [0.0 if c != c else c for c in ci],
+      ax.errorbar(lengths, ys, yerr=_yerr(ys, ci, 0.0, 1.0 if key == 'accuracy' else float('inf')),
                   marker='o', capsize=3, label=names[m], linestyle='--' if m == 'teacher' else '-')
     ax.set_xscale('log', base=2)
     ax.set_xticks(lengths)

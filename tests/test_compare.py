@@ -117,3 +117,17 @@ def test_compare_command_line_takes_a_config_file(tmp_path):
                       '--config.no_such_field=1', f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode != 0 and 'no_such_field' in r.stderr  # the config is locked
   assert not any(tmp_path.iterdir())
+
+
+def test_comparison_error_bars_stay_inside_what_a_value_can_take(tmp_path):
+  from smtjax import plotting
+  nan = float('nan')
+  assert plotting._yerr([0.9, 0.5], [nan, nan], 0.0, 1.0) is None
+  below, above = plotting._yerr([0.95, 0.5, 0.1, nan], [0.2, 0.2, 0.3, 0.1], 0.0, 1.0)
+  np.testing.assert_allclose(below, [0.2, 0.2, 0.1, 0.0])
+  np.testing.assert_allclose(above, [0.05, 0.2, 0.3, 0.0])
+  summary = {'task': 'retrieval', 'lengths': [8, 12], 'results': {
+      '8': {'smt': {'accuracy': 0.98, 'accuracy_ci': 0.1, 'loss': 0.1, 'loss_ci': 0.3}},
+      '12': {'smt': {'accuracy': 0.6, 'accuracy_ci': 0.7, 'loss': 1.2, 'loss_ci': None}}}}
+  out = plotting.comparison(summary, tmp_path / 'c.png', ['smt'], {'smt': 'SMT'})
+  assert out.exists() and (tmp_path / 'c.png').stat().st_size > 1000
