@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from smtjax.errors import ConfigError
+
 NEG_INF = -1e30
 
 
@@ -64,7 +66,7 @@ def attention_implementation(dtype, head_dim: int) -> str:
   forced = os.environ.get('SMTJAX_ATTENTION', '')
   if forced:
     if forced not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f'SMTJAX_ATTENTION={forced!r}: must be one of {ATTENTION_IMPLEMENTATIONS}')
+      raise ConfigError(f'SMTJAX_ATTENTION={forced!r}: must be one of {ATTENTION_IMPLEMENTATIONS}')
     return forced
   if jax.default_backend() == 'cpu':
     return 'explicit'

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from smtjax import runs, train, variants
+from smtjax import plotting, runs, train, variants
 from smtjax.errors import ConfigError
 from smtjax.studies import compare, stats
 from tests.conftest import ROOT, tiny_config
@@ -120,7 +120,6 @@ def test_compare_command_line_takes_a_config_file(tmp_path):
 
 
 def test_comparison_error_bars_stay_inside_what_a_value_can_take(tmp_path):
-  from smtjax import plotting
   nan = float('nan')
   assert plotting._yerr([0.9, 0.5], [nan, nan], 0.0, 1.0) is None
   below, above = plotting._yerr([0.95, 0.5, 0.1, nan], [0.2, 0.2, 0.3, 0.1], 0.0, 1.0)
