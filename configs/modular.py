@@ -2,7 +2,7 @@
 
 Sizes: '' (P=17, T=32), 'small' (P=5, T=12, w = 1 and b in {0, 1, 2}, inferred in context: with every
 w and b, or even w = 1 and all five offsets, the teacher stays at chance for 1000 steps on a CPU, see
-README), 'gpu' (P=97, T=128). Modifiers and overrides compose (smtjax/variants.py).
+docs/results.md), 'gpu' (P=97, T=128). Modifiers and overrides compose (smtjax/variants.py).
 `data.options.num_w` / `num_b` narrow the range of w / b (the task's difficulty knob).
 """
 

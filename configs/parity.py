@@ -1,7 +1,7 @@
 """Parity (running XOR of bits), from the paper's public generators.
 
 Sizes: '' (T=64), 'small' (T=8: the teacher's causal encoder must compute the XOR of the whole
-prefix, which at T=16 it does not learn within a CPU budget, see README), 'gpu' (T=512).
+prefix, which at T=16 it does not learn within a CPU budget, see docs/results.md), 'gpu' (T=512).
 Modifiers and overrides compose (smtjax/variants.py).
 """
 

@@ -12,7 +12,9 @@ import contextlib
 import jax
 from absl import app, flags
 from etils import epath
+from ml_collections import config_flags
 
+from smtjax import config as config_lib
 from smtjax import logs
 from smtjax.errors import ConfigError, Preempted, SmtjaxError
 
@@ -46,17 +48,57 @@ def require_workdir(workdir) -> None:
     raise SystemExit(f'error: {workdir} has no config.json (is it a training workdir?)')
 
 
-def quiet_config_file_errors(name: str = 'config') -> None:
-  """A ConfigError raised by a config file's get_config (an unknown variant) is reported as its message,
-  not as the traceback ml_collections puts into flag-parsing errors."""
-  flag = flags.FLAGS[name]
-  parse = flag.parser.parse
+def define_config(help_text: str = 'Config file, optionally with a variant: configs/x.py:small.'):
+  """The --config flag (a config file and variant, fields overridable as --config.model.d_model=64, locked so a
+  misspelt field is an error), whose errors are one line each instead of a flag-parsing traceback: an unknown
+  variant (the config file's ConfigError), a field that does not exist (naming the nearest known one) and a
+  value that does not parse as its field's type."""
+  config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
+  flag = flags.FLAGS['config']
+  loaded = {}
+  parse_file = flag.parser.parse
 
-  def quiet_parse(path):
+  def parse_config_file(path):
     try:
-      return parse(path)
+      loaded['config'] = parse_file(path)
     except ValueError as e:
       if isinstance(e.__context__, ConfigError):  # ml_collections re-raised it with the traceback as text
-        raise ValueError(str(e.__context__)) from None
+        raise SystemExit(f'error: {e.__context__}') from None
       raise
-  flag.parser.parse = quiet_parse
+    return loaded['config']
+  flag.parser.parse = parse_config_file
+
+  parse_overrides = flag._parse
+
+  def parse_with_overrides(argument):
+    try:
+      config = parse_overrides(argument)
+    except (AttributeError, KeyError):  # an override names a field the config does not have
+      config = loaded.get('config')
+      if config is None:
+        raise
+      known = set(config_lib.field_paths(config))
+      for path in flag._GetOverrides(flag._GetArgv()):
+        if path not in known:
+          raise SystemExit(f'error: {config_lib.unknown_field(config, path)}') from None
+      raise
+    for path in flag._GetOverrides(flag._GetArgv()):
+      _typed_override(flags.FLAGS[f'config.{path}'], path, config)
+    return config
+  flag._parse = parse_with_overrides
+
+
+def _typed_override(field_flag, path: str, config) -> None:
+  """A value of --config.<path> that does not parse as the field's type exits with one line naming both."""
+  parse = field_flag.parse  # parses the text, then sets the field (where a type mismatch raises)
+  node = config
+  for part in path.split('.'):
+    node = node[part]
+  want = type(node).__name__ if node is not None else 'value'
+
+  def typed(argument):
+    try:
+      return parse(argument)
+    except (TypeError, ValueError, flags.IllegalFlagValueError):
+      raise SystemExit(f'error: config.{path}: expected {want}, got {argument!r}') from None
+  field_flag.parse = typed

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import _cli  # noqa: F401 -- JAX options as flags (--jax_log_compiles)
 from smtjax import config as config_lib
@@ -34,7 +33,7 @@ from smtjax.data.pipeline import BatchIterator
 from smtjax.train import Trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (with optional :variant).', lock_config=True)
+_cli.define_config('Config file (with optional :variant).')
 flags.DEFINE_integer('steps', 10, 'Timed steps per repeat.')
 flags.DEFINE_integer('repeats', 3, 'Repeats; the median is reported (and the min).')
 flags.DEFINE_bool('compare_modes', False, 'Time window and parallel SMT at the same size.')

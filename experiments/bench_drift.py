@@ -1,4 +1,4 @@
-r"""Train-step time of plain SMT against its drift-robust variants (issue 15), interleaved.
+r"""Train-step time of plain SMT against its drift-robust variants, interleaved.
 
   python -m experiments.bench_drift --config=configs/retrieval.py:small [--rounds=7] [--steps=20] \
       [--variant=roll4_half:rollout_steps=4,num_transitions=8 ...]
@@ -14,7 +14,6 @@ import time
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from experiments import _cli
 from smtjax import config as config_lib
@@ -26,7 +25,7 @@ from smtjax.errors import ConfigError
 from smtjax.train import Trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (with optional :variant).', lock_config=True)
+_cli.define_config('Config file (with optional :variant).')
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median is reported.')
 flags.DEFINE_integer('steps', 20, 'Steps per round.')
 flags.DEFINE_multi_string('variant', None, 'NAME:key=value,... of config.smt overrides (repeatable); '

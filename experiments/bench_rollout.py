@@ -1,4 +1,4 @@
-r"""Rollout benchmarks (issue 4), on one device:
+r"""Rollout benchmarks, on one device:
 
 1. One DMT iteration (forward + backward of the whole DMT loss) with the rollout as `lax.scan`, against
    the same iteration done step by step: a Python loop over the Td rollout steps, each a jitted call of
@@ -10,7 +10,7 @@ r"""Rollout benchmarks (issue 4), on one device:
   python -m experiments.bench_rollout --paper             # the one-command check at the published sizes (GPU)
 
 --paper: d=256, K=16, depths 8/4/8, bf16, remat, batch 32; DMT Tc=256, Td=256, k=16, Tf=64; BPTT vs SMT at
-T=1024 (chunked prefix groups). Goals (issue 11): loop/scan >= 10x, BPTT/SMT at T=1024 >= 10x.
+T=1024 (chunked prefix groups). Goals: loop/scan >= 10x, BPTT/SMT at T=1024 >= 10x.
 """
 
 import statistics
@@ -95,8 +95,7 @@ def bench_dmt():
     def loss(p):
       new = nets.step(p, mem, x_B)
       l_mem = jnp.where(has_target, losses.dynamics_loss(new, target), 0.0)
-      ce, valid = losses.token_cross_entropy(nets.readout(p, jax.lax.stop_gradient(new)), y_B)
-      return c.dmt.coef_mem * l_mem + jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1), new
+      return c.dmt.coef_mem * l_mem + losses.mean_cross_entropy(nets.readout(p, jax.lax.stop_gradient(new)), y_B), new
     g, new = jax.grad(loss, has_aux=True)(p)
     return jax.lax.stop_gradient(new), g
 

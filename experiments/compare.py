@@ -21,8 +21,7 @@ from experiments import _cli
 from smtjax.studies import compare
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file and variant (e.g. configs/retrieval.py:small).',
-                                lock_config=True)
+_cli.define_config('Config file and variant (e.g. configs/retrieval.py:small).')
 flags.DEFINE_list('lengths', None, "Lengths to sweep (default: the config's; keys_values: numbers of pairs).")
 flags.DEFINE_string('out', 'workdirs/compare', 'Output directory.')
 flags.DEFINE_integer('steps', None, "SMT steps (default: the config's num_steps).")

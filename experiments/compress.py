@@ -17,7 +17,7 @@ from experiments import _cli
 from smtjax.studies import compression
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (e.g. configs/copy.py:small).', lock_config=True)
+_cli.define_config('Config file (e.g. configs/copy.py:small).')
 flags.DEFINE_list('mem_dims', ['1', '2', '4', '8', '16'], 'Memory token widths d to sweep.')
 flags.DEFINE_integer('steps', None, 'Training steps per run (default: the config\'s num_steps).')
 flags.DEFINE_integer('num_evals', 10, 'Evaluations per run (the steps axis).')

@@ -15,8 +15,7 @@ from smtjax import sharding, train
 from smtjax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file, optionally with a variant: configs/x.py:small.',
-                                lock_config=True)
+_cli.define_config('Config file, optionally with a variant: configs/x.py:small.')
 flags.DEFINE_string('workdir', None, 'Run directory (a local path or gs://...): checkpoints, config.json, '
                     'metrics.jsonl, TensorBoard events. Default: workdirs/<config file>[_<variant>].')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() with auto-detection (TPU pod slices, '
@@ -25,7 +24,6 @@ flags.DEFINE_string('coordinator_address', '', 'Multi-process without auto-detec
 flags.DEFINE_integer('num_processes', 0, 'Multi-process without auto-detection: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-process without auto-detection: this process\'s id.')
 flags.mark_flags_as_required(['config'])
-_cli.quiet_config_file_errors('config')
 
 
 def main(argv):

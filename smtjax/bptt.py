@@ -27,14 +27,11 @@ def rollout(nets: Networks, params, mem0, x_BxT, truncation: int = 0):
   return jnp.swapaxes(mems, 0, 1)
 
 
-def bptt_losses(nets: Networks, params, batch, rng, config, mem0=None):
+def bptt_losses(nets: Networks, params, batch, rng, config):
   """(total, metrics): loss = loss_readout (mean cross-entropy over targets), accuracy."""
   del rng
   x, y = batch['x'], batch['y']
-  if mem0 is None:
-    mem0 = nets.initial_memory(params, x.shape[0])
-  mems = rollout(nets, params, mem0, x, config.bptt.truncation)
+  mems = rollout(nets, params, nets.initial_memory(params, x.shape[0]), x, config.bptt.truncation)
   logits = nets.readout_all(params, mems)
-  ce, valid = losses.token_cross_entropy(logits, y)
-  loss = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
+  loss = losses.mean_cross_entropy(logits, y)
   return loss, dict(loss=loss, loss_readout=loss, accuracy=losses.accuracy(logits, y))

@@ -9,7 +9,6 @@ temporary directory and renames it), so a run killed mid-save leaves the previou
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -20,6 +19,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from smtjax import config as config_lib
 from smtjax import workdir as workdir_lib
 from smtjax.errors import CheckpointError, ConfigError, WorkdirError  # noqa: F401  (re-exported)
 
@@ -163,31 +163,21 @@ ARCHITECTURE_FIELDS = ('model.vocab_size', 'model.d_model', 'model.num_heads', '
                        'model.num_mem_tokens', 'model.enc_depth', 'model.dec_depth', 'model.cell',
                        'model.cell_depth', 'model.encoder_attention', 'model.mem_dim', 'model.head_dim',
                        'model.rotary_fraction', 'model.use_bias', 'model.final_norm', 'model.share_embedding')
-# Values of architecture fields added later, for configs saved before them.
-_FIELD_DEFAULTS = {'model.mem_dim': 0, 'model.head_dim': 0, 'model.rotary_fraction': 1.0, 'model.use_bias': False,
-                   'model.final_norm': False, 'model.share_embedding': False}
 
 
-def _get(d: dict, dotted: str):
+def _field(config, dotted: str):
   for part in dotted.split('.'):
-    d = d.get(part, {}) if isinstance(d, dict) else {}
-  return d if d != {} else None
+    config = config[part]
+  return config
 
 
 def check_compatible(config, workdir, what: str = 'resume from'):
-  """Raises ConfigError if workdir/config.json disagrees with `config` on an architecture field."""
-  path = epath.Path(workdir) / 'config.json'
-  if not path.exists():
+  """Raises ConfigError if workdir/config.json (upgraded to the current fields) disagrees with `config` on
+  an architecture field; nothing to check when there is no config.json."""
+  if not (epath.Path(workdir) / 'config.json').exists():
     return
-  try:
-    saved = json.loads(path.read_text())
-  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
-    raise CheckpointError(f'{path} is unreadable: {e}') from e
-  current = json.loads(config.to_json_best_effort())
-  def get(d, k):
-    v = _get(d, k)
-    return _FIELD_DEFAULTS.get(k) if v is None else v
-  diffs = [f'config.{k}: saved {get(saved, k)!r}, now {get(current, k)!r}'
-           for k in ARCHITECTURE_FIELDS if get(saved, k) != get(current, k)]
+  saved = config_lib.load_saved(workdir)
+  diffs = [f'config.{k}: saved {_field(saved, k)!r}, now {_field(config, k)!r}'
+           for k in ARCHITECTURE_FIELDS if _field(saved, k) != _field(config, k)]
   if diffs:
     raise ConfigError(f'cannot {what} {workdir}: its run has a different architecture:\n  ' + '\n  '.join(diffs))

@@ -2,18 +2,27 @@
 
 Every field a run reads is created here, so `--config.x.y=...` overrides work with `lock_config=True`
 and a misspelt field fails at parse time. `validate` checks values (before any compilation) and raises
-`ConfigError` naming the field.
+`ConfigError` naming the field. A config saved by an older version is brought up to date once, when it is
+loaded (`load_saved` / `upgrade`); the library then reads every field directly. Values derived from several
+fields (head width, memory width, initial memory, the frozen `ModelConfig` the networks read) are computed
+here, each in one function.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib.util
+import json
 import pathlib
+from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
+from etils import epath
 from ml_collections import config_dict
 
-from smtjax.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
+from smtjax.errors import CheckpointError, ConfigError
 
 METHODS = ('smt', 'dmt', 'bptt')
 SMT_MODES = ('window', 'parallel')
@@ -77,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.initial_memory = 'auto'
   c.model.dtype = 'float32'  # computation dtype; parameters stay float32
   c.model.remat = False  # rematerialise Transformer blocks in the backward pass
-  # Architecture details (defaults: smtjax's original networks; variants.published sets the public code's).
+  # Architecture details (variants.published sets the public code's).
   c.model.head_dim = 0  # width of one attention head; 0: d_model // num_heads (public code: 64)
   c.model.rotary_fraction = 1.0  # fraction of each head's features that get rotary positions (public: 0.5)
   c.model.use_bias = False  # biases in the MLPs and the output head (public code: yes; attention: never)
@@ -104,7 +113,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
   c.smt.num_transitions = 0  # parallel mode: dynamics pairs sampled per sequence (0 = all T)
   c.smt.num_decoder_samples = 4  # parallel mode: memories per sequence whose future is decoded (0 = all T+1)
-  # Drift-robust SMT (parallel mode; smtjax/smt.py, README "Drift"), all off by default:
+  # Drift-robust SMT (parallel mode; smtjax/smt.py, docs/method.md), all off by default:
   c.smt.rollout_steps = 1  # n: the cell rolls n steps from each teacher memory, matched at every step (1 = one-step)
   c.smt.rollout_detach = False  # detach each rolled step's input memory (one-step gradients on own inputs)
   c.smt.rollout_decode = 0.0  # > 0: weight of the readout's cross-entropy on the rolled memories
@@ -163,6 +172,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# ------------------------------------------------------------------------------------------ derived values
+# Each value derived from several fields is computed here, in exactly one function.
+
 def infer_from_data(config, seq_len: int, vocab_size: int) -> ml_collections.ConfigDict:
   """`config` with the fields left to the data filled in: data.seq_len = 0 (T from the file, the arrays
   source) and model.vocab_size = 0 (the data's vocabulary), as configs/arrays.py and configs/tokens.py
@@ -183,153 +195,77 @@ def infer_from_data(config, seq_len: int, vocab_size: int) -> ml_collections.Con
 
 
 def initial_memory(config) -> str:
-  """config.model.initial_memory with 'auto' resolved by config.method."""
+  """config.model.initial_memory with 'auto' resolved by config.method: zeros for BPTT, else the encoder's."""
   if config.model.initial_memory != 'auto':
     return config.model.initial_memory
   return 'zeros' if config.method == 'bptt' else 'encoder'
 
 
-def dynamics_gradient(smt_config) -> str:
+def dynamics_gradient(config) -> str:
   """config.smt.dynamics_gradient, with the deprecated smt.detach_target=True read as 'stop_target'."""
-  mode = smt_config.get('dynamics_gradient', 'both')
-  if smt_config.get('detach_target', False) and mode == 'both':
-    return 'stop_target'
-  return mode
+  s = config.smt
+  return 'stop_target' if s.detach_target and s.dynamics_gradient == 'both' else s.dynamics_gradient
 
 
 def head_dim(model_config) -> int:
   """The width of one attention head: model.head_dim, or d_model // num_heads when it is 0."""
-  return int(model_config.get('head_dim', 0) or model_config.d_model // model_config.num_heads)
-
-
-def _require(cond: bool, field: str, msg: str):
-  if not cond:
-    raise ConfigError(f'config.{field}: {msg}')
-
-
-def _one_of(value, field: str, choices):
-  _require(value in choices, field, f'unknown value {value!r}; expected one of {", ".join(map(repr, choices))}')
+  return int(model_config.head_dim or model_config.d_model // model_config.num_heads)
 
 
 def mem_width(model_config) -> int:
-  """d, the width of one memory token: model.mem_dim, or d_model when mem_dim is 0."""
-  return int(model_config.get('mem_dim', 0) or model_config.d_model)
+  """D, the width of one memory token: model.mem_dim, or d_model when mem_dim is 0."""
+  return int(model_config.mem_dim or model_config.d_model)
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None):
-  """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation."""
-  _one_of(config.method, 'method', METHODS)
-  for f in ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every', 'num_eval_batches'):
-    _require(isinstance(config[f], int) and config[f] > 0, f, f'must be a positive integer, got {config[f]!r}')
-  _require(isinstance(config.max_checkpoints_to_keep, int) and config.max_checkpoints_to_keep > 0,
-           'max_checkpoints_to_keep', f'must be a positive integer, got {config.max_checkpoints_to_keep!r}')
-  _require(config.get('metrics_flush_secs', 30.0) >= 0, 'metrics_flush_secs', 'must be >= 0')
-  m = config.model
-  for f in ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth', 'cell_depth',
-            'mlp_ratio'):
-    _require(isinstance(m[f], int) and m[f] > 0, f'model.{f}', f'must be a positive integer, got {m[f]!r}')
-  hd = m.get('head_dim', 0)
-  _require(isinstance(hd, int) and hd >= 0, 'model.head_dim',
-           f'must be an integer >= 0 (0: d_model/num_heads), got {hd!r}')
-  if not hd:
-    _require(m.d_model % m.num_heads == 0, 'model.d_model',
-             f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  rf = m.get('rotary_fraction', 1.0)
-  _require(isinstance(rf, (int, float)) and 0 < rf <= 1, 'model.rotary_fraction', f'must be in (0, 1], got {rf!r}')
-  rot = head_dim(m) * rf
-  _require(rot == int(rot) and int(rot) % 2 == 0 and rot >= 2, 'model.rotary_fraction',
-           f'{rf} of the head width {head_dim(m)} is {rot}: the rotated part must be an even number of features')
-  for f in ('use_bias', 'final_norm', 'share_embedding'):
-    _require(isinstance(m.get(f, False), bool), f'model.{f}', f'must be True or False, got {m.get(f)!r}')
-  _require(isinstance(m.get('mem_dim', 0), int) and m.get('mem_dim', 0) >= 0, 'model.mem_dim',
-           f'must be an integer >= 0 (0: d_model), got {m.get("mem_dim")!r}')
-  if m.mem_size is not None:
-    w = mem_width(m)
-    _require(m.mem_size == m.num_mem_tokens * w, 'model.mem_size',
-             f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{w} = {m.num_mem_tokens * w}')
-  _one_of(m.cell, 'model.cell', CELLS)
-  _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
-  _one_of(m.dtype, 'model.dtype', DTYPES)
-  _one_of(m.initial_memory, 'model.initial_memory', ('auto', 'encoder', 'zeros', 'learned'))
-  _require(m.attn_window >= 0, 'model.attn_window', 'must be >= 0')
-  chunk = m.get('prefix_chunk', 0)
-  _require(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0, 'model.prefix_chunk',
-           f'must be an integer >= 0 (0 = all register groups at once), got {chunk!r}')
-  profile_range(config)  # validates config.profile_steps
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The architecture every network module reads, resolved and frozen (hashable: a static jit argument).
+  Built only by `from_config`, so each field has one source: config.model (and config.method for the
+  initial memory). Field meanings: `default_config()`."""
+  vocab_size: int
+  d_model: int
+  num_heads: int
+  head_dim: int  # resolved: never 0
+  mlp_ratio: int
+  num_mem_tokens: int  # K
+  mem_dim: int  # D, resolved: never 0
+  enc_depth: int
+  dec_depth: int
+  encoder_attention: str
+  attn_window: int
+  prefix_chunk: int
+  cell: str
+  cell_depth: int
+  cell_residual: bool
+  initial_memory: str  # resolved: 'encoder', 'zeros' or 'learned'
+  dtype: Any  # jnp.float32 or jnp.bfloat16
+  remat: bool
+  rotary_fraction: float
+  use_bias: bool
+  final_norm: bool
+  share_embedding: bool
 
-  _one_of(config.data.get('source', 'files'), 'data.source', DATA_SOURCES)
-  s = config.smt
-  _one_of(s.mode, 'smt.mode', SMT_MODES)
-  _one_of(s.trainable, 'smt.trainable', TRAINABLE)
-  _one_of(s.dynamics_gradient, 'smt.dynamics_gradient', DYNAMICS_GRADIENT)
-  _require(not (s.detach_target and s.dynamics_gradient == 'rnn_only'), 'smt.detach_target',
-           "deprecated; contradicts smt.dynamics_gradient='rnn_only' (set only dynamics_gradient)")
-  T = config.data.seq_len
-  _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
-  _require(s.future >= 1, 'smt.future', 'must be >= 1')
-  if config.method != 'smt':
-    pass  # DMT reads smt.mode and smt.future only (checked below); BPTT none of smt.*
-  elif s.mode == 'window':
-    _require(s.context >= 1, 'smt.context', 'must be >= 1')
-    _require(s.context + s.future <= T, 'smt.context',
-             f'context + future = {s.context} + {s.future} is longer than the sequence (data.seq_len={T})')
-  else:
-    _require(m.encoder_attention == 'causal', 'model.encoder_attention',
-             "parallel SMT needs 'causal' (each prefix memory must not see later tokens)")
-    _require(s.future <= T, 'smt.future', f'{s.future} is longer than the sequence (data.seq_len={T})')
-    _require(0 <= s.num_transitions <= T, 'smt.num_transitions', f'must be in [0, seq_len={T}]')
-    _require(0 <= s.num_decoder_samples <= T + 1, 'smt.num_decoder_samples',
-             f'must be in [0, seq_len+1={T + 1}] (0 = every memory)')
-  n = s.get('rollout_steps', 1)
-  _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps',
-           f'must be an integer in [1, seq_len={T}], got {n!r}')
-  _require(s.get('rollout_decode', 0.0) >= 0, 'smt.rollout_decode', 'must be >= 0')
-  _require(s.get('memory_noise', 0.0) >= 0, 'smt.memory_noise', 'must be >= 0 (0 = off)')
-  _one_of(s.get('memory_noise_mode', 'fixed'), 'smt.memory_noise_mode', NOISE_MODES)
-  if config.method == 'smt' and s.mode == 'window':
-    for f, off in (('rollout_steps', 1), ('rollout_detach', False), ('rollout_decode', 0.0), ('memory_noise', 0.0)):
-      _require(s.get(f, off) == off, f'smt.{f}', "needs smt.mode='parallel' (prefix memories of every length)")
-  _require(0 < s.gamma <= 1, 'smt.gamma', 'must be in (0, 1]')
-  for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
-    _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')
-  _require(s.unif_samples >= 2, 'smt.unif_samples', 'must be >= 2')
+  @classmethod
+  def from_config(cls, config) -> ModelConfig:
+    m = config.model
+    return cls(
+        vocab_size=m.vocab_size, d_model=m.d_model, num_heads=m.num_heads, head_dim=head_dim(m),
+        mlp_ratio=m.mlp_ratio, num_mem_tokens=m.num_mem_tokens, mem_dim=mem_width(m), enc_depth=m.enc_depth,
+        dec_depth=m.dec_depth, encoder_attention=m.encoder_attention, attn_window=m.attn_window,
+        prefix_chunk=m.prefix_chunk, cell=m.cell, cell_depth=m.cell_depth, cell_residual=m.cell_residual,
+        initial_memory=initial_memory(config), dtype=jnp.dtype(m.dtype).type, remat=m.remat,
+        rotary_fraction=float(m.rotary_fraction), use_bias=m.use_bias, final_norm=m.final_norm,
+        share_embedding=m.share_embedding)
 
-  if config.method == 'dmt':
-    d = config.dmt
-    for f in ('context', 'rollout', 'every'):
-      _require(isinstance(d[f], int) and d[f] >= 1, f'dmt.{f}', f'must be a positive integer, got {d[f]!r}')
-    _one_of(d.decoder_term, 'dmt.decoder_term', DMT_TERM_ON)
-    _one_of(d.uniformity_term, 'dmt.uniformity_term', DMT_TERM_ON)
-    _require(d.rollout % d.every == 0, 'dmt.every', f'{d.every} does not divide dmt.rollout={d.rollout}')
-    _require(d.context + d.rollout <= T, 'dmt.rollout',
-             f'context + rollout = {d.context} + {d.rollout} is longer than the sequence (data.seq_len={T})')
-    if s.mode == 'parallel':
-      _require(m.encoder_attention == 'causal', 'model.encoder_attention',
-               "DMT from a parallel-mode teacher reads its prefix memories: needs 'causal'")
-    _require(bool(config.init_from), 'init_from', 'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
-  if config.method == 'bptt':
-    _require(config.bptt.truncation >= 0, 'bptt.truncation', 'must be >= 0')
-
-  o = config.optim
-  _require(o.lr > 0, 'optim.lr', f'learning rate must be positive, got {o.lr}')
-  _one_of(o.schedule, 'optim.schedule', SCHEDULES)
-  _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
-  _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
-  _one_of(o.clip_mode, 'optim.clip_mode', CLIP_MODES)
-
-  if data_vocab_size is not None:
-    _require(m.vocab_size >= data_vocab_size, 'model.vocab_size',
-             f'{m.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for '
-             f'data.name={config.data.name!r})')
-  if num_devices is not None:
-    mesh_shape(config, num_devices)  # validates mesh fields
-    _require(config.batch_size % num_devices == 0, 'batch_size',
-             f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
+  @property
+  def projects_memory(self) -> bool:
+    """Whether memory tokens (width mem_dim) need projections to and from d_model."""
+    return self.mem_dim != self.d_model
 
 
 def profile_range(config) -> tuple[int, int] | None:
   """config.profile_steps 'START:STOP' as (START, STOP) (steps START..STOP-1 are traced), or None when ''."""
-  spec = config.get('profile_steps', '')
+  spec = config.profile_steps
   if spec in ('', None):
     return None
   _require(isinstance(spec, str), 'profile_steps', f"must be a string 'START:STOP', got {spec!r}")
@@ -355,6 +291,196 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int]:
     fsdp = num_devices // data
   _require(data * fsdp == num_devices, 'mesh', f'data*fsdp = {data}*{fsdp} != device count {num_devices}')
   return data, fsdp
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _require(cond: bool, field: str, msg: str):
+  if not cond:
+    raise ConfigError(f'config.{field}: {msg}')
+
+
+def _one_of(value, field: str, choices):
+  _require(value in choices, field, f'unknown value {value!r}; expected one of {", ".join(map(repr, choices))}')
+
+
+def _positive_ints(node, prefix: str, fields):
+  for f in fields:
+    _require(isinstance(node[f], int) and not isinstance(node[f], bool) and node[f] > 0, prefix + f,
+             f'must be a positive integer, got {node[f]!r}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None):
+  """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation."""
+  _one_of(config.method, 'method', METHODS)
+  _positive_ints(config, '', ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every',
+                              'num_eval_batches', 'max_checkpoints_to_keep'))
+  _require(config.metrics_flush_secs >= 0, 'metrics_flush_secs', 'must be >= 0')
+  profile_range(config)
+  _one_of(config.data.source, 'data.source', DATA_SOURCES)
+  T = config.data.seq_len
+  _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
+  _validate_model(config.model)
+  _validate_smt(config)
+  if config.method == 'dmt':
+    _validate_dmt(config)
+  if config.method == 'bptt':
+    _require(config.bptt.truncation >= 0, 'bptt.truncation', 'must be >= 0')
+  _validate_optim(config.optim)
+  if data_vocab_size is not None:
+    _require(config.model.vocab_size >= data_vocab_size, 'model.vocab_size',
+             f'{config.model.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for '
+             f'data.name={config.data.name!r})')
+  if num_devices is not None:
+    mesh_shape(config, num_devices)
+    _require(config.batch_size % num_devices == 0, 'batch_size',
+             f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
+
+
+def _validate_model(m):
+  _positive_ints(m, 'model.', ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth',
+                               'cell_depth', 'mlp_ratio'))
+  for f, what in (('head_dim', '0: d_model/num_heads'), ('mem_dim', '0: d_model'),
+                  ('prefix_chunk', '0 = all register groups at once'), ('attn_window', '0 = no window')):
+    v = m[f]
+    _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f'model.{f}',
+             f'must be an integer >= 0 ({what}), got {v!r}')
+  if not m.head_dim:
+    _require(m.d_model % m.num_heads == 0, 'model.d_model',
+             f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
+  rf = m.rotary_fraction
+  _require(isinstance(rf, (int, float)) and 0 < rf <= 1, 'model.rotary_fraction', f'must be in (0, 1], got {rf!r}')
+  rot = head_dim(m) * rf
+  _require(rot == int(rot) and int(rot) % 2 == 0 and rot >= 2, 'model.rotary_fraction',
+           f'{rf} of the head width {head_dim(m)} is {rot}: the rotated part must be an even number of features')
+  for f in ('use_bias', 'final_norm', 'share_embedding', 'cell_residual', 'remat'):
+    _require(isinstance(m[f], bool), f'model.{f}', f'must be True or False, got {m[f]!r}')
+  if m.mem_size is not None:
+    w = mem_width(m)
+    _require(m.mem_size == m.num_mem_tokens * w, 'model.mem_size',
+             f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{w} = {m.num_mem_tokens * w}')
+  _one_of(m.cell, 'model.cell', CELLS)
+  _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
+  _one_of(m.dtype, 'model.dtype', DTYPES)
+  _one_of(m.initial_memory, 'model.initial_memory', ('auto', 'encoder', 'zeros', 'learned'))
+
+
+def _validate_smt(config):
+  """smt.* as the method reads them: SMT all of them, DMT smt.mode and smt.future, BPTT none."""
+  s, m, T = config.smt, config.model, config.data.seq_len
+  _one_of(s.mode, 'smt.mode', SMT_MODES)
+  _one_of(s.trainable, 'smt.trainable', TRAINABLE)
+  _one_of(s.dynamics_gradient, 'smt.dynamics_gradient', DYNAMICS_GRADIENT)
+  _require(not (s.detach_target and s.dynamics_gradient == 'rnn_only'), 'smt.detach_target',
+           "deprecated; contradicts smt.dynamics_gradient='rnn_only' (set only dynamics_gradient)")
+  _require(s.future >= 1, 'smt.future', 'must be >= 1')
+  if config.method == 'smt' and s.mode == 'window':
+    _require(s.context >= 1, 'smt.context', 'must be >= 1')
+    _require(s.context + s.future <= T, 'smt.context',
+             f'context + future = {s.context} + {s.future} is longer than the sequence (data.seq_len={T})')
+    for f, off in (('rollout_steps', 1), ('rollout_detach', False), ('rollout_decode', 0.0), ('memory_noise', 0.0)):
+      _require(s[f] == off, f'smt.{f}', "needs smt.mode='parallel' (prefix memories of every length)")
+  elif config.method == 'smt':
+    _require(m.encoder_attention == 'causal', 'model.encoder_attention',
+             "parallel SMT needs 'causal' (each prefix memory must not see later tokens)")
+    _require(s.future <= T, 'smt.future', f'{s.future} is longer than the sequence (data.seq_len={T})')
+    _require(0 <= s.num_transitions <= T, 'smt.num_transitions', f'must be in [0, seq_len={T}]')
+    _require(0 <= s.num_decoder_samples <= T + 1, 'smt.num_decoder_samples',
+             f'must be in [0, seq_len+1={T + 1}] (0 = every memory)')
+  n = s.rollout_steps
+  _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps',
+           f'must be an integer in [1, seq_len={T}], got {n!r}')
+  _require(s.rollout_decode >= 0, 'smt.rollout_decode', 'must be >= 0')
+  _require(s.memory_noise >= 0, 'smt.memory_noise', 'must be >= 0 (0 = off)')
+  _one_of(s.memory_noise_mode, 'smt.memory_noise_mode', NOISE_MODES)
+  _require(0 < s.gamma <= 1, 'smt.gamma', 'must be in (0, 1]')
+  for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
+    _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')
+  _require(s.unif_samples >= 2, 'smt.unif_samples', 'must be >= 2')
+
+
+def _validate_dmt(config):
+  d, T = config.dmt, config.data.seq_len
+  _positive_ints(d, 'dmt.', ('context', 'rollout', 'every'))
+  _one_of(d.decoder_term, 'dmt.decoder_term', DMT_TERM_ON)
+  _one_of(d.uniformity_term, 'dmt.uniformity_term', DMT_TERM_ON)
+  _require(d.rollout % d.every == 0, 'dmt.every', f'{d.every} does not divide dmt.rollout={d.rollout}')
+  _require(d.context + d.rollout <= T, 'dmt.rollout',
+           f'context + rollout = {d.context} + {d.rollout} is longer than the sequence (data.seq_len={T})')
+  if config.smt.mode == 'parallel':
+    _require(config.model.encoder_attention == 'causal', 'model.encoder_attention',
+             "DMT from a parallel-mode teacher reads its prefix memories: needs 'causal'")
+  _require(bool(config.init_from), 'init_from', 'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
+
+
+def _validate_optim(o):
+  _require(o.lr > 0, 'optim.lr', f'learning rate must be positive, got {o.lr}')
+  _one_of(o.schedule, 'optim.schedule', SCHEDULES)
+  _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
+  _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
+  _one_of(o.clip_mode, 'optim.clip_mode', CLIP_MODES)
+
+
+# ------------------------------------------------------------------------------------ field names, saved configs
+
+def field_paths(config, prefix: str = '') -> list[str]:
+  """Every leaf field of `config` as a dotted path ('model.d_model', ...)."""
+  out = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.extend(field_paths(v, f'{prefix}{k}.'))
+    else:
+      out.append(prefix + k)
+  return out
+
+
+def unknown_field(config, dotted: str) -> str:
+  """The one-line message for a field `config` does not have, naming the nearest known one."""
+  known = field_paths(config)
+  known += sorted({p.rsplit('.', 1)[0] for p in known if '.' in p})  # sections too ('model', 'smt', ...)
+  near = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+  hint = f'; did you mean config.{near[0]}?' if near else ''
+  return f'config.{dotted}: no such field{hint}'
+
+
+def upgrade(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved by any smtjax version (the dict of a workdir's config.json) as a current one:
+  `default_config()` with the saved values laid over it, so fields added since it was saved get their
+  defaults. Task options (data.options) are kept whatever they are; other fields the current version
+  lacks raise ConfigError."""
+  c = default_config()
+  _lay_over(c, saved, '')
+  return c
+
+
+def _lay_over(node: ml_collections.ConfigDict, saved: dict, prefix: str):
+  for k, v in saved.items():
+    path = prefix + k
+    if prefix == 'data.options.':  # task options: whatever the task took
+      node[k] = v
+    elif k not in node:
+      raise ConfigError(unknown_field(default_config(), path) + ' (in a saved config)')
+    elif isinstance(node[k], ml_collections.ConfigDict):
+      _lay_over(node[k], v or {}, path + '.')
+    else:
+      try:
+        node[k] = v
+      except TypeError as e:
+        raise ConfigError(f'config.{path}: saved value {v!r} does not fit the field ({e})') from e
+
+
+def load_saved(workdir) -> ml_collections.ConfigDict:
+  """workdir/config.json, upgraded (`upgrade`); CheckpointError when it is missing or unreadable."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise CheckpointError(f'{workdir} holds no trained run: no config.json')
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 text
+    raise CheckpointError(f'{path} is unreadable: {e}') from e
+  if not isinstance(saved, dict):
+    raise CheckpointError(f'{path} is unreadable: not a JSON object')
+  return upgrade(saved)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

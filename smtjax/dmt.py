@@ -27,28 +27,21 @@ import jax.numpy as jnp
 
 from smtjax import losses
 from smtjax.models import Networks
+from smtjax.windows import decoder_windows, windows
 
 
-def rollout(nets: Networks, params, mem0, x_BxTd, backprop_through_rollout: bool, probe=None):
-  """RNN memories after each of Td inputs, [B, Td, K, D]. `probe` [Td, B, K, D] (zeros) is added to
-  each produced memory; gradients with respect to it expose which steps a loss depends on (tests)."""
-  Td = x_BxTd.shape[1]
-  probe = jnp.zeros((Td,) + mem0.shape, jnp.float32) if probe is None else probe
-
-  def body(mem, inp):
-    x_B, p = inp
+def rollout(nets: Networks, params, mem0, x_BxTd, backprop_through_rollout: bool):
+  """RNN memories after each of Td inputs, [B, Td, K, D]; without backprop_through_rollout every step's
+  input memory (the first included) is detached, so step t's output depends on the parameters only
+  through step t."""
+  def body(mem, x_B):
     if not backprop_through_rollout:
       mem = jax.lax.stop_gradient(mem)
-    new = nets.step(params, mem, x_B) + p
+    new = nets.step(params, mem, x_B)
     return new, new
 
-  _, mems = jax.lax.scan(body, mem0, (jnp.swapaxes(x_BxTd, 0, 1), probe))
+  _, mems = jax.lax.scan(body, mem0, jnp.swapaxes(x_BxTd, 0, 1))
   return jnp.swapaxes(mems, 0, 1)
-
-
-def _gather_windows(a_BxN, starts_S, length: int):
-  """a[:, s:s+length] for each start s -> [B, S, length]."""
-  return a_BxN[:, starts_S[:, None] + jnp.arange(length)]
 
 
 def teacher_memories(nets: Networks, params, x, Tc: int, Td: int, every: int, prefix: bool):
@@ -58,62 +51,55 @@ def teacher_memories(nets: Networks, params, x, Tc: int, Td: int, every: int, pr
     mems = nets.prefix_memories(params, x[:, :Tc + Td])[:, Tc + steps]
   else:
     B = x.shape[0]
-    windows = _gather_windows(x, steps, Tc)  # [B, S, Tc]: x[s:s+Tc]
-    mems = nets.encode(params, windows.reshape(-1, Tc)).reshape((B, len(steps)) + (nets.num_mem_tokens, nets.mem_dim))
+    mems = nets.encode(params, windows(x, steps, Tc).reshape(-1, Tc))  # x[s:s+Tc] for every step s
+    mems = mems.reshape((B, len(steps)) + mems.shape[1:])
   return jax.lax.stop_gradient(mems)
 
 
 def _decoder_terms(nets: Networks, params, mems_BxSxKxD, x, y, read_S, Tf: int, gamma: float):
-  """Decoder loss of memories that have read read_S[s] tokens: future inputs x[n:n+Tf-1], targets
-  y[n-1:n+Tf-1] (past the end: missing). Returns (L_dec, L_dec0)."""
+  """Decoder loss of memories that have read read_S[s] tokens (future targets past the end: missing).
+  Returns (L_dec, L_dec0)."""
   B, S, K, D = mems_BxSxKxD.shape
-  x_pad = jnp.concatenate([x, jnp.full((B, Tf), -1, x.dtype)], axis=1)
-  y_pad = jnp.concatenate([y, jnp.full((B, Tf), -1, y.dtype)], axis=1)
-  fut = _gather_windows(x_pad, read_S, Tf - 1)
-  tgt = _gather_windows(y_pad, read_S - 1, Tf)
-  logits = nets.decode(params, mems_BxSxKxD.reshape(B * S, K, D), fut.reshape(B * S, Tf - 1))
-  return losses.decoder_loss(logits, tgt.reshape(B * S, Tf), gamma)
+  future, targets = decoder_windows(x, y, read_S, Tf)
+  return losses.decoder_loss(nets.decode(params, mems_BxSxKxD.reshape(B * S, K, D), future), targets, gamma)
 
 
-def dmt_losses(nets: Networks, params, batch, rng, config, probe=None):
+def _teacher_terms(nets: Networks, tparams, enc, x, y, read_S, rng, config):
+  """The decoder and uniformity terms on the encoder's memories, logged as the public code does (constants
+  of the frozen teacher, no gradient)."""
+  s = config.smt
+  dec_t, dec0_t = _decoder_terms(nets, tparams, enc, x, y, read_S, s.future, s.gamma)
+  unif_t = losses.uniformity_loss(enc.reshape(enc.shape[0] * enc.shape[1], -1), rng, s.unif_samples, s.unif_t)
+  return jax.lax.stop_gradient(dict(loss_dec_teacher=dec_t, loss_dec0_teacher=dec0_t, loss_unif_teacher=unif_t))
+
+
+def dmt_losses(nets: Networks, params, batch, rng, config):
   """(total, metrics): loss, loss_mem, loss_readout, loss_dec_teacher, loss_dec0_teacher, loss_unif_teacher,
   and loss_dec, loss_dec0 / loss_unif when dmt.decoder_term / uniformity_term is 'rnn'."""
-  d = config.dmt
+  d, s = config.dmt, config.smt
   x, y = batch['x'], batch['y']
-  Tc, Td, Tf, k = d.context, d.rollout, config.smt.future, d.every
+  Tc, Td, k = d.context, d.rollout, d.every
   frozen = jax.lax.stop_gradient  # the teacher's parameters are frozen; its outputs are targets
   tparams = {'encoder': frozen(params['encoder']), 'decoder': frozen(params['decoder'])}
-  targets = teacher_memories(nets, tparams, x, Tc, Td, k, prefix=config.smt.mode == 'parallel')
-  mems = rollout(nets, params, targets[:, 0], x[:, Tc:Tc + Td], d.backprop_through_rollout, probe)  # r_1..r_Td
+  targets = teacher_memories(nets, tparams, x, Tc, Td, k, prefix=s.mode == 'parallel')
+  mems = rollout(nets, params, targets[:, 0], x[:, Tc:Tc + Td], d.backprop_through_rollout)  # r_1..r_Td
   K, D = mems.shape[2:]
 
   at_k = mems[:, k - 1::k]  # r_k, r_2k, ..., r_Td
   loss_mem = losses.dynamics_loss(at_k.reshape(-1, K, D), targets[:, 1:].reshape(-1, K, D))
-
   # Readout on detached memories r_0..r_Td: r_s predicts y[Tc+s-1].
   seen = jnp.concatenate([targets[:, :1], mems], axis=1)
-  logits = nets.readout_all(params, frozen(seen))
-  ce, valid = losses.token_cross_entropy(logits, y[:, Tc - 1:Tc + Td])
-  loss_readout = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
-
+  loss_readout = losses.mean_cross_entropy(nets.readout_all(params, frozen(seen)), y[:, Tc - 1:Tc + Td])
   total = d.coef_mem * loss_mem + d.coef_readout * loss_readout
-  metrics = dict(loss_mem=loss_mem, loss_readout=loss_readout)
+
   r_teacher, r_rnn = jax.random.split(rng)
-  s = config.smt
-
-  # Teacher side, logged as the public code does: the frozen decoder on the encoder's memories at steps
-  # 0, k, ..., Td-k, and uniformity over those whole memories (Z-vectors). No gradient: teacher outputs.
-  enc = targets[:, :-1]
-  dec_t, dec0_t = _decoder_terms(nets, tparams, enc, x, y, Tc + jnp.arange(0, Td, k), Tf, s.gamma)
-  unif_t = losses.uniformity_loss(enc.reshape(-1, K * D), r_teacher, s.unif_samples, s.unif_t)
-  metrics.update(jax.lax.stop_gradient(dict(loss_dec_teacher=dec_t, loss_dec0_teacher=dec0_t,
-                                            loss_unif_teacher=unif_t)))
-
-  if d.get('decoder_term', 'teacher') == 'rnn':  # smtjax extension: the frozen decoder reads r_k, r_2k, ...
-    loss_dec, loss_dec0 = _decoder_terms(nets, tparams, at_k, x, y, Tc + jnp.arange(k, Td + 1, k), Tf, s.gamma)
+  metrics = dict(loss_mem=loss_mem, loss_readout=loss_readout)
+  metrics.update(_teacher_terms(nets, tparams, targets[:, :-1], x, y, Tc + jnp.arange(0, Td, k), r_teacher, config))
+  if d.decoder_term == 'rnn':  # smtjax extension: the frozen decoder reads r_k, r_2k, ...
+    loss_dec, loss_dec0 = _decoder_terms(nets, tparams, at_k, x, y, Tc + jnp.arange(k, Td + 1, k), s.future, s.gamma)
     total = total + d.coef_dec * loss_dec
     metrics.update(loss_dec=loss_dec, loss_dec0=loss_dec0)
-  if d.get('uniformity_term', 'teacher') == 'rnn':  # smtjax extension: spread the RNN's memory tokens
+  if d.uniformity_term == 'rnn':  # smtjax extension: spread the RNN's memory tokens
     loss_unif = losses.uniformity_loss(mems.reshape(-1, D), r_rnn, s.unif_samples, s.unif_t)
     total = total + d.coef_unif * loss_unif
     metrics.update(loss_unif=loss_unif)

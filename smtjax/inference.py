@@ -40,6 +40,7 @@ import numpy as np
 from smtjax import losses
 from smtjax.errors import ConfigError
 from smtjax.models import Networks
+from smtjax.windows import sliding_windows
 
 # ------------------------------------------------------------------------------------------- scoring
 
@@ -78,13 +79,6 @@ def read(nets: Networks, params, x, y, read_len: int, eval_len: int) -> dict:
   return _scores(logits, y[:, read_len - 1:read_len + eval_len])
 
 
-def _windows(x_BxT, length: int):
-  """[B, T, length]: window t is x[:, t-length+1:t+1], left-padded with -1 before the sequence start."""
-  B, T = x_BxT.shape
-  padded = jnp.concatenate([jnp.full((B, length - 1), -1, x_BxT.dtype), x_BxT], axis=1)
-  return padded[:, jnp.arange(T)[:, None] + jnp.arange(length)[None, :]]
-
-
 @functools.partial(jax.jit, static_argnames=('nets', 'read_len', 'chunk'))
 def teacher_scores(nets: Networks, params, x, y, read_len: int | None = None, chunk: int = 0) -> dict:
   """The teacher's prediction of y_t from the encoder memory of x_0..x_t: {'ce', 'valid', 'correct'} [B, T].
@@ -95,13 +89,13 @@ def teacher_scores(nets: Networks, params, x, y, read_len: int | None = None, ch
   encoder call, or in groups of `chunk` time positions (lax.map) when chunk > 0 to bound memory.
   """
   B, T = x.shape
-  if nets.encoder.attention == 'causal':
+  if nets.cfg.encoder_attention == 'causal':
     mems = nets.prefix_memories(params, x)[:, 1:]  # [B, T, K, D]
   else:
     L = T if read_len is None else read_len
     if L < 1:
       raise ConfigError(f'read_len must be >= 1, got {L}')
-    win = jnp.swapaxes(_windows(x, L), 0, 1)  # [T, B, L]
+    win = jnp.swapaxes(sliding_windows(x, L), 0, 1)  # [T, B, L]
     if chunk > 0:
       mems = jax.lax.map(lambda w: nets.encode(params, w), win, batch_size=chunk)  # [T, B, K, D]
     else:

@@ -6,6 +6,8 @@ backward pass); only the register groups of parallel SMT (`Block.prefix_groups`)
 whose keys differ per group, use explicit scores, optionally in chunks of groups so that memory grows
 linearly with the sequence length.
 
+Every module reads its sizes and options from one frozen `ModelConfig` (smtjax.config).
+
 Shapes in names: B batch, L sequence, H heads, Dh head width, D model width, G register groups,
 K registers per group, T tokens, C groups per chunk. Masks are boolean, True where a query may attend to
 a key.
@@ -21,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from smtjax.config import ModelConfig
 from smtjax.errors import ConfigError
 
 NEG_INF = -1e30
@@ -110,7 +113,7 @@ def explicit_attention(q, k, v, mask4=None, is_causal: bool = False):
   `jax.nn.dot_product_attention(q, k, v, mask=mask4, is_causal=is_causal)` (scale 1/sqrt(Dh); masked keys
   get -1e30). Head-major, in float32, it saves the probabilities and computes the softmax gradient from
   rowsum(dO * O): XLA:CPU differentiates the library function with several transposed copies of the
-  [Lq, Lk] tensors (a 16-wide-head layer at B=32, L=136: 58 ms forward and backward, 25 ms here).
+  [Lq, Lk] tensors, which this avoids (docs/benchmarks.md).
   q: [B, Lq, H, Dh]; k, v: [B, Lk, H, Dh]; mask4: None or boolean broadcastable to [B, 1, Lq, Lk]."""
   Lq, Lk = q.shape[1], k.shape[1]
   scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
@@ -161,9 +164,9 @@ def attend(q, k, v, mask=None, is_causal: bool = False, implementation: str | No
 class Projection(nn.Module):
   """A bias-free linear map from the trailing `in_dims` axes to `features` (nn.DenseGeneral's parameter:
   'kernel' of shape in_shape + features, drawn alike), computed as 2-D matrix products: XLA:CPU's gradient
-  of nn.DenseGeneral's N-D product writes the [tokens, features] cotangent transposed (11-22 ms a layer at
-  [4352, 1536]). With `split`, one product per slice of features[0] (q, k, v), returned as a tuple, so the
-  backward pass never gathers the three cotangents into one [tokens, 3 * H * Dh] array."""
+  of nn.DenseGeneral's N-D product writes the [tokens, features] cotangent transposed. With `split`, one
+  product per slice of features[0] (q, k, v), returned as a tuple, so the backward pass never gathers the
+  three cotangents into one [tokens, 3 * H * Dh] array."""
   features: tuple[int, ...]
   in_dims: int = 1
   dtype: Any = jnp.float32
@@ -190,22 +193,18 @@ class Projection(nn.Module):
 
 class Attention(nn.Module):
   """Multi-head attention projections with rotary positions; the attention pattern is the caller's.
-  Heads are `head_dim` wide (0: d_model // num_heads); rotary acts on `rotary_fraction` of each head."""
-  d_model: int
-  num_heads: int
-  dtype: Any = jnp.float32
-  head_dim: int = 0
-  rotary_fraction: float = 1.0
+  Heads are `cfg.head_dim` wide; rotary acts on `cfg.rotary_fraction` of each head."""
+  cfg: ModelConfig
 
   def setup(self):
-    dh = self.head_dim or self.d_model // self.num_heads
-    self.qkv_proj = Projection((3, self.num_heads, dh), dtype=self.dtype, split=True)
-    self.out_proj = Projection((self.d_model,), in_dims=2, dtype=self.dtype)
+    self.qkv_proj = Projection((3, self.cfg.num_heads, self.cfg.head_dim), dtype=self.cfg.dtype, split=True)
+    self.out_proj = Projection((self.cfg.d_model,), in_dims=2, dtype=self.cfg.dtype)
 
   def qkv(self, x, pos):
     """x: [..., L, D]; pos: [..., L] -> q, k, v: [..., L, H, Dh] (rotary applied to q and k)."""
     q, k, v = self.qkv_proj(x)
-    return rotary(q, pos, self.rotary_fraction), rotary(k, pos, self.rotary_fraction), v
+    f = self.cfg.rotary_fraction
+    return rotary(q, pos, f), rotary(k, pos, f), v
 
   def out(self, o):
     """o: [..., H, Dh] -> [..., D]."""
@@ -213,20 +212,18 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-  d_model: int
-  mlp_ratio: int = 4
-  dtype: Any = jnp.float32
-  use_bias: bool = False
+  """Two-layer GELU MLP of width mlp_ratio * d_model (biases when cfg.use_bias)."""
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x):
+    c = self.cfg
     init = nn.initializers.normal(0.02)
     lead = x.shape[:-1]
-    # 2-D matrix products: XLA:CPU's gradient of an N-D one writes a slow transposed copy (MLP gradient 125
-    # against 76 ms at [32, 136, 128], d_ff=512)
+    # 2-D matrix products: XLA:CPU's gradient of an N-D product writes a slow transposed copy.
     x = x.reshape(-1, x.shape[-1])
-    h = nn.Dense(self.d_model * self.mlp_ratio, use_bias=self.use_bias, dtype=self.dtype, kernel_init=init)(x)
-    y = nn.Dense(self.d_model, use_bias=self.use_bias, dtype=self.dtype, kernel_init=init)(nn.gelu(h))
+    h = nn.Dense(c.d_model * c.mlp_ratio, use_bias=c.use_bias, dtype=c.dtype, kernel_init=init)(x)
+    y = nn.Dense(c.d_model, use_bias=c.use_bias, dtype=c.dtype, kernel_init=init)(nn.gelu(h))
     return y.reshape(lead + y.shape[-1:])
 
 
@@ -235,22 +232,16 @@ class Block(nn.Module):
   `prefix_groups` runs the same weights on a token stream plus groups of registers that read a prefix of
   it (parallel SMT encoder), attending only to the last `window` tokens when `window > 0`, and computing
   the register groups `prefix_chunk` at a time when `prefix_chunk > 0`."""
-  d_model: int
-  num_heads: int
-  mlp_ratio: int = 4
-  dtype: Any = jnp.float32
-  head_dim: int = 0  # 0: d_model // num_heads
-  rotary_fraction: float = 1.0
-  use_bias: bool = False  # MLP biases (attention projections never have any)
+  cfg: ModelConfig
   causal: bool = False
   window: int = 0
   prefix_chunk: int = 0
 
   def setup(self):
-    self.norm_attn = RMSNorm(self.dtype)
-    self.norm_mlp = RMSNorm(self.dtype)
-    self.attn = Attention(self.d_model, self.num_heads, self.dtype, self.head_dim, self.rotary_fraction)
-    self.mlp = MLP(self.d_model, self.mlp_ratio, self.dtype, self.use_bias)
+    self.norm_attn = RMSNorm(self.cfg.dtype)
+    self.norm_mlp = RMSNorm(self.cfg.dtype)
+    self.attn = Attention(self.cfg)
+    self.mlp = MLP(self.cfg)
 
   def __call__(self, x, pos, mask=None):
     """x: [B, L, D]; pos: [B, L]; mask: None or broadcastable to [B, L, L] -> [B, L, D]."""

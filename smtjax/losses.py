@@ -14,6 +14,12 @@ def token_cross_entropy(logits, targets):
   return jnp.where(valid, ce, 0.0), valid
 
 
+def mean_cross_entropy(logits, targets):
+  """Mean cross-entropy (nats) over the valid targets (>= 0); 0 when there is none."""
+  ce, valid = token_cross_entropy(logits, targets)
+  return jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
+
+
 def _safe_div(a, b):
   return a / jnp.maximum(b, 1e-12)
 
@@ -58,7 +64,7 @@ def uniformity_loss(tokens_NxD, rng, num_samples: int = 512, t: float = 2.0):
   z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
   n = z.shape[0]
   # ||z_i - z_j||^2 = 2 - 2 z_i.z_j for unit vectors: one [n, n] matrix product instead of an [n, n, D]
-  # difference tensor and a gather of the pairs i < j (the loss was a sixth of a CPU window step).
+  # difference tensor and a gather of the pairs i < j.
   sq = jnp.maximum(2.0 - 2.0 * (z @ z.T), 0.0)
   upper = jnp.triu(jnp.ones((n, n), bool), k=1)
   return jax.nn.logsumexp(jnp.where(upper, -t * sq, -jnp.inf)) - jnp.log(n * (n - 1) / 2)

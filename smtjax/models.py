@@ -17,22 +17,13 @@ future inputs with `params['encoder']['embed']` (the readout reads memories only
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from smtjax import layers
-
-
-def _dtype(name: str):
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
-
-
-def _projects(mem_dim: int, d_model: int) -> bool:
-  """Whether memory tokens (width mem_dim) need projections to and from d_model."""
-  return bool(mem_dim) and mem_dim != d_model
+from smtjax.config import ModelConfig
 
 
 def _dense(features: int, dtype, name: str | None = None):
@@ -40,13 +31,9 @@ def _dense(features: int, dtype, name: str | None = None):
   return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=nn.initializers.lecun_normal(), name=name)
 
 
-def _embed(vocab: int, d: int, dtype, name: str = 'embed'):
-  return nn.Embed(vocab, d, embedding_init=nn.initializers.normal(0.02), dtype=dtype, name=name)
-
-
-def _block_options(module) -> dict:
-  """Block keyword arguments shared by every Transformer: head width, rotary fraction, MLP biases."""
-  return dict(head_dim=module.head_dim, rotary_fraction=module.rotary_fraction, use_bias=module.use_bias)
+def _embed(cfg: ModelConfig, name: str = 'embed'):
+  return nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(0.02), dtype=cfg.dtype,
+                  name=name)
 
 
 def _valid_positions(x_BxT):
@@ -59,42 +46,27 @@ def _valid_positions(x_BxT):
 class Encoder(nn.Module):
   """Teacher encoder: tokens plus K learned registers -> memory [B, K, D].
 
-  `attention='bidirectional'` is the published encoder (all positions see all positions).
-  `attention='causal'`: token i reads valid tokens j <= i; the registers read all valid tokens and each
-  other. Then a memory depends on its tokens only through a causal stream, and `prefix_memories`
-  computes the memory of every prefix in one pass. With `window > 0` token i reads tokens
-  (i - window, i] and registers read the last `window` tokens.
+  `cfg.encoder_attention='bidirectional'` is the published encoder (all positions see all positions).
+  'causal': token i reads valid tokens j <= i; the registers read all valid tokens and each other. Then a
+  memory depends on its tokens only through a causal stream, and `prefix_memories` computes the memory of
+  every prefix in one pass. With `cfg.attn_window > 0` token i reads tokens (i - window, i] and registers
+  read the last `window` tokens.
   Padding (-1) is masked out of attention and does not count towards rotary positions, so a memory does
   not depend on padding. Registers sit at positions n, ..., n+K-1 after n valid tokens.
   """
-  vocab_size: int
-  d_model: int
-  num_heads: int
-  depth: int
-  num_mem_tokens: int
-  mlp_ratio: int = 4
-  attention: str = 'causal'
-  window: int = 0
-  dtype: Any = jnp.float32
-  remat: bool = False
-  mem_dim: int = 0  # memory token width; 0: d_model
-  head_dim: int = 0  # attention head width; 0: d_model // num_heads
-  rotary_fraction: float = 1.0
-  use_bias: bool = False
-  final_norm: bool = False  # learned-scale RMSNorm after the last block (before the memory projection)
-  prefix_chunk: int = 0  # prefix_memories: register groups per chunk (0: all at once)
+  cfg: ModelConfig
 
   def setup(self):
-    self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
-    if _projects(self.mem_dim, self.d_model):
-      self.mem_out = _dense(self.mem_dim, self.dtype)
-    if self.final_norm:
-      self.norm_out = layers.RMSNorm(self.dtype)
-    self.registers = self.param('registers', nn.initializers.normal(0.02), (self.num_mem_tokens, self.d_model))
-    block = layers.make_block(self.remat)
-    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, window=self.window,
-                         prefix_chunk=self.prefix_chunk, name=f'block_{i}', **_block_options(self))
-                   for i in range(self.depth)]
+    c = self.cfg
+    self.embed = _embed(c)
+    if c.projects_memory:
+      self.mem_out = _dense(c.mem_dim, c.dtype)
+    if c.final_norm:
+      self.norm_out = layers.RMSNorm(c.dtype)
+    self.registers = self.param('registers', nn.initializers.normal(0.02), (c.num_mem_tokens, c.d_model))
+    block = layers.make_block(c.remat)
+    self.blocks = [block(c, window=c.attn_window, prefix_chunk=c.prefix_chunk, name=f'block_{i}')
+                   for i in range(c.enc_depth)]
 
   def embed_tokens(self, x_BxT):
     """Token embeddings [B, T, D] (padding -1 embeds as token 0; attention masks it). The decoder reads
@@ -105,29 +77,30 @@ class Encoder(nn.Module):
     """[B, T, T]: query i may read key j."""
     T = valid.shape[-1]
     mask = jnp.broadcast_to(valid[:, None, :], valid.shape[:1] + (T, T))
-    if self.attention == 'causal':
+    if self.cfg.encoder_attention == 'causal':
       mask = mask & jnp.tril(jnp.ones((T, T), bool))
-    if self.window > 0:
-      mask = mask & (pos[:, :, None] - pos[:, None, :] < self.window)
+    if self.cfg.attn_window > 0:
+      mask = mask & (pos[:, :, None] - pos[:, None, :] < self.cfg.attn_window)
     return mask
 
   def __call__(self, x_BxT, tok_emb=None):
     """Memory of the whole (possibly left-padded) window: [B, K, D]. `tok_emb` [B, T, D] replaces the
-    token embeddings (for gradient tests)."""
+    token embeddings (gradients with respect to the tokens: studies.analysis)."""
+    c = self.cfg
     B, T = x_BxT.shape
-    K = self.num_mem_tokens
+    K = c.num_mem_tokens
     valid, pos, count = _valid_positions(x_BxT)
     n = count[:, -1:]  # [B, 1] valid tokens
     reg_pos = n + jnp.arange(K)
-    tok = self.embed(jnp.maximum(x_BxT, 0)) if tok_emb is None else tok_emb
-    h = jnp.concatenate([tok, jnp.broadcast_to(self.registers.astype(self.dtype), (B, K, self.d_model))], axis=1)
+    tok = self.embed_tokens(x_BxT) if tok_emb is None else tok_emb
+    h = jnp.concatenate([tok, jnp.broadcast_to(self.registers.astype(c.dtype), (B, K, c.d_model))], axis=1)
     all_pos = jnp.concatenate([pos, reg_pos], axis=1)
-    if self.attention == 'bidirectional':  # key padding only: the fused attention path
+    if c.encoder_attention == 'bidirectional':  # key padding only: the fused attention path
       mask = jnp.concatenate([valid, jnp.ones((B, K), bool)], axis=1)[:, None, :]
     else:
       reads = valid
-      if self.window > 0:
-        reads = reads & (pos >= n - self.window)
+      if c.attn_window > 0:
+        reads = reads & (pos >= n - c.attn_window)
       top = jnp.concatenate([self._token_mask(valid, pos), jnp.zeros((B, T, K), bool)], axis=2)
       bottom = jnp.concatenate([jnp.broadcast_to(reads[:, None, :], (B, K, T)), jnp.ones((B, K, K), bool)], axis=2)
       mask = jnp.concatenate([top, bottom], axis=1)
@@ -136,27 +109,28 @@ class Encoder(nn.Module):
     return self._memory(h[:, T:])
 
   def _memory(self, h):
-    if self.final_norm:
+    if self.cfg.final_norm:
       h = self.norm_out(h)
-    if _projects(self.mem_dim, self.d_model):
+    if self.cfg.projects_memory:
       h = self.mem_out(layers.rms_norm(h))
     return layers.rms_norm(h)
 
   def prefix_memories(self, x_BxT, tok_emb=None):
     """Memories of every prefix in one pass: [B, T+1, K, D], entry L = E(x[:, :L]) (L=0: empty prefix).
 
-    Needs attention='causal'. Group L of K registers reads tokens j < L (and its own registers); with
-    `prefix_chunk` > 0 the groups are computed that many at a time (peak memory linear in T).
+    Needs causal attention. Group L of K registers reads tokens j < L (and its own registers); with
+    `cfg.prefix_chunk` > 0 the groups are computed that many at a time (peak memory linear in T).
     """
-    if self.attention != 'causal':
-      raise ValueError("prefix_memories needs attention='causal'")
+    c = self.cfg
+    if c.encoder_attention != 'causal':
+      raise ValueError("prefix_memories needs encoder_attention='causal'")
     B, T = x_BxT.shape
-    K, G = self.num_mem_tokens, T + 1
+    K, G = c.num_mem_tokens, T + 1
     valid, pos, count = _valid_positions(x_BxT)
     n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)  # [B, G] valid tokens < L
     reg_pos = n_before[:, :, None] + jnp.arange(K)  # [B, G, K]
-    tok = self.embed(jnp.maximum(x_BxT, 0)) if tok_emb is None else tok_emb
-    reg = jnp.broadcast_to(self.registers.astype(self.dtype), (B, G, K, self.d_model))
+    tok = self.embed_tokens(x_BxT) if tok_emb is None else tok_emb
+    reg = jnp.broadcast_to(self.registers.astype(c.dtype), (B, G, K, c.d_model))
     for blk in self.blocks:  # the masks (causal, window, padding) are built inside, per chunk of groups
       tok, reg = blk.prefix_groups(tok, pos, valid, reg, reg_pos)
     return self._memory(reg)
@@ -167,49 +141,38 @@ class Decoder(nn.Module):
 
   Returns logits [B, F+1, V] read at positions K-1 ... K+F-1: entry 0 predicts from the memory alone,
   entry j after also reading future inputs 0..j-1. With F = 0 this is the RNN's readout.
-  `future_emb` [B, F, D] replaces the future embeddings (for gradient tests). With `share_embedding` the
-  decoder has no embedding of its own and the caller passes the encoder's (`Networks.decode` does).
+  `future_emb` [B, F, D] replaces the future embeddings. With `cfg.share_embedding` the decoder has no
+  embedding of its own and the caller passes the encoder's (`Networks.decode` does).
   """
-  vocab_size: int
-  d_model: int
-  num_heads: int
-  depth: int
-  mlp_ratio: int = 4
-  dtype: Any = jnp.float32
-  remat: bool = False
-  mem_dim: int = 0  # memory token width; 0: d_model
-  head_dim: int = 0  # attention head width; 0: d_model // num_heads
-  rotary_fraction: float = 1.0
-  use_bias: bool = False  # MLP biases and a bias in the logits layer
-  share_embedding: bool = False  # no embedding of its own: future_emb comes from the encoder's
+  cfg: ModelConfig
 
   def setup(self):
-    if not self.share_embedding:
-      self.embed = _embed(self.vocab_size, self.d_model, self.dtype)
-    if _projects(self.mem_dim, self.d_model):
-      self.mem_in = _dense(self.d_model, self.dtype)
-    block = layers.make_block(self.remat)
-    self.blocks = [block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, causal=True, name=f'block_{i}',
-                         **_block_options(self)) for i in range(self.depth)]
-    self.norm_out = layers.RMSNorm(self.dtype)
-    self.head = nn.Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype,
-                         kernel_init=nn.initializers.normal(0.02))
+    c = self.cfg
+    if not c.share_embedding:
+      self.embed = _embed(c)
+    if c.projects_memory:
+      self.mem_in = _dense(c.d_model, c.dtype)
+    block = layers.make_block(c.remat)
+    self.blocks = [block(c, causal=True, name=f'block_{i}') for i in range(c.dec_depth)]
+    self.norm_out = layers.RMSNorm(c.dtype)
+    self.head = nn.Dense(c.vocab_size, use_bias=c.use_bias, dtype=c.dtype, kernel_init=nn.initializers.normal(0.02))
 
   def __call__(self, mem_BxKxD, future_BxF, future_emb=None):
+    c = self.cfg
     B, K, _ = mem_BxKxD.shape
     F = future_BxF.shape[1]
     if future_emb is not None:
       emb = future_emb
-    elif not self.share_embedding:
+    elif not c.share_embedding:
       emb = self.embed(jnp.maximum(future_BxF, 0))
     elif F == 0:  # the readout: memory tokens only
-      emb = jnp.zeros((B, 0, self.d_model), self.dtype)
+      emb = jnp.zeros((B, 0, c.d_model), c.dtype)
     else:
       raise ValueError('a decoder with share_embedding needs future_emb (the encoder embeds the future)')
-    mem = mem_BxKxD.astype(self.dtype)
-    if _projects(self.mem_dim, self.d_model):
+    mem = mem_BxKxD.astype(c.dtype)
+    if c.projects_memory:
       mem = self.mem_in(mem)
-    h = jnp.concatenate([mem, emb.astype(self.dtype)], axis=1)
+    h = jnp.concatenate([mem, emb.astype(c.dtype)], axis=1)
     mask = jnp.concatenate([jnp.ones((B, K), bool), future_BxF >= 0], axis=1)[:, None, :]  # keys; causal in Block
     L = K + F
     pos = jnp.broadcast_to(jnp.arange(L), (B, L))
@@ -220,144 +183,100 @@ class Decoder(nn.Module):
 
 class TransformerCell(nn.Module):
   """Reference updater (method.md §3): full attention over [memory tokens, embed(x)]; the first K
-  outputs, RMS-normalised, are the next memory. No residual around it unless `residual`."""
-  vocab_size: int
-  d_model: int
-  num_heads: int
-  depth: int
-  mlp_ratio: int = 4
-  residual: bool = False
-  dtype: Any = jnp.float32
-  remat: bool = False
-  mem_dim: int = 0  # memory token width; 0: d_model
-  head_dim: int = 0  # attention head width; 0: d_model // num_heads
-  rotary_fraction: float = 1.0
-  use_bias: bool = False
-  final_norm: bool = False  # learned-scale RMSNorm after the last block (public RNN: yes)
+  outputs, RMS-normalised, are the next memory. No residual around it unless `cfg.cell_residual`."""
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, mem_BxKxD, x_B):
+    c = self.cfg
     B, K, _ = mem_BxKxD.shape
-    project = _projects(self.mem_dim, self.d_model)
-    mem = mem_BxKxD.astype(self.dtype)
-    if project:
-      mem = _dense(self.d_model, self.dtype, 'mem_in')(mem)
-    h = jnp.concatenate([mem,
-                         _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))[:, None]], axis=1)
+    mem = mem_BxKxD.astype(c.dtype)
+    if c.projects_memory:
+      mem = _dense(c.d_model, c.dtype, 'mem_in')(mem)
+    h = jnp.concatenate([mem, _embed(c)(jnp.maximum(x_B, 0))[:, None]], axis=1)
     pos = jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1))
-    block = layers.make_block(self.remat)
-    for i in range(self.depth):  # full attention, no mask: the fused path
-      h = block(self.d_model, self.num_heads, self.mlp_ratio, self.dtype, name=f'block_{i}',
-                **_block_options(self))(h, pos)
-    if self.final_norm:
-      h = layers.RMSNorm(self.dtype, name='norm_out')(h)
+    block = layers.make_block(c.remat)
+    for i in range(c.cell_depth):  # full attention, no mask: the fused path
+      h = block(c, name=f'block_{i}')(h, pos)
+    if c.final_norm:
+      h = layers.RMSNorm(c.dtype, name='norm_out')(h)
     new = h[:, :K]
-    if project:
-      new = _dense(self.mem_dim, self.dtype, 'mem_out')(layers.rms_norm(new))
-    if self.residual:
+    if c.projects_memory:
+      new = _dense(c.mem_dim, c.dtype, 'mem_out')(layers.rms_norm(new))
+    if c.cell_residual:
       new = new + mem_BxKxD.astype(new.dtype)
     return layers.rms_norm(new)
 
 
 class GRUCell(nn.Module):
   """A GRU over the flattened Z-vector memory, fed embed(x); the output is re-split into K tokens."""
-  vocab_size: int
-  d_model: int
-  dtype: Any = jnp.float32
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, mem_BxKxD, x_B):
     B, K, D = mem_BxKxD.shape
-    e = _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))
-    h, _ = nn.GRUCell(K * D, dtype=self.dtype, name='gru')(mem_BxKxD.reshape(B, K * D).astype(self.dtype), e)
+    e = _embed(self.cfg)(jnp.maximum(x_B, 0))
+    h, _ = nn.GRUCell(K * D, dtype=self.cfg.dtype, name='gru')(mem_BxKxD.reshape(B, K * D).astype(self.cfg.dtype), e)
     return layers.rms_norm(h.reshape(B, K, D))
 
 
 class MLPCell(nn.Module):
-  """Residual MLP over [flattened memory, embed(x)]: h <- h + MLP(RMSNorm([h, e])), `depth` times."""
-  vocab_size: int
-  d_model: int
-  depth: int
-  mlp_ratio: int = 4
-  dtype: Any = jnp.float32
+  """Residual MLP over [flattened memory, embed(x)]: h <- h + MLP(RMSNorm([h, e])), cell_depth times."""
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, mem_BxKxD, x_B):
+    c = self.cfg
     B, K, D = mem_BxKxD.shape
     Z = K * D
-    e = _embed(self.vocab_size, self.d_model, self.dtype)(jnp.maximum(x_B, 0))
-    h = mem_BxKxD.reshape(B, Z).astype(self.dtype)
+    e = _embed(c)(jnp.maximum(x_B, 0))
+    h = mem_BxKxD.reshape(B, Z).astype(c.dtype)
     init = nn.initializers.normal(0.02)
-    for i in range(self.depth):
-      u = layers.RMSNorm(self.dtype, name=f'norm_{i}')(jnp.concatenate([h, e], axis=-1))
-      u = nn.Dense(self.mlp_ratio * self.d_model, use_bias=False, dtype=self.dtype, kernel_init=init, name=f'up_{i}')(u)
-      h = h + nn.Dense(Z, use_bias=False, dtype=self.dtype, kernel_init=init, name=f'down_{i}')(nn.gelu(u))
+    for i in range(c.cell_depth):
+      u = layers.RMSNorm(c.dtype, name=f'norm_{i}')(jnp.concatenate([h, e], axis=-1))
+      u = nn.Dense(c.mlp_ratio * c.d_model, use_bias=False, dtype=c.dtype, kernel_init=init, name=f'up_{i}')(u)
+      h = h + nn.Dense(Z, use_bias=False, dtype=c.dtype, kernel_init=init, name=f'down_{i}')(nn.gelu(u))
     return layers.rms_norm(h.reshape(B, K, D))
 
 
-def architecture_options(m) -> dict:
-  """The Transformer options of config.model every network takes (configs saved before them: defaults)."""
-  return dict(head_dim=m.get('head_dim', 0), rotary_fraction=float(m.get('rotary_fraction', 1.0)),
-              use_bias=m.get('use_bias', False))
-
-
-def make_cell(m) -> nn.Module:
-  """The RNN updater named by config.model.cell. GRU and MLP cells work on the flattened memory and
-  need no projection for a narrow memory token."""
-  dtype = _dtype(m.dtype)
-  if m.cell == 'transformer':
-    return TransformerCell(m.vocab_size, m.d_model, m.num_heads, m.cell_depth, m.mlp_ratio,
-                           m.cell_residual, dtype, m.remat, m.get('mem_dim', 0), **architecture_options(m),
-                           final_norm=m.get('final_norm', False))
-  if m.cell == 'gru':
-    return GRUCell(m.vocab_size, m.d_model, dtype)
-  if m.cell == 'mlp':
-    return MLPCell(m.vocab_size, m.d_model, m.cell_depth, m.mlp_ratio, dtype)
-  raise ValueError(f'config.model.cell: unknown cell {m.cell!r}')
-
-
-INITIAL_MEMORY = ('encoder', 'zeros', 'learned')
+# The RNN updaters by config.model.cell. GRU and MLP cells work on the flattened memory and need no
+# projection for a narrow memory token.
+CELLS = {'transformer': TransformerCell, 'gru': GRUCell, 'mlp': MLPCell}
 
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
   """Encoder, decoder and RNN cell bound into pure functions of params = {'encoder','decoder','cell'}
-  (+ 'readout' during DMT, + 'init_memory' when the initial memory is learned)."""
+  (+ 'readout' during DMT, + 'init_memory' when the initial memory is learned). Hashable: a static jit
+  argument."""
+  cfg: ModelConfig
   encoder: Encoder
   decoder: Decoder
   cell: nn.Module
-  initial: str = 'encoder'  # the RNN's initial memory: the encoder's m_{-1}, zeros, or learned
 
   @classmethod
-  def from_config(cls, model_config, initial: str | None = None) -> Networks:
-    """`initial` overrides model_config.initial_memory (pass config.initial_memory(config) to resolve
-    'auto' by method)."""
-    m = model_config
-    initial = initial or m.initial_memory
-    if initial == 'auto':
-      initial = 'encoder'
-
-    dtype = _dtype(m.dtype)
-    mem_dim = m.get('mem_dim', 0)
-    enc = Encoder(m.vocab_size, m.d_model, m.num_heads, m.enc_depth, m.num_mem_tokens, m.mlp_ratio,
-                  m.encoder_attention, m.attn_window, dtype, m.remat, mem_dim, **architecture_options(m),
-                  final_norm=m.get('final_norm', False), prefix_chunk=m.get('prefix_chunk', 0))
-    dec = Decoder(m.vocab_size, m.d_model, m.num_heads, m.dec_depth, m.mlp_ratio, dtype, m.remat, mem_dim,
-                  **architecture_options(m), share_embedding=m.get('share_embedding', False))
-    return cls(enc, dec, make_cell(m), initial)
+  def from_config(cls, config) -> Networks:
+    """The networks of a run's config (config.model, and config.method for the initial memory)."""
+    cfg = ModelConfig.from_config(config)
+    return cls(cfg, Encoder(cfg), Decoder(cfg), CELLS[cfg.cell](cfg))
 
   @property
   def num_mem_tokens(self) -> int:
-    return self.encoder.num_mem_tokens
+    return self.cfg.num_mem_tokens
 
   @property
   def d_model(self) -> int:
-    return self.encoder.d_model
+    return self.cfg.d_model
 
   @property
   def mem_dim(self) -> int:
     """D, the width of a memory token."""
-    return self.encoder.mem_dim or self.encoder.d_model
+    return self.cfg.mem_dim
+
+  @property
+  def initial(self) -> str:
+    """The RNN's initial memory: 'encoder' (m_{-1} = E(empty)), 'zeros' or 'learned'."""
+    return self.cfg.initial_memory
 
   def init(self, rng) -> dict:
     """Parameters of all three networks (float32)."""
@@ -367,7 +286,7 @@ class Networks:
     params = {
         'encoder': self.encoder.init(r_enc, x)['params'],
         # A decoder sharing the encoder's embedding has no embedding to create: init it on memories alone.
-        'decoder': self.decoder.init(r_dec, mem, x[:, :0] if self.decoder.share_embedding else x)['params'],
+        'decoder': self.decoder.init(r_dec, mem, x[:, :0] if self.cfg.share_embedding else x)['params'],
         'cell': self.cell.init(r_cell, mem, x[:, 0])['params'],
     }
     if self.initial == 'learned':
@@ -396,7 +315,7 @@ class Networks:
     """Decoder logits [B, F+1, V] (float32). With a shared embedding the future inputs are embedded by
     params['encoder']['embed'] (so the decoder loss trains it too)."""
     emb = None
-    if self.decoder.share_embedding:
+    if self.cfg.share_embedding:
       emb = self.encoder.apply({'params': params['encoder']}, future_BxF, method=Encoder.embed_tokens)
     return self.decoder.apply({'params': params['decoder']}, mem_BxKxD, future_BxF, emb)
 

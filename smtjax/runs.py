@@ -19,17 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from smtjax import config as config_lib
 from smtjax import inference, plotting, train
 from smtjax import workdir as workdir_lib
 from smtjax.data import make_source, visualize
-from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import ConfigError
+from smtjax.evaluation import EvalSpec, Evaluator, summarize
 from smtjax.models import Networks
-
-
-def _encoder_attention(config) -> str:
-  return config.model.encoder_attention
 
 
 def default_read_len(config) -> int:
@@ -53,10 +48,6 @@ def resolve_lengths(config, read_len: int | None = None, eval_len: int | None = 
   return read_len, int(eval_len)
 
 
-def _mean(s: float, n: float) -> float:
-  return float(s / n) if n > 0 else float('nan')
-
-
 def json_safe(v):
   if isinstance(v, float) and not math.isfinite(v):
     return None
@@ -75,59 +66,25 @@ def auto_teacher_chunk(batch_size: int, read_len: int, tokens_per_call: int = 1 
 
 def evaluate_params(nets: Networks, params, config, source, num_batches: int, read_len: int, eval_len: int,
                     teacher_chunk: int | None = None) -> dict:
-  """Scores `num_batches` held-out 'test' batches; returns the eval.json dictionary (NaN where no target).
-  `teacher_chunk`: see `teacher_scores` (None = `auto_teacher_chunk`; 0 = every window in one call)."""
+  """Scores `num_batches` held-out 'test' batches with `evaluation.Evaluator`; returns the eval.json
+  dictionary (NaN where no target). `teacher_chunk`: see `inference.teacher_scores` (None =
+  `auto_teacher_chunk`; 0 = every window in one call)."""
   T = config.data.seq_len
   inference.check_lengths(T, read_len, eval_len)
+  causal = config.model.encoder_attention == 'causal'
   if teacher_chunk is None:
     teacher_chunk = auto_teacher_chunk(config.batch_size, read_len)
-  if teacher_chunk >= T or _encoder_attention(config) == 'causal':
+  if teacher_chunk >= T or causal:
     teacher_chunk = 0
-  it = BatchIterator(source, 'test', config.batch_size, 0, 1, prefetch=0)
-  P = eval_len + 1
-  tot = {k: np.zeros(n, np.float64) for k, n in
-         (('rnn_ce', P), ('rnn_n', P), ('rnn_hit', P), ('t_read_ce', P), ('t_read_n', P))}
-  sums = dict.fromkeys(('teacher_ce', 'teacher_n', 'teacher_hit', 'only_ce', 'only_n', 'only_hit'), 0.0)
-  num_seq = 0
-  for _ in range(num_batches):
-    batch = next(it)
-    x, y = jnp.asarray(batch['x']), jnp.asarray(batch['y'])
-    r = jax.device_get(inference.read(nets, params, x, y, read_len, eval_len))
-    t = jax.device_get(inference.teacher_scores(nets, params, x, y, read_len, teacher_chunk))
-    o = jax.device_get(inference.rnn_only(nets, params, x, y))
-    tot['rnn_ce'] += r['ce'].sum(0)
-    tot['rnn_n'] += r['valid'].sum(0)
-    tot['rnn_hit'] += r['correct'].sum(0)
-    tot['t_read_ce'] += t['ce'][:, read_len - 1:read_len + eval_len].sum(0)
-    tot['t_read_n'] += t['valid'][:, read_len - 1:read_len + eval_len].sum(0)
-    for name, s in (('teacher', t), ('only', o)):
-      sums[f'{name}_ce'] += float(s['ce'].sum())
-      sums[f'{name}_n'] += float(s['valid'].sum())
-      sums[f'{name}_hit'] += float(s['correct'].sum())
-    num_seq += x.shape[0]
-  it.close()
-  n_rnn = tot['rnn_n'].sum()
-  out = {
-      'rnn_loss': _mean(tot['rnn_ce'].sum(), n_rnn),
-      'teacher_loss': _mean(sums['teacher_ce'], sums['teacher_n']),
-      'rnn_only_loss': _mean(sums['only_ce'], sums['only_n']),
-      'rnn_accuracy': _mean(tot['rnn_hit'].sum(), n_rnn),
-      'teacher_accuracy': _mean(sums['teacher_hit'], sums['teacher_n']),
-      'rnn_only_accuracy': _mean(sums['only_hit'], sums['only_n']),
-      # the teacher on exactly the targets `read` scores (y[read_len-1 : read_len+eval_len])
-      'teacher_loss_read_targets': _mean(tot['t_read_ce'].sum(), tot['t_read_n'].sum()),
-      'rnn_loss_per_position': [_mean(c, n) for c, n in zip(tot['rnn_ce'], tot['rnn_n'])],
-      'teacher_loss_per_position': [_mean(c, n) for c, n in zip(tot['t_read_ce'], tot['t_read_n'])],
-      'num_targets_per_position': [int(n) for n in tot['rnn_n']],
-  }
+  spec = EvalSpec(teacher=True, read_len=read_len, eval_len=eval_len, teacher_chunk=teacher_chunk)
+  totals = Evaluator(config, nets, spec).totals(params, source, num_batches)
+  out = summarize(totals)
   for k in ('rnn_loss', 'teacher_loss', 'rnn_only_loss', 'teacher_loss_read_targets'):
     out[k + '_bits'] = out[k] / math.log(2)
   out.update(
-      read_len=read_len, eval_len=eval_len, seq_len=T, num_sequences=num_seq, num_batches=num_batches,
-      num_rnn_targets=int(n_rnn), num_teacher_targets=int(sums['teacher_n']),
-      encoder_attention=_encoder_attention(config),
-      teacher='causal prefix memory of x_0..x_t' if _encoder_attention(config) == 'causal'
-      else f'bidirectional memory of the last {read_len} tokens',
+      read_len=read_len, eval_len=eval_len, seq_len=T, num_sequences=totals['num_sequences'], num_batches=num_batches,
+      encoder_attention=config.model.encoder_attention,
+      teacher='causal prefix memory of x_0..x_t' if causal else f'bidirectional memory of the last {read_len} tokens',
       positions='entry j of *_per_position scores y[read_len-1+j] from the RNN memory after j steps on '
                 'x[read_len : read_len+j] (j = 0: the encoder memory of x[:read_len])',
       units='nats per target token; *_bits = nats / ln 2',
@@ -139,7 +96,7 @@ def load_run(workdir: str, step: int | None = None):
   """(config, params, nets, source) of a trained run: its saved config, the latest (or `step`) checkpoint's
   parameters, its networks (initial memory resolved by method) and its data source."""
   config, params = train.load_params(workdir, step=step)
-  nets = Networks.from_config(config.model, config_lib.initial_memory(config))
+  nets = Networks.from_config(config)
   return config, params, nets, make_source(config.data, config.seed)
 
 

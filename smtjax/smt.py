@@ -1,4 +1,4 @@
-"""The SMT objective (method.md §4) in two modes, and held-out RNN/teacher metrics.
+"""The SMT objective (method.md §4) in two modes.
 
 - `window`: the published setting, one transition per sequence. With T >= Tc + Tf:
   m_t = E(x[0:Tc]), m_{t+1} = E(x[1:Tc+1]), RNN input x[Tc], decoder future inputs x[Tc:Tc+Tf-1],
@@ -10,7 +10,7 @@
   all memory tokens of the batch.
 Both return (total, metrics) with the metric names loss, loss_dec, loss_dec0, loss_dyn, loss_unif.
 
-Drift-robust options of the parallel mode (each off by default, each still time-parallel; README "Drift"):
+Drift-robust options of the parallel mode (each off by default, each still time-parallel; docs/method.md):
 - `smt.rollout_steps` n > 1: from every prefix memory m_L at once the cell rolls n steps on the true
   inputs (a short lax.scan over n, batched over all B*(T+1-n) starts) and each rolled memory is matched to
   the teacher's m_{L+j} (one MSE pooled over the n steps); `smt.rollout_detach` feeds each step a detached
@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from smtjax import config as config_lib
-from smtjax import inference, layers, losses
+from smtjax import layers, losses
 from smtjax.models import Networks
+from smtjax.windows import decoder_windows, gather_memories, windows
 
 
 def _total(s, dec, dyn, unif):
@@ -41,38 +42,33 @@ def _teacher(mem, s):
   return jax.lax.stop_gradient(mem) if s.trainable == 'rnn' else mem
 
 
-def _dynamics(nets: Networks, params, m_in, x_in, m_out, s):
+def _dynamics(nets: Networks, params, m_in, x_in, m_out, config):
   """L_dyn = MSE(U(m_in, x_in), m_out) over pairs with a real input, with the gradient routed by
   smt.dynamics_gradient: 'both' (into the RNN and both teacher memories), 'stop_target' (m_out detached),
   'rnn_only' (m_in and m_out detached: no dynamics gradient reaches the teacher)."""
-  mode = config_lib.dynamics_gradient(s)
+  mode = config_lib.dynamics_gradient(config)
   if mode == 'rnn_only':
     m_in = jax.lax.stop_gradient(m_in)
   pred = nets.step(params, m_in, x_in)
   return losses.dynamics_loss(pred, m_out, mask=x_in >= 0, detach_target=mode in ('stop_target', 'rnn_only'))
 
 
-def window_losses(nets: Networks, params, batch, rng, s):
+def window_losses(nets: Networks, params, batch, rng, config):
   """One transition per sequence (the public implementation's windowing). The uniformity loss covers the
   tokens of m_t only, as in the public code."""
+  s = config.smt
   x, y = batch['x'], batch['y']
   B = x.shape[0]
   Tc, Tf = s.context, s.future
   # Both windows through the encoder in one call.
   mems = _teacher(nets.encode(params, jnp.concatenate([x[:, :Tc], x[:, 1:Tc + 1]], axis=0)), s)
   m_t, m_next = mems[:B], mems[B:]
-  dyn = _dynamics(nets, params, m_t, x[:, Tc], m_next, s)
-  logits = nets.decode(params, m_t, x[:, Tc:Tc + Tf - 1])
-  dec, dec0 = losses.decoder_loss(logits, y[:, Tc - 1:Tc + Tf - 1], s.gamma)
+  dyn = _dynamics(nets, params, m_t, x[:, Tc], m_next, config)
+  future, targets = decoder_windows(x, y, jnp.array([Tc]), Tf)
+  dec, dec0 = losses.decoder_loss(nets.decode(params, m_t, future), targets, s.gamma)
   unif = losses.uniformity_loss(m_t.reshape(-1, m_t.shape[-1]), rng, s.unif_samples, s.unif_t)
   total = _total(s, dec, dyn, unif)
   return total, dict(loss=total, loss_dec=dec, loss_dec0=dec0, loss_dyn=dyn, loss_unif=unif)
-
-
-def _windows(a_BxN, starts_BxS, length: int):
-  """a[b, starts[b, s] : starts[b, s] + length] -> [B, S, length]."""
-  idx = starts_BxS[..., None] + jnp.arange(length)
-  return jnp.take_along_axis(a_BxN[:, None, :], idx, axis=-1)
 
 
 def transition_indices(rng, B: int, T: int, num_transitions: int, steps: int = 1):
@@ -81,12 +77,6 @@ def transition_indices(rng, B: int, T: int, num_transitions: int, steps: int = 1
   if num_transitions in (0, T):
     return jnp.broadcast_to(jnp.arange(T + 1 - steps), (B, T + 1 - steps))
   return jax.random.randint(rng, (B, num_transitions), 0, T + 1 - steps)
-
-
-def _gather_mems(mems_BxNxKxD, idx_BxM):
-  """mems[b, idx[b, m]] -> [B*M, K, D]."""
-  K, D = mems_BxNxKxD.shape[2:]
-  return jnp.take_along_axis(mems_BxNxKxD, idx_BxM[:, :, None, None], axis=1).reshape(-1, K, D)
 
 
 def perturb_memory(mem_NxKxD, sigma, rng):
@@ -98,106 +88,84 @@ def perturb_memory(mem_NxKxD, sigma, rng):
 def _noise_scale(nets: Networks, params, m_in, x_in, m_out, s):
   """sigma of the memory noise: smt.memory_noise, times (mode 'matched') the RMS of the cell's current
   one-step error on these pairs (detached: the noise is data, not a path for gradients)."""
-  if s.get('memory_noise_mode', 'fixed') == 'fixed':
+  if s.memory_noise_mode == 'fixed':
     return jnp.float32(s.memory_noise)
   err = losses.dynamics_loss(nets.step(params, m_in, x_in), m_out, mask=x_in >= 0)
   return s.memory_noise * jnp.sqrt(jax.lax.stop_gradient(err))
 
 
-def rollout_dynamics(nets: Networks, params, mems, x, y, starts_BxN, s, rng):
-  """The dynamics loss of n = smt.rollout_steps cell steps from the teacher memories mems[:, L] (L in
-  starts), on the true inputs x[:, L..L+n-1], each rolled memory matched to mems[:, L+j+1] (masked MSE
-  pooled over all steps and starts). mems: [B, T+1, K, D]. Returns (loss_dyn, extra metrics)."""
-  B, N = starts_BxN.shape
-  n = int(s.get('rollout_steps', 1))
-  pos_BxNxn = starts_BxN[..., None] + jnp.arange(n)  # input positions L + j
-  m0 = _gather_mems(mems, starts_BxN)  # [B*N, K, D]
-  xs = jnp.take_along_axis(x, pos_BxNxn.reshape(B, N * n), axis=1).reshape(B * N, n)
-  targets = _gather_mems(mems, (pos_BxNxn + 1).reshape(B, N * n)).reshape((B * N, n) + mems.shape[2:])
-  extra = {}
-  if s.get('memory_noise', 0.0) > 0:
-    sigma = _noise_scale(nets, params, m0, xs[:, 0], targets[:, 0], s)
-    m0 = perturb_memory(m0, sigma, rng)
-    extra['mem_noise_std'] = sigma
-  if n == 1:  # the one-step loss, as it always was
-    return _dynamics(nets, params, m0, xs[:, 0], targets[:, 0], s), extra
-
-  detach = s.get('rollout_detach', False)
-  mode = config_lib.dynamics_gradient(s)  # routes the teacher's share of the gradient as in one-step SMT
-  if mode == 'rnn_only':
-    m0 = jax.lax.stop_gradient(m0)
-
+def _roll(nets: Networks, params, m0, xs_Nxn, detach: bool):
+  """The cell rolled n steps from m0 [N, K, D] on xs [N, n]: memories [N, n, K, D]. The first step reads
+  m0 (gradients as in one-step SMT); the others their own predictions, detached when `detach`."""
   def body(m, x_N):
     m = nets.step(params, jax.lax.stop_gradient(m) if detach else m, x_N)
     return m, m
 
-  # The first step reads the teacher's memory (gradients as in one-step SMT); the rest their own predictions.
-  m1 = nets.step(params, m0, xs[:, 0])
-  _, rest = jax.lax.scan(body, m1, xs[:, 1:].T)  # [n-1, B*N, K, D]
-  preds = jnp.concatenate([m1[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)  # [B*N, n, K, D]
+  m1 = nets.step(params, m0, xs_Nxn[:, 0])
+  _, rest = jax.lax.scan(body, m1, xs_Nxn[:, 1:].T)  # [n-1, N, K, D]
+  return jnp.concatenate([m1[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
+
+
+def rollout_dynamics(nets: Networks, params, mems, x, y, starts_BxN, config, rng):
+  """The dynamics loss of n = smt.rollout_steps cell steps from the teacher memories mems[:, L] (L in
+  starts), on the true inputs x[:, L..L+n-1], each rolled memory matched to mems[:, L+j+1] (masked MSE
+  pooled over all steps and starts). mems: [B, T+1, K, D]. Returns (loss_dyn, extra metrics)."""
+  s = config.smt
+  B, N = starts_BxN.shape
+  n = s.rollout_steps
+  pos_BxNxn = starts_BxN[..., None] + jnp.arange(n)  # input positions L + j
+  m0 = gather_memories(mems, starts_BxN)  # [B*N, K, D]
+  xs = windows(x, starts_BxN, n).reshape(B * N, n)
+  targets = gather_memories(mems, (pos_BxNxn + 1).reshape(B, N * n)).reshape((B * N, n) + mems.shape[2:])
+  extra = {}
+  if s.memory_noise > 0:
+    sigma = _noise_scale(nets, params, m0, xs[:, 0], targets[:, 0], s)
+    m0 = perturb_memory(m0, sigma, rng)
+    extra['mem_noise_std'] = sigma
+  if n == 1:
+    return _dynamics(nets, params, m0, xs[:, 0], targets[:, 0], config), extra
+
+  mode = config_lib.dynamics_gradient(config)  # routes the teacher's share of the gradient as in one-step SMT
+  if mode == 'rnn_only':
+    m0 = jax.lax.stop_gradient(m0)
+  preds = _roll(nets, params, m0, xs, s.rollout_detach)  # [B*N, n, K, D]
   flat = lambda a: a.reshape((B * N * n,) + a.shape[2:])
   dyn = losses.dynamics_loss(flat(preds), flat(targets), mask=flat(xs) >= 0,
                              detach_target=mode in ('stop_target', 'rnn_only'))
-  if s.get('rollout_decode', 0.0) > 0:
+  if s.rollout_decode > 0:
     # The memory after reading x[:L+j+1] predicts y[L+j]: the RNN's readout on its own rolled memories.
-    ys = jnp.take_along_axis(y, pos_BxNxn.reshape(B, N * n), axis=1).reshape(B * N * n)
-    ce, valid = losses.token_cross_entropy(nets.readout(params, flat(preds)), ys)
-    extra['loss_roll_dec'] = jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
+    ys = windows(y, starts_BxN, n).reshape(B * N * n)
+    extra['loss_roll_dec'] = losses.mean_cross_entropy(nets.readout(params, flat(preds)), ys)
   return dyn, extra
 
 
-def parallel_losses(nets: Networks, params, batch, rng, s):
+def parallel_losses(nets: Networks, params, batch, rng, config):
   """Every memory transition of every sequence from one encoder pass (method.md §4, last part)."""
+  s = config.smt
   x, y = batch['x'], batch['y']
   B, T = x.shape
   r_dyn, r_dec, r_unif = jax.random.split(rng, 3)
   mems = _teacher(nets.prefix_memories(params, x), s)  # [B, T+1, K, D]
-  K, D = mems.shape[2:]
 
   # Dynamics: (m_{L-1}, x_L) -> m_L, i.e. mems[:, L], x[:, L] -> mems[:, L+1] (rolled n steps: see above).
-  L = transition_indices(r_dyn, B, T, s.num_transitions, int(s.get('rollout_steps', 1)))  # [B, N]
-  dyn, extra = rollout_dynamics(nets, params, mems, x, y, L, s, jax.random.fold_in(r_dyn, 1))
+  L = transition_indices(r_dyn, B, T, s.num_transitions, s.rollout_steps)  # [B, N]
+  dyn, extra = rollout_dynamics(nets, params, mems, x, y, L, config, jax.random.fold_in(r_dyn, 1))
 
-  # Decoder: memory after L tokens predicts y[L-1 .. L+Tf-2] reading future inputs x[L .. L+Tf-2].
-  Tf = s.future
+  # Decoder: the memory after L tokens predicts y[L-1 .. L+Tf-2] reading future inputs x[L .. L+Tf-2].
   S = T + 1 if s.num_decoder_samples == 0 else s.num_decoder_samples
   starts = (jnp.broadcast_to(jnp.arange(T + 1), (B, T + 1)) if S == T + 1
             else jax.random.randint(r_dec, (B, S), 0, T + 1))
-  x_pad = jnp.concatenate([x, jnp.full((B, Tf), -1, x.dtype)], axis=1)
-  y_pad = jnp.concatenate([jnp.full((B, 1), -1, y.dtype), y, jnp.full((B, Tf), -1, y.dtype)], axis=1)
-  future = _windows(x_pad, starts, Tf - 1).reshape(B * S, Tf - 1)
-  targets = _windows(y_pad, starts, Tf).reshape(B * S, Tf)
-  m_dec = jnp.take_along_axis(mems, starts[:, :, None, None], axis=1).reshape(B * S, K, D)
-  dec, dec0 = losses.decoder_loss(nets.decode(params, m_dec, future), targets, s.gamma)
+  future, targets = decoder_windows(x, y, starts, s.future)
+  dec, dec0 = losses.decoder_loss(nets.decode(params, gather_memories(mems, starts), future), targets, s.gamma)
 
-  unif = losses.uniformity_loss(mems.reshape(-1, D), r_unif, s.unif_samples, s.unif_t)
+  unif = losses.uniformity_loss(mems.reshape(-1, mems.shape[-1]), r_unif, s.unif_samples, s.unif_t)
   total = _total(s, dec, dyn, unif)
   if 'loss_roll_dec' in extra:
     total = total + s.rollout_decode * extra['loss_roll_dec']
   return total, dict(loss=total, loss_dec=dec, loss_dec0=dec0, loss_dyn=dyn, loss_unif=unif, **extra)
 
 
-def smt_losses(nets: Networks, params, batch, rng, smt_config):
-  """(total, metrics) for config.smt.mode."""
-  fn = window_losses if smt_config.mode == 'window' else parallel_losses
-  return fn(nets, params, batch, rng, smt_config)
-
-
-def _summary(scores: dict, prefix: str) -> dict:
-  n = jnp.maximum(jnp.sum(scores['valid']), 1)
-  return {f'{prefix}_loss': jnp.sum(scores['ce']) / n, f'{prefix}_accuracy': jnp.sum(scores['correct']) / n}
-
-
-def rnn_metrics(nets: Networks, params, batch, teacher_causal: bool = True):
-  """Held-out sequence metrics (nats per target; accuracy on y >= 0), from smtjax.inference:
-
-  rnn_only_*: the RNN reads the whole sequence from its initial memory (lax.scan rollout), and its
-  readout predicts y_t after x_0..x_t.
-  teacher_*: the decoder's prediction of y_t from the encoder memory of x_0..x_t (an upper bound);
-  computed when the encoder is causal (one prefix pass).
-  """
-  x, y = batch['x'], batch['y']
-  out = _summary(inference.rnn_only(nets, params, x, y), 'rnn_only')
-  if teacher_causal:
-    out.update(_summary(inference.teacher_scores(nets, params, x, y), 'teacher'))
-  return out
+def smt_losses(nets: Networks, params, batch, rng, config):
+  """(total, metrics) of config.smt.mode; the signature every objective shares."""
+  fn = window_losses if config.smt.mode == 'window' else parallel_losses
+  return fn(nets, params, batch, rng, config)

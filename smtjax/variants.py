@@ -246,14 +246,15 @@ def parse_value(text: str):
 
 
 def override(c: Config, field: str, value) -> None:
+  """Sets an existing field ('model.d_model') of `c`; ConfigError naming the nearest field for an unknown one."""
   *path, leaf = field.split('.')
   node = c
-  for i, part in enumerate(path):
+  for part in path:
     if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise ConfigError(f'variant override {field}: config has no field {".".join(path[:i + 1])!r}')
+      raise ConfigError(f'variant override {field}: {config_lib.unknown_field(c, field)}')
     node = node[part]
   if leaf not in node:
-    raise ConfigError(f'variant override {field}: config has no field {field!r}')
+    raise ConfigError(f'variant override {field}: {config_lib.unknown_field(c, field)}')
   try:
     node[leaf] = value
   except TypeError as e:

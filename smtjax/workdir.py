@@ -58,6 +58,12 @@ def write_text(path, text: str) -> None:
     raise WorkdirError(f'cannot write {path}: {e}') from e
 
 
+def save_config(config, workdir, process_index: int = 0) -> None:
+  """workdir/config.json: the run's whole config (written by process 0 only)."""
+  if process_index == 0:
+    write_text(epath.Path(workdir) / 'config.json', config.to_json_best_effort(indent=2, sort_keys=True))
+
+
 # -------------------------------------------------------------------------------------------- lock
 
 def _pid_alive(pid: int) -> bool:

@@ -12,9 +12,9 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
 # The suite is bound by XLA:CPU compilation, not by running its tiny programs. XLA:CPU's MLIR fusion emitters
-# take most of that: without them a tiny train step compiles in 0.9 s instead of 2.8 s (eval step 0.5 s
-# instead of 1.4 s), on 2 cores; LLVM at -O0 trims a little more. Subprocess tests inherit these through
-# XLA_FLAGS; SMTJAX_TEST_XLA_FLAGS='' restores XLA's defaults.
+# take most of that time, so the suite compiles without them and with LLVM at -O0 (docs/benchmarks.md has
+# the measured effect). Subprocess tests inherit these through XLA_FLAGS; SMTJAX_TEST_XLA_FLAGS='' restores
+# XLA's defaults.
 TEST_XLA_FLAGS = os.environ.setdefault(
     'SMTJAX_TEST_XLA_FLAGS',
     '--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')

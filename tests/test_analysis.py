@@ -17,7 +17,7 @@ B, T = 4, 8
 @pytest.fixture(scope='module')
 def setup():
   c = tiny_config(cell='gru')
-  nets = models.Networks.from_config(c.model)
+  nets = models.Networks.from_config(c)
   params = jax.jit(nets.init)(jax.random.PRNGKey(0))
   x = jax.random.randint(jax.random.PRNGKey(1), (B, T), 0, 10)
   y = jnp.full((B, T), -1).at[:, -1].set(jnp.arange(B) % 5).at[0, -1].set(-1)  # last target; one missing

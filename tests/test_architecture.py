@@ -15,9 +15,11 @@ LAYERS = [
      'smtjax.preemption'},
     {'smtjax.layers'},
     {'smtjax.models'},
-    {'smtjax.losses'},
+    {'smtjax.losses', 'smtjax.windows'},
     {'smtjax.inference'},
     {'smtjax.smt', 'smtjax.dmt', 'smtjax.bptt'},
+    {'smtjax.objectives', 'smtjax.optim'},
+    {'smtjax.evaluation'},
     {'smtjax.train'},
     {'smtjax.runs'},
     {'smtjax.studies'},
@@ -135,3 +137,20 @@ def test_the_checks_can_fail(tmp_path, monkeypatch):
     assert 'a -> b -> c -> a' in str(e)
   else:
     raise AssertionError('a planted cycle was not found')
+
+
+# Functions allowed over MAX_FUNCTION_LINES: lists of config fields.
+LONG_ALLOWED = {'smtjax/config.py:default_config'}
+MAX_FUNCTION_LINES = 60
+
+
+def test_library_functions_fit_on_a_screen():
+  """No library function over 60 lines (lists of config fields excepted): each reads in one sitting."""
+  long = []
+  for path in sorted(PACKAGE.rglob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        name = f'{path.relative_to(ROOT)}:{node.name}'
+        if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES and name not in LONG_ALLOWED:
+          long.append(f'{name} ({node.end_lineno - node.lineno + 1} lines)')
+  assert not long, long

@@ -1,5 +1,5 @@
-"""The fused attention path and chunked prefix groups against the explicit-mask implementation they
-replace (kept here as the reference), including padding, windows and gradients."""
+"""The fused attention path and chunked prefix groups against a plain explicit-mask reference
+implementation, including padding, windows and gradients."""
 
 from typing import Any
 
@@ -14,30 +14,28 @@ from smtjax import layers, models
 from tests.conftest import tiny_config
 
 NEG_INF = -1e30
-D, H = 16, 2
+CFG = config_lib.ModelConfig.from_config(tiny_config())  # d_model 16, 2 heads
+D, H = CFG.d_model, CFG.num_heads
 
 
-# ------------------------------------------------------------------ the previous (explicit-mask) code
+# ------------------------------------------------------------------ the explicit-mask reference
 
 def ref_attend(q, k, v, mask):
-  """q: [B, Lq, H, Dh]; mask: [B, Lq, Lk] (the implementation before the fused path)."""
+  """q: [B, Lq, H, Dh]; mask: [B, Lq, Lk] (the plain reference)."""
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   w = jax.nn.softmax(jnp.where(mask[:, None], logits.astype(jnp.float32), NEG_INF), axis=-1).astype(v.dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', w, v)
 
 
 class RefBlock(nn.Module):
-  """The previous Block (same parameter tree as layers.Block)."""
-  d_model: int
-  num_heads: int
-  mlp_ratio: int = 4
-  dtype: Any = jnp.float32
+  """A plain explicit-mask Block (same parameter tree as layers.Block)."""
+  cfg: Any
 
   def setup(self):
-    self.norm_attn = layers.RMSNorm(self.dtype)
-    self.norm_mlp = layers.RMSNorm(self.dtype)
-    self.attn = layers.Attention(self.d_model, self.num_heads, self.dtype)
-    self.mlp = layers.MLP(self.d_model, self.mlp_ratio, self.dtype)
+    self.norm_attn = layers.RMSNorm(self.cfg.dtype)
+    self.norm_mlp = layers.RMSNorm(self.cfg.dtype)
+    self.attn = layers.Attention(self.cfg)
+    self.mlp = layers.MLP(self.cfg)
 
   def __call__(self, x, pos, mask):
     q, k, v = self.attn.qkv(self.norm_attn(x), pos)
@@ -62,7 +60,7 @@ class RefBlock(nn.Module):
 
 
 def ref_prefix_inputs(x, K, window):
-  """The masks the previous Encoder.prefix_memories built: positions, [B,T,T] token mask, [B,G,T] reads."""
+  """The explicit masks of the prefix groups: positions, [B,T,T] token mask, [B,G,T] reads."""
   B, T = x.shape
   valid, pos, count = models._valid_positions(x)
   n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)
@@ -161,15 +159,15 @@ def test_fully_masked_rows_give_zeros_and_finite_gradients():
 
 @pytest.mark.parametrize('pattern', ['decoder', 'cell', 'bidirectional'])
 def test_block_equals_reference(pattern):
-  """Block with the fused path (causal flag + key padding, or no mask) == the previous explicit-mask Block."""
+  """Block with the fused path (causal flag + key padding, or no mask) == the explicit-mask reference Block."""
   B, L = 3, 10
   x = jax.random.normal(jax.random.PRNGKey(0), (B, L, D))
   pos = jnp.broadcast_to(jnp.arange(L), (B, L))
   keys = jnp.ones((B, L), bool).at[1, -3:].set(False).at[2, 4].set(False)
   if pattern == 'bidirectional':  # left padding, as the window-mode encoder sees it
     keys = jnp.ones((B, L), bool).at[1, :3].set(False)
-  blk = layers.Block(D, H, causal=pattern == 'decoder')
-  params = RefBlock(D, H).init(jax.random.PRNGKey(1), x, pos, jnp.ones((B, L, L), bool))
+  blk = layers.Block(CFG, causal=pattern == 'decoder')
+  params = RefBlock(CFG).init(jax.random.PRNGKey(1), x, pos, jnp.ones((B, L, L), bool))
   if pattern == 'cell':
     mask, full = None, jnp.ones((B, L, L), bool)
   else:
@@ -178,22 +176,22 @@ def test_block_equals_reference(pattern):
     if pattern == 'decoder':
       full = full & jnp.tril(jnp.ones((L, L), bool))
   out = blk.apply(params, x, pos, mask)
-  ref = RefBlock(D, H).apply(params, x, pos, full)
+  ref = RefBlock(CFG).apply(params, x, pos, full)
   np.testing.assert_allclose(out, ref, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize('window,chunk', [(0, 0), (0, 4), (0, 3), (3, 0), (3, 4), (0, 32)])
 def test_prefix_groups_equal_reference(window, chunk):
   """Unchunked and chunked prefix groups (chunk not dividing G = T+1, larger than G, with a window and
-  padding) == the previous dense implementation, values and gradients."""
+  padding) == the dense reference implementation, values and gradients."""
   B, T, K = 3, 9, 2
   x = _tokens(B, T, pad_left=(0, 3), pad_mid=True)
   valid, pos, reg_pos, tok_mask, reads = ref_prefix_inputs(x, K, window)
   tok = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
   reg = jax.random.normal(jax.random.PRNGKey(1), (B, T + 1, K, D))
-  ref_blk = RefBlock(D, H)
+  ref_blk = RefBlock(CFG)
   params = ref_blk.init(jax.random.PRNGKey(2), tok, pos, tok_mask, reg, reg_pos, reads, method=RefBlock.prefix_groups)
-  blk = layers.Block(D, H, window=window, prefix_chunk=chunk)
+  blk = layers.Block(CFG, window=window, prefix_chunk=chunk)
 
   def run(p, tok, reg):
     t, r = blk.apply(p, tok, pos, valid, reg, reg_pos, method=layers.Block.prefix_groups)
@@ -221,7 +219,7 @@ def test_chunked_prefix_memories_equal_unchunked(window):
   chunks of 5: G=12 not divisible) equals the unchunked encoder; gradients too."""
   c = tiny_config()
   c.model.enc_depth, c.model.attn_window, c.model.remat = 2, window, True
-  nets0 = models.Networks.from_config(c.model)
+  nets0 = models.Networks.from_config(c)
   params = jax.jit(nets0.init)(jax.random.PRNGKey(0))
   x = _tokens(3, 11, seed=5, pad_left=(0, 4), pad_mid=True)
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 12, c.model.num_mem_tokens, c.model.d_model))
@@ -229,7 +227,7 @@ def test_chunked_prefix_memories_equal_unchunked(window):
   want_l, want_g = loss(nets0)(params)
   for chunk in (4, 5):
     c.model.prefix_chunk = chunk
-    nets = models.Networks.from_config(c.model)
+    nets = models.Networks.from_config(c)
     np.testing.assert_allclose(jax.jit(nets.prefix_memories)(params, x), jax.jit(nets0.prefix_memories)(params, x),
                                atol=1e-5, rtol=1e-5)
     l, g = loss(nets)(params)
@@ -245,7 +243,7 @@ def test_chunked_scores_are_linear_in_T():
 
   def temp_bytes(T, chunk):
     c.model.prefix_chunk = chunk
-    nets = models.Networks.from_config(c.model)
+    nets = models.Networks.from_config(c)
     params = jax.eval_shape(nets.init, jax.random.PRNGKey(0))
     x = jax.ShapeDtypeStruct((2, T), jnp.int32)
     f = jax.jit(jax.grad(lambda p, x: jnp.sum(nets.prefix_memories(p, x) ** 2)))

@@ -55,7 +55,8 @@ def _assert_nothing_lost(before: dict[str, bytes], wd: pathlib.Path):
     elif name == 'config.json' and after[name] != data:  # a resumed run rewrites it (num_steps 4 -> 8)...
       saved, now = json.loads(data), json.loads(after[name])
       for field in ckpt_lib.ARCHITECTURE_FIELDS:  # ...but never with another architecture
-        assert ckpt_lib._get(saved, field) == ckpt_lib._get(now, field), field
+        section, name = field.split('.')
+        assert saved[section][name] == now[section][name], field
     else:
       assert after[name] == data, f'{name} changed'
 

@@ -24,7 +24,7 @@ from smtjax import train
 from smtjax import workdir as workdir_lib
 from smtjax.metrics import MetricWriter, read_metrics
 from tests.conftest import tiny_config
-from tests.test_train import Interrupted, _patch_train_step
+from tests.test_train import Interrupted
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -94,18 +94,14 @@ def test_train_kill_resume_on_object_store_equals_uninterrupted_run(fake_gcs, mo
   c = tiny_config()
   train.train_and_evaluate(c, 'gs://bucket/full')
 
-  def kill_after_6(step_fn, state, batch, rng):
-    if int(state.step) == 6:
+  def kill_after_6(step, state):
+    if step == 6:
       raise Interrupted()
-    return step_fn(state, batch, rng)
 
   # Flush metrics at every write, so the killed run leaves lines past its checkpoint to be dropped.
-  init = MetricWriter.__init__
-  monkeypatch.setattr(MetricWriter, '__init__', lambda self, *a, **k: init(self, *a, **{**k, 'flush_every_s': 0}))
-  with monkeypatch.context() as m:
-    _patch_train_step(m, kill_after_6)
-    with pytest.raises(Interrupted):
-      train.train_and_evaluate(c, 'gs://bucket/part')
+  c.metrics_flush_secs = 0.0
+  with pytest.raises(Interrupted):
+    train.train_and_evaluate(c, 'gs://bucket/part', hooks=[kill_after_6])
   assert max(r['step'] for r in read_metrics('gs://bucket/part')) >= 5
   assert not epath.Path('gs://bucket/part/lock.json').exists()  # released on the way out
   train.train_and_evaluate(c, 'gs://bucket/part')

@@ -2,11 +2,14 @@
 
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from smtjax import config as config_lib
 from smtjax.data import make_source
+from tests.conftest import ROOT
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / 'configs').glob('*.py'))
 SYNTHETIC = ('retrieval', 'copy', 'stack', 'keys_values', 'modular', 'parity')
@@ -60,8 +63,9 @@ def test_variants_compose_and_override():
 @pytest.mark.parametrize('arg, match', [
     ('small,gpu', 'more than one size'),
     ('small,nope', "unknown variant 'nope'"),
-    ('small,model.nope=3', "no field 'model.nope'"),
-    ('small,nope.x=3', "no field 'nope'"),
+    ('small,model.nope=3', 'config.model.nope: no such field'),
+    ('small,nope.x=3', 'config.nope.x: no such field'),
+    ('small,model.dmodel=3', 'config.model.dmodel: no such field; did you mean config.model.d_model'),
     ('small,model.d_model=wide', 'model.d_model'),
 ])
 def test_bad_variants_name_what_is_wrong(arg, match):
@@ -76,3 +80,18 @@ def test_load_config_takes_a_path_with_variants(tmp_path):
   assert c.data.name == 'copy' and c.model.num_mem_tokens == 3
   with pytest.raises(config_lib.ConfigError, match='not found'):
     config_lib.load_config(str(tmp_path / 'missing.py'))
+
+
+@pytest.mark.parametrize('override, line', [
+    ('--config.model.dmodel=3', 'error: config.model.dmodel: no such field; did you mean config.model.d_model?'),
+    ('--config.modle.d_model=3', 'error: config.modle.d_model: no such field; did you mean config.model.d_model?'),
+    ('--config.model.d_model=abc', "error: config.model.d_model: expected int, got 'abc'"),
+    ('--config.smt.coef_dyn=high', "error: config.smt.coef_dyn: expected float, got 'high'"),
+])
+def test_a_misspelt_or_mistyped_override_is_one_line(tmp_path, override, line):
+  """The command line names the field (and the nearest known one) in one line, before anything runs."""
+  r = subprocess.run([sys.executable, '-m', 'experiments.run', '--config=configs/retrieval.py:small', override,
+                      f'--workdir={tmp_path / "run"}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  assert r.stderr.strip().splitlines() == [line], r.stderr[-2000:]
+  assert not (tmp_path / 'run').exists()

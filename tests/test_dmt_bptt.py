@@ -16,7 +16,7 @@ B, Td = 2, 6
 
 def _setup(cell='mlp'):
   c = tiny_config(cell=cell)
-  nets = models.Networks.from_config(c.model)
+  nets = models.Networks.from_config(c)
   params = jax.jit(nets.init)(jax.random.PRNGKey(0))
   x = jax.random.randint(jax.random.PRNGKey(1), (B, Td), 0, 10)
   m0 = jax.jit(nets.encode)(params, x)
@@ -25,17 +25,36 @@ def _setup(cell='mlp'):
 
 @pytest.mark.parametrize('backprop', [False, True])
 def test_dmt_rollout_gradient_paths(backprop):
-  """Loss at step t vs perturbations of earlier memories: zero for one-step gradients, nonzero for full."""
+  """Memory r_t with respect to the start memory and to each step's input token embedding: with one-step
+  gradients only step t's own input reaches r_t (no earlier step, not the start memory); with full
+  backpropagation every earlier step does."""
   c, nets, params, x, m0 = _setup()
   t = Td - 1
-  probe = jnp.zeros((Td, B) + m0.shape[1:])
-  g = jax.jit(jax.grad(lambda p: jnp.sum(dmt.rollout(nets, params, m0, x, backprop, p)[:, t] ** 2)))(probe)
-  assert jnp.abs(g[t]).max() > 0  # a step's loss always reaches its own step
-  earlier = jnp.abs(g[:t]).max()
+  table = params['cell']['embed']['embedding']
+
+  def r_t(m0, d_emb):  # d_emb [Td, V, D]: step s reads the cell embedding table + d_emb[s] (zeros)
+    def body(mem, inp):
+      x_B, d = inp
+      p = dict(params, cell=dict(params['cell'], embed={'embedding': table + d}))
+      if not backprop:
+        mem = jax.lax.stop_gradient(mem)
+      new = nets.step(p, mem, x_B)
+      return new, new
+    _, mems = jax.lax.scan(body, m0, (x.T, d_emb))
+    return jnp.sum(mems[t] ** 2)
+
+  # The scan above is dmt.rollout with a per-step embedding; check that it computes the same memories.
+  np.testing.assert_allclose(r_t(m0, jnp.zeros((Td,) + table.shape)),
+                             jnp.sum(dmt.rollout(nets, params, m0, x, backprop)[:, t] ** 2), rtol=1e-5)
+  g_m0, g_emb = jax.jit(jax.grad(r_t, argnums=(0, 1)))(m0, jnp.zeros((Td,) + table.shape))
+  g_m0_lib = jax.jit(jax.grad(lambda m: jnp.sum(dmt.rollout(nets, params, m, x, backprop)[:, t] ** 2)))(m0)
+  np.testing.assert_allclose(g_m0, g_m0_lib, rtol=1e-4, atol=1e-8)
+  assert jnp.abs(g_emb[t]).max() > 0  # a step's memory always depends on its own input
+  earlier = float(jnp.abs(g_emb[:t]).max())
   if backprop:
-    assert earlier > 0
+    assert earlier > 0 and jnp.abs(g_m0_lib).max() > 0
   else:
-    assert earlier == 0.0
+    assert earlier == 0.0 and float(jnp.abs(g_m0_lib).max()) == 0.0
 
 
 def test_dmt_one_step_parameter_gradient_equals_single_step_gradient():
@@ -58,13 +77,18 @@ def test_dmt_one_step_parameter_gradient_equals_single_step_gradient():
 
 @pytest.mark.parametrize('truncation', [0, 2, Td + 3])
 def test_bptt_truncation_and_the_initial_memory_gradient(truncation):
-  """The initial memory (learned, or the encoder's) always gets the gradient of the first window; a
-  target beyond a cut does not reach it; a truncation longer than the sequence changes nothing."""
-  c, nets, params, x, m0 = _setup('gru')
+  """The learned initial memory always gets the gradient of the first window; a target beyond a cut does not
+  reach it; a truncation longer than the sequence changes nothing."""
+  c = tiny_config(cell='gru')
+  c.method, c.model.initial_memory = 'bptt', 'learned'
+  nets = models.Networks.from_config(c)
+  params = jax.jit(nets.init)(jax.random.PRNGKey(0))
+  x = jax.random.randint(jax.random.PRNGKey(1), (B, Td), 0, 10)
 
   def grad_m0(y, trunc):
     c.bptt.truncation = trunc
-    return jax.jit(jax.grad(lambda m: bptt.bptt_losses(nets, params, {'x': x, 'y': y}, None, c, mem0=m)[0]))(m0)
+    loss = lambda p: bptt.bptt_losses(nets, p, {'x': x, 'y': y}, None, c)[0]
+    return jax.jit(jax.grad(loss))(params)['init_memory']
 
   first = jnp.full(x.shape, -1).at[:, 0].set(3)  # a target after the first step only
   last = jnp.full(x.shape, -1).at[:, -1].set(3)  # a target at the last step only
@@ -141,7 +165,7 @@ def test_dmt_losses_equal_step_by_step_definition(mode, term):
   c.dmt.decoder_term = c.dmt.uniformity_term = term
   c.smt.gamma = 0.9
   Tf, T = c.smt.future, c.data.seq_len
-  nets = JittedNetworks(models.Networks.from_config(c.model))
+  nets = JittedNetworks(models.Networks.from_config(c))
   params = jax.jit(nets.init)(jax.random.PRNGKey(0))
   # A readout copy that differs from the decoder, so using the wrong one shows.
   params['readout'] = jax.tree.map(lambda p: p * 1.1 + 0.01, params['decoder'])

@@ -14,7 +14,7 @@ from tests.test_losses import _setup
 
 
 def _metrics(c, nets, params, batch, rng=0):
-  f = jax.jit(lambda p, b, r: smt.parallel_losses(nets.nets, p, b, r, c.smt))
+  f = jax.jit(lambda p, b, r: smt.parallel_losses(nets.nets, p, b, r, c))
   return f(params, batch, jax.random.PRNGKey(rng))
 
 
@@ -76,7 +76,7 @@ def test_gradient_flows_through_the_rollout_unless_detached():
 
   def grads(detach):
     c.smt.rollout_detach = detach
-    f = lambda p, ms: smt.rollout_dynamics(nets.nets, p, ms, x, y, starts, c.smt, jax.random.PRNGKey(0))[0]
+    f = lambda p, ms: smt.rollout_dynamics(nets.nets, p, ms, x, y, starts, c, jax.random.PRNGKey(0))[0]
     return jax.jit(jax.grad(f, argnums=(0, 1)))(params, mems)
 
   (gp_full, gm_full), (gp_det, gm_det) = grads(False), grads(True)
@@ -119,9 +119,9 @@ def test_matched_noise_scales_with_the_one_step_error_and_is_detached():
   # Same noise as a fixed sigma of that size: same gradients, so none flows through the measured error.
   grad = lambda s: jax.jit(jax.grad(lambda p: smt.parallel_losses(nets.nets, p, batch, jax.random.PRNGKey(0), s)[0]))(
       params)
-  g_matched = grad(c.smt)
+  g_matched = grad(c)
   c.smt.memory_noise, c.smt.memory_noise_mode = float(m['mem_noise_std']), 'fixed'
-  g_fixed = grad(c.smt)
+  g_fixed = grad(c)
   for u, v in zip(jax.tree.leaves(g_matched), jax.tree.leaves(g_fixed), strict=True):
     np.testing.assert_allclose(u, v, rtol=2e-3, atol=1e-7)
 
@@ -160,7 +160,8 @@ def test_bench_drift_variants_parse_and_bad_ones_fail_before_compiling():
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.strip() == "('r', {'rollout_steps': 4, 'num_transitions': 8, 'dynamics_gradient': 'stop_target'})"
   for variant, message in (('bad', 'expected NAME:key=value'), ('r:rollout_steps', 'expected NAME:key=value'),
-                           ('r:no_such=1', "no field 'smt.no_such'"), ('smt:rollout_steps=2', "'smt' is plain")):
+                           ('r:no_such=1', 'config.smt.no_such: no such field'),
+                           ('smt:rollout_steps=2', "'smt' is plain")):
     r = subprocess.run([sys.executable, '-m', 'experiments.bench_drift', '--config=configs/stack.py:small',
                         f'--variant={variant}'], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and message in r.stderr and 'Traceback' not in r.stderr, (variant, r.stderr[-2000:])

@@ -25,7 +25,7 @@ def _narrow(cell='transformer', attention='causal', mem_dim=2):
 @pytest.mark.parametrize('cell', ['transformer', 'gru', 'mlp'])
 def test_narrow_memory_shapes_norm_and_prefix_memories(cell):
   c = _narrow(cell, mem_dim=3)
-  nets = models.Networks.from_config(c.model)
+  nets = models.Networks.from_config(c)
   params = jax.jit(nets.init)(jax.random.PRNGKey(0))
   x = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, 10).at[0, :2].set(-1)
   m = jax.jit(nets.encode)(params, x)
@@ -40,7 +40,7 @@ def test_narrow_memory_shapes_norm_and_prefix_memories(cell):
   assert jax.jit(nets.readout)(params, m).shape == (2, c.model.vocab_size)
   # The projections exist only when the width differs from d_model.
   assert 'mem_out' in params['encoder'] and 'mem_in' in params['decoder']
-  wide = models.Networks.from_config(tiny_config(cell=cell).model).init(jax.random.PRNGKey(0))
+  wide = models.Networks.from_config(tiny_config(cell=cell)).init(jax.random.PRNGKey(0))
   assert 'mem_out' not in wide['encoder'] and 'mem_in' not in wide['decoder']
 
 
@@ -93,7 +93,7 @@ def test_copy_states_form_a_tree():
 def test_trajectories_equal_their_definitions():
   for attention in ('causal', 'bidirectional'):
     c = _narrow('gru', attention)
-    nets = models.Networks.from_config(c.model)
+    nets = models.Networks.from_config(c)
     params = jax.jit(nets.init)(jax.random.PRNGKey(2))
     x = jax.random.randint(jax.random.PRNGKey(3), (3, 5), 0, 10)
     teacher = geometry.trajectories(nets, params, x, 'teacher')
@@ -142,7 +142,7 @@ def test_geometry_workdir_after_a_tiny_run(tmp_path):
   assert (tmp_path / 'memory_rnn.png').stat().st_size > 1000
   assert json.loads((tmp_path / 'geometry.json').read_text())['states'][:2] == ['start', 'marker']
   # A wide memory is projected by PCA.
-  wide = geometry.memory_space(models.Networks.from_config(tiny_config().model),
-                               models.Networks.from_config(tiny_config().model).init(jax.random.PRNGKey(0)),
+  wide = geometry.memory_space(models.Networks.from_config(tiny_config()),
+                               models.Networks.from_config(tiny_config()).init(jax.random.PRNGKey(0)),
                                tiny_config(), np.zeros((2, 8), np.int64), sources=('teacher',))
   assert wide['projection'] == 'pca' and wide['sources']['teacher']['coords'].shape == (2, 9, 2)

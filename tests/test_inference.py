@@ -20,7 +20,7 @@ B, T, V = 3, 8, 10
 def _model(attention='causal'):
   c = tiny_config()
   c.model.encoder_attention = attention
-  nets = models.Networks.from_config(c.model)
+  nets = models.Networks.from_config(c)
   params = jax.jit(nets.init)(jax.random.PRNGKey(0))
   # Sharper logits than the 0.02-scale init, so argmax comparisons are far from ties.
   params['decoder']['head']['kernel'] = params['decoder']['head']['kernel'] * 50.0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from smtjax import config as config_lib
-from smtjax import losses, models, smt, train
+from smtjax import losses, models, optim, smt
 from tests.conftest import JittedNetworks, tiny_config
 
 
@@ -96,7 +96,7 @@ def _setup(mode, **smt_overrides):
   c = tiny_config(mode)
   for k, v in smt_overrides.items():
     c.smt[k] = v
-  nets = models.Networks.from_config(c.model)
+  nets = models.Networks.from_config(c)
   params = jax.jit(nets.init)(jax.random.PRNGKey(0))
   r = np.random.default_rng(4)
   x = r.integers(0, 10, size=(3, c.data.seq_len)).astype(np.int32)
@@ -111,7 +111,7 @@ def test_window_losses_follow_public_indexing():
   s = c.smt
   Tc, Tf = s.context, s.future = 4, 4
   rng = jax.random.PRNGKey(0)
-  total, m = jax.jit(lambda p, b, r: smt.window_losses(nets.nets, p, b, r, s))(params, batch, rng)
+  total, m = jax.jit(lambda p, b, r: smt.window_losses(nets.nets, p, b, r, c))(params, batch, rng)
   m_t, m_next = nets.encode(params, x[:, 0:Tc]), nets.encode(params, x[:, 1:Tc + 1])
   dyn = np.mean((np.asarray(nets.step(params, m_t, x[:, Tc])) - np.asarray(m_next)) ** 2)
   logits = nets.decode(params, m_t, x[:, Tc:Tc + Tf])[:, :Tf]  # the last input's prediction is unused
@@ -147,17 +147,17 @@ def test_parallel_losses_equal_per_prefix_definition():
     w = 0.9 ** np.arange(Tf) * np.asarray(valid)
     num += np.sum(w * np.asarray(ce))
     den += np.sum(w)
-  _, m = jax.jit(lambda p, b, r: smt.parallel_losses(nets.nets, p, b, r, c.smt))(params, batch, jax.random.PRNGKey(0))
+  _, m = jax.jit(lambda p, b, r: smt.parallel_losses(nets.nets, p, b, r, c))(params, batch, jax.random.PRNGKey(0))
   np.testing.assert_allclose(m['loss_dyn'], dyn, rtol=1e-4)
   np.testing.assert_allclose(m['loss_dec'], num / den, rtol=1e-4)
 
 
 def test_sampled_transitions_are_unbiased():
   c, nets, params, batch = _setup('parallel', num_transitions=0)
-  full = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c.smt)[1]['loss_dyn'])(
+  full = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c)[1]['loss_dyn'])(
       jax.random.PRNGKey(0))
   c.smt.num_transitions = 2
-  f = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c.smt)[1]['loss_dyn'])
+  f = jax.jit(lambda r: smt.parallel_losses(nets.nets, params, batch, r, c)[1]['loss_dyn'])
   draws = np.array([f(r) for r in jax.random.split(jax.random.PRNGKey(1), 400)])
   assert draws.std() > 0  # really sampled
   se = draws.std() / np.sqrt(len(draws))
@@ -175,8 +175,8 @@ def test_trainable_option_stops_gradients(trainable, frozen):
   fixed memories."""
   c, nets, params, batch = _setup('parallel', trainable=trainable, num_transitions=0)
   x = batch['x']
-  g = jax.jit(jax.grad(lambda p: smt.parallel_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c.smt)[0]))(params)
-  tx, _ = train.make_optimizer(c)
+  g = jax.jit(jax.grad(lambda p: smt.parallel_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c)[0]))(params)
+  tx, _ = optim.make_optimizer(c)
   updates, _ = jax.jit(tx.update)(g, tx.init(params), params)
   for net in params:
     if net in frozen:
@@ -215,7 +215,7 @@ def test_dynamics_gradient_option_routes_the_gradient(mode, dyn_grad):
                                          - (sg(n) if stop_out else n)) ** 2)
                                for m, xi, n in pairs]))
 
-  g = jax.jit(jax.grad(lambda p: smt.smt_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c.smt)[0]))(params)
+  g = jax.jit(jax.grad(lambda p: smt.smt_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c)[0]))(params)
   g_def = jax.jit(jax.grad(definition))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7), g, g_def)
   if dyn_grad == 'rnn_only':
@@ -227,9 +227,9 @@ def test_dynamics_gradient_option_routes_the_gradient(mode, dyn_grad):
 
 def test_deprecated_detach_target_means_stop_target():
   c = tiny_config()
-  assert config_lib.dynamics_gradient(c.smt) == 'both'
+  assert config_lib.dynamics_gradient(c) == 'both'
   c.smt.detach_target = True
-  assert config_lib.dynamics_gradient(c.smt) == 'stop_target'
+  assert config_lib.dynamics_gradient(c) == 'stop_target'
   c.smt.dynamics_gradient = 'rnn_only'
   with pytest.raises(config_lib.ConfigError, match='smt.detach_target'):
     config_lib.validate(c)

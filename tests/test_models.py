@@ -20,7 +20,7 @@ def _nets(**model_overrides):
   c.model.dec_depth = 2
   for k, v in model_overrides.items():
     c.model[k] = v
-  nets = models.Networks.from_config(c.model)
+  nets = models.Networks.from_config(c)
   return c, JittedNetworks(nets), jax.jit(nets.init)(jax.random.PRNGKey(0))
 
 
@@ -200,7 +200,7 @@ def test_published_tinystories_parameter_counts_match_the_public_networks():
   RMSNorm scales per layer and a final one; nn.Linear logits with bias; one embedding in the teacher)."""
   from configs import tinystories
   c = tinystories.get_config()
-  nets = models.Networks.from_config(c.model)
+  nets = models.Networks.from_config(c)
   shapes = jax.eval_shape(nets.init, jax.random.PRNGKey(0))
   d, V, K, heads, dh = 256, 256, 16, 8, 64  # method.md §8 and x-transformers' default head width
   layer = 4 * d * heads * dh + (2 * d * 4 * d + 4 * d + d) + 2 * d

@@ -1,4 +1,4 @@
-"""FLOPs, MFU, compiled memory, profiles and the benchmark presets (issue 11), at tiny sizes on CPU."""
+"""FLOPs, MFU, compiled memory, profiles and the benchmark presets, at tiny sizes on CPU."""
 
 import os
 import types

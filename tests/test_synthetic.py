@@ -353,12 +353,3 @@ def test_keys_values_fits_exactly():
   x, y = batch(source('keys_values', num_pairs=9, seq_len=30), rows=4)  # (9+1) * 3 = 30: no padding
   assert (x >= 0).all()
 
-
-def test_speed():
-  import time
-  for name in synthetic.TASKS:
-    src = source(name, seq_len=256)
-    src.get_batch('train', 0, 0, 128)
-    t = time.perf_counter()
-    src.get_batch('train', 1, 0, 128)
-    assert time.perf_counter() - t < 0.2, name  # generous: the target is well under 20 ms

@@ -26,7 +26,7 @@ def make_source(data_config, seed: int) -> Source:
   """Builds the source named by data_config.name (through TFDS when data_config.source is 'tfds'); raises
   DataError for unknown names or bad options."""
   name = data_config.name
-  via = data_config.get('source', 'files')
+  via = data_config.source
   if via == 'tfds':
     return tfds_source.make_tfds_source(data_config, seed)
   if via != 'files':

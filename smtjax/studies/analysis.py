@@ -125,7 +125,7 @@ def smt_last_target_loss(nets: Networks, params, x, y, tok_emb, L: int | None = 
 def encoder_token_embeddings(nets: Networks, params, x):
   """The encoder's token embeddings [B, T, D] (what `tok_emb` replaces)."""
   table = params['encoder']['embed']['embedding']
-  return table[jnp.maximum(x, 0)].astype(nets.encoder.dtype)
+  return table[jnp.maximum(x, 0)].astype(nets.cfg.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=('nets', 'L'))
@@ -133,7 +133,7 @@ def smt_embedding_gradients(nets: Networks, params, x, y, L: int | None = None) 
   """Per-distance mean gradient norms of the SMT decoder loss of the last target (target y[L-1] from the
   prefix memory of x[:L], default L = T) w.r.t. the encoder's token embeddings: {'embedding'} [T]
   (index d = T-1-t), 'per_example_embedding' [B, T] (index t). Needs a causal encoder."""
-  if nets.encoder.attention != 'causal':
+  if nets.cfg.encoder_attention != 'causal':
     raise ConfigError("smt_embedding_gradients needs a causal encoder (model.encoder_attention='causal')")
   T = x.shape[1]
   L = T if L is None else L
@@ -152,7 +152,7 @@ def drift(nets: Networks, params, x, read_len: int, num_steps: int) -> dict:
   if num_steps < 1:
     raise ConfigError(f'num_steps must be >= 1, got {num_steps}')
   B, K, D = x.shape[0], nets.num_mem_tokens, nets.mem_dim
-  causal = nets.encoder.attention == 'causal'
+  causal = nets.cfg.encoder_attention == 'causal'
   teacher = dmt.teacher_memories(nets, params, x, read_len, num_steps, 1, prefix=causal)  # [B, N+1, K, D]
   inputs = x[:, read_len:read_len + num_steps]  # x[R+n-1] for n = 1..N
   one = nets.step(params, teacher[:, :-1].reshape(B * num_steps, K, D), inputs.reshape(B * num_steps))
@@ -181,7 +181,7 @@ def _tolist(a):
 def gradients_params(nets: Networks, params, config, source, num_batches: int = 1, chunk: int = 8) -> dict:
   """Gradient norms by distance averaged over `num_batches` held-out batches (weighted by valid
   examples): 'bptt_embedding', 'bptt_memory' always, 'smt_embedding' with a causal encoder (else None)."""
-  causal = nets.encoder.attention == 'causal'
+  causal = nets.cfg.encoder_attention == 'causal'
   sums, n_valid = {}, 0.0
   for x, y in _batches(config, source, num_batches):
     b = jax.device_get(bptt_embedding_gradients(nets, params, x, y, chunk))

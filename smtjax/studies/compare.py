@@ -31,7 +31,7 @@ from etils import epath
 from smtjax import config as config_lib
 from smtjax import plotting, runs, train, variants
 from smtjax import workdir as workdir_lib
-from smtjax.errors import ConfigError
+from smtjax.errors import ConfigError, SmtjaxError
 from smtjax.studies import stats
 
 METHODS = ('smt', 'dmt', 'bptt')
@@ -56,7 +56,7 @@ def at_length(config, length: int, steps: int | None = None, seed: int | None = 
   c.smt.future = T if c.smt.future >= T0 else min(T, c.smt.future)
   c.smt.num_transitions = min(T, c.smt.num_transitions)
   c.smt.num_decoder_samples = min(c.smt.num_decoder_samples, T + 1)
-  c.smt.rollout_steps = min(T, c.smt.get('rollout_steps', 1))
+  c.smt.rollout_steps = min(T, c.smt.rollout_steps)
   c.progress_bar = False
   if seed is not None:
     c.seed = int(seed)
@@ -89,15 +89,15 @@ def method_configs(config, length: int, smt_workdir: str, steps: int | None = No
 
 def _finished_eval(workdir: str, config, name: str = 'eval.json') -> dict | None:
   """workdir/<name> if it exists and the run there was trained for config's steps with config's seed."""
-  ev, cfg = epath.Path(workdir) / name, epath.Path(workdir) / 'config.json'
-  if not (ev.exists() and cfg.exists()):
+  ev = epath.Path(workdir) / name
+  if not (ev.exists() and (epath.Path(workdir) / 'config.json').exists()):
     return None
   try:
-    saved = json.loads(cfg.read_text())
-    if saved.get('num_steps') != config.num_steps or saved.get('seed', 0) != config.seed:
+    saved = config_lib.load_saved(workdir)
+    if saved.num_steps != config.num_steps or saved.seed != config.seed:
       return None
     return json.loads(ev.read_text())
-  except (OSError, json.JSONDecodeError):
+  except (OSError, json.JSONDecodeError, SmtjaxError):
     return None
 
 
@@ -136,18 +136,8 @@ def _cell(per_seed: list[dict]) -> dict:
   return out
 
 
-def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: int | None = None,
-                   dmt_steps: int | None = None, seeds: int = 1, methods=METHODS, test_lengths=(),
-                   name: str = '') -> dict:
-  """Trains and scores every method at every length for seeds config.seed + 0..seeds-1; writes
-  <out>/compare_<task>.{json,md,png}.
-
-  `lengths`: default the config's own length (keys_values: its num_pairs); `steps` overrides the SMT
-  step count, `dmt_steps` DMT's (default steps // 5; BPTT their sum); `methods` any of smt, dmt, bptt
-  (dmt needs smt); `test_lengths`: multipliers k, each run is also scored at k * T. Returns the JSON
-  object: {'task', 'lengths', 'seeds', 'results': {str(length): {column: {'accuracy', 'accuracy_ci',
-  'loss', 'loss_ci', 'per_seed', ...}, 'generalization': {column: {str(k): {...}}}}}}.
-  """
+def _checked_arguments(config, lengths, methods, seeds, test_lengths):
+  """(lengths, methods, test lengths) validated; ConfigError naming the bad argument."""
   task = config.data.name
   methods = tuple(m for m in METHODS if m in methods)
   if not methods or ('dmt' in methods and 'smt' not in methods):
@@ -161,7 +151,58 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
     test_lengths = []  # its length is a number of pairs; longer sequences would only add padding
   if lengths is None:
     lengths = [config.data.options.num_pairs if task == 'keys_values' else config.data.seq_len]
-  lengths = [int(x) for x in lengths]
+  return [int(x) for x in lengths], methods, test_lengths
+
+
+def _run_seed(config, length, seed, base, methods, steps, dmt_steps, test_lengths, per_seed, longer):
+  """Trains and scores every method at one length and seed, appending each column's record to `per_seed`
+  and its length-generalization records to `longer`."""
+  dirs = {m: str(base / m) for m in METHODS}
+  configs = method_configs(config, length, dirs['smt'], steps, dmt_steps, seed)
+  for m in methods:
+    logging.info('== %s length %d seed %d: %s (%d steps) in %s', config.data.name, length, seed, m,
+                 configs[m].num_steps, dirs[m])
+    ev, seconds = _train_and_score(configs[m], dirs[m])
+    for col in ((m, 'teacher') if m == 'smt' else (m,)):
+      key = 'rnn_only' if col != 'teacher' else 'teacher'
+      per_seed[col].append({'seed': seed, 'loss': _num(ev.get(f'{key}_loss')),
+                            'accuracy': _num(ev.get(f'{key}_accuracy')), 'steps': configs[m].num_steps,
+                            'train_seconds': seconds if col != 'teacher' else float('nan'), 'workdir': dirs[m]})
+      for k in test_lengths:
+        T = configs[m].data.seq_len
+        lv = _score_longer(configs[m], dirs[m], k * T)
+        longer[col][str(k)].append({'seed': seed, 'seq_len': k * T, 'loss': _num(lv.get(f'{key}_loss')),
+                                    'accuracy': _num(lv.get(f'{key}_accuracy'))})
+
+
+def _row(config, length, columns, methods, per_seed, longer, test_lengths) -> dict:
+  """One length's results: each column's mean and interval over seeds (and at k * T)."""
+  row = {'seq_len': at_length(config, length).data.seq_len}
+  for col in columns:
+    row[col] = _cell(per_seed[col])
+    row[col]['steps'] = per_seed[col][0]['steps']
+  if 'dmt' in methods:
+    Tc, Td, k = variants.dmt_lengths(row['seq_len'])
+    row['dmt'].update(context=Tc, rollout=Td, every=k)
+  if test_lengths:
+    row['generalization'] = {col: {kk: _cell(v) for kk, v in longer[col].items()} for col in columns}
+  return row
+
+
+def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: int | None = None,
+                   dmt_steps: int | None = None, seeds: int = 1, methods=METHODS, test_lengths=(),
+                   name: str = '') -> dict:
+  """Trains and scores every method at every length for seeds config.seed + 0..seeds-1; writes
+  <out>/compare_<task>.{json,md,png}.
+
+  `lengths`: default the config's own length (keys_values: its num_pairs); `steps` overrides the SMT
+  step count, `dmt_steps` DMT's (default steps // 5; BPTT their sum); `methods` any of smt, dmt, bptt
+  (dmt needs smt); `test_lengths`: multipliers k, each run is also scored at k * T. Returns the JSON
+  object: {'task', 'lengths', 'seeds', 'results': {str(length): {column: {'accuracy', 'accuracy_ci',
+  'loss', 'loss_ci', 'per_seed', ...}, 'generalization': {column: {str(k): {...}}}}}}.
+  """
+  task = config.data.name
+  lengths, methods, test_lengths = _checked_arguments(config, lengths, methods, seeds, test_lengths)
   seed_list = [int(config.seed) + i for i in range(int(seeds))]
   for length in lengths:  # every config is validated before anything trains
     for m, c in method_configs(config, length, 'unused', steps, dmt_steps, seed_list[0]).items():
@@ -175,34 +216,8 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
     for seed in seed_list:
       base = epath.Path(out) / task / f'T{length}'
       base = base if seeds == 1 else base / f'seed{seed}'
-      dirs = {m: str(base / m) for m in METHODS}
-      configs = method_configs(config, length, dirs['smt'], steps, dmt_steps, seed)
-      for m in methods:
-        logging.info('== %s length %d seed %d: %s (%d steps) in %s', task, length, seed, m, configs[m].num_steps,
-                     dirs[m])
-        ev, seconds = _train_and_score(configs[m], dirs[m])
-        cols = (m, 'teacher') if m == 'smt' else (m,)
-        for col in cols:
-          key = 'rnn_only' if col != 'teacher' else 'teacher'
-          per_seed[col].append({'seed': seed, 'loss': _num(ev.get(f'{key}_loss')),
-                                'accuracy': _num(ev.get(f'{key}_accuracy')), 'steps': configs[m].num_steps,
-                                'train_seconds': seconds if col != 'teacher' else float('nan'),
-                                'workdir': dirs[m]})
-          for k in test_lengths:
-            T = configs[m].data.seq_len
-            lv = _score_longer(configs[m], dirs[m], k * T)
-            longer[col][str(k)].append({'seed': seed, 'seq_len': k * T, 'loss': _num(lv.get(f'{key}_loss')),
-                                        'accuracy': _num(lv.get(f'{key}_accuracy'))})
-    row = {'seq_len': at_length(config, length).data.seq_len}
-    for col in columns:
-      row[col] = _cell(per_seed[col])
-      row[col]['steps'] = per_seed[col][0]['steps']
-    if 'dmt' in methods:
-      Tc, Td, k = variants.dmt_lengths(row['seq_len'])
-      row['dmt'].update(context=Tc, rollout=Td, every=k)
-    if test_lengths:
-      row['generalization'] = {col: {kk: _cell(v) for kk, v in longer[col].items()} for col in columns}
-    results[str(length)] = row
+      _run_seed(config, length, seed, base, methods, steps, dmt_steps, test_lengths, per_seed, longer)
+    results[str(length)] = _row(config, length, columns, methods, per_seed, longer, test_lengths)
   summary = {'task': task, 'config': name, 'lengths': lengths, 'seeds': seed_list, 'columns': list(columns),
              'test_lengths': test_lengths,
              'title': f'{name or task} ({len(seed_list)} seed{"s" * (len(seed_list) > 1)})',

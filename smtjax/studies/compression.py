@@ -1,4 +1,4 @@
-"""Compression sweep: how test loss depends on memory size and training steps (issue 7).
+"""Compression sweep: how test loss depends on memory size and training steps.
 
 One SMT run per memory size Z = K * d (K = model.num_mem_tokens fixed, the token width d =
 `model.mem_dim` swept), each evaluated `num_evals` times during training (`eval_every`), so a run gives a

@@ -92,11 +92,11 @@ def _copy_states(x, n: int, reverse: bool):
 def task_states(data_config, x) -> tuple[np.ndarray, list[str]]:
   """(labels [B, T+1] into `names`, names): the task state after each prefix of x [B, T] (module doc)."""
   x = np.asarray(x)
-  opts = dict(data_config.get('options', {}) or {})
+  opts = data_config.options
   if data_config.name == 'retrieval':
-    return _retrieval_states(x, int(opts.get('num_symbols', 8)))
+    return _retrieval_states(x, int(opts.num_symbols))
   if data_config.name == 'copy':
-    return _copy_states(x, int(opts.get('num_symbols', 8)), bool(opts.get('reverse', True)))
+    return _copy_states(x, int(opts.num_symbols), bool(opts.reverse))
   B, T = x.shape
   return np.broadcast_to(np.arange(T + 1), (B, T + 1)).copy(), [f't={t}' for t in range(T + 1)]
 
@@ -105,7 +105,7 @@ def task_states(data_config, x) -> tuple[np.ndarray, list[str]]:
 
 def teacher_trajectories(nets: Networks, params, x):
   """[B, T+1, K, D]: entry t is the encoder's memory of x[:, :t]."""
-  if nets.encoder.attention == 'causal':
+  if nets.cfg.encoder_attention == 'causal':
     return nets.prefix_memories(params, x)
   B, T = x.shape
   # Prefix t left-padded to length T: window [b, t, j] = x[b, j - (T - t)], or -1 where that is < 0.

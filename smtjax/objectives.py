@@ -1,0 +1,18 @@
+"""The training objective of each method, all with one signature:
+
+    objective(config)(nets, params, batch, rng, config) -> (total loss, metrics)
+
+SMT (smtjax/smt.py), DMT fine-tuning (smtjax/dmt.py) and the BPTT baseline (smtjax/bptt.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from smtjax import bptt, dmt, smt
+
+OBJECTIVES: dict[str, Callable] = {'smt': smt.smt_losses, 'dmt': dmt.dmt_losses, 'bptt': bptt.bptt_losses}
+
+
+def objective(config) -> Callable:
+  """The loss function of config.method."""
+  return OBJECTIVES[config.method]

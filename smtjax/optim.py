@@ -1,0 +1,78 @@
+"""The optimizer of every method: AdamW after gradient clipping (one global norm, or the teacher and the
+RNN each on its own), a warm-up then constant or cosine learning rate, and frozen parameter groups."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from smtjax import config as config_lib
+
+# The two networks of SMT as top-level parameter groups (per-network gradient clipping and norms).
+NETWORKS = {'teacher': ('encoder', 'decoder'), 'rnn': ('cell', 'readout', 'init_memory')}
+
+
+def learning_rate_schedule(o, num_steps: int) -> optax.Schedule:
+  """Linear warm-up over warmup_frac*num_steps, then constant or cosine decay to 0 (method.md §8)."""
+  warmup = int(round(o.warmup_frac * num_steps))
+  if o.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(num_steps, warmup + 1), end_value=0.0)
+  if warmup == 0:
+    return optax.constant_schedule(o.lr)
+  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
+
+
+def frozen_networks(config) -> tuple[str, ...]:
+  """Top-level parameter groups that get no update: by config.smt.trainable for SMT; the teacher in DMT;
+  the (unused) encoder in BPTT unless it provides the initial memory."""
+  if config.method == 'dmt':
+    return ('encoder', 'decoder')
+  if config.method == 'bptt':
+    return () if config_lib.initial_memory(config) == 'encoder' else ('encoder',)
+  return {'all': (), 'teacher': ('cell', 'init_memory'), 'rnn': ('encoder', 'decoder')}[config.smt.trainable]
+
+
+def global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def network_norms(tree) -> dict:
+  """{'teacher': norm, 'rnn': norm}: global norms of each network's part of a parameter-shaped tree."""
+  return {net: global_norm([tree[k] for k in keys if k in tree]) for net, keys in NETWORKS.items()}
+
+
+def clip_by_network_norm(max_norm: float) -> optax.GradientTransformation:
+  """Scales the teacher's and the RNN's updates separately to a global norm of at most `max_norm` each
+  (the public code's two clip_grad_norm_ calls). Top-level groups outside NETWORKS are left as they are."""
+  def update_fn(updates, state, params=None):
+    del params
+    norms = network_norms(updates)
+    out = dict(updates)
+    for net, keys in NETWORKS.items():
+      scale = jnp.where(norms[net] < max_norm, 1.0, max_norm / jnp.maximum(norms[net], 1e-30))
+      for k in keys:
+        if k in out:
+          out[k] = jax.tree.map(lambda g, scale=scale: (g * scale).astype(g.dtype), out[k])
+    return out, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _trainable_labels(params, frozen: tuple[str, ...]):
+  return {k: jax.tree.map(lambda _, k=k: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (weight decay on matrices only) after gradient clipping (optim.clip_mode: one global norm, or the
+  teacher and the RNN each to optim.grad_clip); frozen networks get no update."""
+  o = config.optim
+  schedule = learning_rate_schedule(o, config.num_steps)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  if o.grad_clip > 0:
+    clip = clip_by_network_norm(o.grad_clip) if o.clip_mode == 'per_network' else optax.clip_by_global_norm(o.grad_clip)
+    tx = optax.chain(clip, tx)
+  frozen = frozen_networks(config)
+  if frozen:
+    tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, lambda p: _trainable_labels(p, frozen))
+  return tx, schedule
