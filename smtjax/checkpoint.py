@@ -162,7 +162,8 @@ def abstract_with_shardings(abstract_tree, shardings):
 ARCHITECTURE_FIELDS = ('model.vocab_size', 'model.d_model', 'model.num_heads', 'model.mlp_ratio',
                        'model.num_mem_tokens', 'model.enc_depth', 'model.dec_depth', 'model.cell',
                        'model.cell_depth', 'model.encoder_attention', 'model.mem_dim', 'model.head_dim',
-                       'model.rotary_fraction', 'model.use_bias', 'model.final_norm', 'model.share_embedding')
+                       'model.rotary_fraction', 'model.use_bias', 'model.final_norm', 'model.share_embedding',
+                       'model.gelu_exact')
 
 
 def _field(config, dotted: str):

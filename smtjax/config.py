@@ -36,6 +36,8 @@ DMT_TERM_ON = ('teacher', 'rnn')
 DTYPES = ('float32', 'bfloat16')
 DATA_SOURCES = ('files', 'tfds')
 NOISE_MODES = ('fixed', 'matched')
+READOUT_MODES = ('train', 'frozen')
+DECAY_ON = ('matrices', 'all')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -84,12 +86,16 @@ def default_config() -> ml_collections.ConfigDict:
   # The RNN's initial memory: 'encoder' (m_{-1} = E(empty)), 'zeros', 'learned', or 'auto' (the encoder's
   # for SMT and DMT, zeros for BPTT).
   c.model.initial_memory = 'auto'
-  c.model.dtype = 'float32'  # computation dtype; parameters stay float32
+  c.model.dtype = 'float32'  # computation dtype of the matrix products; parameters stay float32
+  # dtype of the residual stream, embeddings and memories: '' = model.dtype; 'float32' keeps them float32 under a
+  # bfloat16 model.dtype, as torch.autocast does in the public code (only the products' outputs are bfloat16)
+  c.model.residual_dtype = ''
   c.model.remat = False  # rematerialise Transformer blocks in the backward pass
   # Architecture details (variants.published sets the public code's).
   c.model.head_dim = 0  # width of one attention head; 0: d_model // num_heads (public code: 64)
   c.model.rotary_fraction = 1.0  # fraction of each head's features that get rotary positions (public: 0.5)
   c.model.use_bias = False  # biases in the MLPs and the output head (public code: yes; attention: never)
+  c.model.gelu_exact = False  # the MLPs' GELU: erf (public code, torch.nn.GELU()) or Flax's tanh approximation
   c.model.final_norm = False  # learned-scale RMSNorm after the encoder's / Transformer cell's last block
   c.model.share_embedding = False  # the decoder reads the encoder's token embedding (public teacher: one embed)
   # Parallel SMT: compute the encoder's register groups (one per prefix) this many at a time, so peak memory
@@ -117,6 +123,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.rollout_steps = 1  # n: the cell rolls n steps from each teacher memory, matched at every step (1 = one-step)
   c.smt.rollout_detach = False  # detach each rolled step's input memory (one-step gradients on own inputs)
   c.smt.rollout_decode = 0.0  # > 0: weight of the readout's cross-entropy on the rolled memories
+  # What that cross-entropy trains besides the cell (and the encoder through the start memory, unless
+  # dynamics_gradient='rnn_only'): 'train' also the readout, which is the teacher's decoder; 'frozen' not it
+  c.smt.rollout_decode_readout = 'train'
   c.smt.memory_noise = 0.0  # sigma of the noise on the teacher memory fed to the cell (target stays clean)
   c.smt.memory_noise_mode = 'fixed'  # 'fixed' sigma, or 'matched': sigma x RMS of the cell's one-step error
 
@@ -144,7 +153,7 @@ def default_config() -> ml_collections.ConfigDict:
   # experiments/evaluate.py and experiments/sample.py (method.md §7).
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.read_len = 0  # tokens the teacher encodes before the RNN takes over (0 = half the sequence)
-  c.evaluate.eval_len = 0  # tokens the RNN then reads and scores (0 = the rest of the sequence)
+  c.evaluate.eval_len = 0  # rollout positions scored, j = 0..eval_len-1 (0 = to the end of the sequence)
   c.evaluate.num_batches = 8
   c.sample = ml_collections.ConfigDict()
   c.sample.num = 8
@@ -158,6 +167,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.weight_decay = 0.01
+  # What AdamW decays: 'matrices' (kernels, embeddings, registers) or 'all' (the public code: every parameter;
+  # norm gains decay toward 1, as the public gain 1 + g decays g toward 0)
+  c.optim.weight_decay_on = 'matrices'
   c.optim.warmup_frac = 0.01
   c.optim.schedule = 'constant'  # linear warm-up then 'constant' or 'cosine' decay to 0
   c.optim.grad_clip = 1.0
@@ -238,10 +250,12 @@ class ModelConfig:
   cell_depth: int
   cell_residual: bool
   initial_memory: str  # resolved: 'encoder', 'zeros' or 'learned'
-  dtype: Any  # jnp.float32 or jnp.bfloat16
+  dtype: Any  # of the matrix products: jnp.float32 or jnp.bfloat16
+  residual_dtype: Any  # of the residual stream, embeddings and memories
   remat: bool
   rotary_fraction: float
   use_bias: bool
+  gelu_exact: bool
   final_norm: bool
   share_embedding: bool
 
@@ -253,9 +267,10 @@ class ModelConfig:
         mlp_ratio=m.mlp_ratio, num_mem_tokens=m.num_mem_tokens, mem_dim=mem_width(m), enc_depth=m.enc_depth,
         dec_depth=m.dec_depth, encoder_attention=m.encoder_attention, attn_window=m.attn_window,
         prefix_chunk=m.prefix_chunk, cell=m.cell, cell_depth=m.cell_depth, cell_residual=m.cell_residual,
-        initial_memory=initial_memory(config), dtype=jnp.dtype(m.dtype).type, remat=m.remat,
-        rotary_fraction=float(m.rotary_fraction), use_bias=m.use_bias, final_norm=m.final_norm,
-        share_embedding=m.share_embedding)
+        initial_memory=initial_memory(config), dtype=jnp.dtype(m.dtype).type,
+        residual_dtype=jnp.dtype(m.residual_dtype or m.dtype).type, remat=m.remat,
+        rotary_fraction=float(m.rotary_fraction), use_bias=m.use_bias, gelu_exact=m.gelu_exact,
+        final_norm=m.final_norm, share_embedding=m.share_embedding)
 
   @property
   def projects_memory(self) -> bool:
@@ -353,7 +368,7 @@ def _validate_model(m):
   rot = head_dim(m) * rf
   _require(rot == int(rot) and int(rot) % 2 == 0 and rot >= 2, 'model.rotary_fraction',
            f'{rf} of the head width {head_dim(m)} is {rot}: the rotated part must be an even number of features')
-  for f in ('use_bias', 'final_norm', 'share_embedding', 'cell_residual', 'remat'):
+  for f in ('use_bias', 'gelu_exact', 'final_norm', 'share_embedding', 'cell_residual', 'remat'):
     _require(isinstance(m[f], bool), f'model.{f}', f'must be True or False, got {m[f]!r}')
   if m.mem_size is not None:
     w = mem_width(m)
@@ -362,6 +377,7 @@ def _validate_model(m):
   _one_of(m.cell, 'model.cell', CELLS)
   _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
   _one_of(m.dtype, 'model.dtype', DTYPES)
+  _one_of(m.residual_dtype, 'model.residual_dtype', ('',) + DTYPES)
   _one_of(m.initial_memory, 'model.initial_memory', ('auto', 'encoder', 'zeros', 'learned'))
 
 
@@ -393,6 +409,9 @@ def _validate_smt(config):
   _require(s.rollout_decode >= 0, 'smt.rollout_decode', 'must be >= 0')
   _require(s.memory_noise >= 0, 'smt.memory_noise', 'must be >= 0 (0 = off)')
   _one_of(s.memory_noise_mode, 'smt.memory_noise_mode', NOISE_MODES)
+  _one_of(s.rollout_decode_readout, 'smt.rollout_decode_readout', READOUT_MODES)
+  _require(not (s.rollout_detach and n == 1), 'smt.rollout_detach',
+           'has no effect with smt.rollout_steps=1 (there is no rolled step to detach)')
   _require(0 < s.gamma <= 1, 'smt.gamma', 'must be in (0, 1]')
   for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
     _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')
@@ -419,6 +438,7 @@ def _validate_optim(o):
   _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
   _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
   _one_of(o.clip_mode, 'optim.clip_mode', CLIP_MODES)
+  _one_of(o.weight_decay_on, 'optim.weight_decay_on', DECAY_ON)
 
 
 # ------------------------------------------------------------------------------------ field names, saved configs

@@ -7,11 +7,13 @@ notebooks.
 `eval_step` is a pure function of one batch returning *sums* (cross-entropy, target count, hits), so the
 mean over several batches is exact whatever the number of targets per batch. What it scores
 (definitions in smtjax/inference.py; losses in nats per target):
-- `objective`: the method's training losses on the batch, named `<metric>_test` (mean over batches);
+- `objective`: the method's training losses on the batch, named `<metric>_test` (mean over batches), except
+  that `loss_dyn_test` is always the one-step MSE from clean teacher memories; with drift-robust SMT options
+  the trained (rolled, noisy) dynamics loss is `loss_dyn_rollout_test`;
 - `rnn_only_loss` / `rnn_only_accuracy`: the RNN reads the whole sequence from its initial memory;
 - `teacher_loss` / `teacher_accuracy`: the decoder's prediction of y_t from the encoder memory of x_0..x_t;
-- with `read_len` > 0, `rnn_loss` / `rnn_accuracy` and their values per rollout position: the teacher
-  encodes x[:read_len], the RNN reads the next eval_len true tokens (`inference.read`), and
+- with `read_len` > 0, `rnn_loss` / `rnn_accuracy` and their values at each of eval_len rollout positions:
+  the teacher encodes x[:read_len], then the RNN reads the next true tokens (`inference.read`), and
   `teacher_loss_read_targets`: the teacher on exactly those targets.
 """
 
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smtjax import inference
+from smtjax import inference, smt
 from smtjax import sharding as shard_lib
 from smtjax.data.pipeline import BatchIterator
 from smtjax.models import Networks
@@ -58,12 +60,16 @@ def eval_step(params, batch, rng, *, nets: Networks, config, spec: EvalSpec) -> 
   x, y = batch['x'], batch['y']
   out = {'rnn_only': _sums(inference.rnn_only(nets, params, x, y))}
   if spec.objective:
-    out['objective'] = objective(config)(nets, params, batch, rng, config)[1]
+    metrics = objective(config)(nets, params, batch, rng, config)[1]
+    if smt.has_drift_options(config):  # loss_dyn_test: the one-step MSE from clean memories, whatever was trained
+      clean = smt.smt_losses(nets, params, batch, rng, smt.one_step(config))[1]
+      metrics = dict(metrics, loss_dyn=clean['loss_dyn'], loss_dyn_rollout=metrics['loss_dyn'])
+    out['objective'] = metrics
   if spec.teacher:
     t = inference.teacher_scores(nets, params, x, y, spec.read_len or None, spec.teacher_chunk)
     out['teacher'] = _sums(t)
     if spec.read_len:
-      span = slice(spec.read_len - 1, spec.read_len + spec.eval_len)
+      span = slice(spec.read_len - 1, spec.read_len - 1 + spec.eval_len)
       out['teacher_read'] = _sums({k: v[:, span] for k, v in t.items()}, axis=0)
   if spec.read_len:
     out['read'] = _sums(inference.read(nets, params, x, y, spec.read_len, spec.eval_len), axis=0)

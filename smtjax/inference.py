@@ -6,12 +6,12 @@ reading x_0..x_t, -1 = no target. Losses are cross-entropies in nats per target 
 
 Scoring (each returns {'ce', 'valid', 'correct'}, arrays of one shape; ce is 0 where not valid):
 
-- `read(nets, params, x, y, read_len, eval_len)` -> [B, eval_len + 1]. The teacher encodes the prefix
-  x[:, :read_len] into r_0; the RNN then reads the eval_len true tokens x[:, read_len:read_len+eval_len]
-  (r_j = U(r_{j-1}, x[read_len+j-1])), and rollout position j = 0..eval_len (the number of RNN steps
-  taken) scores the readout of r_j on y[:, read_len-1+j]. Position 0 is the encoder's memory itself; the
-  loss as a function of j shows drift. This is the DMT rollout's indexing (smtjax/dmt.py), and with
-  read_len + eval_len = T it scores up to the last target y[T-1] (the only target of e.g. retrieval).
+- `read(nets, params, x, y, read_len, eval_len)` -> [B, eval_len]. The teacher encodes the prefix
+  x[:, :read_len] into r_0; the RNN then reads the true tokens x[:, read_len:], r_j = U(r_{j-1},
+  x[read_len+j-1]), and rollout position j = 0..eval_len-1 (the number of RNN steps taken) scores the
+  readout of r_j on y[:, read_len-1+j]. Position 0 is the encoder's memory itself; the loss as a function of
+  j shows drift. These are the public code's `loss_eval` positions (eval_len scored memories, targets the
+  next inputs); with read_len + eval_len = T + 1 the last one is y[T-1] (the only target of e.g. retrieval).
 - `teacher_scores(nets, params, x, y, read_len)` -> [B, T]: the teacher decoder's prediction of y_t from
   the encoder memory of x_0..x_t (one prefix pass for a causal encoder; for a bidirectional encoder the
   memory of the last `read_len` tokens, all windows encoded in one batched call).
@@ -57,26 +57,27 @@ def teacher_logits(nets: Networks, params, mem_BxKxD):
 
 
 def check_lengths(seq_len: int, read_len: int, eval_len: int):
-  """Raises ValueError unless 1 <= read_len, 0 <= eval_len and read_len + eval_len <= seq_len."""
+  """ConfigError unless 1 <= read_len, 1 <= eval_len and read_len + eval_len <= seq_len + 1 (the last scored
+  target is y[read_len + eval_len - 2])."""
   if not isinstance(read_len, (int, np.integer)) or read_len < 1:
     raise ConfigError(f'read_len must be an integer >= 1 (the teacher encodes at least one token), got {read_len!r}')
-  if not isinstance(eval_len, (int, np.integer)) or eval_len < 0:
-    raise ConfigError(f'eval_len must be an integer >= 0, got {eval_len!r}')
-  if read_len + eval_len > seq_len:
-    raise ConfigError(f'read_len + eval_len = {read_len} + {eval_len} = {read_len + eval_len} is longer than the '
-                     f'sequence (T = {seq_len}); use read_len + eval_len <= {seq_len}')
+  if not isinstance(eval_len, (int, np.integer)) or eval_len < 1:
+    raise ConfigError(f'eval_len must be an integer >= 1 (the number of scored positions), got {eval_len!r}')
+  if read_len + eval_len > seq_len + 1:
+    raise ConfigError(f'read_len + eval_len = {read_len} + {eval_len} = {read_len + eval_len} reaches past the '
+                      f'sequence (T = {seq_len}); use read_len + eval_len <= T + 1 = {seq_len + 1}')
 
 
 @functools.partial(jax.jit, static_argnames=('nets', 'read_len', 'eval_len'))
 def read(nets: Networks, params, x, y, read_len: int, eval_len: int) -> dict:
-  """Teacher-forced RNN evaluation (see the module docstring): {'ce', 'valid', 'correct'} [B, eval_len+1];
+  """Teacher-forced RNN evaluation (see the module docstring): {'ce', 'valid', 'correct'} [B, eval_len];
   entry j scores y[:, read_len-1+j] from the RNN memory after j steps on the true tokens."""
   check_lengths(x.shape[1], read_len, eval_len)
   mem0 = nets.encode(params, x[:, :read_len])
-  mems = nets.rollout(params, mem0, x[:, read_len:read_len + eval_len])  # [B, eval_len, K, D]
+  mems = nets.rollout(params, mem0, x[:, read_len:read_len + eval_len - 1])  # [B, eval_len - 1, K, D]
   mems = jnp.concatenate([mem0[:, None], mems], axis=1)
   logits = nets.readout_all(params, mems)
-  return _scores(logits, y[:, read_len - 1:read_len + eval_len])
+  return _scores(logits, y[:, read_len - 1:read_len - 1 + eval_len])
 
 
 @functools.partial(jax.jit, static_argnames=('nets', 'read_len', 'chunk'))

@@ -212,7 +212,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-  """Two-layer GELU MLP of width mlp_ratio * d_model (biases when cfg.use_bias)."""
+  """Two-layer GELU MLP of width mlp_ratio * d_model (biases when cfg.use_bias; erf GELU when cfg.gelu_exact,
+  else the tanh approximation)."""
   cfg: ModelConfig
 
   @nn.compact
@@ -223,7 +224,8 @@ class MLP(nn.Module):
     # 2-D matrix products: XLA:CPU's gradient of an N-D product writes a slow transposed copy.
     x = x.reshape(-1, x.shape[-1])
     h = nn.Dense(c.d_model * c.mlp_ratio, use_bias=c.use_bias, dtype=c.dtype, kernel_init=init)(x)
-    y = nn.Dense(c.d_model, use_bias=c.use_bias, dtype=c.dtype, kernel_init=init)(nn.gelu(h))
+    h = nn.gelu(h, approximate=not c.gelu_exact)
+    y = nn.Dense(c.d_model, use_bias=c.use_bias, dtype=c.dtype, kernel_init=init)(h)
     return y.reshape(lead + y.shape[-1:])
 
 

@@ -32,7 +32,8 @@ def _dense(features: int, dtype, name: str | None = None):
 
 
 def _embed(cfg: ModelConfig, name: str = 'embed'):
-  return nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(0.02), dtype=cfg.dtype,
+  """Token embeddings, in the residual stream's dtype."""
+  return nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(0.02), dtype=cfg.residual_dtype,
                   name=name)
 
 
@@ -62,7 +63,7 @@ class Encoder(nn.Module):
     if c.projects_memory:
       self.mem_out = _dense(c.mem_dim, c.dtype)
     if c.final_norm:
-      self.norm_out = layers.RMSNorm(c.dtype)
+      self.norm_out = layers.RMSNorm(c.residual_dtype)
     self.registers = self.param('registers', nn.initializers.normal(0.02), (c.num_mem_tokens, c.d_model))
     block = layers.make_block(c.remat)
     self.blocks = [block(c, window=c.attn_window, prefix_chunk=c.prefix_chunk, name=f'block_{i}')
@@ -93,7 +94,7 @@ class Encoder(nn.Module):
     n = count[:, -1:]  # [B, 1] valid tokens
     reg_pos = n + jnp.arange(K)
     tok = self.embed_tokens(x_BxT) if tok_emb is None else tok_emb
-    h = jnp.concatenate([tok, jnp.broadcast_to(self.registers.astype(c.dtype), (B, K, c.d_model))], axis=1)
+    h = jnp.concatenate([tok, jnp.broadcast_to(self.registers.astype(c.residual_dtype), (B, K, c.d_model))], axis=1)
     all_pos = jnp.concatenate([pos, reg_pos], axis=1)
     if c.encoder_attention == 'bidirectional':  # key padding only: the fused attention path
       mask = jnp.concatenate([valid, jnp.ones((B, K), bool)], axis=1)[:, None, :]
@@ -112,7 +113,7 @@ class Encoder(nn.Module):
     if self.cfg.final_norm:
       h = self.norm_out(h)
     if self.cfg.projects_memory:
-      h = self.mem_out(layers.rms_norm(h))
+      h = self.mem_out(layers.rms_norm(h)).astype(self.cfg.residual_dtype)
     return layers.rms_norm(h)
 
   def prefix_memories(self, x_BxT, tok_emb=None):
@@ -130,7 +131,7 @@ class Encoder(nn.Module):
     n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)  # [B, G] valid tokens < L
     reg_pos = n_before[:, :, None] + jnp.arange(K)  # [B, G, K]
     tok = self.embed_tokens(x_BxT) if tok_emb is None else tok_emb
-    reg = jnp.broadcast_to(self.registers.astype(c.dtype), (B, G, K, c.d_model))
+    reg = jnp.broadcast_to(self.registers.astype(c.residual_dtype), (B, G, K, c.d_model))
     for blk in self.blocks:  # the masks (causal, window, padding) are built inside, per chunk of groups
       tok, reg = blk.prefix_groups(tok, pos, valid, reg, reg_pos)
     return self._memory(reg)
@@ -166,13 +167,13 @@ class Decoder(nn.Module):
     elif not c.share_embedding:
       emb = self.embed(jnp.maximum(future_BxF, 0))
     elif F == 0:  # the readout: memory tokens only
-      emb = jnp.zeros((B, 0, c.d_model), c.dtype)
+      emb = jnp.zeros((B, 0, c.d_model), c.residual_dtype)
     else:
       raise ValueError('a decoder with share_embedding needs future_emb (the encoder embeds the future)')
-    mem = mem_BxKxD.astype(c.dtype)
+    mem = mem_BxKxD.astype(c.residual_dtype)
     if c.projects_memory:
-      mem = self.mem_in(mem)
-    h = jnp.concatenate([mem, emb.astype(c.dtype)], axis=1)
+      mem = self.mem_in(mem).astype(c.residual_dtype)
+    h = jnp.concatenate([mem, emb.astype(c.residual_dtype)], axis=1)
     mask = jnp.concatenate([jnp.ones((B, K), bool), future_BxF >= 0], axis=1)[:, None, :]  # keys; causal in Block
     L = K + F
     pos = jnp.broadcast_to(jnp.arange(L), (B, L))
@@ -190,19 +191,19 @@ class TransformerCell(nn.Module):
   def __call__(self, mem_BxKxD, x_B):
     c = self.cfg
     B, K, _ = mem_BxKxD.shape
-    mem = mem_BxKxD.astype(c.dtype)
+    mem = mem_BxKxD.astype(c.residual_dtype)
     if c.projects_memory:
-      mem = _dense(c.d_model, c.dtype, 'mem_in')(mem)
+      mem = _dense(c.d_model, c.dtype, 'mem_in')(mem).astype(c.residual_dtype)
     h = jnp.concatenate([mem, _embed(c)(jnp.maximum(x_B, 0))[:, None]], axis=1)
     pos = jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1))
     block = layers.make_block(c.remat)
     for i in range(c.cell_depth):  # full attention, no mask: the fused path
       h = block(c, name=f'block_{i}')(h, pos)
     if c.final_norm:
-      h = layers.RMSNorm(c.dtype, name='norm_out')(h)
+      h = layers.RMSNorm(c.residual_dtype, name='norm_out')(h)
     new = h[:, :K]
     if c.projects_memory:
-      new = _dense(c.mem_dim, c.dtype, 'mem_out')(layers.rms_norm(new))
+      new = _dense(c.mem_dim, c.dtype, 'mem_out')(layers.rms_norm(new)).astype(c.residual_dtype)
     if c.cell_residual:
       new = new + mem_BxKxD.astype(new.dtype)
     return layers.rms_norm(new)
@@ -230,7 +231,7 @@ class MLPCell(nn.Module):
     B, K, D = mem_BxKxD.shape
     Z = K * D
     e = _embed(c)(jnp.maximum(x_B, 0))
-    h = mem_BxKxD.reshape(B, Z).astype(c.dtype)
+    h = mem_BxKxD.reshape(B, Z).astype(c.residual_dtype)
     init = nn.initializers.normal(0.02)
     for i in range(c.cell_depth):
       u = layers.RMSNorm(c.dtype, name=f'norm_{i}')(jnp.concatenate([h, e], axis=-1))

@@ -58,17 +58,40 @@ def clip_by_network_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def _is_gain(path) -> bool:
+  """An RMSNorm gain (a parameter named 'scale')."""
+  return getattr(path[-1], 'key', None) == 'scale'
+
+
+def decay_all_toward_unit_gains(weight_decay: float) -> optax.GradientTransformation:
+  """Decoupled weight decay of every parameter: updates + wd * (p - anchor), the anchor 1 for norm gains and 0
+  otherwise. The public code's AdamW decays every parameter, its norm gains being 1 + g with g decayed toward 0."""
+  def update_fn(updates, state, params):
+    decayed = jax.tree_util.tree_map_with_path(
+        lambda path, u, p: u + weight_decay * (p - (1.0 if _is_gain(path) else 0.0)), updates, params)
+    return decayed, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _adamw(o, schedule) -> optax.GradientTransformation:
+  """AdamW with decoupled weight decay on optim.weight_decay_on: 'matrices' (ndim >= 2) or 'all'."""
+  if o.weight_decay_on == 'all':
+    return optax.chain(optax.scale_by_adam(b1=o.b1, b2=o.b2), decay_all_toward_unit_gains(o.weight_decay),
+                       optax.scale_by_learning_rate(schedule))
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+
+
 def _trainable_labels(params, frozen: tuple[str, ...]):
   return {k: jax.tree.map(lambda _, k=k: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW (weight decay on matrices only) after gradient clipping (optim.clip_mode: one global norm, or the
-  teacher and the RNN each to optim.grad_clip); frozen networks get no update."""
+  """AdamW (weight decay by optim.weight_decay_on) after gradient clipping (optim.clip_mode: one global norm, or
+  the teacher and the RNN each to optim.grad_clip); frozen networks get no update."""
   o = config.optim
   schedule = learning_rate_schedule(o, config.num_steps)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+  tx = _adamw(o, schedule)
   if o.grad_clip > 0:
     clip = clip_by_network_norm(o.grad_clip) if o.clip_mode == 'per_network' else optax.clip_by_global_norm(o.grad_clip)
     tx = optax.chain(clip, tx)

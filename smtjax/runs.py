@@ -38,12 +38,12 @@ def default_read_len(config) -> int:
 
 
 def resolve_lengths(config, read_len: int | None = None, eval_len: int | None = None) -> tuple[int, int]:
-  """(read_len, eval_len) from the arguments, config.evaluate.*, or the defaults (eval_len: the rest of
-  the sequence); validated against T (ConfigError with the reason)."""
+  """(read_len, eval_len) from the arguments, config.evaluate.*, or the defaults (eval_len: every position to
+  the end of the sequence); validated against T (ConfigError with the reason)."""
   T = config.data.seq_len
   read_len = default_read_len(config) if read_len is None else int(read_len)
   if eval_len is None:
-    eval_len = int(config.evaluate.eval_len) if config.evaluate.eval_len else T - read_len
+    eval_len = int(config.evaluate.eval_len) if config.evaluate.eval_len else T - read_len + 1
   inference.check_lengths(T, read_len, int(eval_len))
   return read_len, int(eval_len)
 
@@ -143,7 +143,7 @@ def evaluate_workdir(workdir: str, num_batches: int | None = None, read_len: int
     name = 'eval.json' if trained_len == config.data.seq_len else f'eval_T{config.data.seq_len}.json'
     workdir_lib.write_text(epath.Path(workdir) / name, json.dumps(json_safe(result), indent=2, sort_keys=True))
     plotting.loss_by_position(json_safe(result), epath.Path(workdir) / name.replace('.json', '_loss_by_position.png'),
-                          title=f'{config.data.name}: read {read_len}, roll out {eval_len}')
+                          title=f'{config.data.name}: read {read_len}, score {eval_len} positions')
   return result
 
 

@@ -16,7 +16,10 @@ Drift-robust options of the parallel mode (each off by default, each still time-
   the teacher's m_{L+j} (one MSE pooled over the n steps); `smt.rollout_detach` feeds each step a detached
   input from step 2 on (one-step gradients on self-generated inputs: the pushforward trick / parallel
   scheduled sampling);
-  `smt.rollout_decode` > 0 adds the readout's cross-entropy on the rolled memories (`loss_roll_dec`).
+  `smt.rollout_decode` > 0 adds the readout's cross-entropy on the rolled memories (`loss_roll_dec`; with n = 1
+  on the one-step predictions). Besides the cell it trains, through the start memory, the encoder (unless
+  `dynamics_gradient='rnn_only'`) and, with `rollout_decode_readout='train'`, the readout, which is the
+  teacher's decoder: then the teacher's own scores move with it.
 - `smt.memory_noise` sigma > 0: the teacher memory fed to the cell is rms_norm(m + sigma * eps), the target
   stays clean (training noise against drift); `memory_noise_mode='matched'` scales sigma by the RMS of the
   cell's current one-step error (detached), so the noise looks like the RNN's own mistakes.
@@ -102,6 +105,8 @@ def _roll(nets: Networks, params, m0, xs_Nxn, detach: bool):
     return m, m
 
   m1 = nets.step(params, m0, xs_Nxn[:, 0])
+  if xs_Nxn.shape[1] == 1:
+    return m1[:, None]
   _, rest = jax.lax.scan(body, m1, xs_Nxn[:, 1:].T)  # [n-1, N, K, D]
   return jnp.concatenate([m1[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
 
@@ -122,9 +127,6 @@ def rollout_dynamics(nets: Networks, params, mems, x, y, starts_BxN, config, rng
     sigma = _noise_scale(nets, params, m0, xs[:, 0], targets[:, 0], s)
     m0 = perturb_memory(m0, sigma, rng)
     extra['mem_noise_std'] = sigma
-  if n == 1:
-    return _dynamics(nets, params, m0, xs[:, 0], targets[:, 0], config), extra
-
   mode = config_lib.dynamics_gradient(config)  # routes the teacher's share of the gradient as in one-step SMT
   if mode == 'rnn_only':
     m0 = jax.lax.stop_gradient(m0)
@@ -135,8 +137,23 @@ def rollout_dynamics(nets: Networks, params, mems, x, y, starts_BxN, config, rng
   if s.rollout_decode > 0:
     # The memory after reading x[:L+j+1] predicts y[L+j]: the RNN's readout on its own rolled memories.
     ys = windows(y, starts_BxN, n).reshape(B * N * n)
-    extra['loss_roll_dec'] = losses.mean_cross_entropy(nets.readout(params, flat(preds)), ys)
+    readout_params = params if s.rollout_decode_readout == 'train' else dict(
+        params, decoder=jax.lax.stop_gradient(params['decoder']))
+    extra['loss_roll_dec'] = losses.mean_cross_entropy(nets.readout(readout_params, flat(preds)), ys)
   return dyn, extra
+
+
+def has_drift_options(config) -> bool:
+  """Whether the SMT objective departs from the one-step loss on clean teacher memories."""
+  s = config.smt
+  return config.method == 'smt' and (s.rollout_steps > 1 or s.memory_noise > 0 or s.rollout_decode > 0)
+
+
+def one_step(config):
+  """`config` with the drift-robust options off: the plain one-step SMT objective."""
+  c = config.copy_and_resolve_references()
+  c.smt.rollout_steps, c.smt.rollout_detach, c.smt.rollout_decode, c.smt.memory_noise = 1, False, 0.0, 0.0
+  return c
 
 
 def parallel_losses(nets: Networks, params, batch, rng, config):

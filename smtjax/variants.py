@@ -114,6 +114,8 @@ def published(name: str, seq_len: int = 320, context: int = 256, future: int = 6
   c.model.use_bias = True
   c.model.final_norm = True
   c.model.share_embedding = True
+  c.model.gelu_exact = True  # torch.nn.GELU(): erf
+  c.model.residual_dtype = 'float32'  # torch.autocast: bfloat16 products, float32 residual stream and memories
   c.smt.mode = 'window'
   c.smt.context = context
   c.smt.future = future
@@ -121,6 +123,7 @@ def published(name: str, seq_len: int = 320, context: int = 256, future: int = 6
   c.optim.lr = 3e-4
   c.optim.b1, c.optim.b2 = 0.9, 0.95
   c.optim.weight_decay = 0.01
+  c.optim.weight_decay_on = 'all'  # torch.optim.AdamW over every parameter
   c.optim.warmup_frac = 0.01
   c.optim.schedule = 'constant'
   c.optim.grad_clip = 1.0

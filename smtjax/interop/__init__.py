@@ -1,0 +1,2 @@
+"""Conversion of other implementations' checkpoints into smtjax parameters (`smtjax.interop.torch`: the public
+PyTorch SMT code)."""
