@@ -5,12 +5,15 @@ The fixture tests/golden/torch_tiny.npz was written by tools/golden/make_torch_g
 torch; see its docstring): the public Teacher and RNN at a tiny size (V=16, d=16, K=2, 2 heads of the public
 width 64, depths 2/1/2) with fixed weights, a fixed batch, and the public functions' outputs in float32:
 forward_smt, forward_dmt (published flags), forward_bptt, read_with_teacher_rnn, Teacher.teacher_readout,
-and gradients of their total losses for a few parameters. Nothing here imports torch.
+gradients of their total losses for a few parameters, and two training steps of train_smt.py (its AdamW and
+per-network gradient clipping, at a larger learning rate) with a few parameters after each. Nothing here
+imports torch.
 
 Errors are normwise: max|smtjax - public| / max|public| over an array (|a - b| / |b| for a scalar). Both sides
 compute in float32 with different operation orders (and RMSNorm epsilons 1e-6 vs 1e-12 / float32 eps): the
-tolerance is 1e-5, except 5e-5 for BPTT from a zero memory (BPTT_RTOL says why). `pytest -s` prints the
-measured errors (`report`).
+tolerance is 1e-5, except 5e-5 for BPTT from a zero memory (BPTT_RTOL says why) and 1e-3 for the whole of a
+weight matrix after end-to-end optimizer steps (ADAM_RTOL; test_optimizer_steps says why). `pytest -s` prints
+the measured errors (`report`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from smtjax import bptt, dmt, inference, losses, smt, train, variants
+from smtjax import bptt, dmt, inference, losses, optim, smt, train, variants
 from smtjax.interop import torch as interop
 from smtjax.models import Networks
 
@@ -34,6 +38,8 @@ RTOL = 1e-5
 # sqrt(d)): 1.7e-5 relative at step 0, carried through the rollout (2.6e-5 at most). With smtjax's epsilon set
 # to 1e-20 the same rollout agrees to 5.7e-7, so the gap is that epsilon alone, not a different function.
 BPTT_RTOL = 5e-5
+# Adam's first update of an element whose gradient is within a few eps of zero (test_optimizer_steps says why).
+ADAM_RTOL = 1e-3
 ERRORS: dict[str, float] = {}
 
 
@@ -100,6 +106,11 @@ class Golden:
     assert len(found) == 1, (name, [p for p, _ in found])
     path, part = found[0]
     return _at(convert(grad), path)[part], path, part
+
+  def param_leaf(self, name: str, value):
+    """grad_leaf for a parameter's value: an RMSNorm gain g becomes smtjax's scale g + 1."""
+    ref, path, part = self.grad_leaf(name, value)
+    return (ref + 1.0 if path[-1] == 'scale' else ref), path, part
 
 
 def _at(tree, path):
@@ -195,6 +206,127 @@ def test_tanh_gelu_would_not_match(g):
   ERRORS['(tanh GELU) smt m_t'] = rel_err(m_t, g['smt.m_now'])
   ERRORS['(tanh GELU) smt total loss'] = rel_err(total, g['smt.loss'])
   assert ERRORS['(tanh GELU) smt m_t'] > 5 * RTOL
+
+
+# ------------------------------------------------------------------------------------------- optimizer
+
+def _opt_config(g, weight_decay_on: str = 'all'):
+  """train_smt.py's optimizer as the fixture ran it: AdamW over every parameter (torch's eps 1e-8 is optax's
+  default), the RNN's and the teacher's gradients clipped each to `clip`, a constant learning rate."""
+  hp = g.hp
+  assert hp['opt_eps'] == 1e-8 and hp['opt_lr_steps'] == [hp['opt_lr']] * hp['opt_steps']
+  c = _smt_config(g)
+  o = c.optim
+  o.lr, o.b1, o.b2, o.weight_decay = hp['opt_lr'], hp['opt_betas'][0], hp['opt_betas'][1], hp['opt_wd']
+  o.warmup_frac, o.schedule = 0.0, 'constant'
+  o.grad_clip, o.clip_mode, o.weight_decay_on = hp['clip'], 'per_network', weight_decay_on
+  return c
+
+
+def _replace(tree, path, part, value):
+  """A copy of `tree` whose leaf at `path` has `value` in its `part`."""
+  if not path:
+    leaf = np.array(tree)
+    leaf[part] = value
+    return jnp.asarray(leaf)
+  return {**tree, path[0]: _replace(tree[path[0]], path[1:], part, value)}
+
+
+def _opt_steps(g, config, torch_grads: bool = False) -> list[tuple]:
+  """(loss, gradient norms per network, parameters after the step) for each of the fixture's steps. With
+  `torch_grads` the fixture's parameters get the public code's gradients (opt.grad<step>.<name>) instead of
+  smtjax's: the optimizer alone is compared."""
+  tx, _ = optim.make_optimizer(config)
+  params = jax.tree.map(jnp.asarray, g.smt_params)
+  state = tx.init(params)
+  loss_fn = lambda p: smt.window_losses(g.nets, p, _smt_batch(g), jax.random.PRNGKey(0), config)[0]
+  out = []
+  for i in range(g.hp['opt_steps']):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    if torch_grads:
+      for name in _opt_names(g):
+        ref, path, part = g.grad_leaf(name, g[f'opt.grad{i + 1}.{name}'])
+        grads = _replace(grads, path, part, ref)
+    norms = optim.network_norms(grads)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    out.append((loss, norms, params))
+  return out
+
+
+def _opt_names(g):
+  names = [k[len('opt.step1.'):] for k in g.a if k.startswith('opt.step1.')]
+  assert any(n.endswith('.g') for n in names) and any(not n.endswith('.g') for n in names)
+  return names
+
+
+def test_optimizer_matches_public_adamw(g):
+  """smtjax's optimizer given the public code's gradients: train_smt.py's AdamW and clipping, two steps."""
+  steps = _opt_steps(g, _opt_config(g), torch_grads=True)
+  for i, (_, _, params) in enumerate(steps):
+    for name in _opt_names(g):
+      ref, path, part = g.param_leaf(name, g[f'opt.step{i + 1}.{name}'])
+      check(f'opt step{i + 1} {name} (public gradients)', np.asarray(_at(params, path))[part], ref)
+  # The teacher's gradient is clipped at both steps, the RNN's at neither: per-network clipping shows.
+  assert np.all(g['opt.grad_norm_teacher'] > g.hp['clip']) and np.all(g['opt.grad_norm_rnn'] < g.hp['clip'])
+
+
+def test_optimizer_steps(g):
+  """Two train_smt.py steps end to end (smtjax's gradients): the loss and gradient norms each step starts from
+  (step 2's loss is a function of every parameter after step 1), and the parameters after each step.
+
+  Adam's first update is lr * g / (|g| + eps) elementwise (eps = 1e-8): where a gradient is within a few eps of
+  zero it carries the gradients' float32 noise (here ~1e-8 absolute, 3e-6 of the largest) times about lr / eps.
+  The two attention matrices have such elements (0 < |g| < 1e-7 at step 1: 3 in q, 1 in v) and agree to ~5e-4
+  normwise (ADAM_RTOL); their other elements (|g| >= 100 eps or 0 at every step so far) to 1.2e-7 after step 1
+  and 5e-6 after step 2 (whose gradients also carry step 1's difference), every other parameter to RTOL.
+  Given the public gradients (test_optimizer_matches_public_adamw) all elements agree to RTOL."""
+  steps = _opt_steps(g, _opt_config(g))
+  assert len(steps) == g.hp['opt_steps'] == 2
+  well = {}
+  for i, (loss, norms, params) in enumerate(steps):
+    check(f'opt step{i + 1} loss', loss, g['opt.loss'][i])
+    check(f'opt step{i + 1} grad norm teacher', norms['teacher'], g['opt.grad_norm_teacher'][i])
+    check(f'opt step{i + 1} grad norm rnn', norms['rnn'], g['opt.grad_norm_rnn'][i])
+    for name in _opt_names(g):
+      ref, path, part = g.param_leaf(name, g[f'opt.step{i + 1}.{name}'])
+      ours = np.asarray(_at(params, path))[part]
+      grad = g.grad_leaf(name, g[f'opt.grad{i + 1}.{name}'])[0]
+      ill = (grad != 0) & (np.abs(grad) < 100 * g.hp['opt_eps'])  # exact zeros (absent tokens) are exact
+      well[name] = well.get(name, True) & ~ill
+      if well[name].all():
+        check(f'opt step{i + 1} {name}', ours, ref)
+      else:
+        check(f'opt step{i + 1} {name} (all elements)', ours, ref, ADAM_RTOL)
+        check(f'opt step{i + 1} {name} (|g| >= 100 eps or 0)', ours[well[name]], ref[well[name]])
+
+
+def test_decay_on_matrices_would_not_match(g):
+  """The option is needed: with weight decay on matrices only (optax.adamw's usual mask) the norm gains miss
+  the public ones (its AdamW decays every parameter, the gains toward 1)."""
+  params = _opt_steps(g, _opt_config(g, 'matrices'), torch_grads=True)[-1][2]
+  gains = [n for n in _opt_names(g) if n.endswith('.g')]
+  assert gains
+  for name in _opt_names(g):
+    ref, path, part = g.param_leaf(name, g[f'opt.step2.{name}'])
+    ERRORS[f'(decay on matrices) opt step2 {name}'] = rel_err(np.asarray(_at(params, path))[part], ref)
+  for name in gains:
+    assert ERRORS[f'(decay on matrices) opt step2 {name}'] > 2 * RTOL, name
+
+
+def test_global_clipping_would_not_match(g):
+  """The option is needed: one global clipping norm scales the RNN's gradient too (the public code clips the RNN
+  and the teacher each on its own), which changes the RNN's second Adam step."""
+  c = _opt_config(g)
+  c.optim.clip_mode = 'global'
+  params = _opt_steps(g, c, torch_grads=True)[-1][2]
+  rnn = [n for n in _opt_names(g) if n.startswith('rnn.')]
+  assert rnn
+  for name in _opt_names(g):
+    ref, path, part = g.param_leaf(name, g[f'opt.step2.{name}'])
+    ERRORS[f'(global clipping) opt step2 {name}'] = rel_err(np.asarray(_at(params, path))[part], ref)
+  for name in rnn:
+    assert ERRORS[f'(global clipping) opt step2 {name}'] > 2 * RTOL, name
 
 
 # ------------------------------------------------------------------------------------------------- DMT

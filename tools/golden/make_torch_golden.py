@@ -17,7 +17,18 @@ none of it is part of this repository). The fixture holds:
 - `hparams`: a JSON string (sizes, lengths, coefficients, versions);
 - `x`, `y`: the token batch (y[t] = x[t+1]); SMT, BPTT and read use leading slices of it;
 - `smt.*`, `dmt.*`, `bptt.*`, `read.*`, `teacher_readout.*`: the public functions' outputs in float32,
-  and `smt.grad.*` / `dmt.grad.*` / `bptt.grad.*`: gradients of their total losses for a few parameters.
+  and `smt.grad.*` / `dmt.grad.*` / `bptt.grad.*`: gradients of their total losses for a few parameters;
+- `opt.*`: two training steps of train_smt.py on the SMT batch, from copies of the networks (everything above is
+  computed before them and from the unchanged weights): train_smt.py's `torch.optim.AdamW` over every RNN and
+  Teacher parameter (weight decay, betas and eps as there: eps is torch's default 1e-8), its
+  `clip_grad_norm_(rnn.parameters(), 1.0)` and `clip_grad_norm_(teacher.parameters(), 1.0)` before `opt.step()`,
+  on forward_smt's total loss, in float32 (no autocast) and with a larger learning rate than the published 3e-4
+  (OPT['lr']) so the updates stand well above float32 noise. The learning rate of each step is train_smt.py's
+  `util.get_lr(itr, n_iters=2, lr, 'warmup_constant')`: its warm-up lasts n_iters // 100 = 0 steps, so both
+  steps run at lr (recorded as hparams opt_lr_steps). `opt.step{1,2}.<name>`: a few parameters after each step,
+  `opt.grad{1,2}.<name>` their gradients in that step (before clipping);
+  `opt.loss` the SMT total loss each step's gradient came from (step 2's: a function of every parameter after
+  step 1); `opt.grad_norm_rnn` / `opt.grad_norm_teacher`: clip_grad_norm_'s returns (the norms before clipping).
 
 The uniformity loss draws `torch.randperm(N)[:512]` tokens; every N here is far below 512, so the draw is a
 permutation of all tokens and the loss (a mean over all pairs) does not depend on it.
@@ -51,6 +62,14 @@ SMT_GRADS = ('teacher.encoder.layers.0.1.to_q.weight', 'teacher.encoder.layers.3
              'teacher.to_logits.weight', 'rnn.rnn.layers.0.1.to_v.weight', 'rnn.embed.weight', 'rnn.rnn.final_norm.g')
 DMT_GRADS = ('rnn.rnn.layers.2.1.to_q.weight', 'rnn.decoder.layers.0.0.0.g', 'rnn.to_logits.bias')
 BPTT_GRADS = ('rnn.rnn.layers.0.1.to_k.weight', 'rnn.decoder.final_norm.g', 'rnn.to_logits.weight')
+
+# train_smt.py's optimizer (Config: lr, weight_decay, adam_betas, clip_grad_norm; AdamW's eps is torch's default),
+# but for the learning rate: 1e-2 instead of 3e-4.
+OPT = dict(lr=1e-2, weight_decay=1e-2, betas=(0.9, 0.95), eps=1e-8, clip=1.0, steps=2)
+OPT_PARAMS = ('teacher.encoder.layers.0.1.to_q.weight', 'teacher.encoder.layers.0.0.0.g',
+              'teacher.encoder.layers.3.1.ff.0.0.bias', 'teacher.encoder_mem_register.weight', 'teacher.embed.weight',
+              'teacher.decoder.final_norm.g', 'teacher.to_logits.bias', 'rnn.rnn.layers.0.1.to_v.weight',
+              'rnn.rnn.layers.1.0.0.g', 'rnn.rnn.final_norm.g')
 
 
 def _param(teacher, rnn, name):
@@ -146,6 +165,46 @@ def run(torch, model, teacher, rnn, x, y) -> dict:
   return out
 
 
+def optimizer_steps(torch, model, util, teacher, rnn, x, y) -> tuple[dict, list]:
+  """train_smt.py's Main.init optimizer and Main.step training step (OPT['steps'] times, on one batch, float32)
+  applied to copies of the networks: ({'opt.*': arrays}, the learning rate of each step)."""
+  import copy
+  rnn, teacher = copy.deepcopy(rnn), copy.deepcopy(teacher)
+  T = HP['Tc'] + HP['Tf']
+  scfg = model.SMTConfig(T=T, Tc=HP['Tc'], Tf=HP['Tf'], gamma=HP['gamma'], coef_dec=HP['smt_coef_dec'],
+                         coef_dyn=HP['smt_coef_dyn'], coef_unif=HP['smt_coef_unif'], detach_rnn=False)
+  assert scfg.hot_rnn and scfg.hot_teacher
+  parameters = list(rnn.parameters()) + list(teacher.parameters())  # Main.init: hot_rnn, then hot_teacher
+  opt = torch.optim.AdamW(parameters, lr=OPT['lr'], weight_decay=OPT['weight_decay'], betas=OPT['betas'])
+  assert opt.defaults['eps'] == OPT['eps'] and not opt.defaults['amsgrad']
+  batch = dict(x=x[:, :T], y=y[:, :T])
+  out, lrs, losses, norms_rnn, norms_teacher = {}, [], [], [], []
+  for itr in range(OPT['steps']):  # Main.step (its test pass is under no_grad: it changes nothing)
+    lr = util.get_lr(itr, OPT['steps'], OPT['lr'], 'warmup_constant')
+    for param_group in opt.param_groups:
+      param_group['lr'] = lr
+    lrs.append(lr)
+    rnn.train()
+    teacher.train()
+    opt.zero_grad(set_to_none=True)
+    o = model.forward_smt(rnn, teacher, batch, scfg)
+    o['loss'].backward()  # grad_accum_steps = 1
+    for n in OPT_PARAMS:  # the gradient before clipping
+      out[f'opt.grad{itr + 1}.{n}'] = _param(teacher, rnn, n).grad.detach().numpy().astype(np.float32)
+    norms_rnn.append(float(torch.nn.utils.clip_grad_norm_(rnn.parameters(), OPT['clip'])))
+    norms_teacher.append(float(torch.nn.utils.clip_grad_norm_(teacher.parameters(), OPT['clip'])))
+    opt.step()
+    losses.append(float(o['loss']))
+    for n in OPT_PARAMS:
+      out[f'opt.step{itr + 1}.{n}'] = _param(teacher, rnn, n).detach().numpy().astype(np.float32)
+  # The RNN's readout gets no gradient in SMT: AdamW skips it (no weight decay either).
+  assert all(p.grad is None for p in [*rnn.decoder.parameters(), *rnn.to_logits.parameters()])
+  out['opt.loss'] = np.array(losses, np.float32)
+  out['opt.grad_norm_rnn'] = np.array(norms_rnn, np.float32)
+  out['opt.grad_norm_teacher'] = np.array(norms_teacher, np.float32)
+  return out, lrs
+
+
 def autocast_report(torch, model, teacher, rnn, x, y):
   """Dtypes of the public SMT forward pass under bfloat16 autocast. CUDA's autocast (what train_smt.py uses)
   is not available here; CPU autocast casts the same ops used here (linear, matmul, attention) to bfloat16."""
@@ -190,11 +249,14 @@ def main():
 
   import model  # the public code
   import torch
+  import util  # the public code (get_lr)
 
   torch.use_deterministic_algorithms(True)
   teacher, rnn = build(torch, model)
   x, y = batch(torch)
   out = run(torch, model, teacher, rnn, x, y)
+  opt_out, opt_lrs = optimizer_steps(torch, model, util, teacher, rnn, x, y)
+  out.update(opt_out)
   if args.autocast_report:
     autocast_report(torch, model, teacher, rnn, x, y)
 
@@ -205,7 +267,9 @@ def main():
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
       commit = ''
-  hp = dict(HP, torch=torch.__version__, x_transformers=version('x-transformers'), public_commit=commit)
+  hp = dict(HP, torch=torch.__version__, x_transformers=version('x-transformers'), public_commit=commit,
+            opt_lr=OPT['lr'], opt_lr_steps=opt_lrs, opt_betas=list(OPT['betas']), opt_wd=OPT['weight_decay'],
+            opt_eps=OPT['eps'], clip=OPT['clip'], opt_steps=OPT['steps'])
   arrays = {'hparams': np.array(json.dumps(hp, sort_keys=True)), 'x': x.numpy().astype(np.int32),
             'y': y.numpy().astype(np.int32)}
   for prefix, net in (('teacher', teacher), ('rnn', rnn)):
@@ -224,6 +288,8 @@ def main():
   for k in sorted(out):
     if out[k].size == 1:
       print(f'  {k:24s} {float(out[k]):.6f}')
+  for k in ('opt.loss', 'opt.grad_norm_rnn', 'opt.grad_norm_teacher'):
+    print(f'  {k:24s} {np.array2string(out[k], precision=6)}')
 
 
 if __name__ == '__main__':
