@@ -207,6 +207,26 @@ def test_dmt_losses_equal_step_by_step_definition(mode, term):
     assert max(float(jnp.abs(v).max()) for v in jax.tree.leaves(g[net])) == 0.0
 
 
+def test_dmt_readout_loss_trains_the_readout_and_never_the_cell():
+  """DMT's readout cross-entropy reads detached memories: its gradient reaches params['readout'] and nothing
+  else (the cell learns only from the memory MSE); the teacher gets no gradient from any term."""
+  c = variants.dmt(tiny_config(), context=2, rollout=6, every=3)
+  c.dmt.coef_mem = 0.0  # the readout term alone
+  nets = models.Networks.from_config(c)
+  params = jax.jit(nets.init)(jax.random.PRNGKey(0))
+  params['readout'] = jax.tree.map(jnp.copy, params['decoder'])
+  x = jax.random.randint(jax.random.PRNGKey(1), (3, c.data.seq_len), 0, 10)
+  batch = {'x': x, 'y': jnp.roll(x, -1, axis=1)}
+  g = jax.jit(jax.grad(lambda p: dmt.dmt_losses(nets, p, batch, jax.random.PRNGKey(0), c)[0]))(params)
+  largest = {k: max(float(jnp.abs(v).max()) for v in jax.tree.leaves(t)) for k, t in g.items()}
+  assert largest['readout'] > 0
+  assert largest['cell'] == largest['encoder'] == largest['decoder'] == 0.0, largest
+  c.dmt.coef_mem = 10.0  # with the memory term the cell learns, the teacher still does not
+  g = jax.jit(jax.grad(lambda p: dmt.dmt_losses(nets, p, batch, jax.random.PRNGKey(0), c)[0]))(params)
+  largest = {k: max(float(jnp.abs(v).max()) for v in jax.tree.leaves(t)) for k, t in g.items()}
+  assert largest['cell'] > 0 and largest['encoder'] == largest['decoder'] == 0.0, largest
+
+
 def test_dmt_fine_tunes_from_smt_run(smt_workdir, tmp_path):
   c = _dmt_config(smt_workdir)
   final = train.train_and_evaluate(c, str(tmp_path))

@@ -46,27 +46,29 @@ def causal():
   return _model('causal')
 
 
-@pytest.mark.parametrize('read_len,eval_len', [(3, 4), (2, 6)])
+@pytest.mark.parametrize('read_len,eval_len', [(3, 4), (2, T - 1)])
 def test_read_equals_reference_loop(causal, read_len, eval_len):
+  """eval_len scored positions (the public loss_eval's), the last one reaching y[T-1] when
+  read_len + eval_len = T + 1."""
   nets, params = causal
   jn = JittedNetworks(nets)
   x, y = _data()
   s = inference.read(nets, params, x, y, read_len, eval_len)
-  assert s['ce'].shape == (B, eval_len + 1)
+  assert s['ce'].shape == (B, eval_len)
   mem = jn.encode(params, x[:, :read_len])
   logits = []
-  for j in range(eval_len + 1):  # position j: the memory after j RNN steps predicts y[read_len-1+j]
+  for j in range(eval_len):  # position j: the memory after j RNN steps predicts y[read_len-1+j]
     logits.append(jn.readout(params, mem))
-    if j < eval_len:
+    if j < eval_len - 1:
       mem = jn.step(params, mem, x[:, read_len + j])
-  _check_scores(s, jnp.stack(logits, 1), y[:, read_len - 1:read_len + eval_len])
+  _check_scores(s, jnp.stack(logits, 1), y[:, read_len - 1:read_len - 1 + eval_len])
 
 
 def test_read_rejects_bad_lengths(causal):
   nets, params = causal
   x, y = _data()
-  for read_len, eval_len in ((0, 2), (5, T - 4)):
-    with pytest.raises(ValueError, match='read_len'):
+  for read_len, eval_len in ((0, 2), (5, T - 3), (3, 0)):
+    with pytest.raises(ValueError, match='read_len|eval_len'):
       inference.read(nets, params, x, y, read_len, eval_len)
 
 
@@ -177,17 +179,17 @@ def test_evaluate_workdir_writes_eval_json_and_plot(workdir):
     j = json.load(f)
   for k in KEYS:
     assert isinstance(j[k], (int, float)) and math.isfinite(j[k]), (k, j.get(k))
-  assert j['read_len'] == T // 2 and j['eval_len'] == T - T // 2 and j['num_sequences'] == 2 * 8
-  assert len(j['rnn_loss_per_position']) == j['eval_len'] + 1
+  assert j['read_len'] == T // 2 and j['eval_len'] == T - T // 2 + 1 and j['num_sequences'] == 2 * 8
+  assert len(j['rnn_loss_per_position']) == j['eval_len']
   # retrieval: the only target is y[T-1], scored at the last rollout position; the others have none
-  assert j['rnn_loss_per_position'][:-1] == [None] * j['eval_len']
+  assert j['rnn_loss_per_position'][:-1] == [None] * (j['eval_len'] - 1)
   assert math.isclose(j['rnn_loss_per_position'][-1], j['rnn_loss'], rel_tol=1e-6)
   assert math.isclose(j['rnn_loss_bits'], j['rnn_loss'] / math.log(2), rel_tol=1e-9)
   assert 'nats' in j['units']
   assert r['rnn_loss'] == j['rnn_loss']
   assert os.path.getsize(os.path.join(workdir, 'eval_loss_by_position.png')) > 1000
-  with pytest.raises(ValueError, match='longer than the sequence'):
-    runs.evaluate_workdir(workdir, read_len=5, eval_len=4, write_files=False)
+  with pytest.raises(ValueError, match='reaches past the sequence'):
+    runs.evaluate_workdir(workdir, read_len=5, eval_len=5, write_files=False)
 
 
 def test_sample_workdir_is_reproducible(workdir):
@@ -206,12 +208,12 @@ def test_sample_workdir_is_reproducible(workdir):
 def test_evaluate_cli(workdir):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   p = subprocess.run([sys.executable, '-m', 'experiments.evaluate', f'--workdir={workdir}', '--num_batches=1',
-                      '--read_len=3', '--eval_len=5'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                      '--read_len=3', '--eval_len=6'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert p.returncode == 0, p.stderr[-2000:]
   assert 'eval.json' in p.stdout
   with open(os.path.join(workdir, 'eval.json')) as f:
     j = json.load(f)
-  assert (j['read_len'], j['eval_len'], j['num_sequences']) == (3, 5, 8)
+  assert (j['read_len'], j['eval_len'], j['num_sequences']) == (3, 6, 8)
   assert math.isfinite(j['rnn_loss'])
 
 

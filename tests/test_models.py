@@ -73,13 +73,39 @@ def test_decoder_is_causal():
       assert jnp.abs(g[:, :j]).max() > 0, 'prediction should depend on earlier inputs'
 
 
-def test_prefix_memories_equal_encoder_on_prefix():
-  c, nets, params = _nets()
+PUBLISHED = dict(head_dim=8, rotary_fraction=0.5, use_bias=True, final_norm=True, share_embedding=True,
+                 gelu_exact=True)  # the public architecture's options (variants.published), at test size
+
+
+@pytest.mark.parametrize('options,atol', [
+    ({}, 2e-5),
+    (PUBLISHED, 2e-5),
+    (dict(PUBLISHED, dtype='bfloat16', residual_dtype='float32'), 3e-2),  # bf16 products: equal to bf16 rounding
+    (dict(dtype='bfloat16'), 6e-2),  # bf16 residual stream too
+])
+def test_prefix_memories_equal_encoder_on_prefix(options, atol):
+  """One causal pass gives the memory of every prefix: equal to encoding each prefix alone, under smtjax's
+  and the published architecture, and in bfloat16 (there only up to rounding: the two programs round in
+  different places; a real mistake, e.g. a leak of a later token, moves memories by O(1))."""
+  c, nets, params = _nets(**options)
   x = _tokens()
   pm = nets.prefix_memories(params, x)
   for L in range(T + 1):
     ref = nets.encode(params, x[:, :L]) if L else nets.initial_memory(params, B)
-    np.testing.assert_allclose(pm[:, L], ref, atol=2e-5, err_msg=f'prefix length {L}')
+    np.testing.assert_allclose(pm[:, L], ref, atol=atol, err_msg=f'prefix length {L}')
+
+
+def test_residual_stream_dtype():
+  """model.residual_dtype='float32' under bfloat16 products: memories are not bfloat16-rounded (as under
+  torch.autocast); without it they are."""
+  x = _tokens()
+  mems = {}
+  for residual in ('', 'float32'):
+    c, nets, params = _nets(dtype='bfloat16', residual_dtype=residual, final_norm=True)
+    mems[residual] = np.asarray(nets.encode(params, x))
+  as_bf16 = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32))
+  np.testing.assert_array_equal(mems[''], as_bf16(mems['']))  # every value a bfloat16 number
+  assert np.abs(mems['float32'] - as_bf16(mems['float32'])).max() > 0
 
 
 def test_prefix_memories_are_causal():

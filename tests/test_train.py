@@ -285,3 +285,31 @@ def test_published_architecture_trains_resumes_and_fine_tunes(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, src['encoder'], out['encoder'])
   jax.tree.map(np.testing.assert_array_equal, src['decoder'], out['decoder'])
   assert 'embed' not in out['readout']
+
+
+def test_weight_decay_on_all_parameters_pulls_gains_to_one():
+  """optim.weight_decay_on='all' (the public AdamW): with zero gradients every parameter moves by
+  -lr * wd * (p - anchor), the anchor 1 for norm gains (the public gain is 1 + g, g decayed to 0) and 0 for
+  the rest; 'matrices' leaves 1-D parameters alone."""
+  c = tiny_config()
+  c.model.use_bias = True
+  c.optim.update(lr=0.1, weight_decay=0.5, warmup_frac=0.0, grad_clip=0.0)
+  params = jax.jit(models.Networks.from_config(c).init)(jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda p: p + 0.3, params)  # gains 1.3, biases 0.3: both away from their anchors
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  step = {}
+  for on in ('all', 'matrices'):
+    c.optim.weight_decay_on = on
+    tx, _ = optim.make_optimizer(c)
+    step[on], _ = tx.update(zeros, tx.init(params), params)
+  gain = params['encoder']['block_0']['norm_attn']['scale']
+  bias = params['decoder']['block_0']['mlp']['Dense_0']['bias']
+  kernel = params['decoder']['head']['kernel']
+  u = step['all']
+  np.testing.assert_allclose(u['encoder']['block_0']['norm_attn']['scale'], -0.05 * (gain - 1.0), rtol=1e-5)
+  np.testing.assert_allclose(u['decoder']['block_0']['mlp']['Dense_0']['bias'], -0.05 * bias, rtol=1e-5)
+  np.testing.assert_allclose(u['decoder']['head']['kernel'], -0.05 * kernel, rtol=1e-5)
+  u = step['matrices']
+  assert float(jnp.abs(u['encoder']['block_0']['norm_attn']['scale']).max()) == 0.0
+  assert float(jnp.abs(u['decoder']['block_0']['mlp']['Dense_0']['bias']).max()) == 0.0
+  np.testing.assert_allclose(u['decoder']['head']['kernel'], -0.05 * kernel, rtol=1e-5)
