@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from smtjax import config as config_lib
 from smtjax import logs
+from smtjax import variants as variants_lib
 from smtjax.errors import ConfigError, Preempted, SmtjaxError
 
 # JAX's options as absl flags of every entry point (--jax_log_compiles, --jax_debug_nans, ...). Importing
@@ -102,3 +103,12 @@ def _typed_override(field_flag, path: str, config) -> None:
     except (TypeError, ValueError, flags.IllegalFlagValueError):
       raise SystemExit(f'error: config.{path}: expected {want}, got {argument!r}') from None
   field_flag.parse = typed
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+  """'name:rollout_steps=4,num_transitions=8' -> ('name', {'rollout_steps': 4, 'num_transitions': 8})."""
+  name, sep, body = text.partition(':')
+  items = [item.partition('=') for item in body.split(',')]
+  if not sep or not name or any(not key.strip() or not eq for key, eq, _ in items):
+    raise ConfigError(f'--variant={text!r}: expected NAME:key=value[,key=value...] (config.smt fields)')
+  return name.strip(), {key.strip(): variants_lib.parse_value(value.strip()) for key, _, value in items}

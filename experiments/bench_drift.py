@@ -35,21 +35,12 @@ flags.mark_flags_as_required(['config'])
 DEFAULT_VARIANTS = {'rollout4': {'rollout_steps': 4}, 'noise': {'memory_noise': 3.0, 'memory_noise_mode': 'matched'}}
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-  """'name:rollout_steps=4,num_transitions=8' -> ('name', {'rollout_steps': 4, 'num_transitions': 8})."""
-  name, sep, body = text.partition(':')
-  items = [item.partition('=') for item in body.split(',')]
-  if not sep or not name or any(not key.strip() or not eq for key, eq, _ in items):
-    raise ConfigError(f'--variant={text!r}: expected NAME:key=value[,key=value...] (config.smt fields)')
-  return name.strip(), {key.strip(): variants_lib.parse_value(value.strip()) for key, _, value in items}
-
-
 def main(argv):
   _cli.start(argv)
   runs = {}
   rng = jax.random.PRNGKey(0)
   with _cli.user_errors():
-    variants = dict(parse_variant(v) for v in FLAGS.variant) if FLAGS.variant else DEFAULT_VARIANTS
+    variants = dict(_cli.parse_variant(v) for v in FLAGS.variant) if FLAGS.variant else DEFAULT_VARIANTS
     if 'smt' in variants:
       raise ConfigError("--variant: the name 'smt' is plain SMT's")
   configs = {}

@@ -64,6 +64,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.name = 'retrieval'
   c.data.seq_len = 32
   c.data.path = ''  # real datasets: a file or a directory; '' means the default location / download
+  # > 0: a 'valid' split for choosing settings, the last fraction of a real dataset's training stream (no longer
+  # trained on); synthetic tasks always have one (an independent stream). The test split is never touched.
+  c.data.valid_fraction = 0.0
   # 'files' (IDX, .npy, .txt readers) or 'tfds' (mnist, sketch through tfds.data_source; data.path = TFDS data_dir)
   c.data.source = 'files'
   c.data.options = ml_collections.ConfigDict()  # task-specific keyword arguments
@@ -333,6 +336,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _require(config.metrics_flush_secs >= 0, 'metrics_flush_secs', 'must be >= 0')
   profile_range(config)
   _one_of(config.data.source, 'data.source', DATA_SOURCES)
+  _require(0 <= config.data.valid_fraction < 1, 'data.valid_fraction', 'must be in [0, 1) (0 = no validation split)')
   T = config.data.seq_len
   _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
   _validate_model(config.model)

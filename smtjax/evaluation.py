@@ -12,6 +12,8 @@ mean over several batches is exact whatever the number of targets per batch. Wha
   the trained (rolled, noisy) dynamics loss is `loss_dyn_rollout_test`;
 - `rnn_only_loss` / `rnn_only_accuracy`: the RNN reads the whole sequence from its initial memory;
 - `teacher_loss` / `teacher_accuracy`: the decoder's prediction of y_t from the encoder memory of x_0..x_t;
+- with `per_position`, `rnn_only_loss_per_t` / `teacher_loss_per_t`: the same at each sequence position t
+  (does the RNN use what it read long ago?);
 - with `read_len` > 0, `rnn_loss` / `rnn_accuracy` and their values at each of eval_len rollout positions:
   the teacher encodes x[:read_len], then the RNN reads the next true tokens (`inference.read`), and
   `teacher_loss_read_targets`: the teacher on exactly those targets.
@@ -41,6 +43,7 @@ class EvalSpec:
   read_len: int = 0  # > 0: also score `inference.read` from this prefix
   eval_len: int = 0
   teacher_chunk: int = 0  # bidirectional teacher: time positions per encoder call (0 = all at once)
+  per_position: bool = False  # also rnn_only and teacher scores at each sequence position t
 
   @classmethod
   def for_training(cls, config) -> EvalSpec:
@@ -58,7 +61,10 @@ def eval_step(params, batch, rng, *, nets: Networks, config, spec: EvalSpec) -> 
   """Sums over one held-out batch: {'objective': metrics} and {'rnn_only' | 'teacher' | 'read' |
   'teacher_read': {'ce', 'n', 'hit'}} ('read' and 'teacher_read' per rollout position)."""
   x, y = batch['x'], batch['y']
-  out = {'rnn_only': _sums(inference.rnn_only(nets, params, x, y))}
+  rnn_only = inference.rnn_only(nets, params, x, y)
+  out = {'rnn_only': _sums(rnn_only)}
+  if spec.per_position:
+    out['rnn_only_t'] = _sums(rnn_only, axis=0)
   if spec.objective:
     metrics = objective(config)(nets, params, batch, rng, config)[1]
     if smt.has_drift_options(config):  # loss_dyn_test: the one-step MSE from clean memories, whatever was trained
@@ -68,6 +74,8 @@ def eval_step(params, batch, rng, *, nets: Networks, config, spec: EvalSpec) -> 
   if spec.teacher:
     t = inference.teacher_scores(nets, params, x, y, spec.read_len or None, spec.teacher_chunk)
     out['teacher'] = _sums(t)
+    if spec.per_position:
+      out['teacher_t'] = _sums(t, axis=0)
     if spec.read_len:
       span = slice(spec.read_len - 1, spec.read_len - 1 + spec.eval_len)
       out['teacher_read'] = _sums({k: v[:, span] for k, v in t.items()}, axis=0)
@@ -92,9 +100,10 @@ class Evaluator:
     self.step = jax.jit(step, in_shardings=(None, self.batch_sharding, shard_lib.replicated(self.mesh)),
                         out_shardings=shard_lib.replicated(self.mesh))
 
-  def totals(self, params, source, num_batches: int) -> dict:
-    """The sums of `eval_step` over the batches (numpy, float64), plus 'num_sequences' and 'num_batches'."""
-    it = BatchIterator(source, 'test', self.config.batch_size, jax.process_index(), jax.process_count(), prefetch=0)
+  def totals(self, params, source, num_batches: int, split: str = 'test') -> dict:
+    """The sums of `eval_step` over batches 0..num_batches-1 of `split` (numpy, float64), plus 'num_sequences'
+    and 'num_batches'."""
+    it = BatchIterator(source, split, self.config.batch_size, jax.process_index(), jax.process_count(), prefetch=0)
     rng = jax.random.PRNGKey(self.config.seed + 1)
     totals = None
     for i in range(num_batches):
@@ -105,8 +114,8 @@ class Evaluator:
     it.close()
     return dict(totals, num_batches=num_batches, num_sequences=num_batches * self.config.batch_size)
 
-  def __call__(self, params, source, num_batches: int) -> dict:
-    return summarize(self.totals(params, source, num_batches))
+  def __call__(self, params, source, num_batches: int, split: str = 'test') -> dict:
+    return summarize(self.totals(params, source, num_batches, split))
 
 
 def summarize(totals: dict) -> dict:
@@ -119,6 +128,9 @@ def summarize(totals: dict) -> dict:
     if name in totals:
       s = totals[name]
       out[f'{name}_loss'], out[f'{name}_accuracy'] = _mean(s['ce'], s['n']), _mean(s['hit'], s['n'])
+    if f'{name}_t' in totals:
+      s = totals[f'{name}_t']
+      out[f'{name}_loss_per_t'] = [_mean(c, n) for c, n in zip(s['ce'], s['n'])]
   if 'read' in totals:
     r, t = totals['read'], totals['teacher_read']
     out['rnn_loss'], out['rnn_accuracy'] = _mean(r['ce'].sum(), r['n'].sum()), _mean(r['hit'].sum(), r['n'].sum())

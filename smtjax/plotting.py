@@ -138,6 +138,53 @@ def comparison(summary: dict, path, columns, names: dict) -> epath.Path:
   return _save(fig, path)
 
 
+def _mean_over_seeds(series: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean, min, max) over seeds of equally long series (None -> NaN), truncated to the shortest."""
+  n = min(len(v) for v in series)
+  a = np.array([[np.nan if u is None else u for u in v[:n]] for v in series], np.float64)
+  return np.nanmean(a, 0), np.nanmin(a, 0), np.nanmax(a, 0)
+
+
+def learning_curves(curves: dict, path, names: dict, ylabel: str = 'held-out bits per token',
+                    title: str = '') -> epath.Path:
+  """One line per method: its held-out loss against (calibrated) wall-clock seconds, the mean over seeds with
+  the seeds' range shaded. curves: {method: [per seed {'seconds': [...], 'rnn_only_bits': [...]}]}."""
+  fig = Figure(figsize=(7, 4.2), dpi=100)
+  ax = fig.subplots()
+  for i, (m, per_seed) in enumerate(curves.items()):
+    x = np.asarray(per_seed[0]['seconds'][:min(len(c['seconds']) for c in per_seed)], np.float64)
+    mean, lo, hi = _mean_over_seeds([c['rnn_only_bits'] for c in per_seed])
+    style = '--' if m == 'teacher' else '-'
+    ax.plot(x, mean, style, color=f'C{i}', marker='.', label=names[m])
+    if len(per_seed) > 1:
+      ax.fill_between(x, lo, hi, color=f'C{i}', alpha=0.15)
+  ax.set_xlabel('training wall clock (s, one CPU core)')
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def loss_per_position(per_t: dict, path, names: dict, trained_len: int, title: str = '') -> epath.Path:
+  """One line per method: the held-out loss at each sequence position (mean over seeds), with the training
+  length marked: does a model use what it read long ago, and past the length it was trained on?"""
+  fig = Figure(figsize=(7, 4.2), dpi=100)
+  ax = fig.subplots()
+  for i, (m, per_seed) in enumerate(per_t.items()):
+    mean, _, _ = _mean_over_seeds(per_seed)
+    ax.plot(np.arange(len(mean)), mean, '--' if m == 'teacher' else '-', color=f'C{i}', label=names[m])
+  ax.axvline(trained_len - 0.5, color='k', linewidth=0.8, label=f'training length T={trained_len}')
+  ax.set_xlabel('position t in the held-out sequence (the RNN has read x_0..x_t)')
+  ax.set_ylabel('bits per token')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
 def compression_contours(result: dict, path, levels: int = 8) -> epath.Path:
   """Filled contours and labelled iso-loss lines of result['metric'] over (steps, memory size)."""
   m = result['metric']

@@ -58,7 +58,8 @@ def cache(tmp_path_factory) -> str:
 
 
 def data_config(name, path='', seq_len=32, **options):
-  return ml_collections.ConfigDict(dict(name=name, seq_len=seq_len, path=str(path), source='files', options=options))
+  return ml_collections.ConfigDict(dict(name=name, seq_len=seq_len, path=str(path), source='files',
+                                          valid_fraction=0.0, options=options))
 
 
 @pytest.fixture(scope='module')

@@ -219,7 +219,7 @@ def test_bench_drift_variants_parse_and_bad_ones_fail_before_compiling():
   import sys
 
   from tests.conftest import ROOT
-  code = ('from experiments.bench_drift import parse_variant as p; '
+  code = ('from experiments._cli import parse_variant as p; '
           'print(p("r:rollout_steps=4, num_transitions=8,dynamics_gradient=stop_target"))')
   r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]

@@ -31,6 +31,10 @@ class Source(Protocol):
     ...
 
 
+# 'valid': held out from the training data for choosing settings (config.data.valid_fraction), never the test split.
+SPLIT_IDS = {'train': 0, 'test': 1, 'valid': 2}
+
+
 def row_rng(seed: int, split: str, index: int, row: int) -> np.random.Generator:
   """The generator for one row of one batch: independent of batch size and process count."""
-  return np.random.default_rng([seed, {'train': 0, 'test': 1}[split], index, row])
+  return np.random.default_rng([seed, SPLIT_IDS[split], index, row])

@@ -22,7 +22,7 @@ from smtjax.data.base import DataError, DataInfo, row_rng
 
 log = logging.getLogger(__name__)
 
-SPLITS = ('train', 'test')
+SPLITS = ('train', 'test')  # every real source has these; 'valid' only when held out (WindowSource.holding_out)
 CACHE_VERSION = 1  # bump when a tokeniser changes so old caches are rebuilt
 
 
@@ -118,10 +118,11 @@ def cached_tokens(src: pathlib.Path, kind: str, build: Callable[[pathlib.Path, o
 Segment = tuple[str, np.ndarray]  # (name for messages, flat token array)
 
 
-def split_tail(segments: Sequence[Segment], fraction: float) -> dict[str, list[Segment]]:
+def split_tail(segments: Sequence[Segment], fraction: float,
+               what: str = 'config.data.options.test_fraction') -> dict[str, list[Segment]]:
   """Train = the first (1-fraction) of the concatenated stream, test = the rest (at least 1 token)."""
   if not 0 < fraction < 1:
-    raise DataError(f'config.data.options.test_fraction: must be in (0, 1), got {fraction!r}')
+    raise DataError(f'{what}: must be in (0, 1), got {fraction!r}')
   total = sum(len(a) for _, a in segments)
   cut = total - max(1, int(np.ceil(fraction * total)))
   train, test, pos = [], [], 0
@@ -146,9 +147,10 @@ class WindowSource:
 
   def __init__(self, info: DataInfo, splits: dict[str, list[Segment]], seed: int):
     self.info, self.seed = info, int(seed)
+    self._splits = splits
     W = info.seq_len + 1
     self._segments, self._cum = {}, {}
-    for split in SPLITS:
+    for split in splits:
       segs = [(n, a) for n, a in splits[split] if len(a) >= W]
       if not segs:
         have = ', '.join(f'{n}: {len(a)} tokens' for n, a in splits[split]) or 'no data'
@@ -156,6 +158,15 @@ class WindowSource:
                         'use a shorter config.data.seq_len or more data')
       self._segments[split] = [a for _, a in segs]
       self._cum[split] = np.cumsum([len(a) - W + 1 for _, a in segs]).tolist()
+
+  def holding_out(self, fraction: float) -> WindowSource:
+    """This source with a 'valid' split: the last `fraction` of the training stream, no longer trained on."""
+    tail = split_tail(self._splits['train'], fraction, what='config.data.valid_fraction')
+    return WindowSource(self.info, dict(self._splits, train=tail['train'], valid=tail['test']), self.seed)
+
+  def stream(self, split: str) -> np.ndarray:
+    """The split's tokens, its segments concatenated (image data: the images one after another)."""
+    return np.concatenate(self._segments[split]) if len(self._segments[split]) > 1 else self._segments[split][0]
 
   def num_tokens(self, split: str) -> int:
     return int(sum(len(a) for a in self._segments[split]))
@@ -168,8 +179,9 @@ class WindowSource:
     return s, pos - (cum[s - 1] if s else 0)
 
   def get_batch(self, split: str, index: int, row_start: int, row_stop: int) -> dict[str, np.ndarray]:
-    if split not in SPLITS:
-      raise ValueError(f'unknown split {split!r}; expected one of {SPLITS}')
+    if split not in self._segments:
+      hint = " (hold one out of the training data with config.data.valid_fraction)" if split == 'valid' else ''
+      raise DataError(f'no {split!r} split{hint}; this source has {", ".join(self._segments)}')
     W = self.info.seq_len + 1
     seg_B, start_B = np.array([self.window_start(split, index, r) for r in range(row_start, row_stop)],
                               np.int64).reshape(-1, 2).T

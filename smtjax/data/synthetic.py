@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from smtjax.data.base import DataError, DataInfo, row_rng
+from smtjax.data.base import SPLIT_IDS, DataError, DataInfo, row_rng
 
 _DESCRIPTIONS = {
     'retrieval': 'needle retrieval: random symbols, MARKER then the needle early on; at the final QUERY predict '
@@ -117,8 +117,8 @@ class _Task:
 
   def get_batch(self, split: str, index: int, row_start: int, row_stop: int) -> dict[str, np.ndarray]:
     """Rows [row_start, row_stop) of batch `index` of `split`: {'x', 'y'}: int32 [rows, T]."""
-    if split not in ('train', 'test'):
-      raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLIT_IDS:  # 'valid' is one more independent stream of the task
+      raise DataError(f"split must be one of {', '.join(SPLIT_IDS)}, got {split!r}")
     if not 0 <= row_start <= row_stop:
       raise DataError(f'bad row range [{row_start}, {row_stop})')
     rows = row_stop - row_start
