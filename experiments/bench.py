@@ -7,6 +7,8 @@ and the compiled program's memory.
   python -m experiments.bench --preset=paper_dmt
   python -m experiments.bench --preset=paper_bptt       # BPTT vs parallel SMT at T=1024
   python -m experiments.bench --memory_table            # peak memory of parallel SMT, T = 256 .. 8192
+  python -m experiments.bench --roofline=h200           # the lowest possible step time of each preset
+  python -m experiments.bench --preset=gpu_check        # one table for a short GPU lease (<= 8 minutes)
 
 Prints step time, sequences/s, tokens/s, memory transitions trained per second (window mode: one per
 sequence; parallel mode: num_transitions, or T, per sequence), FLOPs per step (XLA's cost analysis; scans
@@ -16,11 +18,17 @@ model, batch and length and prints the ratio. --synthetic times on random tokens
 the presets always do. --preset_scale=tiny shrinks a preset to a few milliseconds (tests).
 """
 
+import pathlib
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
@@ -28,8 +36,10 @@ from experiments import _cli  # noqa: F401 -- JAX options as flags (--jax_log_co
 from smtjax import config as config_lib
 from smtjax import perf
 from smtjax import sharding as shard_lib
+from smtjax import workdir as workdir_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
+from smtjax.metrics import read_metrics
 from smtjax.train import Trainer
 
 FLAGS = flags.FLAGS
@@ -38,7 +48,10 @@ flags.DEFINE_integer('steps', 10, 'Timed steps per repeat.')
 flags.DEFINE_integer('repeats', 3, 'Repeats; the median is reported (and the min).')
 flags.DEFINE_bool('compare_modes', False, 'Time window and parallel SMT at the same size.')
 flags.DEFINE_bool('synthetic', False, 'Random tokens instead of the config\'s data source.')
-flags.DEFINE_enum('preset', '', ['', 'paper_smt', 'paper_dmt', 'paper_bptt'], 'A published-size benchmark.')
+flags.DEFINE_enum('preset', '', ['', 'paper_smt', 'paper_dmt', 'paper_bptt', 'gpu_check'],
+                  'A published-size benchmark; gpu_check: all of them in one table, within 8 minutes on one GPU.')
+flags.DEFINE_enum('roofline', '', ['', *perf.ROOFLINE_DEVICES], 'Print the roofline floor of every preset on this '
+                  'device (from the step\'s FLOPs and bytes; traces only, runs nothing).')
 flags.DEFINE_enum('preset_scale', 'paper', ['paper', 'tiny'], 'tiny: a preset or the memory table shrunk to '
                   'CPU test size.')
 flags.DEFINE_bool('memory_table', False, 'Peak compiled memory of the parallel-SMT train step over --lengths '
@@ -219,6 +232,34 @@ def run_preset(name: str, scale: str, steps: int, repeats: int) -> dict:
   return results
 
 
+def _abstract_batch(config, trainer):
+  return {k: jax.ShapeDtypeStruct((config.batch_size, config.data.seq_len), jnp.int32,
+                                  sharding=trainer.batch_sharding) for k in ('x', 'y')}
+
+
+def roofline_table(device: str, scale: str = 'paper') -> list[dict]:
+  """Prints, for every preset's train step, its FLOPs and matmul traffic (traced, never compiled or run), the
+  lowest possible step time on `device` and what bounds it, and the MFU of the paper's published step time."""
+  print(f'roofline on {perf.ROOFLINE_DEVICES[device][0]}: floor = max(FLOPs / peak, matmul bytes / bandwidth); '
+        'unfused: every operation\'s bytes at full bandwidth (an upper estimate of the memory time)')
+  print(f'{"step":>16} | {"TFLOP":>7} | {"matmul GB":>9} | {"compute ms":>10} | {"memory ms":>9} | {"floor ms":>8} | '
+        f'{"bound":>7} | {"unfused ms":>10} | published')
+  rows = []
+  for preset in ('paper_smt', 'paper_dmt', 'paper_bptt'):
+    for label, c in preset_configs(preset, scale).items():
+      trainer = Trainer.create(c)
+      costs = perf.step_costs(trainer.train_step, trainer.abstract_state, _abstract_batch(c, trainer),
+                              jax.random.PRNGKey(0))
+      r = dict(label=label, **costs, **perf.roofline(costs, device, PUBLISHED.get(preset, (None,))[0]))
+      rows.append(r)
+      pub = (f'{r["published_s"]:.3f} s: MFU {100 * r["published_mfu"]:.1f}%, {r["published_over_floor"]:.1f}x the '
+             'floor') if 'published_s' in r else '-'
+      print(f'{label:>16} | {costs["flops"] / 1e12:7.2f} | {costs["matmul_bytes"] / 1e9:9.2f} | '
+            f'{1e3 * r["compute_s"]:10.2f} | {1e3 * r["memory_s"]:9.2f} | {1e3 * r["floor_s"]:8.2f} | '
+            f'{r["bound"]:>7} | {1e3 * r["unfused_memory_s"]:10.1f} | {pub}', flush=True)
+  return rows
+
+
 def memory_table(lengths, batch: int, chunk: int, remat: bool, dense_up_to: int, scale: str = 'paper') -> list[dict]:
   """Lowers and compiles (never runs) the parallel-SMT train step for each T; prints peak memory (GiB)."""
   size = 'published model size (d=256, K=16, depths 8/4/8, bf16)' if scale == 'paper' else 'tiny model'
@@ -233,16 +274,73 @@ def memory_table(lengths, batch: int, chunk: int, remat: bool, dense_up_to: int,
       c = memory_table_config(T, batch, c_, remat, scale)
       config_lib.validate(c, num_devices=jax.device_count())
       trainer = Trainer.create(c)
-      batch_spec = {k: jax.ShapeDtypeStruct((batch, T), jnp.int32, sharding=trainer.batch_sharding)
-                    for k in ('x', 'y')}
       t0 = time.perf_counter()
-      compiled = trainer.train_step.lower(trainer.abstract_state, batch_spec, jax.random.PRNGKey(0)).compile()
+      compiled = trainer.train_step.lower(trainer.abstract_state, _abstract_batch(c, trainer),
+                                          jax.random.PRNGKey(0)).compile()
       m = perf.memory(compiled)
       row = dict(T=T, prefix_chunk=c_, compile_s=time.perf_counter() - t0, **{k: v / 2**30 for k, v in m.items()})
       rows.append(row)
       print(f'{T:6d} | {c_:12d} | {row["temp"]:9.2f} | {row["argument"]:9.2f} | {row["output"]:8.2f} | '
             f'{row["peak"]:9.2f} | {row["compile_s"]:.0f}', flush=True)
   return rows
+
+
+def published_run_rate(seconds: float, scale: str = 'paper') -> dict:
+  """The published TinyStories SMT trained by `python -m experiments.run` on random tokens for `seconds` of
+  wall clock (start-up and compilation included), then stopped by SIGTERM (it saves and exits): the logged
+  steps per second after the first logged step, and the steps done."""
+  from configs import tinystories
+  c = tinystories.get_config()
+  c = _tiny(c) if scale == 'tiny' else c
+  work = pathlib.Path(tempfile.mkdtemp(prefix='smtjax-gpu-check-'))
+  tokens = np.random.default_rng(0).integers(0, 256, size=1 << 21, dtype=np.int32)
+  np.save(work / 'tokens.npy', tokens)
+  c.data.name, c.data.path = 'tokens', str(work / 'tokens.npy')
+  c.data.options = ml_collections.ConfigDict(dict(vocab_size=256, test_path='', test_fraction=0.01, decode='bytes'))
+  c.log_every, c.eval_every, c.checkpoint_every = 10, 10**9, 10**9
+  c.progress_bar, c.metrics_flush_secs = False, 0.0
+  (work / 'run').mkdir()
+  workdir_lib.save_config(c, work / 'run')
+  proc = subprocess.Popen([sys.executable, '-m', 'experiments.run', f'--workdir={work / "run"}'],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    proc.wait(timeout=seconds)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+  records = read_metrics(work / 'run')
+  rates = [r['steps_per_s'] for r in records[1:] if 'steps_per_s' in r]
+  return dict(steps=max((r['step'] for r in records), default=0),
+              steps_per_s=statistics.median(rates) if rates else float('nan'))
+
+
+def gpu_check(scale: str = 'paper', run_seconds: float = 60.0) -> dict:
+  """Every accelerator number in one table, for a short lease (about 8 minutes on one H100/H200, compilation
+  included): the published SMT step, the DMT iteration, BPTT against parallel SMT at T=1024, the compiled
+  peak memory of parallel SMT at T=8192 (batch 8), and the published run's steps/s through experiments.run."""
+  t0 = time.perf_counter()
+  dev = jax.devices()[0]
+  smt = next(iter(run_preset('paper_smt', scale, steps=5, repeats=2).values()))
+  dmt = next(iter(run_preset('paper_dmt', scale, steps=1, repeats=1).values()))
+  bptt = run_preset('paper_bptt', scale, steps=1, repeats=1)
+  (mem,) = memory_table([32 if scale == 'tiny' else 8192], batch=8, chunk=4 if scale == 'tiny' else 64,
+                        remat=True, dense_up_to=0, scale=scale)
+  run = published_run_rate(run_seconds, scale)
+  ratio = bptt['BPTT']['step_ms'] / bptt['SMT (parallel)']['step_ms']
+  rows = [('paper_smt step', f'{smt["step_ms"] / 1e3:.3f} s', f'{smt["tflops_per_s"]:.1f} TFLOP/s, MFU '
+           + (f'{100 * smt["mfu"]:.1f}%' if 'mfu' in smt else 'n/a'), 'paper 0.216 s; goal <= 0.10 s, MFU >= 35%'),
+          ('paper_dmt iteration', f'{dmt["step_ms"] / 1e3:.2f} s', '', 'paper 16.8 s; goal <= 2 s'),
+          ('BPTT / parallel SMT at T=1024', f'{ratio:.1f}x', f'BPTT {bptt["BPTT"]["step_ms"]:.0f} ms, SMT '
+           f'{bptt["SMT (parallel)"]["step_ms"]:.0f} ms', 'goal >= 10x'),
+          ('parallel SMT T=8192, batch 8, peak', f'{mem["peak"]:.1f} GiB', f'compile {mem["compile_s"]:.0f} s',
+           'goal: fits in 80 GB'),
+          ('experiments.run, published SMT', f'{run["steps_per_s"]:.2f} steps/s', f'{run["steps"]} steps in '
+           f'{run_seconds:.0f} s with start-up', 'paper 1 / 0.216 = 4.6 steps/s')]
+  print(f'\nGPU check on {jax.device_count()} x {dev.device_kind}, {time.strftime("%Y-%m-%d")}, '
+        f'{time.perf_counter() - t0:.0f} s in all:')
+  for name, value, detail, ref in rows:
+    print(f'  {name:<36} {value:>14}  {detail:<40} {ref}')
+  return dict(smt=smt, dmt=dmt, bptt=bptt, memory=mem, run=run, rows=rows)
 
 
 def main(argv):
@@ -252,6 +350,12 @@ def main(argv):
   name, peak = perf.peak_flops(dev)
   print(f'devices: {jax.device_count()} x {dev.device_kind} (peak bf16: '
         f'{f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown, no MFU"})')
+  if FLAGS.roofline:
+    roofline_table(FLAGS.roofline, FLAGS.preset_scale)
+    return
+  if FLAGS.preset == 'gpu_check':
+    gpu_check(FLAGS.preset_scale)
+    return
   if FLAGS.memory_table:
     memory_table([int(t) for t in FLAGS.lengths], FLAGS.batch, FLAGS.prefix_chunk, FLAGS.remat, FLAGS.dense_up_to,
                  FLAGS.preset_scale)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from smtjax.config import ModelConfig
 from smtjax.errors import ConfigError
+from smtjax.perf import ATTENTION_CORE  # the scope the roofline leaves out: what a fused kernel keeps on chip
 
 NEG_INF = -1e30
 
@@ -62,20 +63,20 @@ def rotary(x, pos, fraction: float = 1.0):
 ATTENTION_IMPLEMENTATIONS = ('xla', 'cudnn', 'explicit')
 
 
-def attention_implementation(dtype, head_dim: int) -> str:
-  """'cudnn' (flash attention) on NVIDIA GPUs for 16-bit inputs with a head width cuDNN supports,
-  'explicit' (`explicit_attention`) on CPU, else 'xla' (jax.nn.dot_product_attention's XLA path).
-  The environment variable SMTJAX_ATTENTION=xla|cudnn|explicit overrides the choice."""
+def forced_attention() -> str | None:
+  """SMTJAX_ATTENTION=xla|cudnn|explicit: one implementation on every platform; None when unset."""
   forced = os.environ.get('SMTJAX_ATTENTION', '')
-  if forced:
-    if forced not in ATTENTION_IMPLEMENTATIONS:
-      raise ConfigError(f'SMTJAX_ATTENTION={forced!r}: must be one of {ATTENTION_IMPLEMENTATIONS}')
-    return forced
-  if jax.default_backend() == 'cpu':
-    return 'explicit'
-  on_gpu = jax.default_backend() == 'gpu' and 'nvidia' in jax.devices()[0].device_kind.lower()
+  if forced and forced not in ATTENTION_IMPLEMENTATIONS:
+    raise ConfigError(f'SMTJAX_ATTENTION={forced!r}: must be one of {ATTENTION_IMPLEMENTATIONS}')
+  return forced or None
+
+
+def cudnn_supports(dtype, head_dim: int, q_len: int = 2, k_len: int = 2) -> bool:
+  """Whether cuDNN's fused (flash) attention takes these inputs, forward and backward: 16-bit, head width a
+  multiple of 8 up to 128, even query and key lengths (its training kernels with a mask need them; the check
+  happens when the gradient is built, too late to fall back, so it is made here)."""
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  return 'cudnn' if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128 else 'xla'
+  return half and head_dim % 8 == 0 and head_dim <= 128 and q_len % 2 == 0 and k_len % 2 == 0
 
 
 @jax.custom_vjp
@@ -134,27 +135,51 @@ def _rows_with_keys(mask, is_causal: bool, Lq: int):
   return jnp.broadcast_to(jnp.any(mask, axis=-1), mask.shape[:1] + (Lq,))
 
 
+def _xla_attention(q, k, v, mask4, is_causal: bool):
+  return jax.nn.dot_product_attention(q, k, v, mask=mask4, is_causal=is_causal, implementation='xla')
+
+
+def _cudnn_attention(q, k, v, mask4, is_causal: bool):
+  """cuDNN's fused attention where it takes these inputs (a full [B, 1, Lq, Lk] mask, as a bias), else XLA's.
+  The choice is made while tracing: a shape cuDNN refuses, or no cuDNN to lower for, gives the XLA path."""
+  if not cudnn_supports(q.dtype, q.shape[-1], q.shape[1], k.shape[1]):
+    return _xla_attention(q, k, v, mask4, is_causal)
+  try:
+    m = None if mask4 is None else jnp.broadcast_to(mask4, (q.shape[0], 1, q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=is_causal, implementation='cudnn')
+  except (ValueError, NotImplementedError, RuntimeError):
+    return _xla_attention(q, k, v, mask4, is_causal)
+
+
+def _cpu_attention(q, k, v, mask4, is_causal: bool):
+  with jax.named_scope('smtjax_cpu_attention'):  # marks the CPU path in lowered programs (tests/test_export.py)
+    return explicit_attention(q, k, v, mask4, is_causal)
+
+
+IMPLEMENTATIONS = {'xla': _xla_attention, 'cudnn': _cudnn_attention, 'explicit': _cpu_attention}
+
+
 def attend(q, k, v, mask=None, is_causal: bool = False, implementation: str | None = None):
-  """Multi-head attention through jax.nn.dot_product_attention.
+  """Multi-head attention. The implementation is chosen inside the program for the platform it is lowered
+  for (`lax.platform_dependent`, so one program exported for several platforms carries each one's path):
+  cuDNN's fused attention on NVIDIA GPUs (16-bit inputs, `cudnn_supports`), `explicit_attention` on CPU,
+  XLA's path elsewhere (TPU). `implementation` or SMTJAX_ATTENTION=xla|cudnn|explicit forces one everywhere.
 
   q: [B, Lq, H, Dh]; k, v: [B, Lk, H, Dh]; mask: None or boolean broadcastable to [B, Lq, Lk] (e.g.
   [B, 1, Lk] for key padding); `is_causal` also restricts query i to keys j <= i. -> [B, Lq, H, Dh].
   A query that may read no key gets zeros (padding rows), never NaN. Scores and softmax in float32.
   """
-  B, Lq = q.shape[:2]
-  impl = implementation or attention_implementation(q.dtype, q.shape[-1])
+  Lq = q.shape[1]
   mask4 = None if mask is None else mask[:, None]  # [B, 1, Lq or 1, Lk]: one mask for every head
-  out = None
-  if impl == 'explicit':
-    out = explicit_attention(q, k, v, mask4, is_causal)
-  elif impl == 'cudnn':
-    try:  # cuDNN takes a full [B, 1, Lq, Lk] mask (as a bias); an unsupported shape falls back to XLA
-      m = None if mask4 is None else jnp.broadcast_to(mask4, (B, 1, Lq, k.shape[1]))
-      out = jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=is_causal, implementation='cudnn')
-    except (ValueError, NotImplementedError, RuntimeError):
-      out = None
-  if out is None:
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask4, is_causal=is_causal, implementation='xla')
+  impl = implementation or forced_attention()
+  if impl is not None:
+    with jax.named_scope(ATTENTION_CORE):
+      out = IMPLEMENTATIONS[impl](q, k, v, mask4, is_causal)
+  else:
+    branch = lambda f: (lambda q, k, v: f(q, k, v, mask4, is_causal))
+    with jax.named_scope(ATTENTION_CORE):
+      out = jax.lax.platform_dependent(q, k, v, cpu=branch(_cpu_attention), cuda=branch(_cudnn_attention),
+                                       default=branch(_xla_attention))
   if mask is None:
     return out
   has_key = _rows_with_keys(mask, is_causal, Lq)
@@ -278,15 +303,16 @@ class Block(nn.Module):
     qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos)  # [B, G', K, H, Dh]
     reads = _group_reads(group, reg_pos[:, :, 0], tok_pos, tok_valid, self.window)  # [B, G', T]
     scale = jnp.sqrt(jnp.float32(qr.shape[-1]))
-    to_tok = jnp.einsum('bgkhd,bthd->bhgkt', qr, kt, preferred_element_type=jnp.float32) / scale
-    to_reg = jnp.einsum('bgkhd,bgjhd->bhgkj', qr, kr, preferred_element_type=jnp.float32) / scale
-    # One softmax over [allowed tokens, own registers]: the registers are always there, so no row is empty.
-    to_tok = jnp.where(reads[:, None, :, None, :], to_tok, NEG_INF)
-    mx = jnp.maximum(jnp.max(to_tok, axis=-1, keepdims=True), jnp.max(to_reg, axis=-1, keepdims=True))
-    e_tok, e_reg = jnp.exp(to_tok - mx), jnp.exp(to_reg - mx)
-    norm = jnp.sum(e_tok, axis=-1, keepdims=True) + jnp.sum(e_reg, axis=-1, keepdims=True)
-    o = (jnp.einsum('bhgkt,bthd->bgkhd', (e_tok / norm).astype(vt.dtype), vt)
-         + jnp.einsum('bhgkj,bgjhd->bgkhd', (e_reg / norm).astype(vr.dtype), vr))
+    with jax.named_scope(ATTENTION_CORE):
+      to_tok = jnp.einsum('bgkhd,bthd->bhgkt', qr, kt, preferred_element_type=jnp.float32) / scale
+      to_reg = jnp.einsum('bgkhd,bgjhd->bhgkj', qr, kr, preferred_element_type=jnp.float32) / scale
+      # One softmax over [allowed tokens, own registers]: the registers are always there, so no row is empty.
+      to_tok = jnp.where(reads[:, None, :, None, :], to_tok, NEG_INF)
+      mx = jnp.maximum(jnp.max(to_tok, axis=-1, keepdims=True), jnp.max(to_reg, axis=-1, keepdims=True))
+      e_tok, e_reg = jnp.exp(to_tok - mx), jnp.exp(to_reg - mx)
+      norm = jnp.sum(e_tok, axis=-1, keepdims=True) + jnp.sum(e_reg, axis=-1, keepdims=True)
+      o = (jnp.einsum('bhgkt,bthd->bgkhd', (e_tok / norm).astype(vt.dtype), vt)
+           + jnp.einsum('bhgkj,bgjhd->bgkhd', (e_reg / norm).astype(vr.dtype), vr))
     reg = reg + self.attn.out(o)
     return reg + self.mlp(self.norm_mlp(reg))
 

@@ -83,6 +83,42 @@ def _jaxpr_flops(jaxpr) -> float:
   return total
 
 
+def _nbytes(v) -> float:
+  aval = v.aval
+  return float(math.prod(aval.shape)) * aval.dtype.itemsize if hasattr(aval, 'dtype') else 0.0
+
+
+# The name scope smtjax.layers puts around what a fused attention kernel keeps on chip (scores, probabilities).
+ATTENTION_CORE = 'attention_core'
+
+
+def _in_attention_core(eqn) -> bool:
+  return ATTENTION_CORE in str(eqn.source_info.name_stack)
+
+
+def _jaxpr_bytes(jaxpr, in_core: bool = False) -> tuple[float, float]:
+  """(matmul bytes, all bytes): what every matrix product outside attention cores reads and writes (a fused
+  attention kernel keeps its scores on chip; its inputs and output are the projections' own), and what every
+  operation reads and writes with nothing fused, each weighted by the trip counts of the scans around it."""
+  matmul = total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    core = in_core or _in_attention_core(eqn)  # a sub-program's names are its own: carry the scope down
+    inner = [_jaxpr_bytes(j, core) for j in _sub_jaxprs(eqn)]
+    if name == 'cond':
+      inner = [max(inner, key=lambda b: b[1])] if inner else []
+    if inner:
+      trips = eqn.params['length'] if name == 'scan' else 1
+      matmul += trips * sum(m for m, _ in inner)
+      total += trips * sum(a for _, a in inner)
+      continue
+    moved = sum(_nbytes(v) for v in eqn.invars if hasattr(v, 'aval')) + sum(_nbytes(v) for v in eqn.outvars)
+    total += moved
+    if name == 'dot_general' and not core:
+      matmul += moved
+  return matmul, total
+
+
 def matmul_flops(fn, *args) -> float:
   """FLOPs of every matrix product of fn(*args) (forward and, for a train step, backward), with scan
   bodies multiplied by their length. args may be jax.ShapeDtypeStruct."""
@@ -133,4 +169,57 @@ def throughput(flops_per_step: float, steps_per_s: float, num_devices: int = 1, 
   _, peak = peak_flops(device)
   if peak:
     out['mfu'] = achieved / (peak * num_devices)
+  return out
+
+
+# ------------------------------------------------------------------------------------ cross-platform export
+
+# cuDNN's fused-attention custom calls (jax._src.cudnn.fused_attention_stablehlo): they have no serialization
+# compatibility guarantee, so jax.export refuses them unless told that the program is for this jax version.
+CUDNN_ATTENTION_CALLS = tuple(f'__cudnn$fmha{name}' for name in (
+    'Softmax', 'ScaleBiasSoftmax', 'SoftmaxDropout', 'ScaleBiasSoftmaxDropout', 'SoftmaxBackward',
+    'ScaleBiasSoftmaxBackward', 'SoftmaxDropoutBackward', 'ScaleBiasSoftmaxDropoutBackward'))
+
+
+def export_step(jitted, args, platforms: tuple[str, ...]):
+  """`jax.export` of a jitted step (a train or eval step of smtjax.train / smtjax.evaluation) for `platforms`
+  ('cuda', 'tpu', 'cpu'), lowered on whatever machine this runs on: no device of those kinds is needed. `args`
+  are arrays or jax.ShapeDtypeStructs (with shardings for a sharded step). The program may hold cuDNN's
+  attention calls, so it is for the jax version that exported it (not a long-lived artifact)."""
+  checks = [jax.export.DisabledSafetyCheck.custom_call(name) for name in CUDNN_ATTENTION_CALLS]
+  return jax.export.export(jitted, platforms=platforms, disabled_checks=checks)(*args)
+
+
+# -------------------------------------------------------------------------------------------------- roofline
+
+# Dense bf16 peak FLOP/s and memory bandwidth (bytes/s) per chip, vendor figures.
+ROOFLINE_DEVICES = {
+    'h100': ('H100 SXM', 989e12, 3.35e12),
+    'h200': ('H200', 989e12, 4.8e12),
+    'a100': ('A100 SXM 80GB', 312e12, 2.039e12),
+    'tpu_v5p': ('TPU v5p', 459e12, 2.765e12),
+}
+
+
+def step_costs(jitted, *args) -> dict[str, float]:
+  """{'flops', 'matmul_bytes', 'bytes'} of one call of a jitted step, from its jaxpr (no compilation), every
+  scan counted by its trip count: the FLOPs of its matrix products, the bytes those products read and write
+  (the traffic no kernel fusion can avoid, but for attention scores kept on chip by a fused kernel), and the
+  bytes every operation reads and writes unfused (an upper estimate)."""
+  jaxpr = jitted.trace(*args).jaxpr.jaxpr
+  matmul, total = _jaxpr_bytes(jaxpr)
+  return {'flops': _jaxpr_flops(jaxpr), 'matmul_bytes': matmul, 'bytes': total}
+
+
+def roofline(costs: dict, device: str, published_s: float | None = None) -> dict:
+  """The lowest step time on `device` (ROOFLINE_DEVICES): the larger of its FLOPs at peak throughput and its
+  matmul traffic at full memory bandwidth, which of the two bounds it, and the MFU a measured (or published)
+  step time corresponds to."""
+  name, peak, bandwidth = ROOFLINE_DEVICES[device]
+  compute_s, memory_s = costs['flops'] / peak, costs['matmul_bytes'] / bandwidth
+  out = dict(device=name, compute_s=compute_s, memory_s=memory_s, unfused_memory_s=costs['bytes'] / bandwidth,
+             floor_s=max(compute_s, memory_s), bound='compute' if compute_s >= memory_s else 'memory')
+  if published_s:
+    out.update(published_s=published_s, published_mfu=costs['flops'] / (peak * published_s),
+               published_over_floor=published_s / out['floor_s'])
   return out

@@ -131,13 +131,18 @@ def test_explicit_attention_gradients_equal_autodiff(mask_kind):
   assert float(jnp.max(jnp.abs(got[1]))) > 0.01  # the check is not vacuous
 
 
-def test_attention_implementation_choice_and_override(monkeypatch):
-  assert layers.attention_implementation(jnp.float32, 16) == 'explicit'  # the suite runs on CPU
+def test_attention_override_and_cudnn_support(monkeypatch):
+  """SMTJAX_ATTENTION forces one implementation (validated); which inputs cuDNN's fused path takes. Which
+  path each platform's program uses: tests/test_export.py."""
+  assert layers.forced_attention() is None
   monkeypatch.setenv('SMTJAX_ATTENTION', 'xla')
-  assert layers.attention_implementation(jnp.float32, 16) == 'xla'
+  assert layers.forced_attention() == 'xla'
   monkeypatch.setenv('SMTJAX_ATTENTION', 'flash')
   with pytest.raises(ValueError, match='SMTJAX_ATTENTION'):
-    layers.attention_implementation(jnp.float32, 16)
+    layers.forced_attention()
+  assert layers.cudnn_supports(jnp.bfloat16, 64) and layers.cudnn_supports(jnp.float16, 128)
+  assert not layers.cudnn_supports(jnp.float32, 64) and not layers.cudnn_supports(jnp.bfloat16, 12)
+  assert not layers.cudnn_supports(jnp.bfloat16, 256) and not layers.cudnn_supports(jnp.bfloat16, 64, 3, 4)
 
 
 def test_fully_masked_rows_give_zeros_and_finite_gradients():

@@ -5,6 +5,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from smtjax import config as config_lib
@@ -111,3 +112,41 @@ def test_memory_table_tiny(capsys):
   assert [(r['T'], r['prefix_chunk']) for r in rows] == [(16, 0), (16, 4), (32, 4)]
   assert all(r['peak'] > 0 for r in rows)
   assert 'peak GiB' in capsys.readouterr().out
+
+
+def test_step_costs_count_scans_by_trip_count():
+  """FLOPs and bytes of a matrix product inside a scan of length 3, against the numbers written out."""
+  m, k, n = 4, 5, 6
+  def f(a, b):
+    return jax.lax.scan(lambda c, _: (c, a @ b), 0.0, None, length=3)[1]
+  a, b = jnp.ones((m, k)), jnp.ones((k, n))
+  costs = perf.step_costs(jax.jit(f), a, b)
+  assert costs['flops'] == 3 * 2 * m * k * n
+  assert costs['matmul_bytes'] == 3 * 4 * (m * k + k * n + m * n)
+  assert costs['bytes'] >= costs['matmul_bytes']
+  r = perf.roofline(costs, 'h200', published_s=1e-3)
+  np.testing.assert_allclose(r['compute_s'], costs['flops'] / 989e12)
+  np.testing.assert_allclose(r['memory_s'], costs['matmul_bytes'] / 4.8e12)
+  assert r['bound'] == 'memory' and r['floor_s'] == r['memory_s']  # a tiny product is memory bound
+  np.testing.assert_allclose(r['published_mfu'], costs['flops'] / (989e12 * 1e-3))
+
+
+def test_roofline_table_tiny(capsys):
+  from experiments import bench
+  rows = bench.roofline_table('h100', scale='tiny')
+  assert [r['label'] for r in rows] == ['SMT (window)', 'DMT', 'BPTT', 'SMT (parallel)']
+  for r in rows:
+    assert r['flops'] > 0 and r['matmul_bytes'] > 0 and r['floor_s'] > 0 and r['bound'] in ('compute', 'memory')
+  assert 'published_mfu' in rows[0] and 'published_mfu' in rows[1] and 'published_mfu' not in rows[2]
+  assert 'floor' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_tiny(capsys):
+  from experiments import bench
+  out = bench.gpu_check('tiny', run_seconds=40)
+  assert out['run']['steps'] > 0 and out['run']['steps_per_s'] > 0
+  assert out['memory']['peak'] > 0 and out['smt']['step_ms'] > 0 and out['dmt']['step_ms'] > 0
+  text = capsys.readouterr().out
+  for row in ('paper_smt step', 'paper_dmt iteration', 'BPTT / parallel SMT at T=1024', 'T=8192', 'experiments.run'):
+    assert row in text
