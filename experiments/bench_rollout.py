@@ -5,9 +5,12 @@ r"""Rollout benchmarks, on one device:
    the cell's step and its one-step gradient (as the public implementation's loop does). Reports the ratio.
 2. One BPTT train step against one parallel-SMT train step at equal model, batch and length, for several
    T: SMT's time-parallelism shows as a ratio growing with T.
+3. (--scan) One BPTT train step of each linear cell (minGRU, LRU) as a parallel scan over time against the
+   same step as a sequential `lax.scan`, for T in --scan_lengths.
 
   python -m experiments.bench_rollout                     # CPU-sized defaults
   python -m experiments.bench_rollout --paper             # the one-command check at the published sizes (GPU)
+  python -m experiments.bench_rollout --scan --scan_lengths=64,256,1024,4096
 
 --paper: d=256, K=16, depths 8/4/8, bf16, remat, batch 32; DMT Tc=256, Td=256, k=16, Tf=64; BPTT vs SMT at
 T=1024 (chunked prefix groups). Goals: loop/scan >= 10x, BPTT/SMT at T=1024 >= 10x.
@@ -43,6 +46,8 @@ flags.DEFINE_integer('dec_depth', 0, 'Decoder depth (0: --depth).')
 flags.DEFINE_string('dtype', 'float32', 'Computation dtype.')
 flags.DEFINE_bool('remat', False, 'Rematerialise Transformer blocks.')
 flags.DEFINE_integer('prefix_chunk', 0, 'Parallel SMT: register groups per chunk (0: all at once).')
+flags.DEFINE_bool('scan', False, 'Only benchmark 3: parallel-scan against sequential BPTT of the linear cells.')
+flags.DEFINE_list('scan_lengths', ['64', '256', '1024', '4096'], 'Sequence lengths of benchmark 3.')
 FLAGS = flags.FLAGS
 
 
@@ -140,6 +145,33 @@ def bench_bptt_vs_smt():
           flush=True)
 
 
+def bench_parallel_scan(lengths=None, cells=('mingru', 'lru')) -> dict:
+  """BPTT train step of each linear cell, parallel scan against sequential lax.scan, at each T: {(cell, T): (seq s,
+  scan s)}."""
+  out = {}
+  print(f'BPTT train step of the linear cells, sequential lax.scan vs parallel scan (B={FLAGS.batch}, '
+        f'd={FLAGS.d_model}, K={FLAGS.num_mem_tokens}, memory Z={FLAGS.num_mem_tokens * FLAGS.d_model}):')
+  for cell in cells:
+    for T in map(int, lengths or FLAGS.scan_lengths):
+      times = []
+      for scan in (False, True):
+        c = _config('bptt', T)
+        c.model.cell, c.bptt.parallel_scan = cell, scan
+        trainer = Trainer.create(c, jax.devices()[:1])
+        holder = [trainer.init_state(jax.random.PRNGKey(0))]
+        batch = shard_lib.global_batch(next(BatchIterator(make_source(c.data, 0), 'train', c.batch_size, prefetch=0)),
+                                       trainer.batch_sharding)
+
+        def run(trainer=trainer, batch=batch, holder=holder):
+          holder[0], m = trainer.train_step(holder[0], batch, jax.random.PRNGKey(0))
+          return m
+        times.append(_median_time(run, FLAGS.repeats))
+      out[(cell, T)] = tuple(times)
+      print(f'  {cell:>6} T={T:5d}: sequential {1e3 * times[0]:9.1f} ms | parallel scan {1e3 * times[1]:9.1f} ms | '
+            f'sequential / scan = {times[0] / times[1]:.2f}', flush=True)
+  return out
+
+
 def _paper_sizes():
   """The published model and DMT sizes (method.md §8)."""
   for name, value in dict(d_model=256, num_mem_tokens=16, depth=8, dec_depth=4, batch=32, dmt_context=256,
@@ -154,6 +186,9 @@ def main(argv):
   if FLAGS.paper:
     _paper_sizes()
   print(f'device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform})')
+  if FLAGS.scan:
+    bench_parallel_scan()
+    return
   bench_dmt()
   bench_bptt_vs_smt()
 

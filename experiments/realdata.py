@@ -27,7 +27,7 @@ flags.DEFINE_multi_string('drift', None, 'NAME:key=value,... config.smt override
                           '(repeatable; default: roll4, roll4_dec, noise1).')
 flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each pinned to its own core.')
 flags.DEFINE_integer('num_eval_batches', 16, 'Held-out batches each run is scored on.')
-flags.DEFINE_integer('test_multiple', 2, 'Also score sequences this many times the training length.')
+flags.DEFINE_list('test_multiples', ['2'], 'Also score sequences these many times the training length.')
 flags.DEFINE_string('out', 'workdirs/realdata', 'Output directory.')
 flags.mark_flags_as_required(['config'])
 
@@ -44,7 +44,8 @@ def main(argv):
   with _cli.user_errors():
     plan = realdata.Plan(budget_s=60.0 * FLAGS.budget_minutes, seeds=tuple(config.seed + i for i in range(FLAGS.seeds)),
                          dmt_share=FLAGS.dmt_share, select_share=FLAGS.select_share, drift_grid=_drift_grid(),
-                         lanes=FLAGS.lanes, num_eval_batches=FLAGS.num_eval_batches, test_multiple=FLAGS.test_multiple)
+                         lanes=FLAGS.lanes, num_eval_batches=FLAGS.num_eval_batches,
+                         test_multiples=tuple(int(k) for k in FLAGS.test_multiples))
     name = config_flags.get_config_filename(FLAGS['config']).split('/')[-1].replace('.py', '').replace(':', '_')
     summary = realdata.run_study(config, plan, FLAGS.out, name)
   print(realdata.write_table(summary, f'{FLAGS.out}/realdata_{summary["name"]}.md'))

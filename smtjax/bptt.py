@@ -1,7 +1,9 @@
 """The BPTT baseline (method.md §6): the same RNN (cell + readout), rolled over all T inputs from its
 initial memory (config.model.initial_memory: zeros, learned, or the encoder's m_{-1}), with the readout's
 cross-entropy at every step that has a target and gradients through the whole rollout
-(`bptt.truncation > 0`: the carried memory is detached every `truncation` steps)."""
+(`bptt.truncation > 0`: the carried memory is detached every `truncation` steps). With a linear cell
+(mingru, lru) `bptt.parallel_scan=True` computes the rollout as a parallel scan over time
+(`Networks.scan_rollout`): the same memories and gradients in O(log T) sequential depth."""
 
 from __future__ import annotations
 
@@ -31,7 +33,11 @@ def bptt_losses(nets: Networks, params, batch, rng, config):
   """(total, metrics): loss = loss_readout (mean cross-entropy over targets), accuracy."""
   del rng
   x, y = batch['x'], batch['y']
-  mems = rollout(nets, params, nets.initial_memory(params, x.shape[0]), x, config.bptt.truncation)
+  mem0 = nets.initial_memory(params, x.shape[0])
+  if config.bptt.parallel_scan:  # a linear cell: every memory at once (validated: no truncation)
+    mems = nets.scan_rollout(params, mem0, x)
+  else:
+    mems = rollout(nets, params, mem0, x, config.bptt.truncation)
   logits = nets.readout_all(params, mems)
   loss = losses.mean_cross_entropy(logits, y)
   return loss, dict(loss=loss, loss_readout=loss, accuracy=losses.accuracy(logits, y))

@@ -22,11 +22,11 @@ import ml_collections
 from etils import epath
 from ml_collections import config_dict
 
+from smtjax import registry
 from smtjax.errors import CheckpointError, ConfigError
 
 METHODS = ('smt', 'dmt', 'bptt')
 SMT_MODES = ('window', 'parallel')
-CELLS = ('transformer', 'gru', 'mlp')
 ENCODER_ATTENTION = ('causal', 'bidirectional')
 SCHEDULES = ('constant', 'cosine')
 TRAINABLE = ('all', 'teacher', 'rnn')
@@ -83,7 +83,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dec_depth = 2
   c.model.encoder_attention = 'causal'  # 'causal' token stream (needed by parallel SMT) or 'bidirectional'
   c.model.attn_window = 0  # > 0: encoder tokens and registers see only the last `attn_window` tokens
-  c.model.cell = 'transformer'
+  c.model.cell = 'transformer'  # a name registered in smtjax.registry (built in: smtjax/cells.py)
+  c.model.cell_options = ml_collections.ConfigDict()  # the cell's own options (e.g. the LRU's r_min, r_max)
   c.model.cell_depth = 2
   c.model.cell_residual = False  # Transformer cell: add the input memory back (public code: no)
   # The RNN's initial memory: 'encoder' (m_{-1} = E(empty)), 'zeros', 'learned', or 'auto' (the encoder's
@@ -152,6 +153,8 @@ def default_config() -> ml_collections.ConfigDict:
   # BPTT baseline (method.md §6), config.method='bptt': the same RNN rolled over the whole sequence.
   c.bptt = ml_collections.ConfigDict()
   c.bptt.truncation = 0  # > 0: gradients flow back at most this many steps (truncated BPTT)
+  # Linear cells (mingru, lru): roll out by a parallel scan over time (jax.lax.associative_scan, O(log T) depth)
+  c.bptt.parallel_scan = False
 
   # experiments/evaluate.py and experiments/sample.py (method.md §7).
   c.evaluate = ml_collections.ConfigDict()
@@ -250,6 +253,7 @@ class ModelConfig:
   attn_window: int
   prefix_chunk: int
   cell: str
+  cell_options: tuple  # config.model.cell_options as sorted (name, value) pairs (hashable)
   cell_depth: int
   cell_residual: bool
   initial_memory: str  # resolved: 'encoder', 'zeros' or 'learned'
@@ -269,7 +273,8 @@ class ModelConfig:
         vocab_size=m.vocab_size, d_model=m.d_model, num_heads=m.num_heads, head_dim=head_dim(m),
         mlp_ratio=m.mlp_ratio, num_mem_tokens=m.num_mem_tokens, mem_dim=mem_width(m), enc_depth=m.enc_depth,
         dec_depth=m.dec_depth, encoder_attention=m.encoder_attention, attn_window=m.attn_window,
-        prefix_chunk=m.prefix_chunk, cell=m.cell, cell_depth=m.cell_depth, cell_residual=m.cell_residual,
+        prefix_chunk=m.prefix_chunk, cell=m.cell, cell_options=tuple(sorted(m.cell_options.to_dict().items())),
+        cell_depth=m.cell_depth, cell_residual=m.cell_residual,
         initial_memory=initial_memory(config), dtype=jnp.dtype(m.dtype).type,
         residual_dtype=jnp.dtype(m.residual_dtype or m.dtype).type, remat=m.remat,
         rotary_fraction=float(m.rotary_fraction), use_bias=m.use_bias, gelu_exact=m.gelu_exact,
@@ -344,7 +349,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   if config.method == 'dmt':
     _validate_dmt(config)
   if config.method == 'bptt':
-    _require(config.bptt.truncation >= 0, 'bptt.truncation', 'must be >= 0')
+    _validate_bptt(config)
   _validate_optim(config.optim)
   if data_vocab_size is not None:
     _require(config.model.vocab_size >= data_vocab_size, 'model.vocab_size',
@@ -378,7 +383,7 @@ def _validate_model(m):
     w = mem_width(m)
     _require(m.mem_size == m.num_mem_tokens * w, 'model.mem_size',
              f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{w} = {m.num_mem_tokens * w}')
-  _one_of(m.cell, 'model.cell', CELLS)
+  _one_of(m.cell, 'model.cell', registry.cell_names())
   _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
   _one_of(m.dtype, 'model.dtype', DTYPES)
   _one_of(m.residual_dtype, 'model.residual_dtype', ('',) + DTYPES)
@@ -436,6 +441,16 @@ def _validate_dmt(config):
   _require(bool(config.init_from), 'init_from', 'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
 
 
+def _validate_bptt(config):
+  b = config.bptt
+  _require(b.truncation >= 0, 'bptt.truncation', 'must be >= 0')
+  if b.parallel_scan:
+    _require(b.truncation == 0, 'bptt.parallel_scan', 'needs bptt.truncation=0 (the scan covers the whole sequence)')
+    _require(registry.linear_cell_ok(config.model.cell), 'bptt.parallel_scan',
+             f'needs a linear cell (mingru, lru, or one of your own with coefficients / to_state / from_state), '
+             f'not model.cell={config.model.cell!r}')
+
+
 def _validate_optim(o):
   _require(o.lr > 0, 'optim.lr', f'learning rate must be positive, got {o.lr}')
   _one_of(o.schedule, 'optim.schedule', SCHEDULES)
@@ -480,7 +495,7 @@ def upgrade(saved: dict) -> ml_collections.ConfigDict:
 def _lay_over(node: ml_collections.ConfigDict, saved: dict, prefix: str):
   for k, v in saved.items():
     path = prefix + k
-    if prefix == 'data.options.':  # task options: whatever the task took
+    if prefix in ('data.options.', 'model.cell_options.'):  # a task's or a cell's own options
       node[k] = v
     elif k not in node:
       raise ConfigError(unknown_field(default_config(), path) + ' (in a saved config)')

@@ -186,6 +186,18 @@ def attend(q, k, v, mask=None, is_causal: bool = False, implementation: str | No
   return jnp.where(has_key[:, :, None, None], out, jnp.zeros((), out.dtype))
 
 
+def memory_projection(features: int, dtype, name: str | None = None):
+  """A projection to or from memory tokens; its inputs are RMS-normalised, so LeCun init keeps outputs near unit
+  RMS."""
+  return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=nn.initializers.lecun_normal(), name=name)
+
+
+def token_embedding(cfg: ModelConfig, name: str = 'embed'):
+  """Token embeddings, in the residual stream's dtype."""
+  return nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(0.02), dtype=cfg.residual_dtype,
+                  name=name)
+
+
 class Projection(nn.Module):
   """A bias-free linear map from the trailing `in_dims` axes to `features` (nn.DenseGeneral's parameter:
   'kernel' of shape in_shape + features, drawn alike), computed as 2-D matrix products: XLA:CPU's gradient

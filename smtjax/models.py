@@ -22,19 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smtjax import layers
+from smtjax import cells, layers
 from smtjax.config import ModelConfig
-
-
-def _dense(features: int, dtype, name: str | None = None):
-  """A memory projection; its inputs are RMS-normalised, so LeCun init keeps outputs near unit RMS."""
-  return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=nn.initializers.lecun_normal(), name=name)
-
-
-def _embed(cfg: ModelConfig, name: str = 'embed'):
-  """Token embeddings, in the residual stream's dtype."""
-  return nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(0.02), dtype=cfg.residual_dtype,
-                  name=name)
 
 
 def _valid_positions(x_BxT):
@@ -59,9 +48,9 @@ class Encoder(nn.Module):
 
   def setup(self):
     c = self.cfg
-    self.embed = _embed(c)
+    self.embed = layers.token_embedding(c)
     if c.projects_memory:
-      self.mem_out = _dense(c.mem_dim, c.dtype)
+      self.mem_out = layers.memory_projection(c.mem_dim, c.dtype)
     if c.final_norm:
       self.norm_out = layers.RMSNorm(c.residual_dtype)
     self.registers = self.param('registers', nn.initializers.normal(0.02), (c.num_mem_tokens, c.d_model))
@@ -150,9 +139,9 @@ class Decoder(nn.Module):
   def setup(self):
     c = self.cfg
     if not c.share_embedding:
-      self.embed = _embed(c)
+      self.embed = layers.token_embedding(c)
     if c.projects_memory:
-      self.mem_in = _dense(c.d_model, c.dtype)
+      self.mem_in = layers.memory_projection(c.d_model, c.dtype)
     block = layers.make_block(c.remat)
     self.blocks = [block(c, causal=True, name=f'block_{i}') for i in range(c.dec_depth)]
     self.norm_out = layers.RMSNorm(c.dtype)
@@ -182,69 +171,6 @@ class Decoder(nn.Module):
     return self.head(self.norm_out(h[:, K - 1:])).astype(jnp.float32)
 
 
-class TransformerCell(nn.Module):
-  """Reference updater (method.md §3): full attention over [memory tokens, embed(x)]; the first K
-  outputs, RMS-normalised, are the next memory. No residual around it unless `cfg.cell_residual`."""
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, mem_BxKxD, x_B):
-    c = self.cfg
-    B, K, _ = mem_BxKxD.shape
-    mem = mem_BxKxD.astype(c.residual_dtype)
-    if c.projects_memory:
-      mem = _dense(c.d_model, c.dtype, 'mem_in')(mem).astype(c.residual_dtype)
-    h = jnp.concatenate([mem, _embed(c)(jnp.maximum(x_B, 0))[:, None]], axis=1)
-    pos = jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1))
-    block = layers.make_block(c.remat)
-    for i in range(c.cell_depth):  # full attention, no mask: the fused path
-      h = block(c, name=f'block_{i}')(h, pos)
-    if c.final_norm:
-      h = layers.RMSNorm(c.residual_dtype, name='norm_out')(h)
-    new = h[:, :K]
-    if c.projects_memory:
-      new = _dense(c.mem_dim, c.dtype, 'mem_out')(layers.rms_norm(new)).astype(c.residual_dtype)
-    if c.cell_residual:
-      new = new + mem_BxKxD.astype(new.dtype)
-    return layers.rms_norm(new)
-
-
-class GRUCell(nn.Module):
-  """A GRU over the flattened Z-vector memory, fed embed(x); the output is re-split into K tokens."""
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, mem_BxKxD, x_B):
-    B, K, D = mem_BxKxD.shape
-    e = _embed(self.cfg)(jnp.maximum(x_B, 0))
-    h, _ = nn.GRUCell(K * D, dtype=self.cfg.dtype, name='gru')(mem_BxKxD.reshape(B, K * D).astype(self.cfg.dtype), e)
-    return layers.rms_norm(h.reshape(B, K, D))
-
-
-class MLPCell(nn.Module):
-  """Residual MLP over [flattened memory, embed(x)]: h <- h + MLP(RMSNorm([h, e])), cell_depth times."""
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, mem_BxKxD, x_B):
-    c = self.cfg
-    B, K, D = mem_BxKxD.shape
-    Z = K * D
-    e = _embed(c)(jnp.maximum(x_B, 0))
-    h = mem_BxKxD.reshape(B, Z).astype(c.residual_dtype)
-    init = nn.initializers.normal(0.02)
-    for i in range(c.cell_depth):
-      u = layers.RMSNorm(c.dtype, name=f'norm_{i}')(jnp.concatenate([h, e], axis=-1))
-      u = nn.Dense(c.mlp_ratio * c.d_model, use_bias=False, dtype=c.dtype, kernel_init=init, name=f'up_{i}')(u)
-      h = h + nn.Dense(Z, use_bias=False, dtype=c.dtype, kernel_init=init, name=f'down_{i}')(nn.gelu(u))
-    return layers.rms_norm(h.reshape(B, K, D))
-
-
-# The RNN updaters by config.model.cell. GRU and MLP cells work on the flattened memory and need no
-# projection for a narrow memory token.
-CELLS = {'transformer': TransformerCell, 'gru': GRUCell, 'mlp': MLPCell}
-
-
 @dataclasses.dataclass(frozen=True)
 class Networks:
   """Encoder, decoder and RNN cell bound into pure functions of params = {'encoder','decoder','cell'}
@@ -259,7 +185,7 @@ class Networks:
   def from_config(cls, config) -> Networks:
     """The networks of a run's config (config.model, and config.method for the initial memory)."""
     cfg = ModelConfig.from_config(config)
-    return cls(cfg, Encoder(cfg), Decoder(cfg), CELLS[cfg.cell](cfg))
+    return cls(cfg, Encoder(cfg), Decoder(cfg), cells.make_cell(cfg))
 
   @property
   def num_mem_tokens(self) -> int:
@@ -338,6 +264,25 @@ class Networks:
       return mem, mem
     _, mems = jax.lax.scan(body, mem0_BxKxD.astype(jnp.float32), jnp.swapaxes(x_BxT, 0, 1))
     return jnp.swapaxes(mems, 0, 1)
+
+  def scan_rollout(self, params, mem0_BxKxD, x_BxT):
+    """The rollout of a linear cell (`registry.is_linear`) as a parallel scan over time: memories after each
+    input [B, T, K, D], equal to `rollout`, in O(log T) sequential depth. Every step's (a, b) comes from its
+    token alone; padding (x < 0) is the identity step (a = 1, b = 0)."""
+    cell = type(self.cell)
+    apply = lambda method, *args: self.cell.apply({'params': params['cell']}, *args, method=method)
+    B, T = x_BxT.shape
+    a, b = apply(cell.coefficients, x_BxT.reshape(B * T))
+    pad = (x_BxT.reshape(B * T) < 0)[:, None]
+    a, b = jnp.where(pad, jnp.ones((), a.dtype), a), jnp.where(pad, jnp.zeros((), b.dtype), b)
+    a, b = a.reshape((B, T) + a.shape[1:]), b.reshape((B, T) + b.shape[1:])
+
+    def combine(first, second):  # apply `first`'s steps, then `second`'s
+      return first[0] * second[0], second[0] * first[1] + second[1]
+
+    a_t, b_t = jax.lax.associative_scan(combine, (a, b), axis=1)
+    s0 = apply(cell.to_state, mem0_BxKxD.astype(jnp.float32))[:, None]
+    return apply(cell.from_state, a_t * s0 + b_t, (B, T) + mem0_BxKxD.shape[1:])
 
   def readout_all(self, params, mems_BxTxKxD):
     """Readout logits for a sequence of memories: [B, T, V]."""

@@ -25,7 +25,7 @@ def _write(path, data: bytes) -> epath.Path:
   return path
 
 
-def _save(fig: Figure, path) -> epath.Path:
+def save_figure(fig: Figure, path) -> epath.Path:
   """Renders `fig` in memory (format from the suffix) and writes it whole: local paths and gs:// alike."""
   fig.tight_layout()
   buf = io.BytesIO()
@@ -78,7 +78,7 @@ def loss_by_position(result: dict, path, title: str = '') -> epath.Path:
   if title:
     ax.set_title(title)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def gradients(curves: dict, path, title: str = '') -> epath.Path:
@@ -89,7 +89,7 @@ def gradients(curves: dict, path, title: str = '') -> epath.Path:
     v = _positive(v)
     ax.plot(np.arange(len(v)), v, marker=_marker(len(v)), label=label)
   _log_axes(ax, 'distance to the target, T-1-t', 'mean gradient norm', title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def drift(runs: dict, path, title: str = '') -> epath.Path:
@@ -101,7 +101,7 @@ def drift(runs: dict, path, title: str = '') -> epath.Path:
       v = _positive(r[key])
       ax.plot(r['n'], v, style, color=f'C{i}', marker=_marker(len(v)), label=f'{label}: {what}')
   _log_axes(ax, 'RNN steps n after the teacher read the prefix', 'MSE to the teacher memory', title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def _yerr(ys, ci, lo: float, hi: float):
@@ -135,10 +135,10 @@ def comparison(summary: dict, path, columns, names: dict) -> epath.Path:
     ax.grid(alpha=0.3)
   axes[0].legend()
   fig.suptitle(summary.get('title') or f'{summary["task"]}')
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
-def _mean_over_seeds(series: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_over_seeds(series: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(mean, min, max) over seeds of equally long series (None -> NaN), truncated to the shortest."""
   n = min(len(v) for v in series)
   a = np.array([[np.nan if u is None else u for u in v[:n]] for v in series], np.float64)
@@ -153,7 +153,7 @@ def learning_curves(curves: dict, path, names: dict, ylabel: str = 'held-out bit
   ax = fig.subplots()
   for i, (m, per_seed) in enumerate(curves.items()):
     x = np.asarray(per_seed[0]['seconds'][:min(len(c['seconds']) for c in per_seed)], np.float64)
-    mean, lo, hi = _mean_over_seeds([c['rnn_only_bits'] for c in per_seed])
+    mean, lo, hi = mean_over_seeds([c['rnn_only_bits'] for c in per_seed])
     style = '--' if m == 'teacher' else '-'
     ax.plot(x, mean, style, color=f'C{i}', marker='.', label=names[m])
     if len(per_seed) > 1:
@@ -164,7 +164,7 @@ def learning_curves(curves: dict, path, names: dict, ylabel: str = 'held-out bit
   ax.legend(fontsize=8)
   if title:
     ax.set_title(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def loss_per_position(per_t: dict, path, names: dict, trained_len: int, title: str = '') -> epath.Path:
@@ -173,7 +173,7 @@ def loss_per_position(per_t: dict, path, names: dict, trained_len: int, title: s
   fig = Figure(figsize=(7, 4.2), dpi=100)
   ax = fig.subplots()
   for i, (m, per_seed) in enumerate(per_t.items()):
-    mean, _, _ = _mean_over_seeds(per_seed)
+    mean, _, _ = mean_over_seeds(per_seed)
     ax.plot(np.arange(len(mean)), mean, '--' if m == 'teacher' else '-', color=f'C{i}', label=names[m])
   ax.axvline(trained_len - 0.5, color='k', linewidth=0.8, label=f'training length T={trained_len}')
   ax.set_xlabel('position t in the held-out sequence (the RNN has read x_0..x_t)')
@@ -182,7 +182,7 @@ def loss_per_position(per_t: dict, path, names: dict, trained_len: int, title: s
   ax.legend(fontsize=8)
   if title:
     ax.set_title(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def compression_contours(result: dict, path, levels: int = 8) -> epath.Path:
@@ -210,7 +210,7 @@ def compression_contours(result: dict, path, levels: int = 8) -> epath.Path:
     ax.set_ylabel(m)
   ax.set_xlabel('training steps')
   ax.set_title(f'{result["config"] or result["task"]}: iso-{m} contours', fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def memory_space(coords_BxTxP, labels_BxT, names, path, title: str = '', radius: float | None = None,
@@ -246,4 +246,4 @@ def memory_space(coords_BxTxP, labels_BxT, names, path, title: str = '', radius:
     ax.legend(fontsize=7, loc='best')
   if title:
     ax.set_title(title, fontsize=9)
-  return _save(fig, path)
+  return save_figure(fig, path)

@@ -10,11 +10,11 @@ PACKAGE = ROOT / 'smtjax'
 
 # The layers, lowest first: a module may import only modules of its own layer or a lower one.
 LAYERS = [
-    {'smtjax.errors', 'smtjax.plotting', 'smtjax.perf', 'smtjax.workdir', 'smtjax.logs'},
+    {'smtjax.errors', 'smtjax.plotting', 'smtjax.perf', 'smtjax.workdir', 'smtjax.logs', 'smtjax.registry'},
     {'smtjax.config', 'smtjax.variants', 'smtjax.data', 'smtjax.sharding', 'smtjax.metrics', 'smtjax.checkpoint',
      'smtjax.preemption'},
     {'smtjax.layers'},
-    {'smtjax.models'},
+    {'smtjax.models', 'smtjax.cells'},
     {'smtjax.losses', 'smtjax.windows'},
     {'smtjax.inference'},
     {'smtjax.smt', 'smtjax.dmt', 'smtjax.bptt'},

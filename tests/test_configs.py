@@ -12,7 +12,7 @@ from smtjax.data import make_source
 from tests.conftest import ROOT
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / 'configs').glob('*.py'))
-SYNTHETIC = ('retrieval', 'copy', 'stack', 'keys_values', 'modular', 'parity')
+SYNTHETIC = ('retrieval', 'copy', 'stack', 'keys_values', 'modular', 'parity', 'counting')
 BRING_YOUR_OWN = ('arrays', 'tokens')  # need a data file to infer T / vocabulary: tests/test_byo.py
 
 

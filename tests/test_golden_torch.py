@@ -448,3 +448,25 @@ def test_workdir_round_trip(g, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), b)
   scores = inference.read(Networks.from_config(config), params, g.x, g.y, g.hp['read_len'], g.hp['eval_len'])
   check('read CE after a workdir round trip', scores['ce'], g['read.loss_eval_'])
+
+
+def test_a_converted_checkpoint_is_evaluated_sampled_and_fine_tuned(g, tmp_path):
+  """The authors' checkpoint as an smtjax workdir (here on a synthetic task whose vocabulary fits the fixture's
+  16 tokens): experiments.evaluate's and experiments.sample's functions read it, and DMT fine-tunes it."""
+  from smtjax import runs
+  c = interop.public_config(g.model, seq_len=12, context=6, future=4, dtype='float32')
+  c.data.name, c.data.seq_len = 'retrieval', 12
+  c.data.options = type(c.data.options)(dict(num_symbols=8, noise=0.0))
+  c.batch_size, c.evaluate.num_batches, c.sample.num = 4, 1, 2
+  interop.write_workdir(tmp_path / 'public', g.smt_params, c)
+  result = runs.evaluate_workdir(str(tmp_path / 'public'), write_files=True)
+  assert np.isfinite(result['rnn_loss']) and np.isfinite(result['teacher_loss'])
+  path, out = runs.sample_workdir(str(tmp_path / 'public'), 'rnn', seed=0)
+  assert path.exists() and out['tokens'].shape[0] == 2
+  d = variants.dmt(c.copy_and_resolve_references(), context=6, rollout=4, every=2, lr=1e-4, batch_size=4, num_steps=2)
+  d.eval_every = d.checkpoint_every = 2
+  d.init_from = str(tmp_path / 'public')
+  final = train.train_and_evaluate(d, str(tmp_path / 'dmt'))
+  assert np.isfinite(final['loss_mem'])
+  _, tuned = train.load_params(str(tmp_path / 'dmt'))
+  jax.tree.map(np.testing.assert_array_equal, tuned['encoder'], g.smt_params['encoder'])  # the teacher stays

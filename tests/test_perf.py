@@ -150,3 +150,16 @@ def test_gpu_check_runs_tiny(capsys):
   text = capsys.readouterr().out
   for row in ('paper_smt step', 'paper_dmt iteration', 'BPTT / parallel SMT at T=1024', 'T=8192', 'experiments.run'):
     assert row in text
+
+
+def test_bench_parallel_scan_runs_tiny():
+  """experiments.bench_rollout --scan times parallel-scan and sequential BPTT of the linear cells."""
+  import subprocess
+  import sys
+
+  from tests.conftest import ROOT
+  r = subprocess.run([sys.executable, '-m', 'experiments.bench_rollout', '--scan', '--scan_lengths=8,16', '--batch=2',
+                      '--d_model=16', '--num_mem_tokens=2', '--depth=1', '--repeats=1'], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.count('sequential / scan') == 4, r.stdout

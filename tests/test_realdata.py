@@ -46,12 +46,14 @@ def test_comparison_runs_end_to_end(tmp_path, shared_data):
     assert math.isfinite(r['bits']['mean']) and math.isfinite(r['bits_x2']['mean']), col
     assert len(r['bits_per_t_x2'][0]) == 32, col  # every position of a 2T sequence
     assert summary['curves'][col][0]['seconds'], col
-  assert summary['drift_selection']['chosen'] == 'roll2'
+  assert summary['drift_selection']['smt_drift']['chosen'] == 'roll2'
   cal = json.loads((tmp_path / 'calibration.json').read_text())
-  assert set(cal) >= {'smt', 'bptt', 'bptt_gru', 'drift_roll2', 'smt_dmt'} and min(cal.values()) > 0
+  assert set(cal) >= {'bptt', 'bptt_gru', 'smt_drift:roll2', 'smt_dmt:start', 'smt_dmt'} and min(cal.values()) > 0
   # Equal wall clock: each method's steps times its step time is the budget (to one step).
-  for m in ('smt', 'bptt', 'bptt_gru'):
+  for m in ('bptt', 'bptt_gru'):
     assert abs(summary['runs'][m]['steps'] * cal[m] - plan.budget_s) <= cal[m] + 1e-9
+  # SMT alone continues SMT→DMT's SMT stage, at that stage's step time.
+  assert abs(summary['runs']['smt']['steps'] * cal['smt_dmt:start'] - plan.budget_s) <= cal['smt_dmt:start'] + 1e-9
   for f in ('realdata_tiny.md', 'realdata_tiny.json', 'curves_tiny.png', 'positions_tiny.png', 'samples_tiny.md'):
     assert (tmp_path / f).stat().st_size > 200, f
   text = (tmp_path / 'samples_tiny.md').read_text()

@@ -38,12 +38,14 @@ CASES = [
     ('modular', {}),
     ('modular', {'modulus': 5, 'num_examples': 7}),
     ('parity', {}),
+    ('counting', {}),
+    ('counting', {'modulus': 3, 'targets': 'last'}),
 ]
 IDS = [f'{n}-{i}' for i, (n, _) in enumerate(CASES)]
 
 
 def test_tasks_are_registered():
-  assert set(synthetic.TASKS) == {'retrieval', 'copy', 'stack', 'keys_values', 'modular', 'parity'}
+  assert set(synthetic.TASKS) == {'retrieval', 'copy', 'stack', 'keys_values', 'modular', 'parity', 'counting'}
   assert set(synthetic.TASKS) <= set(known_sources())
   for name in synthetic.TASKS:
     assert name in synthetic.describe(name) and '\n' not in synthetic.describe(name)
@@ -92,9 +94,11 @@ def test_determinism_and_row_slicing(name, opts):
   assert len({r.tobytes() for r in full['x']}) > 1
 
 
-def test_bad_split_raises():
+def test_bad_split_raises_and_valid_is_its_own_stream():
   with pytest.raises(DataError, match='split'):
-    source('parity').get_batch('valid', 0, 0, 2)
+    source('parity').get_batch('dev', 0, 0, 2)
+  valid, test = (source('parity').get_batch(s, 0, 0, 8)['x'] for s in ('valid', 'test'))
+  assert not np.array_equal(valid, test)
 
 
 # --- per-task references --------------------------------------------------------------------------
@@ -292,6 +296,19 @@ def test_parity_reference():
   assert set(np.unique(x)) == {0, 1}
   np.testing.assert_array_equal(y, np.bitwise_xor.accumulate(x, axis=1))
   assert abs(x.mean() - 0.5) < 0.05
+
+
+def test_counting_reference():
+  src = source('counting', modulus=4)
+  x, y = batch(src, rows=64)
+  assert src.info.vocab_size == 4 and set(np.unique(x)) == {0, 1, 2, 3}
+  np.testing.assert_array_equal(y, np.cumsum(x, axis=1) % 4)
+  xs, ys = batch(source('counting', modulus=4, targets='last'), rows=64)
+  np.testing.assert_array_equal(xs, x)  # the same sequences, one target each
+  assert (ys[:, :-1] == -1).all()
+  np.testing.assert_array_equal(ys[:, -1], y[:, -1])
+  with pytest.raises(DataError, match='targets'):
+    source('counting', targets='first')
 
 
 def test_copy_default_length_fills_sequence():

@@ -11,6 +11,7 @@ Vocabulary layouts (n = num_symbols; symbols are [0, n)):
   keys_values  n + 1: QUERY = n
   modular      P (the modulus): residues [0, P)
   parity       2: bits
+  counting     m (the modulus): increments [0, m)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ _DESCRIPTIONS = {
     'keys_values': 'associative recall: key/value pairs, QUERY and one key; predict its value',
     'modular': 'modular arithmetic in context: pairs (a, (w*a+b) mod P) with hidden w, b; predict each output',
     'parity': 'parity: random bits; predict the running XOR',
+    'counting': 'modular counting: random increments in [0, m); predict the running sum mod m (every step, or '
+                'only the last)',
 }
 TASKS = tuple(_DESCRIPTIONS)
 
@@ -350,5 +353,29 @@ class Parity(_Task):
     y[:] = np.cumsum(x, axis=1) % 2
 
 
+class Counting(_Task):
+  """Random increments x_t in [0, modulus); y_t = (x_0 + .. + x_t) mod modulus: state tracking that a finite
+  automaton does and a linear recurrence cannot (modulus 2 is parity). `targets`: 'every' step (dense) or
+  only the 'last' (sparse: the same task, one target per sequence)."""
+
+  def __init__(self, data_config, seed):
+    T = _seq_len(data_config, 2)
+    o = _options(data_config, {'modulus': 5, 'targets': 'every'})
+    self.m = _int(o, 'modulus', 2)
+    if o['targets'] not in ('every', 'last'):
+      raise DataError(f"config.data.options.targets: must be 'every' or 'last', got {o['targets']!r}")
+    self.last_only = o['targets'] == 'last'
+    self.num_uniforms = T
+    super().__init__(seed, T, self.m, [str(i) for i in range(self.m)])
+
+  def _build(self, u, x, y, rngs):
+    x[:] = _uint(u, self.m)
+    counts = np.cumsum(x, axis=1) % self.m
+    if self.last_only:
+      y[:, -1] = counts[:, -1]
+    else:
+      y[:] = counts
+
+
 # data.name -> source factory `(data_config, seed) -> Source` (the table in smtjax.data.registry uses it).
-SOURCES = dict(zip(TASKS, (Retrieval, Copy, Stack, KeysValues, Modular, Parity)))
+SOURCES = dict(zip(TASKS, (Retrieval, Copy, Stack, KeysValues, Modular, Parity, Counting)))

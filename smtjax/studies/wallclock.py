@@ -1,0 +1,419 @@
+"""Methods compared at equal wall clock: the machinery of the real-data and linear-RNN studies.
+
+A study is a base config (parallel SMT) and a list of `Method`s, each a way of training an RNN within the same
+budget of seconds on one core:
+
+- kind 'smt': SMT for the whole budget (with `drift`: the drift-robust setting that scored best on the
+  validation split, chosen once per method on the first seed from the plan's grid);
+- kind 'smt_dmt': SMT for (1 - dmt_share) of the budget, then DMT fine-tuning for the rest;
+- kind 'bptt': BPTT for the whole budget;
+
+and `overrides` (config fields, e.g. model.cell='gru', bptt.parallel_scan=True) on the base. Equal wall clock
+is enforced through step counts: every method's training step is first timed on one core (a short run of
+`experiments.run`, compilation excluded; `calibration.json`), and each run gets budget / (seconds per step)
+steps. Runs then train in `lanes` parallel processes, each pinned to its own core with single-threaded XLA, so
+their step times stay those measured. A kind-'smt' method without drift whose overrides match an 'smt_dmt'
+method's continues that method's SMT stage (one run serves both). Every run is scored on the held-out test
+split by the RNN reading whole sequences from its initial memory (and an SMT run's teacher from its prefix
+memories), at the training length and at each `test_multiples` times it, overall and per position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+from absl import logging
+from etils import epath
+
+from smtjax import config as config_lib
+from smtjax import runs, variants
+from smtjax import workdir as workdir_lib
+from smtjax.data import make_source
+from smtjax.data import synthetic as synthetic_tasks
+from smtjax.errors import ConfigError
+from smtjax.evaluation import EvalSpec, Evaluator
+from smtjax.metrics import read_metrics
+from smtjax.models import Networks
+from smtjax.studies import stats
+
+ONE_CORE = '--xla_cpu_multi_thread_eigen=false'
+LN2 = math.log(2)
+DEFAULT_DRIFT_GRID = {'roll4': {'rollout_steps': 4}, 'roll4_dec': {'rollout_steps': 4, 'rollout_decode': 1.0},
+                      'noise1': {'memory_noise': 1.0, 'memory_noise_mode': 'matched'}}
+KINDS = ('smt', 'smt_dmt', 'bptt')
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One column of a study (see the module docstring)."""
+  name: str
+  label: str
+  kind: str
+  overrides: tuple[tuple[str, object], ...] = ()
+  drift: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How every method is trained and scored."""
+  budget_s: float
+  seeds: tuple[int, ...]
+  dmt_share: float = 0.25
+  select_share: float = 0.5
+  drift_grid: tuple[tuple[str, tuple], ...] = tuple((k, tuple(v.items())) for k, v in DEFAULT_DRIFT_GRID.items())
+  lanes: int = 2
+  evals_per_run: int = 8
+  num_eval_batches: int = 16
+  test_multiples: tuple[int, ...] = (2,)
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+def method_config(config, method: Method, seed: int, drift: dict | None = None, stage: str = ''):
+  """The config of one method's run (steps not yet set); `stage='start'`: the SMT stage of an 'smt_dmt' method."""
+  c = config.copy_and_resolve_references()
+  c.seed, c.progress_bar, c.metrics_flush_secs = int(seed), False, 0.0
+  for field, value in method.overrides:
+    variants.override(c, field, value)
+  if method.kind == 'bptt':
+    c.method = 'bptt'
+  if method.kind == 'smt_dmt' and stage != 'start':
+    c = variants.parallel_dmt(c)
+  for k, v in (drift or {}).items():
+    variants.override(c, f'smt.{k}', v)
+  return c
+
+
+def with_steps(config, steps: int, evals: int):
+  """`config` trained for `steps` steps, evaluated `evals` times (learning curves) and checkpointed at the end."""
+  c = config.copy_and_resolve_references()
+  c.num_steps = max(1, int(steps))
+  c.eval_every = max(1, c.num_steps // max(1, evals))
+  c.checkpoint_every = c.num_steps
+  c.log_every = max(1, min(c.log_every, c.eval_every))
+  return c
+
+
+def check(config, methods: tuple[Method, ...], plan: Plan):
+  """ConfigError before anything runs: parallel SMT as the base (an RNN that starts from its initial memory),
+  a validation split where a method chooses a drift setting, a sane plan, and every run's config valid."""
+  if config.method != 'smt' or config.smt.mode != 'parallel':
+    raise ConfigError("an equal-wall-clock study needs config.method='smt' and config.smt.mode='parallel'")
+  synthetic = config.data.name in synthetic_tasks.TASKS  # these always have a validation stream
+  if any(m.drift for m in methods) and not synthetic and config.data.valid_fraction <= 0:
+    raise ConfigError('config.data.valid_fraction: must be > 0 (the drift-robust setting is chosen on it)')
+  if plan.budget_s <= 0 or not 0 < plan.dmt_share < 1 or not 0 < plan.select_share <= 1 or not plan.seeds:
+    raise ConfigError(f'bad plan: budget {plan.budget_s} s, dmt_share {plan.dmt_share}, '
+                      f'select_share {plan.select_share}, seeds {plan.seeds}')
+  for m in methods:
+    if m.kind not in KINDS:
+      raise ConfigError(f'method {m.name!r}: kind must be one of {KINDS}, got {m.kind!r}')
+    for _, items in (plan.drift_grid if m.drift else (('', ()),)):
+      c = method_config(config, m, plan.seeds[0], dict(items))
+      c.init_from = c.init_from or ('(checked before training)' if c.method == 'dmt' else '')
+      config_lib.validate(c)
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """Train `config` in `workdir` once the workdirs in `after` are done; `copy_from`: start from a copy of that
+  (finished) workdir, so the run continues its checkpoint."""
+  workdir: epath.Path
+  config: object
+  after: tuple = ()
+  copy_from: epath.Path | None = None
+
+
+def _launch(workdir: epath.Path, core: int | None) -> subprocess.Popen:
+  """`python -m experiments.run --workdir=W` on the saved config.json, pinned to `core` (one XLA thread)."""
+  env = dict(os.environ)
+  cmd = [sys.executable, '-m', 'experiments.run', f'--workdir={workdir}']
+  if core is not None:
+    env['XLA_FLAGS'] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+    cmd = ['taskset', '-c', str(core)] + cmd
+  log = open(workdir / 'run.log', 'ab')  # noqa: SIM115  (inherited by the process; closed with it)
+  return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _done(job: Job) -> bool:
+  if not (job.workdir / 'metrics.jsonl').exists():
+    return False
+  return any(r['step'] == job.config.num_steps and 'rnn_only_loss' in r for r in read_metrics(job.workdir))
+
+
+def _start(job: Job, core: int | None) -> subprocess.Popen:
+  if job.copy_from is not None and not (job.workdir / 'checkpoints').exists():
+    shutil.copytree(job.copy_from, job.workdir, dirs_exist_ok=True)
+  job.workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.save_config(job.config, job.workdir)
+  logging.info('training %s (%d steps) on core %s', job.workdir, job.config.num_steps, core)
+  return _launch(job.workdir, core)
+
+
+def run_jobs(jobs: list[Job], lanes: int) -> None:
+  """Trains every job whose workdir is not finished, `lanes` at a time, each pinned to its own core; a job
+  starts once the workdirs it depends on are done. A failed job raises, naming its log."""
+  pending = [j for j in jobs if not _done(j)]
+  finished = {str(j.workdir) for j in jobs if j not in pending}
+  running: dict[int, tuple[Job, subprocess.Popen]] = {}
+  while pending or running:
+    for core in [c for c in range(lanes) if c not in running]:
+      ready = next((j for j in pending if all(str(d) in finished for d in j.after)), None)
+      if ready is None:
+        break
+      pending.remove(ready)
+      running[core] = (ready, _start(ready, core if lanes > 1 else None))
+    if not running:
+      raise RuntimeError(f'jobs wait for workdirs that no job trains: {[str(j.workdir) for j in pending]}')
+    time.sleep(2)
+    for core, (job, proc) in list(running.items()):
+      if proc.poll() is not None:
+        del running[core]
+        if proc.returncode != 0:
+          raise RuntimeError(f'training {job.workdir} failed (exit {proc.returncode}); see {job.workdir / "run.log"}')
+        finished.add(str(job.workdir))
+
+
+def calibrate(configs: dict, out: epath.Path, steps: int = 14) -> dict[str, float]:
+  """Seconds per training step of each config on one core (median over logged steps 5..steps, compilation
+  excluded), from short runs one at a time; cached in out/calibration.json."""
+  path = out / 'calibration.json'
+  known = json.loads(path.read_text()) if path.exists() else {}
+  for name, c in configs.items():
+    if name in known:
+      continue
+    wd = out / 'calibration' / name
+    if wd.exists():
+      shutil.rmtree(wd)
+    cal = c.copy_and_resolve_references()
+    cal.num_steps, cal.log_every, cal.eval_every, cal.checkpoint_every = steps, 1, steps, steps
+    cal.num_eval_batches = 1
+    run_jobs([Job(wd, cal)], lanes=min(2, os.cpu_count() or 1))
+    rates = [r['steps_per_s'] for r in read_metrics(wd) if r['step'] > 4 and 'steps_per_s' in r]
+    known[name] = 1.0 / statistics.median(rates)
+    workdir_lib.write_text(path, json.dumps(known, indent=2, sort_keys=True))
+  return known
+
+
+# ---------------------------------------------------------------------------------------------- the runs
+
+def _steps(seconds: float, per_step: float) -> int:
+  return max(1, int(seconds / per_step))
+
+
+def select_drift(config, method: Method, plan: Plan, out: epath.Path, cal: dict) -> tuple[str, dict, dict]:
+  """(name, config.smt overrides, {name: validation score}) of the drift-robust setting whose RNN reads the
+  validation split best (lowest bits) after select_share of the budget, on the first seed."""
+  seed, budget = plan.seeds[0], plan.select_share * plan.budget_s
+  jobs = {name: Job(out / 'select' / method.name / name,
+                    with_steps(method_config(config, method, seed, dict(items)),
+                               _steps(budget, cal[f'{method.name}:{name}']), 2))
+          for name, items in plan.drift_grid}
+  run_jobs(list(jobs.values()), plan.lanes)
+  scores = {name: score(job.workdir, (), plan.num_eval_batches, 'valid')['rnn_only_bits']
+            for name, job in jobs.items()}
+  best = min(scores, key=scores.get)
+  return best, dict(dict(plan.drift_grid)[best]), scores
+
+
+def _continues(method: Method, methods) -> Method | None:
+  """The 'smt_dmt' method whose SMT stage a plain 'smt' method continues (same overrides), if any."""
+  if method.kind != 'smt' or method.drift:
+    return None
+  return next((m for m in methods if m.kind == 'smt_dmt' and m.overrides == method.overrides), None)
+
+
+def seed_jobs(config, methods, plan: Plan, out: epath.Path, seed: int, drift: dict, cal: dict) -> dict[str, Job]:
+  """Every run of one seed, by method name (an 'smt_dmt' method also has '<name>:start', its SMT stage)."""
+  base, B, share, ev = out / f'seed{seed}', plan.budget_s, plan.dmt_share, plan.evals_per_run
+  jobs = {}
+  for m in methods:
+    if m.kind == 'smt_dmt':
+      start = base / f'{m.name}_start'
+      jobs[f'{m.name}:start'] = Job(start, with_steps(method_config(config, m, seed, stage='start'),
+                                                      _steps((1 - share) * B, cal[f'{m.name}:start']), ev))
+      dmt = with_steps(method_config(config, m, seed), _steps(share * B, cal[m.name]), max(2, ev // 4))
+      dmt.init_from = str(start)
+      jobs[m.name] = Job(base / m.name, dmt, after=(start,))
+  for m in methods:
+    if m.kind == 'smt_dmt':
+      continue
+    c = with_steps(method_config(config, m, seed, drift.get(m.name)), _steps(B, cal[m.name]), ev)
+    parent = _continues(m, methods)
+    start = jobs[f'{parent.name}:start'].workdir if parent else None
+    jobs[m.name] = Job(base / m.name, c, after=(start,) if start else (), copy_from=start)
+  return jobs
+
+
+def calibration_configs(config, methods, plan: Plan) -> dict:
+  """The configs timed before anything trains: each method's run (an 'smt_dmt' method's SMT stage; its DMT is
+  timed from a trained SMT stage) and, for a drift method, each setting of the grid."""
+  seed, out = plan.seeds[0], {}
+  for m in methods:
+    if m.kind == 'smt_dmt':
+      out[f'{m.name}:start'] = method_config(config, m, seed, stage='start')
+    elif m.drift:
+      for name, items in plan.drift_grid:
+        out[f'{m.name}:{name}'] = method_config(config, m, seed, dict(items))
+    elif _continues(m, methods) is None:  # one that continues an SMT stage runs at that stage's step time
+      out[m.name] = method_config(config, m, seed)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+def score(workdir, multiples: tuple[int, ...], num_batches: int, split: str = 'test') -> dict:
+  """A trained run on held-out sequences of its training length T and of each multiple * T: the RNN from its
+  initial memory (and, for an SMT run, the teacher): bits per token and accuracy, overall and per position.
+  Keys: '<rnn_only|teacher>_<bits|accuracy|bits_per_t>' with suffix '' (T) or '_x<k>' (k * T)."""
+  config, params, nets, _ = runs.load_run(str(workdir))
+  T, out = config.data.seq_len, {}
+  for k in (1, *multiples):
+    c = runs.at_seq_len(config, k * T)
+    spec = EvalSpec(teacher=config.method == 'smt', per_position=True)
+    m = Evaluator(c, nets, spec)(params, make_source(c.data, c.seed), num_batches, split)
+    suffix = '' if k == 1 else f'_x{k}'
+    for name in ('rnn_only', 'teacher'):
+      if f'{name}_loss' in m:
+        out[f'{name}_bits{suffix}'] = m[f'{name}_loss'] / LN2
+        out[f'{name}_accuracy{suffix}'] = m[f'{name}_accuracy']
+        out[f'{name}_bits_per_t{suffix}'] = [None if v != v else v / LN2 for v in m[f'{name}_loss_per_t']]
+  return out
+
+
+def curve(workdir, seconds_per_step: float, offset_s: float = 0.0) -> dict:
+  """Held-out bits per token and accuracy at each evaluation of a run against calibrated wall-clock seconds."""
+  points = [r for r in read_metrics(workdir) if 'rnn_only_loss' in r]
+  out = {'seconds': [offset_s + r['step'] * seconds_per_step for r in points],
+         'rnn_only_bits': [r['rnn_only_loss'] / LN2 for r in points],
+         'rnn_only_accuracy': [r['rnn_only_accuracy'] for r in points]}
+  if points and 'teacher_loss' in points[0]:
+    out['teacher_bits'] = [r['teacher_loss'] / LN2 for r in points]
+    out['teacher_accuracy'] = [r['teacher_accuracy'] for r in points]
+  return out
+
+
+def method_curve(jobs: dict[str, Job], method: Method, cal: dict) -> dict:
+  """A method's learning curve on one seed; an 'smt_dmt' method's is its SMT stage's, then its DMT's."""
+  if method.kind != 'smt_dmt':
+    return curve(jobs[method.name].workdir, cal[method.name])
+  start = jobs[f'{method.name}:start']
+  smt = curve(start.workdir, cal[f'{method.name}:start'])
+  offset = start.config.num_steps * cal[f'{method.name}:start']
+  dmt = curve(jobs[method.name].workdir, cal[method.name], offset_s=offset)
+  return {k: smt[k] + dmt[k] for k in ('seconds', 'rnn_only_bits', 'rnn_only_accuracy')}
+
+
+def parameters(config, groups=('cell', 'decoder')) -> int:
+  """Parameters of a run's networks: by default the RNN (cell and readout, the readout being the decoder)."""
+  shapes = jax.eval_shape(Networks.from_config(config).init, jax.random.PRNGKey(0))
+  return int(sum(math.prod(a.shape) for k in groups for a in jax.tree.leaves(shapes[k])))
+
+
+def _cell(values: list[float]) -> dict:
+  st = stats.mean_ci(values)
+  return {'mean': st['mean'], 'ci': st['ci'], 'per_seed': values}
+
+
+def summarize_scores(scores: dict[str, list[dict]], multiples) -> dict:
+  """{column: {'<bits|accuracy><sfx>': mean, ci, per seed; 'bits_per_t<sfx>': per seed}} for every suffix."""
+  out = {}
+  for col, per_seed in scores.items():
+    key = 'teacher' if col == 'teacher' else 'rnn_only'
+    r = {}
+    for sfx in [''] + [f'_x{k}' for k in multiples]:
+      for what in ('bits', 'accuracy'):
+        r[f'{what}{sfx}'] = _cell([s[f'{key}_{what}{sfx}'] for s in per_seed])
+      r[f'bits_per_t{sfx}'] = [s[f'{key}_bits_per_t{sfx}'] for s in per_seed]
+    out[col] = r
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ a study
+
+def _choose_drifts(config, methods, plan: Plan, out: epath.Path, cal: dict) -> tuple[dict, dict]:
+  drift, selection = {}, {}
+  for m in methods:
+    if m.drift:
+      chosen, overrides, scores = select_drift(config, m, plan, out, cal)
+      drift[m.name], cal[m.name] = overrides, cal[f'{m.name}:{chosen}']
+      selection[m.name] = {'chosen': chosen, 'scores': scores,
+                           'settings': {n: dict(v) for n, v in plan.drift_grid}}
+  return drift, selection
+
+
+def train_all(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict, dict]:
+  """Calibrates, chooses drift settings, trains every run. Returns (jobs by seed, calibration, selection)."""
+  cal = calibrate(calibration_configs(config, methods, plan), out)
+  for m in methods:
+    if (parent := _continues(m, methods)) is not None:
+      cal[m.name] = cal[f'{parent.name}:start']
+  drift, selection = _choose_drifts(config, methods, plan, out, cal)
+  smt_dmt = [m for m in methods if m.kind == 'smt_dmt']
+  for m in smt_dmt:  # DMT's step is timed from a trained SMT stage: train the stages first
+    cal.setdefault(m.name, 1.0)
+  first = {s: seed_jobs(config, methods, plan, out, s, drift, cal) for s in plan.seeds}
+  run_jobs([j for jobs in first.values() for k, j in jobs.items() if k.endswith(':start')], plan.lanes)
+  for m in smt_dmt:
+    c = method_config(config, m, plan.seeds[0])
+    c.init_from = str(first[plan.seeds[0]][f'{m.name}:start'].workdir)
+    cal.pop(m.name, None)
+    cal.update(calibrate({m.name: c}, out))
+  jobs = {s: seed_jobs(config, methods, plan, out, s, drift, cal) for s in plan.seeds}
+  run_jobs([j for per_seed in jobs.values() for j in per_seed.values()], plan.lanes)
+  return jobs, cal, selection
+
+
+def run_study(config, methods: tuple[Method, ...], plan: Plan, out, teacher_of: str | None = None) -> dict:
+  """Trains every method for every seed at equal wall clock and scores it; returns the summary (scores with
+  means and 95% intervals, learning curves, calibration, drift choices, runs). `teacher_of`: the 'smt' or
+  'smt_dmt' method whose teacher is the 'teacher' column (default: the first SMT method)."""
+  out = workdir_lib.as_path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  check(config, methods, plan)
+  t0 = time.perf_counter()
+  jobs, cal, selection = train_all(config, methods, plan, out)
+  teacher_of = teacher_of or next((m.name for m in methods if m.kind != 'bptt'), None)
+  scores, curves = {}, {}
+  for m in methods:
+    scores[m.name] = [score(jobs[s][m.name].workdir, plan.test_multiples, plan.num_eval_batches) for s in plan.seeds]
+    curves[m.name] = [method_curve(jobs[s], m, cal) for s in plan.seeds]
+  if teacher_of is not None:
+    src = teacher_of if next(m for m in methods if m.name == teacher_of).kind == 'smt' else f'{teacher_of}:start'
+    scores['teacher'] = [score(jobs[s][src].workdir, plan.test_multiples, plan.num_eval_batches) for s in plan.seeds]
+    curves['teacher'] = [{k.replace('teacher', 'rnn_only'): v for k, v in curve(jobs[s][src].workdir, cal[src]).items()
+                          if k == 'seconds' or k.startswith('teacher')} for s in plan.seeds]
+  first = jobs[plan.seeds[0]]
+  runs_info = {m.name: {'steps': _steps_text(first, m), 'seconds_per_step': cal[m.name],
+                        'parameters': parameters(first[m.name].config)} for m in methods}
+  return {'seq_len': config.data.seq_len, 'budget_s': plan.budget_s, 'seeds': list(plan.seeds),
+          'dmt_share': plan.dmt_share, 'select_share': plan.select_share, 'test_multiples': list(plan.test_multiples),
+          'methods': {m.name: m.label for m in methods}, 'calibration_s_per_step': cal, 'drift_selection': selection,
+          'results': summarize_scores(scores, plan.test_multiples), 'curves': curves, 'runs': runs_info,
+          'workdirs': {m.name: str(first[m.name].workdir) for m in methods}, 'study_seconds': time.perf_counter() - t0}
+
+
+def _steps_text(jobs: dict, m: Method):
+  if m.kind == 'smt_dmt':
+    return f'{jobs[m.name + ":start"].config.num_steps} SMT + {jobs[m.name].config.num_steps} DMT'
+  return jobs[m.name].config.num_steps
+
+
+def finite(v):
+  """JSON-safe: NaN and infinities as None."""
+  if isinstance(v, dict):
+    return {k: finite(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [finite(x) for x in v]
+  return None if isinstance(v, float) and not math.isfinite(v) else v
