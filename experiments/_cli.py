@@ -112,3 +112,13 @@ def parse_variant(text: str) -> tuple[str, dict]:
   if not sep or not name or any(not key.strip() or not eq for key, eq, _ in items):
     raise ConfigError(f'--variant={text!r}: expected NAME:key=value[,key=value...] (config.smt fields)')
   return name.strip(), {key.strip(): variants_lib.parse_value(value.strip()) for key, _, value in items}
+
+
+def configs_of(specs, variant: str) -> dict:
+  """{task label: config} from 'name' or 'name:extra' specs (label 'name' or 'name_extra')."""
+  out = {}
+  for spec in specs:
+    name, _, extra = spec.partition(':')
+    out[f'{name}_{extra}' if extra else name] = config_lib.load_config(
+        f'configs/{name}.py:{variant}' + (f',{extra}' if extra else ''))
+  return out

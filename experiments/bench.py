@@ -18,7 +18,7 @@ model, batch and length and prints the ratio. --synthetic times on random tokens
 the presets always do. --preset_scale=tiny shrinks a preset to a few milliseconds (tests).
 """
 
-import pathlib
+import io
 import signal
 import statistics
 import subprocess
@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 from experiments import _cli  # noqa: F401 -- JAX options as flags (--jax_log_compiles)
 from smtjax import config as config_lib
@@ -292,9 +293,10 @@ def published_run_rate(seconds: float, scale: str = 'paper') -> dict:
   from configs import tinystories
   c = tinystories.get_config()
   c = _tiny(c) if scale == 'tiny' else c
-  work = pathlib.Path(tempfile.mkdtemp(prefix='smtjax-gpu-check-'))
-  tokens = np.random.default_rng(0).integers(0, 256, size=1 << 21, dtype=np.int32)
-  np.save(work / 'tokens.npy', tokens)
+  work = epath.Path(tempfile.mkdtemp(prefix='smtjax-gpu-check-'))
+  buf = io.BytesIO()
+  np.lib.format.write_array(buf, np.random.default_rng(0).integers(0, 256, size=1 << 21, dtype=np.int32))
+  (work / 'tokens.npy').write_bytes(buf.getvalue())
   c.data.name, c.data.path = 'tokens', str(work / 'tokens.npy')
   c.data.options = ml_collections.ConfigDict(dict(vocab_size=256, test_path='', test_fraction=0.01, decode='bytes'))
   c.log_every, c.eval_every, c.checkpoint_every = 10, 10**9, 10**9

@@ -1,5 +1,8 @@
 r"""SMT vs SMT->DMT vs BPTT across sequence lengths and seeds on a synthetic task (method.md §10).
 
+  python -m experiments.compare --config=configs/retrieval.py:small --lengths=8,12,16 --seeds=3 \
+      --budget_seconds=60 [--test_lengths=2,4]      # tuned, at equal wall clock (crossover.py)
+
   python -m experiments.compare --config=configs/retrieval.py:small --lengths=8,12,16 [--seeds=3] \
       [--steps=1000] [--dmt_steps=200] [--methods=smt,dmt,bptt] [--test_lengths=2,4,8] \
       [--out=workdirs/compare] [--config.smt.rollout_steps=4 ...]
@@ -18,7 +21,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from experiments import _cli
-from smtjax.studies import compare
+from smtjax.studies import compare, crossover
 
 FLAGS = flags.FLAGS
 _cli.define_config('Config file and variant (e.g. configs/retrieval.py:small).')
@@ -29,6 +32,10 @@ flags.DEFINE_integer('dmt_steps', None, 'DMT steps (default: SMT steps // 5); BP
 flags.DEFINE_integer('seeds', 1, 'Seeds per cell (config.seed + 0..seeds-1): mean and 95% interval.')
 flags.DEFINE_list('methods', list(compare.METHODS), 'Which of smt, dmt, bptt to run (dmt needs smt).')
 flags.DEFINE_list('test_lengths', [], 'Length generalization: also score every run at k * T for these k.')
+flags.DEFINE_float('budget_seconds', None, 'Equal wall clock instead of equal steps: every method tuned on the '
+                   'validation split (learning rate; SMT\'s drift-robust setting; BPTT\'s cell), then trained for '
+                   'this many seconds of one CPU core per run (smtjax/studies/crossover.py).')
+flags.DEFINE_integer('lanes', 2, '--budget_seconds: runs trained at once, each pinned to its own core.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -39,9 +46,22 @@ def _ints(name):
     raise app.UsageError(f'--{name} must be a comma list of integers, got {FLAGS[name].value}') from None
 
 
+def _tuned(lengths, test_lengths):
+  """--budget_seconds: the tuned, equal-wall-clock comparison of this one config."""
+  config = FLAGS.config
+  lengths = lengths or [config.data.options.num_pairs if config.data.name == 'keys_values' else config.data.seq_len]
+  plan = crossover.Plan(budget_s=FLAGS.budget_seconds, seeds=tuple(config.seed + i for i in range(FLAGS.seeds)),
+                        lanes=FLAGS.lanes, test_multiples=tuple(test_lengths), select_by='accuracy')
+  with _cli.user_errors():
+    result = crossover.run_crossover({config.data.name: config}, lengths, plan, FLAGS.out)
+  print(crossover.write_table(result, f'{FLAGS.out}/crossover.md'))
+
+
 def main(argv):
   _cli.start(argv)
   lengths, test_lengths = _ints('lengths'), _ints('test_lengths') or []
+  if FLAGS.budget_seconds is not None:
+    return _tuned(lengths, test_lengths)
   with _cli.user_errors():
     summary = compare.run_comparison(FLAGS.config, lengths, FLAGS.out, FLAGS.steps, FLAGS.dmt_steps, FLAGS.seeds,
                                      FLAGS.methods, test_lengths,

@@ -104,7 +104,7 @@ def drift(runs: dict, path, title: str = '') -> epath.Path:
   return save_figure(fig, path)
 
 
-def _yerr(ys, ci, lo: float, hi: float):
+def clipped_error_bars(ys, ci, lo: float, hi: float):
   """Error bars [below, above] for values ys +- ci, drawn only inside the range a value can take [lo, hi]
   (a t-interval over 3 seeds can pass 1 for an accuracy); None where no cell has an interval."""
   if all(c != c for c in ci):
@@ -125,7 +125,7 @@ def comparison(summary: dict, path, columns, names: dict) -> epath.Path:
     for m in columns:
       ys = [nan(summary['results'][str(L)][m].get(key)) for L in lengths]
       ci = [nan(summary['results'][str(L)][m].get(f'{key}_ci')) for L in lengths]
-      ax.errorbar(lengths, ys, yerr=_yerr(ys, ci, 0.0, 1.0 if key == 'accuracy' else float('inf')),
+      ax.errorbar(lengths, ys, yerr=clipped_error_bars(ys, ci, 0.0, 1.0 if key == 'accuracy' else float('inf')),
                   marker='o', capsize=3, label=names[m], linestyle='--' if m == 'teacher' else '-')
     ax.set_xscale('log', base=2)
     ax.set_xticks(lengths)

@@ -121,8 +121,8 @@ def test_compare_command_line_takes_a_config_file(tmp_path):
 
 def test_comparison_error_bars_stay_inside_what_a_value_can_take(tmp_path):
   nan = float('nan')
-  assert plotting._yerr([0.9, 0.5], [nan, nan], 0.0, 1.0) is None
-  below, above = plotting._yerr([0.95, 0.5, 0.1, nan], [0.2, 0.2, 0.3, 0.1], 0.0, 1.0)
+  assert plotting.clipped_error_bars([0.9, 0.5], [nan, nan], 0.0, 1.0) is None
+  below, above = plotting.clipped_error_bars([0.95, 0.5, 0.1, nan], [0.2, 0.2, 0.3, 0.1], 0.0, 1.0)
   np.testing.assert_allclose(below, [0.2, 0.2, 0.1, 0.0])
   np.testing.assert_allclose(above, [0.05, 0.2, 0.3, 0.0])
   summary = {'task': 'retrieval', 'lengths': [8, 12], 'results': {

@@ -46,9 +46,9 @@ def test_comparison_runs_end_to_end(tmp_path, shared_data):
     assert math.isfinite(r['bits']['mean']) and math.isfinite(r['bits_x2']['mean']), col
     assert len(r['bits_per_t_x2'][0]) == 32, col  # every position of a 2T sequence
     assert summary['curves'][col][0]['seconds'], col
-  assert summary['drift_selection']['smt_drift']['chosen'] == 'roll2'
+  assert summary['selection']['smt_drift']['chosen'] == 'roll2'
   cal = json.loads((tmp_path / 'calibration.json').read_text())
-  assert set(cal) >= {'bptt', 'bptt_gru', 'smt_drift:roll2', 'smt_dmt:start', 'smt_dmt'} and min(cal.values()) > 0
+  assert set(cal) >= {'bptt', 'bptt_gru', 'smt_drift|roll2', 'smt_dmt:start', 'smt_dmt'} and min(cal.values()) > 0
   # Equal wall clock: each method's steps times its step time is the budget (to one step).
   for m in ('bptt', 'bptt_gru'):
     assert abs(summary['runs'][m]['steps'] * cal[m] - plan.budget_s) <= cal[m] + 1e-9

@@ -73,9 +73,9 @@ def write_table(summaries: dict, path) -> str:
       info = s['runs'].get(col)
       tail = f'{info["seconds_per_step"]:.4f} | {info["parameters"]:,}' if info else '- | -'
       lines.append(f'| {NAMES.get(col, col)} | ' + ' | '.join(cells) + f' | {tail} |')
-    for name, sel in s['drift_selection'].items():
-      lines.append(f'\nDrift-robust setting of {NAMES[name]}: {sel["chosen"]} '
-                   f'(validation bits: {", ".join(f"{n} {v:.3f}" for n, v in sel["scores"].items())}).')
+    for name, sel in s['selection'].items():
+      lines.append(f'\nSetting of {NAMES[name]} chosen on the validation split: {sel["chosen"]} '
+                   f'(validation {sel["by"]}: {", ".join(f"{n} {v:.3f}" for n, v in sel["scores"].items())}).')
     lines.append('')
   text = '\n'.join(lines) + '\n'
   workdir_lib.write_text(path, text)

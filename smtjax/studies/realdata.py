@@ -126,7 +126,7 @@ def write_table(summary: dict, path) -> str:
     cells = [stats.fmt(r[f'bits{s}']['mean'], r[f'bits{s}']['ci']) for s in [''] + [f'_x{k}' for k in ks]]
     lines.append(f'| {NAMES[col]} | ' + ' | '.join(cells) + f' | {info["steps"]} | '
                  f'{info["seconds_per_step"]:.3f} | {info["parameters"]:,} |')
-  sel = summary['drift_selection']['smt_drift']
+  sel = summary['selection']['smt_drift']
   lines += ['', f'Drift-robust setting chosen on the validation split (seed {summary["seeds"][0]}, '
             f'{summary["select_share"]:.0%} of the budget): **{sel["chosen"]}** {sel["settings"][sel["chosen"]]}; '
             'validation bits per token: ' + ', '.join(f'{n} {v:.3f}' for n, v in sel['scores'].items()) + '.']

@@ -3,12 +3,14 @@
 A study is a base config (parallel SMT) and a list of `Method`s, each a way of training an RNN within the same
 budget of seconds on one core:
 
-- kind 'smt': SMT for the whole budget (with `drift`: the drift-robust setting that scored best on the
-  validation split, chosen once per method on the first seed from the plan's grid);
+- kind 'smt': SMT for the whole budget;
 - kind 'smt_dmt': SMT for (1 - dmt_share) of the budget, then DMT fine-tuning for the rest;
 - kind 'bptt': BPTT for the whole budget;
 
-and `overrides` (config fields, e.g. model.cell='gru', bptt.parallel_scan=True) on the base. Equal wall clock
+and `overrides` (config fields, e.g. model.cell='gru', bptt.parallel_scan=True) on the base. A method with
+candidate settings (`grid`, or with `drift` the plan's drift-robust grid) is tuned first: each candidate
+trains for `select_share` of the budget on the first seed, and the one that scores best on the validation
+split (`select_by`: lowest bits per token, or highest accuracy) is the method's setting. Equal wall clock
 is enforced through step counts: every method's training step is first timed on one core (a short run of
 `experiments.run`, compilation excluded; `calibration.json`), and each run gets budget / (seconds per step)
 steps. Runs then train in `lanes` parallel processes, each pinned to its own core with single-threaded XLA, so
@@ -24,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,8 @@ class Method:
   label: str
   kind: str
   overrides: tuple[tuple[str, object], ...] = ()
-  drift: bool = False
+  drift: bool = False  # candidates: the plan's drift-robust settings (smt.* fields)
+  grid: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()  # candidates: (name, ((field, value), ...))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,22 +76,31 @@ class Plan:
   evals_per_run: int = 8
   num_eval_batches: int = 16
   test_multiples: tuple[int, ...] = (2,)
+  select_by: str = 'bits'  # 'bits' (lowest validation loss) or 'accuracy' (highest)
+
+
+def candidates(method: Method, plan: Plan) -> tuple[tuple[str, tuple], ...]:
+  """A method's candidate settings as (name, ((config field, value), ...)); () when it has none."""
+  if method.grid:
+    return method.grid
+  if method.drift:
+    return tuple((name, tuple((f'smt.{k}', v) for k, v in items)) for name, items in plan.drift_grid)
+  return ()
 
 
 # ------------------------------------------------------------------------------------------------ configs
 
-def method_config(config, method: Method, seed: int, drift: dict | None = None, stage: str = ''):
-  """The config of one method's run (steps not yet set); `stage='start'`: the SMT stage of an 'smt_dmt' method."""
+def method_config(config, method: Method, seed: int, setting: tuple = (), stage: str = ''):
+  """The config of one method's run (steps not yet set) with a candidate `setting` ((field, value), ...);
+  `stage='start'`: the SMT stage of an 'smt_dmt' method (whose DMT stage follows from it: lr / 3)."""
   c = config.copy_and_resolve_references()
   c.seed, c.progress_bar, c.metrics_flush_secs = int(seed), False, 0.0
-  for field, value in method.overrides:
+  for field, value in (*method.overrides, *setting):
     variants.override(c, field, value)
   if method.kind == 'bptt':
     c.method = 'bptt'
   if method.kind == 'smt_dmt' and stage != 'start':
     c = variants.parallel_dmt(c)
-  for k, v in (drift or {}).items():
-    variants.override(c, f'smt.{k}', v)
   return c
 
 
@@ -109,16 +120,18 @@ def check(config, methods: tuple[Method, ...], plan: Plan):
   if config.method != 'smt' or config.smt.mode != 'parallel':
     raise ConfigError("an equal-wall-clock study needs config.method='smt' and config.smt.mode='parallel'")
   synthetic = config.data.name in synthetic_tasks.TASKS  # these always have a validation stream
-  if any(m.drift for m in methods) and not synthetic and config.data.valid_fraction <= 0:
-    raise ConfigError('config.data.valid_fraction: must be > 0 (the drift-robust setting is chosen on it)')
+  if any(candidates(m, plan) for m in methods) and not synthetic and config.data.valid_fraction <= 0:
+    raise ConfigError('config.data.valid_fraction: must be > 0 (the methods\' settings are chosen on it)')
   if plan.budget_s <= 0 or not 0 < plan.dmt_share < 1 or not 0 < plan.select_share <= 1 or not plan.seeds:
     raise ConfigError(f'bad plan: budget {plan.budget_s} s, dmt_share {plan.dmt_share}, '
                       f'select_share {plan.select_share}, seeds {plan.seeds}')
+  if plan.select_by not in ('bits', 'accuracy'):
+    raise ConfigError(f"plan.select_by must be 'bits' or 'accuracy', got {plan.select_by!r}")
   for m in methods:
     if m.kind not in KINDS:
       raise ConfigError(f'method {m.name!r}: kind must be one of {KINDS}, got {m.kind!r}')
-    for _, items in (plan.drift_grid if m.drift else (('', ()),)):
-      c = method_config(config, m, plan.seeds[0], dict(items))
+    for _, setting in candidates(m, plan) or (('', ()),):
+      c = method_config(config, m, plan.seeds[0], setting)
       c.init_from = c.init_from or ('(checked before training)' if c.method == 'dmt' else '')
       config_lib.validate(c)
 
@@ -142,7 +155,7 @@ def _launch(workdir: epath.Path, core: int | None) -> subprocess.Popen:
   if core is not None:
     env['XLA_FLAGS'] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
     cmd = ['taskset', '-c', str(core)] + cmd
-  log = open(workdir / 'run.log', 'ab')  # noqa: SIM115  (inherited by the process; closed with it)
+  log = (workdir / 'run.log').open('ab')  # noqa: SIM115  (inherited by the process; closed with it)
   return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -152,9 +165,19 @@ def _done(job: Job) -> bool:
   return any(r['step'] == job.config.num_steps and 'rnn_only_loss' in r for r in read_metrics(job.workdir))
 
 
+def copy_tree(src: epath.Path, dst: epath.Path) -> None:
+  """Copies a workdir's files (local or on an object store) under `dst`."""
+  dst.mkdir(parents=True, exist_ok=True)
+  for p in src.iterdir():
+    if p.is_dir():
+      copy_tree(p, dst / p.name)
+    else:
+      p.copy(dst / p.name, overwrite=True)
+
+
 def _start(job: Job, core: int | None) -> subprocess.Popen:
   if job.copy_from is not None and not (job.workdir / 'checkpoints').exists():
-    shutil.copytree(job.copy_from, job.workdir, dirs_exist_ok=True)
+    copy_tree(epath.Path(job.copy_from), job.workdir)
   job.workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.save_config(job.config, job.workdir)
   logging.info('training %s (%d steps) on core %s', job.workdir, job.config.num_steps, core)
@@ -195,7 +218,7 @@ def calibrate(configs: dict, out: epath.Path, steps: int = 14) -> dict[str, floa
       continue
     wd = out / 'calibration' / name
     if wd.exists():
-      shutil.rmtree(wd)
+      wd.rmtree()
     cal = c.copy_and_resolve_references()
     cal.num_steps, cal.log_every, cal.eval_every, cal.checkpoint_every = steps, 1, steps, steps
     cal.num_eval_batches = 1
@@ -212,44 +235,53 @@ def _steps(seconds: float, per_step: float) -> int:
   return max(1, int(seconds / per_step))
 
 
-def select_drift(config, method: Method, plan: Plan, out: epath.Path, cal: dict) -> tuple[str, dict, dict]:
-  """(name, config.smt overrides, {name: validation score}) of the drift-robust setting whose RNN reads the
-  validation split best (lowest bits) after select_share of the budget, on the first seed."""
-  seed, budget = plan.seeds[0], plan.select_share * plan.budget_s
+def _stage_key(method: Method) -> str:
+  """The calibration / job key of the run a method's candidates are tuned as (an 'smt_dmt' method's SMT stage)."""
+  return f'{method.name}:start' if method.kind == 'smt_dmt' else method.name
+
+
+def select(config, method: Method, plan: Plan, out: epath.Path, cal: dict) -> tuple[str, tuple, dict]:
+  """(name, setting, {name: validation score}) of the candidate whose RNN reads the validation split best
+  after select_share of the budget (an 'smt_dmt' method: its SMT stage alone), on the first seed."""
+  seed, budget, stage = plan.seeds[0], plan.select_share * plan.budget_s, _stage_key(method)
   jobs = {name: Job(out / 'select' / method.name / name,
-                    with_steps(method_config(config, method, seed, dict(items)),
-                               _steps(budget, cal[f'{method.name}:{name}']), 2))
-          for name, items in plan.drift_grid}
+                    with_steps(method_config(config, method, seed, setting, stage='start'),
+                               _steps(budget, cal[f'{stage}|{name}']), 2))
+          for name, setting in candidates(method, plan)}
   run_jobs(list(jobs.values()), plan.lanes)
-  scores = {name: score(job.workdir, (), plan.num_eval_batches, 'valid')['rnn_only_bits']
-            for name, job in jobs.items()}
-  best = min(scores, key=scores.get)
-  return best, dict(dict(plan.drift_grid)[best]), scores
+  key = f'rnn_only_{plan.select_by}'
+  scores = {name: score(job.workdir, (), plan.num_eval_batches, 'valid')[key] for name, job in jobs.items()}
+  pick = max if plan.select_by == 'accuracy' else min
+  best = pick(scores, key=scores.get)
+  return best, dict(candidates(method, plan))[best], scores
 
 
-def _continues(method: Method, methods) -> Method | None:
-  """The 'smt_dmt' method whose SMT stage a plain 'smt' method continues (same overrides), if any."""
-  if method.kind != 'smt' or method.drift:
+def _continues(method: Method, methods, plan: Plan | None = None) -> Method | None:
+  """The 'smt_dmt' method whose SMT stage a plain 'smt' method continues (same overrides, neither tuned)."""
+  if method.kind != 'smt' or method.drift or method.grid:
     return None
-  return next((m for m in methods if m.kind == 'smt_dmt' and m.overrides == method.overrides), None)
+  return next((m for m in methods if m.kind == 'smt_dmt' and m.overrides == method.overrides
+               and not m.grid), None)
 
 
-def seed_jobs(config, methods, plan: Plan, out: epath.Path, seed: int, drift: dict, cal: dict) -> dict[str, Job]:
-  """Every run of one seed, by method name (an 'smt_dmt' method also has '<name>:start', its SMT stage)."""
+def seed_jobs(config, methods, plan: Plan, out: epath.Path, seed: int, chosen: dict, cal: dict) -> dict[str, Job]:
+  """Every run of one seed, by method name (an 'smt_dmt' method also has '<name>:start', its SMT stage), each
+  with its chosen setting."""
   base, B, share, ev = out / f'seed{seed}', plan.budget_s, plan.dmt_share, plan.evals_per_run
   jobs = {}
   for m in methods:
     if m.kind == 'smt_dmt':
+      setting = chosen.get(m.name, ())
       start = base / f'{m.name}_start'
-      jobs[f'{m.name}:start'] = Job(start, with_steps(method_config(config, m, seed, stage='start'),
+      jobs[f'{m.name}:start'] = Job(start, with_steps(method_config(config, m, seed, setting, stage='start'),
                                                       _steps((1 - share) * B, cal[f'{m.name}:start']), ev))
-      dmt = with_steps(method_config(config, m, seed), _steps(share * B, cal[m.name]), max(2, ev // 4))
+      dmt = with_steps(method_config(config, m, seed, setting), _steps(share * B, cal[m.name]), max(2, ev // 4))
       dmt.init_from = str(start)
       jobs[m.name] = Job(base / m.name, dmt, after=(start,))
   for m in methods:
     if m.kind == 'smt_dmt':
       continue
-    c = with_steps(method_config(config, m, seed, drift.get(m.name)), _steps(B, cal[m.name]), ev)
+    c = with_steps(method_config(config, m, seed, chosen.get(m.name, ())), _steps(B, cal[m.name]), ev)
     parent = _continues(m, methods)
     start = jobs[f'{parent.name}:start'].workdir if parent else None
     jobs[m.name] = Job(base / m.name, c, after=(start,) if start else (), copy_from=start)
@@ -258,16 +290,14 @@ def seed_jobs(config, methods, plan: Plan, out: epath.Path, seed: int, drift: di
 
 def calibration_configs(config, methods, plan: Plan) -> dict:
   """The configs timed before anything trains: each method's run (an 'smt_dmt' method's SMT stage; its DMT is
-  timed from a trained SMT stage) and, for a drift method, each setting of the grid."""
+  timed from a trained SMT stage), and each candidate setting of a tuned method ('<key>|<candidate>')."""
   seed, out = plan.seeds[0], {}
   for m in methods:
-    if m.kind == 'smt_dmt':
-      out[f'{m.name}:start'] = method_config(config, m, seed, stage='start')
-    elif m.drift:
-      for name, items in plan.drift_grid:
-        out[f'{m.name}:{name}'] = method_config(config, m, seed, dict(items))
-    elif _continues(m, methods) is None:  # one that continues an SMT stage runs at that stage's step time
-      out[m.name] = method_config(config, m, seed)
+    key = _stage_key(m)
+    for name, setting in candidates(m, plan):
+      out[f'{key}|{name}'] = method_config(config, m, seed, setting, stage='start')
+    if not candidates(m, plan) and _continues(m, methods) is None:  # a continuation runs at its stage's time
+      out[key] = method_config(config, m, seed, stage='start')
   return out
 
 
@@ -342,42 +372,56 @@ def summarize_scores(scores: dict[str, list[dict]], multiples) -> dict:
 
 # ------------------------------------------------------------------------------------------------ a study
 
-def _choose_drifts(config, methods, plan: Plan, out: epath.Path, cal: dict) -> tuple[dict, dict]:
-  drift, selection = {}, {}
+def _choose(config, methods, plan: Plan, out: epath.Path, cal: dict) -> tuple[dict, dict]:
+  """Tunes every method that has candidates: ({method: chosen setting}, {method: the selection's record})."""
+  chosen, selection = {}, {}
   for m in methods:
-    if m.drift:
-      chosen, overrides, scores = select_drift(config, m, plan, out, cal)
-      drift[m.name], cal[m.name] = overrides, cal[f'{m.name}:{chosen}']
-      selection[m.name] = {'chosen': chosen, 'scores': scores,
-                           'settings': {n: dict(v) for n, v in plan.drift_grid}}
-  return drift, selection
+    if candidates(m, plan):
+      name, setting, scores = select(config, m, plan, out, cal)
+      chosen[m.name], cal[_stage_key(m)] = setting, cal[f'{_stage_key(m)}|{name}']
+      selection[m.name] = {'chosen': name, 'scores': scores, 'by': plan.select_by,
+                           'settings': {n: dict(v) for n, v in candidates(m, plan)}}
+  return chosen, selection
+
+
+def tune(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict]:
+  """Tunes every method that has candidates on `config` alone: ({method: chosen setting}, {method: record})."""
+  cal = calibrate(calibration_configs(config, [m for m in methods if candidates(m, plan)], plan), out)
+  return _choose(config, methods, plan, out, cal)
+
+
+def fixed(methods, chosen: dict) -> tuple[Method, ...]:
+  """The methods with their chosen settings made part of their overrides (no candidates left to tune)."""
+  return tuple(dataclasses.replace(m, overrides=(*m.overrides, *chosen.get(m.name, ())), grid=(), drift=False)
+               for m in methods)
 
 
 def train_all(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict, dict]:
-  """Calibrates, chooses drift settings, trains every run. Returns (jobs by seed, calibration, selection)."""
+  """Calibrates, tunes the methods with candidates, trains every run. Returns (jobs by seed, calibration,
+  selection)."""
   cal = calibrate(calibration_configs(config, methods, plan), out)
   for m in methods:
     if (parent := _continues(m, methods)) is not None:
       cal[m.name] = cal[f'{parent.name}:start']
-  drift, selection = _choose_drifts(config, methods, plan, out, cal)
+  chosen, selection = _choose(config, methods, plan, out, cal)
   smt_dmt = [m for m in methods if m.kind == 'smt_dmt']
   for m in smt_dmt:  # DMT's step is timed from a trained SMT stage: train the stages first
     cal.setdefault(m.name, 1.0)
-  first = {s: seed_jobs(config, methods, plan, out, s, drift, cal) for s in plan.seeds}
+  first = {s: seed_jobs(config, methods, plan, out, s, chosen, cal) for s in plan.seeds}
   run_jobs([j for jobs in first.values() for k, j in jobs.items() if k.endswith(':start')], plan.lanes)
   for m in smt_dmt:
-    c = method_config(config, m, plan.seeds[0])
+    c = method_config(config, m, plan.seeds[0], chosen.get(m.name, ()))
     c.init_from = str(first[plan.seeds[0]][f'{m.name}:start'].workdir)
     cal.pop(m.name, None)
     cal.update(calibrate({m.name: c}, out))
-  jobs = {s: seed_jobs(config, methods, plan, out, s, drift, cal) for s in plan.seeds}
+  jobs = {s: seed_jobs(config, methods, plan, out, s, chosen, cal) for s in plan.seeds}
   run_jobs([j for per_seed in jobs.values() for j in per_seed.values()], plan.lanes)
   return jobs, cal, selection
 
 
 def run_study(config, methods: tuple[Method, ...], plan: Plan, out, teacher_of: str | None = None) -> dict:
   """Trains every method for every seed at equal wall clock and scores it; returns the summary (scores with
-  means and 95% intervals, learning curves, calibration, drift choices, runs). `teacher_of`: the 'smt' or
+  means and 95% intervals, learning curves, calibration, tuning choices, runs). `teacher_of`: the 'smt' or
   'smt_dmt' method whose teacher is the 'teacher' column (default: the first SMT method)."""
   out = workdir_lib.as_path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -399,7 +443,7 @@ def run_study(config, methods: tuple[Method, ...], plan: Plan, out, teacher_of: 
                         'parameters': parameters(first[m.name].config)} for m in methods}
   return {'seq_len': config.data.seq_len, 'budget_s': plan.budget_s, 'seeds': list(plan.seeds),
           'dmt_share': plan.dmt_share, 'select_share': plan.select_share, 'test_multiples': list(plan.test_multiples),
-          'methods': {m.name: m.label for m in methods}, 'calibration_s_per_step': cal, 'drift_selection': selection,
+          'methods': {m.name: m.label for m in methods}, 'calibration_s_per_step': cal, 'selection': selection,
           'results': summarize_scores(scores, plan.test_multiples), 'curves': curves, 'runs': runs_info,
           'workdirs': {m.name: str(first[m.name].workdir) for m in methods}, 'study_seconds': time.perf_counter() - t0}
 

@@ -1,0 +1,127 @@
+"""The teacher's ceiling: where SMT's RNN stays under its Transformer teacher, which knob closes the gap and at
+what cost.
+
+For one task config, every value of every knob is an SMT run of the config's steps (3 seeds by default),
+scored on the held-out test split by the teacher (the decoder from the encoder's prefix memory) and by the
+RNN reading whole sequences from its initial memory; its cost is its step time on one core (calibrated). The
+steps knob comes from the base config's own learning curve. Knobs (config overrides): the memory's number of
+tokens K and their width (d_model), the dynamics loss's weight coef_dyn, and the number of steps.
+Writes `ceiling_<task>.{json,md,png}`: teacher and RNN accuracy, their gap, and seconds per step per value.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from etils import epath
+from matplotlib.figure import Figure
+
+from smtjax import plotting
+from smtjax import workdir as workdir_lib
+from smtjax.studies import stats, wallclock
+from smtjax.studies.wallclock import Job
+
+KNOBS = {
+    'memory tokens K': tuple((f'K={k}', (('model.num_mem_tokens', k),)) for k in (1, 2, 4, 8)),
+    'memory width d': tuple((f'd={d}', (('model.d_model', d), ('model.num_heads', max(1, d // 16))))
+                            for d in (16, 32, 64)),
+    'coef_dyn': tuple((f'{w:g}', (('smt.coef_dyn', w),)) for w in (0.03, 0.1, 0.3, 1.0)),
+}
+
+
+def _config(config, overrides, seed: int, evals: int):
+  c = wallclock.method_config(config, wallclock.Method('smt', 'SMT', 'smt', tuple(overrides)), seed)
+  return wallclock.with_steps(c, config.num_steps, evals)
+
+
+def run_ceiling(config, out, seeds=(0, 1, 2), knobs: dict | None = None, lanes: int = 2, evals: int = 8,
+                num_eval_batches: int = 8, name: str = '') -> dict:
+  """Trains and scores every knob value for every seed (module docstring); returns and writes the summary."""
+  name, knobs = name or config.data.name, knobs or KNOBS
+  out = workdir_lib.as_path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  values = {(knob, label): overrides for knob, vals in knobs.items() for label, overrides in vals}
+  cal = wallclock.calibrate({f'{k}|{lab}': _config(config, ov, seeds[0], evals) for (k, lab), ov in values.items()},
+                            out)
+  jobs = {(k, lab, s): Job(out / _slug(k) / lab / f'seed{s}', _config(config, ov, s, evals))
+          for (k, lab), ov in values.items() for s in seeds}
+  wallclock.run_jobs(list(jobs.values()), lanes)
+  rows = {}
+  for (k, lab), _ in values.items():
+    scores = [wallclock.score(jobs[k, lab, s].workdir, (), num_eval_batches) for s in seeds]
+    teacher = stats.mean_ci([r['teacher_accuracy'] for r in scores])
+    rnn = stats.mean_ci([r['rnn_only_accuracy'] for r in scores])
+    gap = stats.mean_ci([r['teacher_accuracy'] - r['rnn_only_accuracy'] for r in scores])
+    rows.setdefault(k, []).append({'value': lab, 'teacher': teacher, 'rnn': rnn, 'gap': gap,
+                                   'seconds_per_step': cal[f'{k}|{lab}']})
+  summary = {'task': name, 'steps': config.num_steps, 'seeds': list(seeds), 'knobs': rows,
+             'steps_curve': _steps_curve(config, jobs, knobs, seeds)}
+  workdir_lib.write_text(out / f'ceiling_{name}.json', json.dumps(wallclock.finite(summary), indent=2))
+  write_table(summary, out / f'ceiling_{name}.md')
+  figure(summary, out / f'ceiling_{name}.png')
+  return summary
+
+
+def _slug(knob: str) -> str:
+  return knob.replace(' ', '_')
+
+
+def _steps_curve(config, jobs, knobs, seeds) -> list[dict]:
+  """Teacher and RNN held-out accuracy against steps, from the runs of the knob value equal to the base config
+  (the first knob's value matching config.model.num_mem_tokens), mean over seeds."""
+  k = next(iter(knobs))
+  lab = next((lab for lab, ov in knobs[k] if dict(ov).get('model.num_mem_tokens') == config.model.num_mem_tokens),
+             knobs[k][0][0])
+  curves = [wallclock.curve(jobs[k, lab, s].workdir, 1.0) for s in seeds]
+  n = min(len(c['seconds']) for c in curves)
+  return [{'step': int(curves[0]['seconds'][i]),
+           'teacher': float(np.mean([c['teacher_accuracy'][i] for c in curves])),
+           'rnn': float(np.mean([c['rnn_only_accuracy'][i] for c in curves]))} for i in range(n)]
+
+
+def write_table(summary: dict, path) -> str:
+  lines = [f'# {summary["task"]}: the teacher\'s ceiling', '',
+           f'SMT runs of {summary["steps"]} steps; held-out accuracy of the teacher (decoder from the prefix memory) '
+           f'and of the RNN reading whole sequences from its initial memory; seeds '
+           f'{", ".join(map(str, summary["seeds"]))}: mean ± 95% t-interval; cost: seconds per step on one CPU core.']
+  for knob, rows in summary['knobs'].items():
+    lines += ['', f'## {knob}', '', '| value | teacher | RNN | gap (teacher - RNN) | s/step |', '|---|---|---|---|---|']
+    for r in rows:
+      lines.append(f'| {r["value"]} | {stats.fmt(r["teacher"]["mean"], r["teacher"]["ci"])} | '
+                   f'{stats.fmt(r["rnn"]["mean"], r["rnn"]["ci"])} | {stats.fmt(r["gap"]["mean"], r["gap"]["ci"])} | '
+                   f'{r["seconds_per_step"]:.4f} |')
+  lines += ['', '## steps (the base config\'s learning curve, mean over seeds)', '', '| step | teacher | RNN | gap |',
+            '|---|---|---|---|']
+  lines += [f'| {p["step"]} | {p["teacher"]:.3f} | {p["rnn"]:.3f} | {p["teacher"] - p["rnn"]:.3f} |'
+            for p in summary['steps_curve']]
+  text = '\n'.join(lines) + '\n'
+  workdir_lib.write_text(path, text)
+  return text
+
+
+def figure(summary: dict, path) -> epath.Path:
+  """Teacher and RNN accuracy against each knob's values (one panel per knob, and one for steps)."""
+  panels = list(summary['knobs'].items())
+  fig = Figure(figsize=(4.5 * (len(panels) + 1), 3.8), dpi=100)
+  axes = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
+  for ax, (knob, rows) in zip(axes, panels):
+    x = np.arange(len(rows))
+    for key, style in (('teacher', '--'), ('rnn', '-')):
+      ys = [r[key]['mean'] for r in rows]
+      ax.errorbar(x, ys, yerr=plotting.clipped_error_bars(ys, [r[key]['ci'] for r in rows], 0.0, 1.0),
+                  linestyle=style, marker='o', capsize=3, label='teacher' if key == 'teacher' else 'RNN')
+    ax.set_xticks(x)
+    ax.set_xticklabels([r['value'] for r in rows])
+    ax.set_title(knob)
+    ax.set_ylabel('held-out accuracy')
+    ax.grid(alpha=0.3)
+  steps = summary['steps_curve']
+  axes[-1].plot([p['step'] for p in steps], [p['teacher'] for p in steps], '--', marker='.', label='teacher')
+  axes[-1].plot([p['step'] for p in steps], [p['rnn'] for p in steps], '-', marker='.', label='RNN')
+  axes[-1].set_title('steps')
+  axes[-1].set_xlabel('training step')
+  axes[-1].grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f'{summary["task"]}: teacher and RNN against memory, dynamics weight and steps')
+  return plotting.save_figure(fig, path)
