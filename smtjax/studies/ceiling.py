@@ -43,7 +43,7 @@ def run_ceiling(config, out, seeds=(0, 1, 2), knobs: dict | None = None, lanes: 
   out.mkdir(parents=True, exist_ok=True)
   values = {(knob, label): overrides for knob, vals in knobs.items() for label, overrides in vals}
   cal = wallclock.calibrate({f'{k}|{lab}': _config(config, ov, seeds[0], evals) for (k, lab), ov in values.items()},
-                            out)
+                            out, lanes=lanes)
   jobs = {(k, lab, s): Job(out / _slug(k) / lab / f'seed{s}', _config(config, ov, s, evals))
           for (k, lab), ov in values.items() for s in seeds}
   wallclock.run_jobs(list(jobs.values()), lanes)

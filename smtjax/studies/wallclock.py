@@ -11,11 +11,12 @@ and `overrides` (config fields, e.g. model.cell='gru', bptt.parallel_scan=True) 
 candidate settings (`grid`, or with `drift` the plan's drift-robust grid) is tuned first: each candidate
 trains for `select_share` of the budget on the first seed, and the one that scores best on the validation
 split (`select_by`: lowest bits per token, or highest accuracy) is the method's setting. Equal wall clock
-is enforced through step counts: every method's training step is first timed on one core (a short run of
-`experiments.run`, compilation excluded; `calibration.json`), and each run gets budget / (seconds per step)
-steps. Runs then train in `lanes` parallel processes, each pinned to its own core with single-threaded XLA, so
-their step times stay those measured. A kind-'smt' method without drift whose overrides match an 'smt_dmt'
-method's continues that method's SMT stage (one run serves both). Every run is scored on the held-out test
+is enforced through step counts: every method's training step is first timed on one core (short runs of
+`experiments.run`, compilation excluded, `lanes` at a time as the study's runs will train; `calibration.json`),
+and each run gets budget / (seconds per step) steps. Runs then train in `lanes` parallel processes, each pinned
+to its own core with single-threaded XLA, so their step times stay those measured. A kind-'smt' method without
+candidates whose overrides match an untuned 'smt_dmt' method's continues that method's SMT stage (one run
+serves both). Every run is scored on the held-out test
 split by the RNN reading whole sequences from its initial memory (and an SMT run's teacher from its prefix
 memories), at the training length and at each `test_multiples` times it, overall and per position.
 """
@@ -208,11 +209,13 @@ def run_jobs(jobs: list[Job], lanes: int) -> None:
         finished.add(str(job.workdir))
 
 
-def calibrate(configs: dict, out: epath.Path, steps: int = 14) -> dict[str, float]:
+def calibrate(configs: dict, out: epath.Path, steps: int = 14, lanes: int = 2) -> dict[str, float]:
   """Seconds per training step of each config on one core (median over logged steps 5..steps, compilation
-  excluded), from short runs one at a time; cached in out/calibration.json."""
+  excluded), from short runs `lanes` at a time, each pinned to its own core as the study's runs will be;
+  cached in out/calibration.json."""
   path = out / 'calibration.json'
   known = json.loads(path.read_text()) if path.exists() else {}
+  jobs = {}
   for name, c in configs.items():
     if name in known:
       continue
@@ -222,10 +225,12 @@ def calibrate(configs: dict, out: epath.Path, steps: int = 14) -> dict[str, floa
     cal = c.copy_and_resolve_references()
     cal.num_steps, cal.log_every, cal.eval_every, cal.checkpoint_every = steps, 1, steps, steps
     cal.num_eval_batches = 1
-    run_jobs([Job(wd, cal)], lanes=min(2, os.cpu_count() or 1))
-    rates = [r['steps_per_s'] for r in read_metrics(wd) if r['step'] > 4 and 'steps_per_s' in r]
+    jobs[name] = Job(wd, cal)
+  run_jobs(list(jobs.values()), lanes=min(lanes, os.cpu_count() or 1))
+  for name, job in jobs.items():
+    rates = [r['steps_per_s'] for r in read_metrics(job.workdir) if r['step'] > 4 and 'steps_per_s' in r]
     known[name] = 1.0 / statistics.median(rates)
-    workdir_lib.write_text(path, json.dumps(known, indent=2, sort_keys=True))
+  workdir_lib.write_text(path, json.dumps(known, indent=2, sort_keys=True))
   return known
 
 
@@ -386,7 +391,8 @@ def _choose(config, methods, plan: Plan, out: epath.Path, cal: dict) -> tuple[di
 
 def tune(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict]:
   """Tunes every method that has candidates on `config` alone: ({method: chosen setting}, {method: record})."""
-  cal = calibrate(calibration_configs(config, [m for m in methods if candidates(m, plan)], plan), out)
+  tuned = [m for m in methods if candidates(m, plan)]
+  cal = calibrate(calibration_configs(config, tuned, plan), out, lanes=plan.lanes)
   return _choose(config, methods, plan, out, cal)
 
 
@@ -399,7 +405,7 @@ def fixed(methods, chosen: dict) -> tuple[Method, ...]:
 def train_all(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict, dict]:
   """Calibrates, tunes the methods with candidates, trains every run. Returns (jobs by seed, calibration,
   selection)."""
-  cal = calibrate(calibration_configs(config, methods, plan), out)
+  cal = calibrate(calibration_configs(config, methods, plan), out, lanes=plan.lanes)
   for m in methods:
     if (parent := _continues(m, methods)) is not None:
       cal[m.name] = cal[f'{parent.name}:start']
@@ -413,7 +419,7 @@ def train_all(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict,
     c = method_config(config, m, plan.seeds[0], chosen.get(m.name, ()))
     c.init_from = str(first[plan.seeds[0]][f'{m.name}:start'].workdir)
     cal.pop(m.name, None)
-    cal.update(calibrate({m.name: c}, out))
+    cal.update(calibrate({m.name: c}, out, lanes=plan.lanes))
   jobs = {s: seed_jobs(config, methods, plan, out, s, chosen, cal) for s in plan.seeds}
   run_jobs([j for per_seed in jobs.values() for j in per_seed.values()], plan.lanes)
   return jobs, cal, selection
