@@ -210,14 +210,13 @@ class _Run:
     self.writer = self.bar = self.signals = None
 
   def train(self) -> dict[str, float]:
-    start, state = self._restore_or_init()
-    workdir_lib.save_config(self.config, self.workdir, jax.process_index())
-    self.writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, resume_step=start,
-                               flush_every_s=float(self.config.metrics_flush_secs))
-    self.bar = _progress(self.config, start)
-    self.signals = StopSignals(agree_every=self.config.log_every).install()
-    stopped = None
     try:
+      start, state = self._restore_or_init()
+      workdir_lib.save_config(self.config, self.workdir, jax.process_index())
+      self.writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, resume_step=start,
+                                 flush_every_s=float(self.config.metrics_flush_secs))
+      self.bar = _progress(self.config, start)
+      self.signals = StopSignals(agree_every=self.config.log_every).install()
       stopped = self._loop(start, state)
     except BaseException:
       self._close(error=True)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from smtjax import config as config_lib
 from smtjax import inference, plotting, runs
 from smtjax import workdir as workdir_lib
 from smtjax.data import visualize
@@ -50,7 +51,7 @@ def run_study(config, plan: Plan, out, name: str = '') -> dict:
   summary = wallclock.run_study(config, METHODS, plan, out, teacher_of='smt')
   summary['name'] = name
   summary['runs']['teacher'] = dict(summary['runs']['smt'], parameters=wallclock.parameters(
-      runs.load_run(summary['workdirs']['smt'])[0], ('encoder', 'decoder')))
+      config_lib.load_saved(summary['workdirs']['smt']), ('encoder', 'decoder')))
   write_table(summary, out / f'realdata_{name}.md')
   curves = {col: [{'seconds': c['seconds'], 'rnn_only_bits': c['rnn_only_bits']} for c in summary['curves'][col]]
             for col in COLUMNS}
