@@ -12,12 +12,16 @@ from tests.conftest import ROOT, tiny_config
 
 
 def test_crossover_length():
-  run = lambda smt, dmt, bptt: {'results': {'smt': {'accuracy': {'mean': smt}}, 'smt_dmt': {'accuracy': {'mean': dmt}},
-                                            'bptt': {'accuracy': {'mean': bptt}}}}
-  runs = {'8': run(0.2, 0.3, 0.9), '16': run(0.8, 0.2, 0.5), '32': run(0.1, 0.7, 0.6), '64': run(0.9, 0.1, 0.2)}
+  """A win is a per-seed accuracy difference whose 95% interval lies above zero: noise at chance is none."""
+  def run(smt, dmt, bptt):
+    return {'results': {k: {'accuracy': {'mean': sum(v) / len(v), 'per_seed': v}}
+                        for k, v in (('smt', smt), ('smt_dmt', dmt), ('bptt', bptt))}}
+  hi, lo = [0.9, 0.92, 0.88], [0.2, 0.25, 0.15]
+  runs = {'8': run(lo, lo, hi), '16': run(hi, lo, lo), '32': run(lo, hi, [0.5, 0.6, 0.55]), '64': run(hi, lo, lo)}
   assert crossover.crossover_length(runs, [8, 16, 32, 64]) == 16
-  runs['64'] = run(0.1, 0.1, 0.2)
+  runs['64'] = run([0.121, 0.145, 0.098], [0.117, 0.105, 0.141], [0.113, 0.105, 0.137])  # all at chance
   assert crossover.crossover_length(runs, [8, 16, 32, 64]) is None
+  assert crossover.beats(run([0.5], lo[:1], [0.4]), 'smt')  # one seed: the higher accuracy
 
 
 def test_every_method_has_its_candidates():
@@ -74,3 +78,29 @@ def test_compare_budget_mode_checks_its_config_first(tmp_path):
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0 and 'parallel' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / 'retrieval').exists()
+
+
+def test_calibration_times_a_learning_rate_grid_once(tmp_path, monkeypatch):
+  """Candidates that differ only in learning rate (or seed) compile to the same step: one timing run serves
+  them; a different cell is timed on its own."""
+  c = tiny_config()
+  configs = {}
+  for name, lr, cell in (('t_lr1', 1e-3, 'transformer'), ('t_lr3', 3e-3, 'transformer'), ('gru', 1e-3, 'gru')):
+    configs[name] = c.copy_and_resolve_references()
+    configs[name].optim.lr, configs[name].model.cell = lr, cell
+  trained = []
+
+  def fake_run_jobs(jobs, lanes):
+    for i, job in enumerate(jobs):
+      trained.append(job.workdir.name)
+      job.workdir.mkdir(parents=True)
+      rate = 10.0 * (i + 1)
+      (job.workdir / 'metrics.jsonl').write_text(
+          ''.join(json.dumps({'step': s, 'steps_per_s': rate}) + '\n' for s in range(1, job.config.num_steps + 1)))
+
+  monkeypatch.setattr(wallclock, 'run_jobs', fake_run_jobs)
+  cal = wallclock.calibrate(configs, tmp_path)
+  assert trained == ['t_lr1', 'gru']
+  assert cal == {'t_lr1': 0.1, 't_lr3': 0.1, 'gru': 0.05}
+  assert json.loads((tmp_path / 'calibration.json').read_text()) == cal
+  assert wallclock.calibrate({'t_lr3': configs['t_lr3']}, tmp_path) == cal and trained == ['t_lr1', 'gru']

@@ -10,13 +10,15 @@ middle length), on the validation split, and keeps its choice at every length:
 - BPTT: its learning rate and its cell (the Transformer updater or a GRU of the same memory).
 
 Writes, in `out`: `crossover.{json,md}` (accuracy against T per task, the chosen settings, and the crossover:
-the shortest T from which on SMT or SMT->DMT beats tuned BPTT at every longer T, or "none up to T=max") and
+the shortest T from which on SMT or SMT->DMT beats tuned BPTT at every longer T, a win being a per-seed
+accuracy difference whose 95% interval lies above zero, or "none up to T=max") and
 `crossover_<task>.png` (accuracy against T with 95% intervals).
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from etils import epath
 from matplotlib.figure import Figure
@@ -73,9 +75,18 @@ def _acc(run: dict, col: str) -> float:
   return run['results'][col]['accuracy']['mean']
 
 
+def beats(run: dict, col: str, other: str = 'bptt') -> bool:
+  """`col` is more accurate than `other`: the 95% t-interval of their per-seed accuracy differences (seeds
+  paired) lies above zero; with one seed, a higher accuracy. Methods that all sit at chance do not beat each
+  other by noise."""
+  a, b = (run['results'][c]['accuracy']['per_seed'] for c in (col, other))
+  d = stats.mean_ci([x - y for x, y in zip(a, b, strict=True)])
+  return d['mean'] > (d['ci'] if math.isfinite(d['ci']) else 0.0)
+
+
 def crossover_length(runs: dict, lengths) -> int | None:
-  """The shortest T from which on SMT or SMT->DMT has a higher mean accuracy than BPTT at every T >= it."""
-  wins = [max(_acc(runs[str(L)], 'smt'), _acc(runs[str(L)], 'smt_dmt')) > _acc(runs[str(L)], 'bptt') for L in lengths]
+  """The shortest T from which on SMT or SMT->DMT beats BPTT (`beats`) at every T >= it."""
+  wins = [beats(runs[str(L)], 'smt') or beats(runs[str(L)], 'smt_dmt') for L in lengths]
   for i in range(len(lengths)):
     if all(wins[i:]):
       return lengths[i]
@@ -90,7 +101,9 @@ def write_table(result: dict, path) -> str:
     lines += [f'## {task}', '', f'Held-out accuracy of the RNN reading whole sequences from its initial memory; '
               f'{first["budget_s"]:.0f} s of one CPU core per run; seeds {", ".join(map(str, first["seeds"]))}: '
               'mean ± 95% t-interval. Crossover: '
-              + (f'T = {r["crossover"]}.' if r['crossover'] else f'none up to T = {r["lengths"][-1]}.'), '',
+              + (f'T = {r["crossover"]}' if r['crossover'] else f'none up to T = {r["lengths"][-1]}')
+              + ' (the shortest T from which on SMT or SMT→DMT beats BPTT at every length: per-seed accuracy '
+              'differences with a 95% interval above zero).', '',
               '| T | ' + ' | '.join(NAMES.get(c, c) for c in cols) + ' | steps SMT / DMT / BPTT |',
               '|---|' + '---|' * len(cols) + '---|']
     for L in r['lengths']:

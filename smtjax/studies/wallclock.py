@@ -209,27 +209,37 @@ def run_jobs(jobs: list[Job], lanes: int) -> None:
         finished.add(str(job.workdir))
 
 
+def timing_key(config) -> str:
+  """Configs with equal keys compile to the same training step: the learning rate and the seed change values
+  in it, not its cost, so a grid over learning rates is timed once."""
+  c = config.copy_and_resolve_references()
+  c.optim.lr, c.seed = 0.0, 0
+  return c.to_json(sort_keys=True)
+
+
 def calibrate(configs: dict, out: epath.Path, steps: int = 14, lanes: int = 2) -> dict[str, float]:
   """Seconds per training step of each config on one core (median over logged steps 5..steps, compilation
-  excluded), from short runs `lanes` at a time, each pinned to its own core as the study's runs will be;
-  cached in out/calibration.json."""
+  excluded), from short runs `lanes` at a time, each pinned to its own core as the study's runs will be; one
+  run per `timing_key`; cached in out/calibration.json."""
   path = out / 'calibration.json'
   known = json.loads(path.read_text()) if path.exists() else {}
-  jobs = {}
+  shared: dict[str, list[str]] = {}  # timing key -> the names it times; the first name's run times them all
   for name, c in configs.items():
-    if name in known:
-      continue
+    if name not in known:
+      shared.setdefault(timing_key(c), []).append(name)
+  jobs = {}
+  for key, (name, *_) in shared.items():
     wd = out / 'calibration' / name
     if wd.exists():
       wd.rmtree()
-    cal = c.copy_and_resolve_references()
+    cal = configs[name].copy_and_resolve_references()
     cal.num_steps, cal.log_every, cal.eval_every, cal.checkpoint_every = steps, 1, steps, steps
     cal.num_eval_batches = 1
-    jobs[name] = Job(wd, cal)
+    jobs[key] = Job(wd, cal)
   run_jobs(list(jobs.values()), lanes=min(lanes, os.cpu_count() or 1))
-  for name, job in jobs.items():
-    rates = [r['steps_per_s'] for r in read_metrics(job.workdir) if r['step'] > 4 and 'steps_per_s' in r]
-    known[name] = 1.0 / statistics.median(rates)
+  for key, names in shared.items():
+    rates = [r['steps_per_s'] for r in read_metrics(jobs[key].workdir) if r['step'] > 4 and 'steps_per_s' in r]
+    known.update(dict.fromkeys(names, 1.0 / statistics.median(rates)))
   workdir_lib.write_text(path, json.dumps(known, indent=2, sort_keys=True))
   return known
 
