@@ -18,22 +18,14 @@ def _base(T: int):
   return c
 
 
-def _small():
-  c = variants.small(_base(12))
-  c.smt.num_decoder_samples = 0
-  return c
-
-
 def _mem(width: int):
   c = variants.synthetic('copy', 6, vocab_size=3, num_symbols=2, length=3, reverse=True)
-  c = variants.narrow_memory(variants.small(c), width)
-  c.smt.num_decoder_samples = 0
-  return c
+  return variants.narrow_memory(variants.small(c), width)
 
 
 SIZES = {
     '': lambda: _base(32),
-    'small': _small,
+    'small': lambda: variants.small(_base(12)),
     'gpu': lambda: variants.gpu(_base(128)),
     'mem2d': lambda: _mem(2),
     'mem3d': lambda: _mem(3),

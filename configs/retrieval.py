@@ -15,26 +15,18 @@ def _base(T: int, **options):
   return variants.synthetic('retrieval', T, vocab_size=10, num_symbols=8, noise=0.0, **options)
 
 
-def _small():
-  c = variants.small(_base(12))
-  c.smt.num_decoder_samples = 0  # decode every memory: retrieval has one target per sequence
-  return c
-
-
 def _mem(width: int):
-  c = variants.narrow_memory(variants.small(variants.synthetic('retrieval', 12, vocab_size=6, num_symbols=4,
-                                                                noise=0.0)), width)
-  c.smt.num_decoder_samples = 0
-  return c
+  c = variants.synthetic('retrieval', 12, vocab_size=6, num_symbols=4, noise=0.0)
+  return variants.narrow_memory(variants.small(c), width)
 
 
 SIZES = {
     '': lambda: _base(64),
-    'small': _small,
+    'small': lambda: variants.small(_base(12)),
     'gpu': lambda: variants.gpu(variants.synthetic('retrieval', 512, vocab_size=10, num_symbols=8, noise=0.3)),
     'mem2d': lambda: _mem(2),
     'mem3d': lambda: _mem(3),
-    'small_dmt': lambda: variants.dmt(_small(), context=2, rollout=10, every=5, lr=1e-3, batch_size=32,
+    'small_dmt': lambda: variants.dmt(variants.small(_base(12)), context=2, rollout=10, every=5, lr=1e-3, batch_size=32,
                                       num_steps=200),
 }
 

@@ -9,6 +9,7 @@ and the compiled program's memory.
   python -m experiments.bench --memory_table            # peak memory of parallel SMT, T = 256 .. 8192
   python -m experiments.bench --roofline=h200           # the lowest possible step time of each preset
   python -m experiments.bench --preset=gpu_check        # one table for a short GPU lease (<= 8 minutes)
+  python -m experiments.bench --length_table            # step time against T: SMT, window SMT, BPTT
 
 Prints step time, sequences/s, tokens/s, memory transitions trained per second (window mode: one per
 sequence; parallel mode: num_transitions, or T, per sequence), FLOPs per step (XLA's cost analysis; scans
@@ -57,11 +58,19 @@ flags.DEFINE_enum('preset_scale', 'paper', ['paper', 'tiny'], 'tiny: a preset or
                   'CPU test size.')
 flags.DEFINE_bool('memory_table', False, 'Peak compiled memory of the parallel-SMT train step over --lengths '
                   '(compiles only, runs nothing).')
-flags.DEFINE_list('lengths', ['256', '512', '1024', '2048', '4096', '8192'], '--memory_table: sequence lengths.')
+flags.DEFINE_list('lengths', ['256', '512', '1024', '2048', '4096', '8192'], '--memory_table and --length_table '
+                  '(default there: 64,256,1024,4096): sequence lengths.')
 flags.DEFINE_integer('batch', 8, '--memory_table: batch size.')
 flags.DEFINE_integer('prefix_chunk', 32, '--memory_table: model.prefix_chunk of the chunked column.')
 flags.DEFINE_integer('dense_up_to', 2048, '--memory_table: also compile the unchunked step up to this T.')
 flags.DEFINE_bool('remat', True, '--memory_table: model.remat.')
+flags.DEFINE_bool('length_table', False, 'Step time against T (--lengths) of parallel SMT, window SMT and BPTT at '
+                  'the retrieval small size and the real-data cpu size (--sizes).')
+flags.DEFINE_list('sizes', ['retrieval', 'cpu'], '--length_table: retrieval (configs/retrieval.py:small) and/or cpu '
+                  '(configs/tinystories.py:cpu).')
+flags.DEFINE_float('max_gib', 16.0, '--length_table: a step whose compiled program needs more memory is not run.')
+flags.DEFINE_float('cell_seconds', 20.0, '--length_table: timing budget per step and length (at least 2 steps).')
+flags.DEFINE_integer('band', 64, '--length_table: model.attn_window of the windowed-encoder column.')
 
 # Published wall-clock figures (method.md §8): s/iter on one H200.
 PUBLISHED = {'paper_smt': (9 * 3600 / 150_000, 'SMT: 150k iterations in ~9 h on one H200'),
@@ -112,9 +121,7 @@ def preset_configs(name: str, scale: str = 'paper') -> dict:
       c.model.remat = True
       c.model.encoder_attention = 'causal'
       c.model.prefix_chunk = 64
-      c.smt.mode = 'parallel'
-      c.smt.num_transitions = 0
-      c.smt.num_decoder_samples = 4
+      c.smt.mode = 'parallel'  # the default sampling: num_transitions, num_decoder_samples
       if tiny:
         c = _tiny(c)
         c.smt.future = 8
@@ -135,9 +142,7 @@ def memory_table_config(T: int, batch: int, chunk: int, remat: bool, scale: str 
   c.model.prefix_chunk = chunk
   c.model.remat = remat
   c.smt.mode = 'parallel'
-  c.smt.future = 64
-  c.smt.num_transitions = min(T, 256)
-  c.smt.num_decoder_samples = 4
+  c.smt.future = 64  # and the default sampling: num_transitions, num_decoder_samples
   if scale == 'tiny':
     c = _tiny(c)
     c.batch_size = batch
@@ -165,19 +170,27 @@ def _batches(config, trainer, synthetic: bool, n: int):
   return [shard_lib.global_batch(b, trainer.batch_sharding) for b in local]
 
 
-def time_train_step(config, steps: int, repeats: int, synthetic: bool = False) -> dict:
-  """Compiles the config's train step (ahead of time), then times `repeats` x `steps` calls."""
+def time_train_step(config, steps: int, repeats: int, synthetic: bool = False, max_gib: float | None = None,
+                    max_seconds: float | None = None) -> dict:
+  """Compiles the config's train step (ahead of time), then times `repeats` x `steps` calls. With `max_gib`, a
+  step whose compiled program needs more memory is not run ({'peak_gb', 'skipped'}); with `max_seconds`, fewer
+  steps per repeat where the first call shows that they would take longer."""
   trainer = Trainer.create(config)
   batches = _batches(config, trainer, synthetic, min(steps, 4))
-  state = trainer.init_state(jax.random.PRNGKey(config.seed))
   rng = jax.random.PRNGKey(0)
   t0 = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batches[0], rng).compile()
+  compiled = trainer.train_step.lower(trainer.abstract_state, batches[0], rng).compile()
   compile_s = time.perf_counter() - t0
-  flops = perf.step_flops(trainer.train_step, state, batches[0], rng, compiled=compiled)
   mem = perf.memory(compiled)
+  if max_gib is not None and mem['peak'] / 2**30 > max_gib:
+    return dict(peak_gb=mem['peak'] / 2**30, skipped=True, compile_s=compile_s)
+  flops = perf.step_flops(trainer.train_step, trainer.abstract_state, batches[0], rng, compiled=compiled)
+  state = trainer.init_state(jax.random.PRNGKey(config.seed))
+  t0 = time.perf_counter()
   state, m = compiled(state, batches[0], rng)  # warm-up
   jax.block_until_ready(m)
+  if max_seconds is not None:
+    steps = max(1, min(steps, int(max_seconds / repeats / max(time.perf_counter() - t0, 1e-6))))
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -191,12 +204,13 @@ def time_train_step(config, steps: int, repeats: int, synthetic: bool = False) -
   if config.method != 'smt':
     per_seq = config.dmt.rollout if config.method == 'dmt' else T
   else:
-    per_seq = 1 if s.mode == 'window' else (s.num_transitions or T)
+    starts = T + 1 - s.rollout_steps  # rollout starts per sequence: all of them, or num_transitions sampled
+    per_seq = 1 if s.mode == 'window' else (min(s.num_transitions, starts) or starts)
   # XLA's count of a sharded program is one device's share; the jaxpr count is the whole step.
   total_flops = max(flops['xla'] * jax.device_count(), flops['matmul'])
   return dict(mode=s.mode if config.method == 'smt' else config.method, step_ms=1e3 * step,
               min_ms=1e3 * min(times), compile_s=compile_s, seq_per_s=B / step, tok_per_s=B * T / step,
-              transitions_per_s=B * per_seq / step, loss=float(m['loss']), flops=total_flops,
+              transitions_per_s=B * per_seq / step, loss=float(m['loss']), flops=total_flops, skipped=False,
               peak_gb=mem['peak'] / 2**30, **perf.throughput(total_flops, 1 / step, jax.device_count()))
 
 
@@ -240,11 +254,14 @@ def _abstract_batch(config, trainer):
 
 def roofline_table(device: str, scale: str = 'paper') -> list[dict]:
   """Prints, for every preset's train step, its FLOPs and matmul traffic (traced, never compiled or run), the
-  lowest possible step time on `device` and what bounds it, and the MFU of the paper's published step time."""
+  lowest possible step time on `device` and what bounds it, and the MFU of the paper's published step time.
+  Where a scan re-reads the same weights at every step (DMT's and BPTT's rolled cell), a cache could keep them:
+  the memory time is then an estimate between the two columns, and so is a memory-bound floor."""
   print(f'roofline on {perf.ROOFLINE_DEVICES[device][0]}: floor = max(FLOPs / peak, matmul bytes / bandwidth); '
-        'unfused: every operation\'s bytes at full bandwidth (an upper estimate of the memory time)')
-  print(f'{"step":>16} | {"TFLOP":>7} | {"matmul GB":>9} | {"compute ms":>10} | {"memory ms":>9} | {"floor ms":>8} | '
-        f'{"bound":>7} | {"unfused ms":>10} | published')
+        'weights cached: the memory time if a scan\'s re-read weights stayed in cache (where it differs, the floor '
+        'is an estimate); unfused: every operation\'s bytes at full bandwidth (an upper estimate)')
+  print(f'{"step":>16} | {"TFLOP":>7} | {"matmul GB":>9} | {"compute ms":>10} | {"memory ms":>9} | '
+        f'{"weights cached ms":>17} | {"floor ms":>16} | {"bound":>7} | {"unfused ms":>10} | published')
   rows = []
   for preset in ('paper_smt', 'paper_dmt', 'paper_bptt'):
     for label, c in preset_configs(preset, scale).items():
@@ -252,20 +269,24 @@ def roofline_table(device: str, scale: str = 'paper') -> list[dict]:
       costs = perf.step_costs(trainer.train_step, trainer.abstract_state, _abstract_batch(c, trainer),
                               jax.random.PRNGKey(0))
       r = dict(label=label, **costs, **perf.roofline(costs, device, PUBLISHED.get(preset, (None,))[0]))
+      r['estimate'] = r['bound'] == 'memory' and r['cached_memory_s'] < 0.9 * r['memory_s']
       rows.append(r)
       pub = (f'{r["published_s"]:.3f} s: MFU {100 * r["published_mfu"]:.1f}%, {r["published_over_floor"]:.1f}x the '
              'floor') if 'published_s' in r else '-'
+      low = max(r['compute_s'], r['cached_memory_s'])
+      floor = f'{1e3 * low:.2f}-{1e3 * r["floor_s"]:.2f} (est.)' if r['estimate'] else f'{1e3 * r["floor_s"]:.2f}'
       print(f'{label:>16} | {costs["flops"] / 1e12:7.2f} | {costs["matmul_bytes"] / 1e9:9.2f} | '
-            f'{1e3 * r["compute_s"]:10.2f} | {1e3 * r["memory_s"]:9.2f} | {1e3 * r["floor_s"]:8.2f} | '
-            f'{r["bound"]:>7} | {1e3 * r["unfused_memory_s"]:10.1f} | {pub}', flush=True)
+            f'{1e3 * r["compute_s"]:10.2f} | {1e3 * r["memory_s"]:9.2f} | {1e3 * r["cached_memory_s"]:17.2f} | '
+            f'{floor:>16} | {r["bound"]:>7} | {1e3 * r["unfused_memory_s"]:10.1f} | {pub}', flush=True)
   return rows
 
 
 def memory_table(lengths, batch: int, chunk: int, remat: bool, dense_up_to: int, scale: str = 'paper') -> list[dict]:
   """Lowers and compiles (never runs) the parallel-SMT train step for each T; prints peak memory (GiB)."""
   size = 'published model size (d=256, K=16, depths 8/4/8, bf16)' if scale == 'paper' else 'tiny model'
-  print(f'parallel SMT train step, {size}, batch {batch}, '
-        f'remat {remat}, num_transitions min(T, 256), 4 decoded memories per sequence; '
+  s = memory_table_config(int(lengths[0]), batch, chunk, remat, scale).smt
+  print(f'parallel SMT train step, {size}, batch {batch}, remat {remat}, at most {s.num_transitions} sampled '
+        f'transitions and {s.num_decoder_samples} decoded memories per sequence (the defaults); '
         f'device {jax.devices()[0].device_kind}')
   print(f'{"T":>6} | {"prefix_chunk":>12} | {"temp GiB":>9} | {"args GiB":>9} | {"out GiB":>8} | '
         f'{"peak GiB":>9} | compile s')
@@ -284,6 +305,80 @@ def memory_table(lengths, batch: int, chunk: int, remat: bool, dense_up_to: int,
       print(f'{T:6d} | {c_:12d} | {row["temp"]:9.2f} | {row["argument"]:9.2f} | {row["output"]:8.2f} | '
             f'{row["peak"]:9.2f} | {row["compile_s"]:.0f}', flush=True)
   return rows
+
+
+# ------------------------------------------------------------------------------------ step time against T
+
+LENGTH_COLUMNS = {
+    'smt': 'SMT (parallel, defaults)',
+    'smt_all': 'SMT decoding every memory',
+    'smt_band': 'SMT, encoder window {band}',
+    'window': 'window SMT (published)',
+    'bptt': 'BPTT, same cell',
+    'bptt_gru': 'BPTT, GRU',
+}
+
+
+def length_configs(size: str, T: int, band: int) -> dict:
+  """{column: config} of the step-time table at length T: `size` 'retrieval' (configs/retrieval.py:small resized
+  by studies.compare.at_length: sparse targets, the future to the end of the sequence) or 'cpu'
+  (configs/tinystories.py:cpu at seq_len T)."""
+  from configs import retrieval, tinystories
+  from smtjax.studies import compare
+  if size == 'retrieval':
+    base = compare.at_length(retrieval.get_config('small'), T)
+  elif size == 'cpu':
+    base = tinystories.get_config('cpu')
+    base.data.seq_len = T
+  else:
+    raise ValueError(f'unknown size {size!r}: retrieval or cpu')
+  out = {}
+  for col in LENGTH_COLUMNS:
+    c = base.copy_and_resolve_references()
+    if col == 'smt_all':
+      c.smt.num_decoder_samples = 0
+    elif col == 'smt_band':
+      c.model.attn_window = band
+    elif col == 'window':  # one transition per sequence: Tc + Tf = T, a bidirectional encoder
+      c.smt.mode, c.model.encoder_attention = 'window', 'bidirectional'
+      c.smt.future = min(c.smt.future, T // 4)
+      c.smt.context = T - c.smt.future
+    elif col.startswith('bptt'):
+      c.method = 'bptt'
+      c.model.cell = 'gru' if col == 'bptt_gru' else c.model.cell
+    out[col] = c
+  return out
+
+
+def _time_within(config, max_gib: float, seconds: float) -> dict:
+  """`time_train_step` of random tokens within `max_gib` and about `seconds`, and the step's FLOPs by network."""
+  r = time_train_step(config, steps=10, repeats=2, synthetic=True, max_gib=max_gib, max_seconds=seconds)
+  trainer = Trainer.create(config)
+  r['network_flops'] = perf.network_flops(trainer.train_step, trainer.abstract_state, _abstract_batch(config, trainer),
+                                          jax.random.PRNGKey(0), cell=type(trainer.nets.cell).__name__)
+  return r
+
+
+def length_table(sizes, lengths, band: int, max_gib: float, seconds: float) -> dict:
+  """Step time against T (module docstring), one table per size; prints markdown rows as they come."""
+  results = {}
+  for size in sizes:
+    print(f'\n{size}: {_describe(length_configs(size, int(lengths[0]), band)["smt"])} (T varies); '
+          f'random tokens, compilation excluded; cells over {max_gib:g} GiB compiled are not run', flush=True)
+    header = ['T'] + [LENGTH_COLUMNS[c].format(band=band) + ' ms' for c in LENGTH_COLUMNS] + [
+        'SMT / window transitions per s', 'SMT GFLOP encoder / decoder / cell', 'BPTT GFLOP cell / readout']
+    print('| ' + ' | '.join(header) + ' |\n|' + ' --- |' * len(header), flush=True)
+    for T in (int(t) for t in lengths):
+      row = {col: _time_within(c, max_gib, seconds) for col, c in length_configs(size, T, band).items()}
+      results[(size, T)] = row
+      ms = [('-' + f' ({r["peak_gb"]:.0f} GiB)') if r['skipped'] else f'{r["step_ms"]:.0f}' for r in row.values()]
+      smt, win = row['smt'], row['window']
+      ratio = ('-' if smt['skipped'] or win['skipped'] else
+               f'{smt["transitions_per_s"] / win["transitions_per_s"]:.0f}x')
+      f, b = smt['network_flops'], row['bptt']['network_flops']
+      print(f'| {T} | ' + ' | '.join(ms) + f' | {ratio} | {f["encoder"] / 1e9:.2f} / {f["decoder"] / 1e9:.2f} / '
+            f'{f["cell"] / 1e9:.2f} | {b["cell"] / 1e9:.2f} / {b["decoder"] / 1e9:.2f} |', flush=True)
+  return results
 
 
 def published_run_rate(seconds: float, scale: str = 'paper') -> dict:
@@ -357,6 +452,10 @@ def main(argv):
     return
   if FLAGS.preset == 'gpu_check':
     gpu_check(FLAGS.preset_scale)
+    return
+  if FLAGS.length_table:
+    length_table(FLAGS.sizes, FLAGS.lengths if FLAGS['lengths'].present else [64, 256, 1024, 4096], FLAGS.band,
+                 FLAGS.max_gib, FLAGS.cell_seconds)
     return
   if FLAGS.memory_table:
     memory_table([int(t) for t in FLAGS.lengths], FLAGS.batch, FLAGS.prefix_chunk, FLAGS.remat, FLAGS.dense_up_to,

@@ -121,8 +121,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.dynamics_gradient = 'both'
   c.smt.detach_target = False  # deprecated: True means dynamics_gradient='stop_target'
   c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
-  c.smt.num_transitions = 0  # parallel mode: dynamics pairs sampled per sequence (0 = all T)
-  c.smt.num_decoder_samples = 4  # parallel mode: memories per sequence whose future is decoded (0 = all T+1)
+  # Parallel mode samples, per sequence, the transitions (rollout starts) and the memories whose future is
+  # decoded, by stratified sampling; each loss is an unbiased estimate of its mean over all of them, and the
+  # encoder computes only the memories they read (docs/method.md). 0, or at least as many as there are, = all.
+  c.smt.num_transitions = 256  # at most T+1-rollout_steps starts; 256 keeps every one up to T=256
+  c.smt.num_decoder_samples = 8  # at most T+1 memories
   # Drift-robust SMT (parallel mode; smtjax/smt.py, docs/method.md), all off by default:
   c.smt.rollout_steps = 1  # n: the cell rolls n steps from each teacher memory, matched at every step (1 = one-step)
   c.smt.rollout_detach = False  # detach each rolled step's input memory (one-step gradients on own inputs)
@@ -196,8 +199,8 @@ def default_config() -> ml_collections.ConfigDict:
 def infer_from_data(config, seq_len: int, vocab_size: int) -> ml_collections.ConfigDict:
   """`config` with the fields left to the data filled in: data.seq_len = 0 (T from the file, the arrays
   source) and model.vocab_size = 0 (the data's vocabulary), as configs/arrays.py and configs/tokens.py
-  set them. An inferred T also caps smt.future, smt.context and smt.num_transitions at T. Returns a copy
-  when anything is filled, else `config` itself."""
+  set them. An inferred T also caps smt.future and smt.context at T. Returns a copy when anything is filled,
+  else `config` itself."""
   if config.data.seq_len != 0 and config.model.vocab_size != 0:
     return config
   c = config.copy_and_resolve_references()
@@ -207,8 +210,6 @@ def infer_from_data(config, seq_len: int, vocab_size: int) -> ml_collections.Con
     T = c.data.seq_len = int(seq_len)
     c.smt.future = min(c.smt.future, T)
     c.smt.context = min(c.smt.context, T - 1) if c.smt.mode == 'window' else c.smt.context
-    c.smt.num_transitions = min(c.smt.num_transitions, T)
-    c.smt.num_decoder_samples = min(c.smt.num_decoder_samples, T + 1)
   return c
 
 
@@ -409,9 +410,10 @@ def _validate_smt(config):
     _require(m.encoder_attention == 'causal', 'model.encoder_attention',
              "parallel SMT needs 'causal' (each prefix memory must not see later tokens)")
     _require(s.future <= T, 'smt.future', f'{s.future} is longer than the sequence (data.seq_len={T})')
-    _require(0 <= s.num_transitions <= T, 'smt.num_transitions', f'must be in [0, seq_len={T}]')
-    _require(0 <= s.num_decoder_samples <= T + 1, 'smt.num_decoder_samples',
-             f'must be in [0, seq_len+1={T + 1}] (0 = every memory)')
+    for f in ('num_transitions', 'num_decoder_samples'):
+      v = s[f]
+      _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f'smt.{f}',
+               f'must be an integer >= 0 (0 = all), got {v!r}')
   n = s.rollout_steps
   _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps',
            f'must be an integer in [1, seq_len={T}], got {n!r}')

@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from smtjax.config import ModelConfig
 from smtjax.errors import ConfigError
@@ -126,6 +127,76 @@ def explicit_attention(q, k, v, mask4=None, is_causal: bool = False):
   return jnp.swapaxes(_softmax_attention(qh * scale, kh, vh, bias), 1, 2).astype(q.dtype)
 
 
+def register_attention(q, kt, vt, kr, vr, reads):
+  """Register groups reading a prefix of the token stream and their own registers, in one softmax per
+  query (the registers are always there, so no row is empty): q, kr, vr [B, G, K, H, Dh]; kt, vt [B, T, H, Dh];
+  reads [B, G, T] (which tokens each group may read) -> [B, G, K, H, Dh]. Head-major in float32 with a
+  hand-written backward pass, as `explicit_attention`: its autodiff form costs several times more on CPU."""
+  B, G, K, H, Dh = q.shape
+  scale = 1.0 / jnp.sqrt(jnp.float32(Dh))
+  head_major = lambda a: jnp.moveaxis(a.astype(jnp.float32), -2, 1)  # [B, ..., H, Dh] -> [B, H, ..., Dh]
+  qh = head_major(q).reshape(B, H, G * K, Dh) * scale
+  bias = jnp.where(jnp.repeat(reads, K, axis=1), jnp.float32(0), jnp.float32(NEG_INF))[:, None]  # [B, 1, G*K, T]
+  o = _register_softmax(qh, head_major(kt), head_major(vt), head_major(kr), head_major(vr), bias)
+  return jnp.moveaxis(o.reshape(B, H, G, K, Dh), 1, -2).astype(q.dtype)
+
+
+@jax.custom_vjp
+def _register_softmax(q, kt, vt, kr, vr, bias):
+  """q [B, H, G*K, Dh] (scaled), kt, vt [B, H, T, Dh], kr, vr [B, H, G, K, Dh], bias [B, 1, G*K, T]."""
+  return _register_softmax_fwd(q, kt, vt, kr, vr, bias)[0]
+
+
+def _register_softmax_fwd(q, kt, vt, kr, vr, bias):
+  B, H, G, K, Dh = kr.shape
+  st = jnp.einsum('bhqd,bhtd->bhqt', q, kt) + bias
+  sr = jnp.einsum('bhgkd,bhgjd->bhgkj', q.reshape(B, H, G, K, Dh), kr).reshape(B, H, G * K, K)
+  mx = jnp.maximum(jnp.max(st, axis=-1, keepdims=True), jnp.max(sr, axis=-1, keepdims=True))
+  et, er = jnp.exp(st - mx), jnp.exp(sr - mx)
+  norm = jnp.sum(et, axis=-1, keepdims=True) + jnp.sum(er, axis=-1, keepdims=True)
+  pt, pr = et / norm, er / norm
+  o = (jnp.einsum('bhqt,bhtd->bhqd', pt, vt)
+       + jnp.einsum('bhgkj,bhgjd->bhgkd', pr.reshape(B, H, G, K, K), vr).reshape(B, H, G * K, Dh))
+  return o, (q, kt, vt, kr, vr, pt, pr, o)
+
+
+def _register_softmax_bwd(res, do):
+  q, kt, vt, kr, vr, pt, pr, o = res
+  B, H, G, K, Dh = kr.shape
+  grouped = lambda a: a.reshape(B, H, G, K, a.shape[-1])
+  delta = jnp.sum(do * o, axis=-1, keepdims=True)
+  dst = pt * (jnp.einsum('bhqd,bhtd->bhqt', do, vt) - delta)
+  dsr = grouped(pr) * (jnp.einsum('bhgkd,bhgjd->bhgkj', grouped(do), vr) - grouped(delta))
+  dq = jnp.einsum('bhqt,bhtd->bhqd', dst, kt) + jnp.einsum('bhgkj,bhgjd->bhgkd', dsr, kr).reshape(q.shape)
+  dkt = jnp.einsum('bhqt,bhqd->bhtd', dst, q)
+  dvt = jnp.einsum('bhqt,bhqd->bhtd', pt, do)
+  dkr = jnp.einsum('bhgkj,bhgkd->bhgjd', dsr, grouped(q))
+  dvr = jnp.einsum('bhgkj,bhgkd->bhgjd', grouped(pr), grouped(do))
+  return dq, dkt, dvt, dkr, dvr, None
+
+
+_register_softmax.defvjp(_register_softmax_fwd, _register_softmax_bwd)
+
+
+def band_attention(q, k, v, valid, window: int):
+  """Causal attention reading the last `window` positions: query i reads valid keys j with i - window < j <= i.
+  q, k, v: [B, T, H, Dh]; valid: [B, T] -> [B, T, H, Dh]. In blocks of `window` queries, each reading its own
+  block and the one before (2 * window keys, masked to the band), through `attend`: O(T * window) per head
+  instead of O(T^2)."""
+  B, T = valid.shape
+  w = window
+  n = -(-T // w)
+  blocks = lambda a: jnp.pad(a, [(0, 0), (0, n * w - T)] + [(0, 0)] * (a.ndim - 2)).reshape((B, n, w) + a.shape[2:])
+  # [previous block, this block] along the keys: key m of block i is position i*w - w + m.
+  with_previous = lambda a: jnp.concatenate([jnp.pad(a, [(0, 0), (1, 0)] + [(0, 0)] * (a.ndim - 2))[:, :-1], a], axis=2)
+  kk, vv, ok = (with_previous(blocks(a)) for a in (k, v, valid))
+  r, m = jnp.arange(w)[:, None], jnp.arange(2 * w)[None, :]
+  mask = ((m > r) & (m <= r + w))[None, None] & ok[:, :, None, :]  # [B, n, w, 2w]
+  rows = lambda a: a.reshape((B * n,) + a.shape[2:])
+  out = attend(rows(blocks(q)), rows(kk), rows(vv), rows(mask))
+  return out.reshape((B, n * w) + q.shape[2:])[:, :T]
+
+
 def _rows_with_keys(mask, is_causal: bool, Lq: int):
   """[B or 1, Lq]: whether query i may read at least one key under mask [B, Lq or 1, Lk] (and j <= i)."""
   if is_causal and mask.shape[1] == 1:  # key padding + causal: some valid key at or before i
@@ -136,19 +207,46 @@ def _rows_with_keys(mask, is_causal: bool, Lq: int):
 
 
 def _xla_attention(q, k, v, mask4, is_causal: bool):
-  return jax.nn.dot_product_attention(q, k, v, mask=mask4, is_causal=is_causal, implementation='xla')
+  with jax.named_scope('smtjax_xla_attention'):  # marks XLA's path in lowered programs (tests/test_export.py)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask4, is_causal=is_causal, implementation='xla')
 
 
 def _cudnn_attention(q, k, v, mask4, is_causal: bool):
   """cuDNN's fused attention where it takes these inputs (a full [B, 1, Lq, Lk] mask, as a bias), else XLA's.
-  The choice is made while tracing: a shape cuDNN refuses, or no cuDNN to lower for, gives the XLA path."""
-  if not cudnn_supports(q.dtype, q.shape[-1], q.shape[1], k.shape[1]):
+  An odd length (K+1 cell tokens, K+Tf-1 decoder tokens at the published K=16) is padded by one: a masked key,
+  and a query row that is dropped, so the result is exact. The choice is made while tracing: a dtype or head
+  width cuDNN refuses, or no cuDNN to lower for, gives the XLA path, logged once per reason."""
+  Lq, Lk = q.shape[1], k.shape[1]
+  if Lq % 2 or Lk % 2:
+    pad = lambda a, n: jnp.pad(a, [(0, 0), (0, n)] + [(0, 0)] * (a.ndim - 2))
+    m = jnp.ones((1, 1, 1, Lk), bool) if mask4 is None else mask4
+    m = jnp.pad(m, [(0, 0), (0, 0), (0, (Lq % 2) * (m.shape[2] > 1)), (0, Lk % 2)], constant_values=True)
+    m = m.at[..., Lk:].set(False)  # the padded key is never read; a padded query reads the real keys
+    out = _cudnn_attention(pad(q, Lq % 2), pad(k, Lk % 2), pad(v, Lk % 2), m, is_causal)
+    return out[:, :Lq]
+  if not cudnn_supports(q.dtype, q.shape[-1], Lq, Lk):
+    _fallback(f'{jnp.dtype(q.dtype).name} inputs with heads of width {q.shape[-1]} (cuDNN: 16-bit, a multiple '
+              'of 8 up to 128)')
     return _xla_attention(q, k, v, mask4, is_causal)
   try:
-    m = None if mask4 is None else jnp.broadcast_to(mask4, (q.shape[0], 1, q.shape[1], k.shape[1]))
+    m = None if mask4 is None else jnp.broadcast_to(mask4, (q.shape[0], 1, Lq, Lk))
     return jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=is_causal, implementation='cudnn')
-  except (ValueError, NotImplementedError, RuntimeError):
+  except (ValueError, NotImplementedError, RuntimeError) as e:
+    _fallback(f'cuDNN refused it ({type(e).__name__}: {e})')
     return _xla_attention(q, k, v, mask4, is_causal)
+
+
+_FALLBACKS_LOGGED: set[str] = set()
+
+
+def _fallback(reason: str):
+  """Logs, once per reason, that an attention call on CUDA takes XLA's path instead of cuDNN's: a warning on a
+  GPU machine; elsewhere (the CUDA branch is traced on every platform, and programs are exported for CUDA from
+  CPU machines) at the info level."""
+  if reason not in _FALLBACKS_LOGGED:
+    _FALLBACKS_LOGGED.add(reason)
+    log = logging.warning if jax.default_backend() in ('gpu', 'cuda') else logging.info
+    log('attention on CUDA falls back to XLA\'s implementation: %s', reason)
 
 
 def _cpu_attention(q, k, v, mask4, is_causal: bool):
@@ -161,7 +259,8 @@ IMPLEMENTATIONS = {'xla': _xla_attention, 'cudnn': _cudnn_attention, 'explicit':
 
 def attend(q, k, v, mask=None, is_causal: bool = False, implementation: str | None = None):
   """Multi-head attention. The implementation is chosen inside the program for the platform it is lowered
-  for (`lax.platform_dependent`, so one program exported for several platforms carries each one's path):
+  for (`lax.platform_dependent`; one program exported for several platforms carries each one's path, except
+  that cuDNN's attention lowers for CUDA alone: `perf.export_step`):
   cuDNN's fused attention on NVIDIA GPUs (16-bit inputs, `cudnn_supports`), `explicit_attention` on CPU,
   XLA's path elsewhere (TPU). `implementation` or SMTJAX_ATTENTION=xla|cudnn|explicit forces one everywhere.
 
@@ -288,47 +387,84 @@ class Block(nn.Module):
     x = x + self.attn.out(attend(q, k, v, mask, is_causal=self.causal))
     return x + self.mlp(self.norm_mlp(x))
 
-  def prefix_groups(self, tok, tok_pos, tok_valid, reg, reg_pos):
+  def prefix_groups(self, tok, tok_pos, tok_valid, reg, reg_pos, group):
     """One layer over a token stream and G groups of K registers.
 
     tok: [B, T, D], tok_pos: [B, T] (rotary positions), tok_valid: [B, T] (False for padding);
     reg: [B, G, K, D], reg_pos: [B, G, K]: group g holds its registers' positions, the first of which is
-    the number of valid tokens it reads. Token i reads valid tokens j <= i; group g reads valid tokens
-    j < g and its own K registers (with a window w: only tokens less than w positions back). Tokens
-    never read registers. Cost per head: O(T^2 + G*K*(T + K)), never O((G*K)^2); with `prefix_chunk` C,
-    peak memory O(C*K*T) for the scores instead of O(G*K*T).
+    the number of valid tokens it reads; group: [B, G] the prefix length of each group (any G of the
+    T+1 prefixes, in any order, repeats allowed). Token i reads valid tokens j <= i; group g reads valid
+    tokens j < group[b, g] and its own K registers (with a window w: only tokens less than w positions
+    back). Tokens never read registers, and groups never read each other, so any subset of the groups
+    computes exactly what the full set would. Cost per head: O(T^2 + G*K*(T + K)), never O((G*K)^2); with
+    `prefix_chunk` C, peak memory O(C*K*T) for the scores instead of O(G*K*T); with a window w < T/2,
+    O(T*w + G*K*(w + K)) (`_banded`).
     """
     qt, kt, vt = self.attn.qkv(self.norm_attn(tok), tok_pos)  # [B, T, H, Dh]
-    if self.prefix_chunk <= 0:
+    if 0 < self.window and 2 * self.window < tok.shape[1]:
+      tok_att, new_reg = self._banded(qt, kt, vt, tok_valid, reg, reg_pos)
+    elif self.prefix_chunk <= 0:
       if self.window > 0:
         tok_att = attend(qt, kt, vt, _token_mask(tok_pos, tok_valid, tok_pos, self.window), is_causal=True)
       else:
         tok_att = attend(qt, kt, vt, tok_valid[:, None, :], is_causal=True)
-      new_reg = self._registers(reg, reg_pos, jnp.arange(reg.shape[1]), kt, vt, tok_pos, tok_valid)
+      new_reg = self._registers(reg, reg_pos, group, kt, vt, tok_pos, tok_valid)
     else:
-      tok_att, new_reg = self._chunked(qt, kt, vt, tok_pos, tok_valid, reg, reg_pos)
+      tok_att, new_reg = self._chunked(qt, kt, vt, tok_pos, tok_valid, reg, reg_pos, group)
     tok = tok + self.attn.out(tok_att)
     return tok + self.mlp(self.norm_mlp(tok)), new_reg
 
   def _registers(self, reg, reg_pos, group, kt, vt, tok_pos, tok_valid):
-    """The whole layer for register groups `group` [G'] (their indices): reg [B, G', K, D] -> same."""
+    """The whole layer for register groups of prefix lengths `group` [B, G']: reg [B, G', K, D] -> same."""
     qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos)  # [B, G', K, H, Dh]
     reads = _group_reads(group, reg_pos[:, :, 0], tok_pos, tok_valid, self.window)  # [B, G', T]
-    scale = jnp.sqrt(jnp.float32(qr.shape[-1]))
     with jax.named_scope(ATTENTION_CORE):
-      to_tok = jnp.einsum('bgkhd,bthd->bhgkt', qr, kt, preferred_element_type=jnp.float32) / scale
-      to_reg = jnp.einsum('bgkhd,bgjhd->bhgkj', qr, kr, preferred_element_type=jnp.float32) / scale
-      # One softmax over [allowed tokens, own registers]: the registers are always there, so no row is empty.
-      to_tok = jnp.where(reads[:, None, :, None, :], to_tok, NEG_INF)
-      mx = jnp.maximum(jnp.max(to_tok, axis=-1, keepdims=True), jnp.max(to_reg, axis=-1, keepdims=True))
-      e_tok, e_reg = jnp.exp(to_tok - mx), jnp.exp(to_reg - mx)
-      norm = jnp.sum(e_tok, axis=-1, keepdims=True) + jnp.sum(e_reg, axis=-1, keepdims=True)
-      o = (jnp.einsum('bhgkt,bthd->bgkhd', (e_tok / norm).astype(vt.dtype), vt)
-           + jnp.einsum('bhgkj,bgjhd->bgkhd', (e_reg / norm).astype(vr.dtype), vr))
+      o = register_attention(qr, kt, vt, kr, vr, reads)
     reg = reg + self.attn.out(o)
     return reg + self.mlp(self.norm_mlp(reg))
 
-  def _chunked(self, qt, kt, vt, tok_pos, tok_valid, reg, reg_pos):
+  def _banded(self, qt, kt, vt, tok_valid, reg, reg_pos):
+    """Token attention and the register groups when only the last w = `window` positions are read, at a cost
+    linear in T: the valid tokens are put first (padding last, order kept), so that a token's position is
+    its index and each window a contiguous band; tokens attend in blocks (`band_attention`) and each group
+    reads the w tokens before its prefix's end, gathered. The groups go `prefix_chunk` at a time (a
+    rematerialised scan) when that is set."""
+    B, T = tok_valid.shape
+    w = self.window
+    order = jnp.argsort(~tok_valid, axis=1, stable=True)  # [B, T]: valid tokens first
+    first = lambda a: jnp.take_along_axis(a, order[:, :, None, None], axis=1)
+    kc, vc = first(kt), first(vt)
+    valid = jnp.arange(T) < jnp.sum(tok_valid, axis=1, keepdims=True)
+    att = band_attention(first(qt), kc, vc, valid, w)
+    tok_att = jnp.take_along_axis(att, jnp.argsort(order, axis=1)[:, :, None, None], axis=1)  # back in place
+
+    def groups(blk, reg_c, regpos_c):  # [B, C, K, D]: each group reads tokens n-w .. n-1 (n = its valid tokens)
+      C, K = reg_c.shape[1:3]
+      idx = regpos_c[:, :, :1] - w + jnp.arange(w)  # [B, C, w]
+      reads = (idx >= 0).reshape(B * C, 1, w)
+      pick = jax.vmap(lambda a, i: a[i])  # a [T, H, Dh], i [C, w] -> [C, w, H, Dh]
+      idx = jnp.maximum(idx, 0)
+      flat = lambda a: a.reshape((B * C, 1) + a.shape[2:])
+      qr, kr, vr = blk.attn.qkv(blk.norm_attn(reg_c), regpos_c)
+      with jax.named_scope(ATTENTION_CORE):
+        o = register_attention(flat(qr), pick(kc, idx).reshape((B * C, w) + kc.shape[2:]),
+                               pick(vc, idx).reshape((B * C, w) + vc.shape[2:]), flat(kr), flat(vr), reads)
+      r = reg_c + blk.attn.out(o.reshape(qr.shape))
+      return r + blk.mlp(blk.norm_mlp(r))
+
+    if self.prefix_chunk <= 0:
+      return tok_att, groups(self, reg, reg_pos)
+    G, C = reg.shape[1], self.prefix_chunk
+    n = -(-G // C)
+    split = lambda a: jnp.moveaxis(jnp.pad(a, [(0, 0), (0, n * C - G)] + [(0, 0)] * (a.ndim - 2)).reshape(
+        (B, n, C) + a.shape[2:]), 1, 0)
+    body = lambda blk, carry, xs: (carry, groups(blk, *xs))
+    scan = nn.scan(nn.remat(body, prevent_cse=False), variable_broadcast='params', split_rngs={'params': False},
+                   length=n)
+    _, new_reg = scan(self, None, (split(reg), split(reg_pos)))
+    return tok_att, jnp.moveaxis(new_reg, 0, 1).reshape((B, n * C) + reg.shape[2:])[:, :G]
+
+  def _chunked(self, qt, kt, vt, tok_pos, tok_valid, reg, reg_pos, group):
     """Token attention and the register groups, C queries / C groups at a time (a rematerialised scan),
     so only one chunk's scores [B, H, C, K, T] exist at once, in the forward and the backward pass."""
     B, T = tok_pos.shape
@@ -343,16 +479,16 @@ class Block(nn.Module):
       return jnp.moveaxis(a, 0, 1).reshape((B, n * C) + a.shape[3:])[:, :length]
 
     def body(blk, carry, xs, shared):
-      q_c, qpos_c, reg_c, regpos_c, start = xs
+      q_c, qpos_c, reg_c, regpos_c, group_c, start = xs
       kt, vt, tok_pos, tok_valid = shared
       mask = _token_mask(qpos_c, tok_valid, tok_pos, blk.window) & (
           (start + jnp.arange(C))[:, None] >= jnp.arange(T)[None, :])[None]
       att = attend(q_c, kt, vt, mask)
-      return carry, (att, blk._registers(reg_c, regpos_c, start + jnp.arange(C), kt, vt, tok_pos, tok_valid))
+      return carry, (att, blk._registers(reg_c, regpos_c, group_c, kt, vt, tok_pos, tok_valid))
 
     scan = nn.scan(nn.remat(body, prevent_cse=False), variable_broadcast='params', split_rngs={'params': False},
                    in_axes=(0, nn.broadcast), length=n)
-    xs = (split(qt, T), split(tok_pos, T), split(reg, G), split(reg_pos, G), jnp.arange(n) * C)
+    xs = (split(qt, T), split(tok_pos, T), split(reg, G), split(reg_pos, G), split(group, G), jnp.arange(n) * C)
     _, (att, new_reg) = scan(self, None, xs, (kt, vt, tok_pos, tok_valid))
     return merge(att, T), merge(new_reg, G)
 
@@ -367,10 +503,10 @@ def _token_mask(q_pos, k_valid, k_pos, window: int):
 
 
 def _group_reads(group, n_before, tok_pos, tok_valid, window: int):
-  """[B, G', T]: group g (prefix length g, `n_before` [B, G'] valid tokens) reads valid tokens j < g, and
-  with a window only those at positions >= n_before - window."""
+  """[B, G', T]: a group of prefix length `group` [B, G'] (`n_before` [B, G'] valid tokens) reads valid tokens
+  j < group, and with a window only those at positions >= n_before - window."""
   T = tok_pos.shape[1]
-  reads = tok_valid[:, None, :] & (jnp.arange(T)[None, :] < group[:, None])[None]
+  reads = tok_valid[:, None, :] & (jnp.arange(T)[None, None, :] < group[:, :, None])
   if window > 0:
     reads = reads & (tok_pos[:, None, :] >= n_before[:, :, None] - window)
   return reads

@@ -105,24 +105,30 @@ class Encoder(nn.Module):
       h = self.mem_out(layers.rms_norm(h)).astype(self.cfg.residual_dtype)
     return layers.rms_norm(h)
 
-  def prefix_memories(self, x_BxT, tok_emb=None):
-    """Memories of every prefix in one pass: [B, T+1, K, D], entry L = E(x[:, :L]) (L=0: empty prefix).
+  def prefix_memories(self, x_BxT, tok_emb=None, lengths_BxG=None):
+    """Memories of prefixes in one pass: [B, G, K, D], entry g = E(x[b, :lengths[b, g]]) (length 0: the
+    empty prefix). `lengths_BxG` [B, G] (values in 0..T) chooses which; None: every prefix, G = T+1, entry L
+    of length L.
 
-    Needs causal attention. Group L of K registers reads tokens j < L (and its own registers); with
-    `cfg.prefix_chunk` > 0 the groups are computed that many at a time (peak memory linear in T).
+    Needs causal attention. A group of K registers reads the tokens of its prefix (and its own registers)
+    and no other group, so the chosen groups equal the same entries of the full pass exactly, at a cost
+    linear in G; with `cfg.prefix_chunk` > 0 the groups are computed that many at a time.
     """
     c = self.cfg
     if c.encoder_attention != 'causal':
       raise ValueError("prefix_memories needs encoder_attention='causal'")
     B, T = x_BxT.shape
-    K, G = c.num_mem_tokens, T + 1
+    if lengths_BxG is None:
+      lengths_BxG = jnp.broadcast_to(jnp.arange(T + 1), (B, T + 1))
+    K, G = c.num_mem_tokens, lengths_BxG.shape[1]
     valid, pos, count = _valid_positions(x_BxT)
-    n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)  # [B, G] valid tokens < L
+    n_before = jnp.concatenate([jnp.zeros((B, 1), count.dtype), count], axis=1)  # [B, T+1] valid tokens < L
+    n_before = jnp.take_along_axis(n_before, lengths_BxG, axis=1)  # [B, G]
     reg_pos = n_before[:, :, None] + jnp.arange(K)  # [B, G, K]
     tok = self.embed_tokens(x_BxT) if tok_emb is None else tok_emb
     reg = jnp.broadcast_to(self.registers.astype(c.residual_dtype), (B, G, K, c.d_model))
     for blk in self.blocks:  # the masks (causal, window, padding) are built inside, per chunk of groups
-      tok, reg = blk.prefix_groups(tok, pos, valid, reg, reg_pos)
+      tok, reg = blk.prefix_groups(tok, pos, valid, reg, reg_pos, lengths_BxG)
     return self._memory(reg)
 
 
@@ -224,9 +230,10 @@ class Networks:
     """m = E(x): [B, K, D] (float32)."""
     return self.encoder.apply({'params': params['encoder']}, x_BxT).astype(jnp.float32)
 
-  def prefix_memories(self, params, x_BxT):
-    """[B, T+1, K, D]: entry L is the memory of x[:, :L] (entry 0 is the initial memory m_{-1})."""
-    return self.encoder.apply({'params': params['encoder']}, x_BxT,
+  def prefix_memories(self, params, x_BxT, lengths_BxG=None):
+    """[B, T+1, K, D]: entry L is the memory of x[:, :L] (entry 0 is the initial memory m_{-1}); with
+    `lengths_BxG` [B, G] only those prefixes, [B, G, K, D] (the same numbers at a cost linear in G)."""
+    return self.encoder.apply({'params': params['encoder']}, x_BxT, None, lengths_BxG,
                               method=Encoder.prefix_memories).astype(jnp.float32)
 
   def initial_memory(self, params, batch_size: int):

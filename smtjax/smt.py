@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from smtjax import config as config_lib
 from smtjax import layers, losses
 from smtjax.models import Networks
-from smtjax.windows import decoder_windows, gather_memories, windows
+from smtjax.windows import decoder_windows
 
 
-def _total(s, dec, dyn, unif):
+def _total_loss(s, dec, dyn, unif):
   return s.coef_dec * dec + s.coef_dyn * dyn + s.coef_unif * unif
 
 
@@ -70,16 +71,43 @@ def window_losses(nets: Networks, params, batch, rng, config):
   future, targets = decoder_windows(x, y, jnp.array([Tc]), Tf)
   dec, dec0 = losses.decoder_loss(nets.decode(params, m_t, future), targets, s.gamma)
   unif = losses.uniformity_loss(m_t.reshape(-1, m_t.shape[-1]), rng, s.unif_samples, s.unif_t)
-  total = _total(s, dec, dyn, unif)
+  total = _total_loss(s, dec, dyn, unif)
   return total, dict(loss=total, loss_dec=dec, loss_dec0=dec0, loss_dyn=dyn, loss_unif=unif)
 
 
-def transition_indices(rng, B: int, T: int, num_transitions: int, steps: int = 1):
-  """Prefix lengths L where the dynamics rollouts of `steps` transitions start, per sequence [B, N]: all of
-  0..T-steps, or a uniform sample of `num_transitions` (0 or T = all)."""
-  if num_transitions in (0, T):
-    return jnp.broadcast_to(jnp.arange(T + 1 - steps), (B, T + 1 - steps))
-  return jax.random.randint(rng, (B, num_transitions), 0, T + 1 - steps)
+def sample_positions(rng, B: int, G: int, S: int):
+  """Positions 0..G-1 sampled per sequence by stratified sampling: (idx [B, S], weight [S]). The range is cut
+  into S strata of near-equal size and one position drawn uniformly in each, so sum_s weight[s] * f(idx[b, s])
+  (weight = the stratum's size) is an unbiased estimate of sum_p f(p) for any f, with less variance than S
+  independent draws. S = 0 or S >= G: every position once, weight 1 (the exact sum)."""
+  if S == 0 or S >= G:
+    return jnp.broadcast_to(jnp.arange(G), (B, G)), jnp.ones((G,), jnp.float32)
+  edges = (np.arange(S + 1) * G) // S
+  return jax.random.randint(rng, (B, S), edges[:-1], edges[1:]), jnp.asarray(np.diff(edges), jnp.float32)
+
+
+def pair_counts(T: int, n: int) -> np.ndarray:
+  """[T]: how many (start L in 0..T-n, step j in 0..n-1) read input position p = L + j."""
+  p = np.arange(T)
+  return np.minimum(p, n - 1) - np.maximum(0, p - (T - n)) + 1
+
+
+def target_weights(T: int, future: int, gamma: float) -> np.ndarray:
+  """[T]: the total decoder weight gamma**j of target y[t] over every memory L = 0..T that predicts it at
+  future position j = t + 1 - L < future."""
+  w = np.cumsum(gamma ** np.arange(future, dtype=np.float64))
+  return w[np.minimum(np.arange(T) + 1, future - 1)]
+
+
+def _estimate(values_BxS, weight_S, total):
+  """sum_{b, s} weight[s] * values[b, s, ...] / total: with stratified positions (`sample_positions`) and
+  `total` the sum of the weights of every position, an unbiased estimate of the mean over all positions."""
+  v = values_BxS.reshape(values_BxS.shape[:2] + (-1,)).sum(-1)
+  return jnp.sum(v * weight_S) / jnp.maximum(total, 1e-12)
+
+
+def _total(valid_BxT, per_position):
+  return jnp.sum(valid_BxT.astype(jnp.float32) * jnp.asarray(per_position, jnp.float32))
 
 
 def perturb_memory(mem_NxKxD, sigma, rng):
@@ -111,17 +139,16 @@ def _roll(nets: Networks, params, m0, xs_Nxn, detach: bool):
   return jnp.concatenate([m1[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
 
 
-def rollout_dynamics(nets: Networks, params, mems, x, y, starts_BxN, config, rng):
-  """The dynamics loss of n = smt.rollout_steps cell steps from the teacher memories mems[:, L] (L in
-  starts), on the true inputs x[:, L..L+n-1], each rolled memory matched to mems[:, L+j+1] (masked MSE
-  pooled over all steps and starts). mems: [B, T+1, K, D]. Returns (loss_dyn, extra metrics)."""
+def rollout_dynamics(nets: Networks, params, m0_BxN, targets_BxNxn, xs_BxNxn, config, rng):
+  """n = smt.rollout_steps cell steps from the teacher memories m0 [B, N, K, D] on the true inputs xs
+  [B, N, n], each rolled memory compared with the teacher's targets [B, N, n, K, D] (the memory after
+  L + j + 1 tokens for a start L). Returns (squared errors [B, N, n] (mean over K, D), rolled memories
+  [B, N, n, K, D], extra metrics); the caller masks and pools them."""
   s = config.smt
-  B, N = starts_BxN.shape
-  n = s.rollout_steps
-  pos_BxNxn = starts_BxN[..., None] + jnp.arange(n)  # input positions L + j
-  m0 = gather_memories(mems, starts_BxN)  # [B*N, K, D]
-  xs = windows(x, starts_BxN, n).reshape(B * N, n)
-  targets = gather_memories(mems, (pos_BxNxn + 1).reshape(B, N * n)).reshape((B * N, n) + mems.shape[2:])
+  B, N, n = xs_BxNxn.shape
+  KD = m0_BxN.shape[2:]
+  m0, xs = m0_BxN.reshape((B * N,) + KD), xs_BxNxn.reshape(B * N, n)
+  targets = targets_BxNxn.reshape((B * N, n) + KD)
   extra = {}
   if s.memory_noise > 0:
     sigma = _noise_scale(nets, params, m0, xs[:, 0], targets[:, 0], s)
@@ -130,17 +157,11 @@ def rollout_dynamics(nets: Networks, params, mems, x, y, starts_BxN, config, rng
   mode = config_lib.dynamics_gradient(config)  # routes the teacher's share of the gradient as in one-step SMT
   if mode == 'rnn_only':
     m0 = jax.lax.stop_gradient(m0)
+  if mode in ('stop_target', 'rnn_only'):
+    targets = jax.lax.stop_gradient(targets)
   preds = _roll(nets, params, m0, xs, s.rollout_detach)  # [B*N, n, K, D]
-  flat = lambda a: a.reshape((B * N * n,) + a.shape[2:])
-  dyn = losses.dynamics_loss(flat(preds), flat(targets), mask=flat(xs) >= 0,
-                             detach_target=mode in ('stop_target', 'rnn_only'))
-  if s.rollout_decode > 0:
-    # The memory after reading x[:L+j+1] predicts y[L+j]: the RNN's readout on its own rolled memories.
-    ys = windows(y, starts_BxN, n).reshape(B * N * n)
-    readout_params = params if s.rollout_decode_readout == 'train' else dict(
-        params, decoder=jax.lax.stop_gradient(params['decoder']))
-    extra['loss_roll_dec'] = losses.mean_cross_entropy(nets.readout(readout_params, flat(preds)), ys)
-  return dyn, extra
+  se = jnp.mean(jnp.square(preds - targets.astype(jnp.float32)), axis=(-2, -1))
+  return se.reshape(B, N, n), preds.reshape((B, N, n) + KD), extra
 
 
 def has_drift_options(config) -> bool:
@@ -156,27 +177,61 @@ def one_step(config):
   return c
 
 
+def _memories(nets: Networks, params, x, lengths_BxM):
+  """(the memories of the prefixes of lengths [B, M], every memory computed): only those prefixes' register
+  groups when they are fewer than the T+1 prefixes, else every prefix once, then gathered."""
+  if lengths_BxM.shape[1] < x.shape[1] + 1:
+    mems = nets.prefix_memories(params, x, lengths_BxM)
+    return mems, mems
+  every = nets.prefix_memories(params, x)  # [B, T+1, K, D]
+  return jnp.take_along_axis(every, lengths_BxM[:, :, None, None], axis=1), every
+
+
 def parallel_losses(nets: Networks, params, batch, rng, config):
-  """Every memory transition of every sequence from one encoder pass (method.md §4, last part)."""
+  """The memory transitions and decoded memories of every sequence from one encoder pass (method.md §4, last
+  part), sampled per sequence (`sample_positions`): the rollouts of smt.num_transitions starts and the futures
+  of smt.num_decoder_samples memories, each an unbiased estimate of its loss over all of them (0: all), and the
+  encoder computes only the memories they read."""
   s = config.smt
   x, y = batch['x'], batch['y']
   B, T = x.shape
+  n = s.rollout_steps
   r_dyn, r_dec, r_unif = jax.random.split(rng, 3)
-  mems = _teacher(nets.prefix_memories(params, x), s)  # [B, T+1, K, D]
+  starts, w_dyn = sample_positions(r_dyn, B, T + 1 - n, s.num_transitions)  # [B, N]: rollouts from m[L]
+  reads, w_dec = sample_positions(r_dec, B, T + 1, s.num_decoder_samples)  # [B, S]: decoded memories
+  N, S = starts.shape[1], reads.shape[1]
+  # Memory after L tokens for each start (L), its rollout targets (L+1..L+n) and each decoded memory.
+  lengths = jnp.concatenate([starts + j for j in range(n + 1)] + [reads], axis=1)
+  mems, computed = _memories(nets, params, x, lengths)
+  mems, computed = _teacher(mems, s), _teacher(computed, s)
+  KD = mems.shape[2:]
 
-  # Dynamics: (m_{L-1}, x_L) -> m_L, i.e. mems[:, L], x[:, L] -> mems[:, L+1] (rolled n steps: see above).
-  L = transition_indices(r_dyn, B, T, s.num_transitions, s.rollout_steps)  # [B, N]
-  dyn, extra = rollout_dynamics(nets, params, mems, x, y, L, config, jax.random.fold_in(r_dyn, 1))
+  # Dynamics: (m_{L-1}, x_L) -> m_L, i.e. m[L], x[L] -> m[L+1] (rolled n steps: see above).
+  m0 = mems[:, :N]
+  targets = jnp.swapaxes(mems[:, N:N * (n + 1)].reshape((B, n, N) + KD), 1, 2)  # [B, N, n, K, D]
+  pos = starts[..., None] + jnp.arange(n)  # [B, N, n]: input positions L + j
+  xs = jnp.take_along_axis(x, pos.reshape(B, N * n), axis=1).reshape(B, N, n)
+  se, preds, extra = rollout_dynamics(nets, params, m0, targets, xs, config, jax.random.fold_in(r_dyn, 1))
+  counts = pair_counts(T, n)
+  dyn = _estimate(se * (xs >= 0), w_dyn, _total(x >= 0, counts))
+  if s.rollout_decode > 0:
+    # The memory after reading x[:L+j+1] predicts y[L+j]: the RNN's readout on its own rolled memories.
+    ys = jnp.take_along_axis(y, pos.reshape(B, N * n), axis=1).reshape(B, N, n)
+    readout_params = params if s.rollout_decode_readout == 'train' else dict(
+        params, decoder=jax.lax.stop_gradient(params['decoder']))
+    ce, valid = losses.token_cross_entropy(nets.readout(readout_params, preds.reshape((-1,) + KD)), ys.reshape(-1))
+    extra['loss_roll_dec'] = _estimate((ce * valid).reshape(B, N, n), w_dyn, _total(y >= 0, counts))
 
   # Decoder: the memory after L tokens predicts y[L-1 .. L+Tf-2] reading future inputs x[L .. L+Tf-2].
-  S = T + 1 if s.num_decoder_samples == 0 else s.num_decoder_samples
-  starts = (jnp.broadcast_to(jnp.arange(T + 1), (B, T + 1)) if S == T + 1
-            else jax.random.randint(r_dec, (B, S), 0, T + 1))
-  future, targets = decoder_windows(x, y, starts, s.future)
-  dec, dec0 = losses.decoder_loss(nets.decode(params, gather_memories(mems, starts), future), targets, s.gamma)
+  Tf = s.future
+  future, tgt = decoder_windows(x, y, reads, Tf)  # [B*S, Tf-1], [B*S, Tf]
+  ce, valid = losses.token_cross_entropy(nets.decode(params, mems[:, N * (n + 1):].reshape((B * S,) + KD), future), tgt)
+  ce = (ce * valid * (s.gamma ** jnp.arange(Tf, dtype=jnp.float32))).reshape(B, S, Tf)
+  dec = _estimate(ce, w_dec, _total(y >= 0, target_weights(T, Tf, s.gamma)))
+  dec0 = _estimate(ce[..., 0], w_dec, _total(y >= 0, np.ones(T)))
 
-  unif = losses.uniformity_loss(mems.reshape(-1, mems.shape[-1]), r_unif, s.unif_samples, s.unif_t)
-  total = _total(s, dec, dyn, unif)
+  unif = losses.uniformity_loss(computed.reshape(-1, KD[-1]), r_unif, s.unif_samples, s.unif_t)
+  total = _total_loss(s, dec, dyn, unif)
   if 'loss_roll_dec' in extra:
     total = total + s.rollout_decode * extra['loss_roll_dec']
   return total, dict(loss=total, loss_dec=dec, loss_dec0=dec0, loss_dyn=dyn, loss_unif=unif, **extra)

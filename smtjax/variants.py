@@ -42,7 +42,6 @@ def synthetic(task: str, seq_len: int, vocab_size: int, **options) -> Config:
   c.model.enc_depth = c.model.dec_depth = c.model.cell_depth = 2
   c.smt.mode = 'parallel'
   c.smt.future = seq_len  # sparse targets: decode to the end of the sequence
-  c.smt.num_decoder_samples = 4
   c.optim.lr = 1e-3
   c.batch_size = 32
   c.num_steps = 3000
@@ -69,8 +68,6 @@ def gpu(c: Config) -> Config:
   c.model.num_mem_tokens = 8
   c.model.enc_depth = c.model.cell_depth = 4
   c.model.dec_depth = 2
-  c.smt.num_transitions = min(c.data.seq_len, 256)
-  c.smt.num_decoder_samples = 4
   c.optim.lr = 3e-4
   c.batch_size = 64
   c.num_steps = 50000

@@ -145,6 +145,27 @@ def test_attention_override_and_cudnn_support(monkeypatch):
   assert not layers.cudnn_supports(jnp.bfloat16, 256) and not layers.cudnn_supports(jnp.bfloat16, 64, 3, 4)
 
 
+@pytest.mark.parametrize('mask_kind', ['none', 'keys', 'full'])
+@pytest.mark.parametrize('causal', [False, True])
+def test_cudnn_path_pads_odd_lengths_exactly(mask_kind, causal, caplog):
+  """The CUDA path pads odd lengths by a masked key and a dropped query row (cuDNN's kernels need even ones). On
+  this CPU it then takes XLA's path (float32, no cuDNN), which it logs once: the padded call must equal XLA's
+  on the unpadded inputs."""
+  B, L = 2, 7
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, H, 8)) for i in range(3))
+  keys = jnp.arange(L) < jnp.array([[L], [4]])  # [B, L]
+  full = keys[:, None, :] & (jax.random.uniform(jax.random.PRNGKey(5), (B, L, L)) > 0.3)
+  mask4 = {'none': None, 'keys': keys[:, None, None, :], 'full': full[:, None]}[mask_kind]
+  got = layers._cudnn_attention(q, k, v, mask4, causal)
+  want = layers._xla_attention(q, k, v, mask4, causal)
+  assert got.shape == want.shape
+  if mask4 is not None:  # a row that reads no key is `attend`'s to zero (its value here averages any keys)
+    rows = layers._rows_with_keys(mask4[:, 0], causal, L)[:, :, None, None]
+    got, want = jnp.where(rows, got, 0), jnp.where(rows, want, 0)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  assert 'falls back to XLA' in caplog.text or layers._FALLBACKS_LOGGED  # logged, once per reason
+
+
 def test_fully_masked_rows_give_zeros_and_finite_gradients():
   B, L = 2, 6
   q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, H, 8)) for i in range(3))
@@ -199,7 +220,8 @@ def test_prefix_groups_equal_reference(window, chunk):
   blk = layers.Block(CFG, window=window, prefix_chunk=chunk)
 
   def run(p, tok, reg):
-    t, r = blk.apply(p, tok, pos, valid, reg, reg_pos, method=layers.Block.prefix_groups)
+    t, r = blk.apply(p, tok, pos, valid, reg, reg_pos, jnp.broadcast_to(jnp.arange(T + 1), (B, T + 1)),
+                     method=layers.Block.prefix_groups)
     return t * valid[..., None], r  # padding tokens' own outputs are never read
 
   def ref(p, tok, reg):
@@ -258,6 +280,43 @@ def test_chunked_scores_are_linear_in_T():
   chunked = temp_bytes(512, 16) / temp_bytes(256, 16)
   assert dense > 3.0, dense  # the [B, H, G, K, T] scores dominate
   assert chunked < 2.6, chunked
+
+
+@pytest.mark.parametrize('T,window', [(11, 3), (12, 4), (5, 2)])
+def test_band_attention_equals_windowed_causal_attention(T, window):
+  """Blocks of `window` queries reading their own and the previous block == dense attention under the causal
+  window mask (T not a multiple of the window, invalid keys, a row with no valid key); gradients too."""
+  B = 3
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, T, H, 8)) for i in range(3))
+  valid = jax.random.uniform(jax.random.PRNGKey(3), (B, T)) > 0.3
+  valid = valid.at[0].set(True).at[2, :].set(False).at[2, -1].set(True)
+  i, j = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+  mask = valid[:, None, :] & (j <= i) & (i - j < window)
+  band = lambda q, k, v: layers.band_attention(q, k, v, valid, window)
+  dense = lambda q, k, v: layers.attend(q, k, v, mask)
+  np.testing.assert_allclose(jax.jit(band)(q, k, v), dense(q, k, v), atol=1e-5, rtol=1e-5)
+  w = jax.random.normal(jax.random.PRNGKey(4), q.shape)
+  grad = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * w), argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(grad(band), grad(dense)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_prefix_memories_cost_linear_in_T():
+  """With an attention window (16 << T) the compiled program's temporary memory grows about linearly in T
+  (the band and each group's gathered window), where without one the [T, T] scores grow it quadratically."""
+  c = tiny_config()
+  c.model.d_model, c.model.num_heads, c.model.num_mem_tokens, c.model.enc_depth = 16, 2, 2, 1
+
+  def temp_bytes(T, window):
+    c.model.attn_window = window
+    nets = models.Networks.from_config(c)
+    params = jax.eval_shape(nets.init, jax.random.PRNGKey(0))
+    x = jax.ShapeDtypeStruct((2, T), jnp.int32)
+    f = jax.jit(jax.grad(lambda p, x: jnp.sum(nets.prefix_memories(p, x) ** 2)))
+    return f.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+
+  assert temp_bytes(1024, 0) / temp_bytes(512, 0) > 3.0
+  assert temp_bytes(1024, 16) / temp_bytes(512, 16) < 2.4
 
 
 def test_prefix_chunk_is_validated():

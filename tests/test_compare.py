@@ -38,7 +38,7 @@ def test_at_length_resizes_and_keeps_the_config():
   c.smt.rollout_steps, c.smt.num_transitions = 4, 8
   r = compare.at_length(c, 6, steps=3, seed=5)
   assert (r.data.seq_len, r.smt.future, r.smt.rollout_steps, r.smt.num_transitions, r.num_steps, r.seed) == (
-      6, 6, 4, 6, 3, 5)
+      6, 6, 4, 8, 3, 5)  # num_transitions is an at-most count: 8 of the 3 starts of 4 steps means all
   assert c.data.seq_len == 8 and c.seed == 0  # the input is not modified
   c.smt.future = 4  # a short (dense-target) future stays short
   assert compare.at_length(c, 16).smt.future == 4

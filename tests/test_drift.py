@@ -66,13 +66,13 @@ def test_gradient_flows_through_the_rollout_unless_detached():
   """n = 2 from start 0 with clean (detached) targets: the start memory gets a gradient from both steps'
   errors through the rollout; with rollout_detach only from the first step's."""
   c, nets, params, batch = _setup('parallel', rollout_steps=2, detach_target=True)
-  x, y = batch['x'], batch['y']
+  x = batch['x']
   mems = nets.prefix_memories(params, x)
-  starts = jnp.zeros((x.shape[0], 1), jnp.int32)
 
   def grads(detach):
     c.smt.rollout_detach = detach
-    f = lambda p, ms: smt.rollout_dynamics(nets.nets, p, ms, x, y, starts, c, jax.random.PRNGKey(0))[0]
+    f = lambda p, ms: jnp.mean(smt.rollout_dynamics(nets.nets, p, ms[:, :1], ms[:, None, 1:3], x[:, None, :2], c,
+                                                    jax.random.PRNGKey(0))[0])
     return jax.jit(jax.grad(f, argnums=(0, 1)))(params, mems)
 
   (gp_full, gm_full), (gp_det, gm_det) = grads(False), grads(True)
@@ -137,7 +137,8 @@ def test_bad_drift_options_name_the_field(field, value, mode):
 
 def test_every_option_together_with_padding_and_sampled_starts_equals_the_loop_definition():
   """Sampled starts, fixed memory noise, n = 2 rolled steps and the rolled readout loss, on sequences with
-  padding (x = -1: the memory stays, the pair and its target drop out), against a loop over every start."""
+  padding (x = -1: the memory stays, the pair and its target drop out), against a loop over the sampled
+  starts: each start's terms weighted by its stratum's size, over the count of every start's terms."""
   c, nets, params, batch = _setup('parallel', num_transitions=3, rollout_steps=2, memory_noise=0.3,
                                   rollout_decode=0.5)
   x, y = np.array(batch['x']), np.array(batch['y'])
@@ -146,10 +147,11 @@ def test_every_option_together_with_padding_and_sampled_starts_equals_the_loop_d
   batch = {'x': jnp.asarray(x), 'y': jnp.asarray(y)}
   B, T = x.shape
   r_dyn = jax.random.split(jax.random.PRNGKey(0), 3)[0]  # parallel_losses' key for the dynamics
-  starts = np.asarray(smt.transition_indices(r_dyn, B, T, 3, 2))
+  starts, weight = map(np.asarray, smt.sample_positions(r_dyn, B, T - 1, 3))  # starts 0..T-2 for 2 steps
+  assert sorted(weight) == sorted([2, 2, 3]) and starts.shape == (B, 3)
   eps = np.asarray(jax.random.normal(jax.random.fold_in(r_dyn, 1), (B * 3,) + (c.model.num_mem_tokens, 16)))
   mem = _mem(nets, params, jnp.asarray(x))
-  se, ce, n_ce = [], 0.0, 0
+  se = ce = 0.0
   for b in range(B):
     for i, L in enumerate(starts[b]):
       m = layers.rms_norm(mem(int(L))[b:b + 1] + 0.3 * eps[b * 3 + i][None])
@@ -157,13 +159,13 @@ def test_every_option_together_with_padding_and_sampled_starts_equals_the_loop_d
         t = int(L) + j
         if x[b, t] >= 0:  # a padding input leaves the memory as it is and is no pair
           m = nets.step(params, m, jnp.asarray(x[b:b + 1, t]))
-          se.append(float(np.mean((np.asarray(m) - np.asarray(mem(t + 1)[b:b + 1])) ** 2)))
+          se += weight[i] * float(np.mean((np.asarray(m) - np.asarray(mem(t + 1)[b:b + 1])) ** 2))
         if y[b, t] >= 0:
-          ce += float(losses.token_cross_entropy(nets.readout(params, m), jnp.asarray(y[b:b + 1, t]))[0][0])
-          n_ce += 1
+          ce += weight[i] * float(losses.token_cross_entropy(nets.readout(params, m), jnp.asarray(y[b:b + 1, t]))[0][0])
+  every = [(b, L + j) for b in range(B) for L in range(T - 1) for j in range(2)]  # every start's two steps
   _, m = _metrics(c, nets, params, batch)
-  np.testing.assert_allclose(m['loss_dyn'], np.mean(se), rtol=1e-5)
-  np.testing.assert_allclose(m['loss_roll_dec'], ce / n_ce, rtol=1e-5)
+  np.testing.assert_allclose(m['loss_dyn'], se / sum(x[b, t] >= 0 for b, t in every), rtol=1e-5)
+  np.testing.assert_allclose(m['loss_roll_dec'], ce / sum(y[b, t] >= 0 for b, t in every), rtol=1e-5)
 
 
 def test_rolled_readout_loss_at_one_step_and_what_it_trains():

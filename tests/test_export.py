@@ -4,7 +4,10 @@ in bfloat16 with rematerialisation, exported with `jax.export` for CUDA and for 
 a (data=2, fsdp=4) mesh of 8 CPU devices. The CUDA programs must use cuDNN's fused attention and neither
 program the CPU attention; the shardings must survive lowering and export. (On a mesh, JAX wraps cuDNN's
 attention in its custom partitioner, a Python callback that jax.export cannot serialize: the sharded CUDA
-programs are lowered and checked, and the CUDA program is exported on one device.)
+programs are lowered and checked, and the CUDA program is exported on one device.) At the published size
+(K=16: the cell reads 17 tokens, the decoder 79, odd lengths that cuDNN's kernels refuse unpadded) every
+attention call of the window-SMT, DMT and BPTT steps must be one of cuDNN's, counted call by call; the
+same step lowered for the CPU must hold the CPU attention (the control that the count can see attention).
 
 cuDNN's lowering asks the local cuDNN library for its version, which a CPU machine does not have: the script
 answers 9.10 (the version a CUDA 12 wheel of jax 0.10 ships), which changes what the lowering may emit,
@@ -33,7 +36,7 @@ EXPORT = textwrap.dedent('''
     def config(kind, mesh):
       c = tiny_config('window' if kind == 'smt_window' else 'parallel')
       c.model.dtype, c.model.remat, c.model.residual_dtype = 'bfloat16', True, 'float32'
-      c.model.num_mem_tokens = 3  # even attention lengths (cuDNN needs them): cell K+1, decoder K+Tf-1
+      c.model.num_mem_tokens = 2  # odd attention lengths (cell K+1, decoder K+Tf-1): padded for cuDNN
       c.mesh.data, c.mesh.fsdp = mesh
       if kind == 'smt_chunked':
         c.model.prefix_chunk = 4
@@ -58,7 +61,30 @@ EXPORT = textwrap.dedent('''
         out['eval'] = (evaluator.step, (tr.abstract_state.params, batch, rng))
       return out
 
+    def count(jaxpr, name):  # equations `name` in a jaxpr and every jaxpr inside it
+      n = 0
+      for e in jaxpr.eqns:
+        n += e.primitive.name == name
+        for v in e.params.values():
+          for item in (v if isinstance(v, (list, tuple)) else (v,)):
+            if isinstance(item, (jax.extend.core.ClosedJaxpr, jax.extend.core.Jaxpr)):
+              n += count(getattr(item, 'jaxpr', item), name)
+      return n
+
     out = {}
+    from experiments.bench import preset_configs
+    for preset, label in (p.split(':') for p in sys.argv[2].split(',')):
+      c = preset_configs(preset)[label]
+      c.init_from = '(export: random parameters)' if c.method == 'dmt' else ''
+      tr = train.Trainer.create(c, jax.devices()[:1])
+      batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32') for k in ('x', 'y')}
+      traced = tr.train_step.trace(tr.abstract_state, batch, jax.ShapeDtypeStruct((2,), 'uint32'))
+      cuda = traced.lower(lowering_platforms=('cuda',)).as_text(debug_info=True)
+      calls = re.findall(r'__cudnn\\$fmha(\\w+)', cuda)
+      out[f'{preset}:{label}'] = dict(
+          K=c.model.num_mem_tokens, sites=count(traced.jaxpr.jaxpr, 'platform_index'),  # one per attention call
+          cudnn_forward=sum('Backward' not in name for name in calls), xla_attention='smtjax_xla_attention' in cuda,
+          cpu_control='smtjax_cpu_attention' in traced.lower(lowering_platforms=('cpu',)).as_text(debug_info=True))
     for kind in sys.argv[1].split(','):
       for step, (fn, args) in steps(kind, (2, 4)).items():  # sharded over (data, fsdp) = (2, 4)
         for platform in ('cuda', 'tpu'):
@@ -79,13 +105,14 @@ EXPORT = textwrap.dedent('''
 ''')
 
 KINDS = ('smt_window', 'smt_parallel', 'smt_chunked', 'dmt', 'bptt', 'bptt_truncated')
+PUBLISHED = ('paper_smt:SMT (window)', 'paper_dmt:DMT', 'paper_bptt:BPTT')
 
 
 @pytest.fixture(scope='module')
 def exported():
   env = {**os.environ, 'XLA_FLAGS': xla_flags('--xla_force_host_platform_device_count=8')}
-  r = subprocess.run([sys.executable, '-c', EXPORT, ','.join(KINDS)], cwd=ROOT, env=env, capture_output=True,
-                     text=True, timeout=900)
+  r = subprocess.run([sys.executable, '-c', EXPORT, ','.join(KINDS), ','.join(PUBLISHED)], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
   return json.loads(r.stdout.split('RESULT ', 1)[1])
 
@@ -108,3 +135,26 @@ def test_every_train_step_lowers_for_cuda_and_tpu(exported, kind):
 
 def test_the_eval_step_lowers_for_cuda_and_tpu(exported):
   _check(exported, 'smt_parallel/eval')
+
+
+@pytest.mark.parametrize('preset', PUBLISHED)
+def test_every_attention_call_is_cudnn_at_the_published_size(exported, preset):
+  r = exported[preset]
+  assert r['K'] == 16 and r['cpu_control'], r
+  assert r['sites'] > 0 and r['cudnn_forward'] == r['sites'] and not r['xla_attention'], r
+
+
+def test_one_program_for_cuda_and_another_platform_says_why_not():
+  """cuDNN's attention lowers for CUDA alone: export for CUDA with TPU raises, naming the ways out; for CPU and
+  TPU together one program carries both paths."""
+  import jax
+
+  from smtjax import perf, train
+  from tests.conftest import tiny_config
+  c = tiny_config()
+  tr = train.Trainer.create(c, jax.devices()[:1])
+  batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32') for k in ('x', 'y')}
+  args = (tr.abstract_state, batch, jax.ShapeDtypeStruct((2,), 'uint32'))
+  with pytest.raises(NotImplementedError, match='SMTJAX_ATTENTION=xla'):
+    perf.export_step(tr.train_step, args, ('cuda', 'tpu'))
+  assert perf.export_step(tr.train_step, args, ('cpu', 'tpu')).platforms == ('cpu', 'tpu')

@@ -95,6 +95,24 @@ def test_prefix_memories_equal_encoder_on_prefix(options, atol):
     np.testing.assert_allclose(pm[:, L], ref, atol=atol, err_msg=f'prefix length {L}')
 
 
+@pytest.mark.parametrize('options', [{}, {'attn_window': 3}, {'prefix_chunk': 2}, {'remat': True, 'prefix_chunk': 3}])
+def test_chosen_prefix_memories_equal_the_full_pass(options):
+  """Only the register groups of chosen prefix lengths (any order, repeats, the empty prefix and the whole
+  sequence, other choices per row, padding): the same memories, and the same gradients, as those entries of
+  the pass over every prefix."""
+  c, nets, params = _nets(**options)
+  x = _tokens().at[1, :2].set(-1).at[2, 3].set(-1)  # leading and inner padding
+  lengths = jnp.array([[7, 0, 3, 3, 5], [1, 7, 2, 0, 4], [6, 6, 6, 4, 0]])
+  w = jax.random.normal(jax.random.PRNGKey(3), lengths.shape + (3, 32))
+  chosen = lambda p: nets.nets.prefix_memories(p, x, lengths)
+  gathered = lambda p: jnp.take_along_axis(nets.nets.prefix_memories(p, x), lengths[:, :, None, None], axis=1)
+  np.testing.assert_allclose(jax.jit(chosen)(params), jax.jit(gathered)(params), atol=1e-5, rtol=1e-5)
+  g = jax.jit(jax.grad(lambda p: jnp.sum(chosen(p) * w)))(params)
+  g_full = jax.jit(jax.grad(lambda p: jnp.sum(gathered(p) * w)))(params)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_full)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_residual_stream_dtype():
   """model.residual_dtype='float32' under bfloat16 products: memories are not bfloat16-rounded (as under
   torch.autocast); without it they are."""

@@ -41,8 +41,8 @@ METHOD_NAMES = {'teacher': 'Transformer teacher', 'smt': 'SMT', 'dmt': 'SMT→DM
 def at_length(config, length: int, steps: int | None = None, seed: int | None = None):
   """`config` resized to `length` (keys_values: number of pairs) for an SMT run of `steps` steps (default
   the config's) with seed `seed`: a `smt.future` that decoded to the end of the sequence still does, others
-  are capped at T, as are the sampled transitions, decoder samples and rollout steps; one evaluation at the
-  end."""
+  are capped at T, as are the rollout steps (the sampled transitions and decoded memories are at-most counts);
+  one evaluation at the end."""
   c = config.copy_and_resolve_references()
   T0 = c.data.seq_len
   if c.data.name == 'keys_values':
@@ -54,8 +54,6 @@ def at_length(config, length: int, steps: int | None = None, seed: int | None = 
   c.data.seq_len = T
   # Sparse targets (one answer late in the sequence) decode to the end; dense ones keep a short future.
   c.smt.future = T if c.smt.future >= T0 else min(T, c.smt.future)
-  c.smt.num_transitions = min(T, c.smt.num_transitions)
-  c.smt.num_decoder_samples = min(c.smt.num_decoder_samples, T + 1)
   c.smt.rollout_steps = min(T, c.smt.rollout_steps)
   c.progress_bar = False
   if seed is not None:
