@@ -319,10 +319,10 @@ LENGTH_COLUMNS = {
 }
 
 
-def length_configs(size: str, T: int, band: int) -> dict:
+def length_configs(size: str, T: int, band: int, scale: str = 'paper') -> dict:
   """{column: config} of the step-time table at length T: `size` 'retrieval' (configs/retrieval.py:small resized
   by studies.compare.at_length: sparse targets, the future to the end of the sequence) or 'cpu'
-  (configs/tinystories.py:cpu at seq_len T)."""
+  (configs/tinystories.py:cpu at seq_len T); scale='tiny' shrinks the model (tests)."""
   from configs import retrieval, tinystories
   from smtjax.studies import compare
   if size == 'retrieval':
@@ -332,6 +332,7 @@ def length_configs(size: str, T: int, band: int) -> dict:
     base.data.seq_len = T
   else:
     raise ValueError(f'unknown size {size!r}: retrieval or cpu')
+  base = _tiny(base) if scale == 'tiny' else base
   out = {}
   for col in LENGTH_COLUMNS:
     c = base.copy_and_resolve_references()
@@ -359,17 +360,17 @@ def _time_within(config, max_gib: float, seconds: float) -> dict:
   return r
 
 
-def length_table(sizes, lengths, band: int, max_gib: float, seconds: float) -> dict:
+def length_table(sizes, lengths, band: int, max_gib: float, seconds: float, scale: str = 'paper') -> dict:
   """Step time against T (module docstring), one table per size; prints markdown rows as they come."""
   results = {}
   for size in sizes:
-    print(f'\n{size}: {_describe(length_configs(size, int(lengths[0]), band)["smt"])} (T varies); '
+    print(f'\n{size}: {_describe(length_configs(size, int(lengths[0]), band, scale)["smt"])} (T varies); '
           f'random tokens, compilation excluded; cells over {max_gib:g} GiB compiled are not run', flush=True)
     header = ['T'] + [LENGTH_COLUMNS[c].format(band=band) + ' ms' for c in LENGTH_COLUMNS] + [
         'SMT / window transitions per s', 'SMT GFLOP encoder / decoder / cell', 'BPTT GFLOP cell / readout']
     print('| ' + ' | '.join(header) + ' |\n|' + ' --- |' * len(header), flush=True)
     for T in (int(t) for t in lengths):
-      row = {col: _time_within(c, max_gib, seconds) for col, c in length_configs(size, T, band).items()}
+      row = {col: _time_within(c, max_gib, seconds) for col, c in length_configs(size, T, band, scale).items()}
       results[(size, T)] = row
       ms = [('-' + f' ({r["peak_gb"]:.0f} GiB)') if r['skipped'] else f'{r["step_ms"]:.0f}' for r in row.values()]
       smt, win = row['smt'], row['window']
@@ -455,7 +456,7 @@ def main(argv):
     return
   if FLAGS.length_table:
     length_table(FLAGS.sizes, FLAGS.lengths if FLAGS['lengths'].present else [64, 256, 1024, 4096], FLAGS.band,
-                 FLAGS.max_gib, FLAGS.cell_seconds)
+                 FLAGS.max_gib, FLAGS.cell_seconds, FLAGS.preset_scale)
     return
   if FLAGS.memory_table:
     memory_table([int(t) for t in FLAGS.lengths], FLAGS.batch, FLAGS.prefix_chunk, FLAGS.remat, FLAGS.dense_up_to,

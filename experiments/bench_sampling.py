@@ -1,16 +1,18 @@
-r"""How many memories per sequence parallel SMT should decode: the decoder gradient's noise and the step time
-against smt.num_decoder_samples.
+r"""How many memories per sequence parallel SMT should decode, and how many transitions it should train: the
+gradient's noise and the step time against smt.num_decoder_samples or smt.num_transitions.
 
-  python -m experiments.bench_sampling --config=configs/retrieval.py:small [--samples=1,2,4,8,16,0] \
-      [--pretrain_steps=300] [--batches=8] [--draws=8]
+  python -m experiments.bench_sampling --config=configs/retrieval.py:small [--field=num_decoder_samples] \
+      [--samples=1,2,4,8,16,0] [--pretrain_steps=300] [--batches=8] [--draws=8]
+  python -m experiments.bench_sampling --config=configs/tinystories.py:cpu --field=num_transitions \
+      --samples=8,16,32,64,0
 
-Trains the config's teacher for --pretrain_steps steps (decoding every memory), then, for each number S of
-decoded memories per sequence (0 = all), computes the gradient of the decoder loss alone on --batches
-training batches x --draws sampling draws, and times the train step. Prints, per S: the gradient variance
-(mean squared distance from the mean gradient, over batches and draws) relative to decoding every memory,
-the step time, and the efficiency (decode-all's variance x step time over S's: above 1, S reaches a given
-gradient noise in less time than decoding all). The sampled loss is unbiased whatever S (tests/test_losses.py),
-so S trades noise for time only.
+Trains the config's teacher for --pretrain_steps steps (with the config's own sampling), then,
+for each count S of the --field (0 = all), computes the gradient of that loss term alone (the decoder loss, or
+the dynamics loss) on --batches training batches x --draws sampling draws, and times the train step. Prints,
+per S: the gradient variance (mean squared distance from the mean gradient, over batches and draws) relative
+to taking all, the step time, and the efficiency (all's variance x step time over S's: above 1, S reaches a
+given gradient noise in less time than taking all). The sampled losses are unbiased whatever S
+(tests/test_losses.py), so S trades noise for time only.
 """
 
 import tempfile
@@ -29,16 +31,22 @@ from smtjax.data.pipeline import BatchIterator
 from smtjax.models import Networks
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('samples', ['1', '2', '4', '8', '16', '0'], 'Decoded memories per sequence (0 = all).')
+flags.DEFINE_enum('field', 'num_decoder_samples', ['num_decoder_samples', 'num_transitions'],
+                  'The config.smt count to vary.')
+flags.DEFINE_list('samples', ['1', '2', '4', '8', '16', '0'], 'Values of --field per sequence (0 = all).')
 flags.DEFINE_integer('pretrain_steps', 300, 'Teacher training steps before the gradients are measured.')
 flags.DEFINE_integer('batches', 8, 'Training batches per measurement.')
 flags.DEFINE_integer('draws', 8, 'Sampling draws per batch.')
 
 
-def decoder_gradient_variance(config, params, batches, draws: int) -> float:
-  """Mean squared distance of the decoder loss's gradient from its mean, over batches x draws."""
+TERMS = {'num_decoder_samples': ('coef_dyn', 'coef_unif'), 'num_transitions': ('coef_dec', 'coef_unif')}
+
+
+def gradient_variance(config, params, batches, draws: int, field: str) -> float:
+  """Mean squared distance of the gradient of `field`'s loss term alone from its mean, over batches x draws."""
   c = config.copy_and_resolve_references()
-  c.smt.coef_dyn, c.smt.coef_unif = 0.0, 0.0
+  for coef in TERMS[field]:
+    c.smt[coef] = 0.0
   nets = Networks.from_config(c)
 
   @jax.jit
@@ -52,10 +60,11 @@ def decoder_gradient_variance(config, params, batches, draws: int) -> float:
   return float(np.mean(np.sum((flat - flat.mean(0)) ** 2, axis=1)))
 
 
-def study(config, samples, pretrain_steps: int, num_batches: int, draws: int, steps: int, repeats: int) -> list:
-  """Rows {S, decoded_tokens, variance_ratio, step_ms, efficiency}, printed as they come."""
+def study(config, field: str, samples, pretrain_steps: int, num_batches: int, draws: int, steps: int,
+          repeats: int) -> list:
+  """Rows {S, variance_ratio, step_ms, efficiency}, printed as they come."""
   c = config.copy_and_resolve_references()
-  c.num_steps, c.smt.num_decoder_samples, c.progress_bar = pretrain_steps, 0, False
+  c.num_steps, c.progress_bar = pretrain_steps, False
   c.eval_every = c.checkpoint_every = pretrain_steps
   with tempfile.TemporaryDirectory() as work:
     train.train_and_evaluate(c, work)
@@ -64,21 +73,20 @@ def study(config, samples, pretrain_steps: int, num_batches: int, draws: int, st
   it = BatchIterator(source, 'train', c.batch_size, 0, 1, prefetch=0)
   batches = [jax.tree.map(jnp.asarray, next(it)) for _ in range(num_batches)]
   it.close()
-  T = c.data.seq_len
-  print(f'{"S":>4} | {"decoder tokens/seq":>18} | {"grad variance / all":>19} | {"step ms":>8} | efficiency',
-        flush=True)
+  every = c.data.seq_len + (1 if field == 'num_decoder_samples' else 1 - c.smt.rollout_steps)
+  print(f'{field} of {every} per sequence (T={c.data.seq_len}); teacher trained {pretrain_steps} steps', flush=True)
+  print(f'{"S":>4} | {"grad variance / all":>19} | {"step ms":>8} | efficiency', flush=True)
   rows, base = [], None
-  for S in sorted(samples, key=lambda s: s or T + 1, reverse=True):  # decode-all first: the reference
-    c.smt.num_decoder_samples = S
-    eff_S = S if 0 < S < T + 1 else T + 1
-    var = decoder_gradient_variance(c, params, batches, 1 if eff_S == T + 1 else draws)
+  counts = sorted({v if 0 < v < every else 0 for v in samples}, key=lambda v: v or every, reverse=True)
+  for S in counts:  # all (0) first: the reference
+    c.smt[field] = S
+    var = gradient_variance(c, params, batches, draws if S else 1, field)
     ms = time_train_step(c, steps, repeats)['step_ms']
     base = base or (var, ms)
-    row = dict(S=S, decoded_tokens=eff_S * c.smt.future, variance_ratio=var / base[0], step_ms=ms,
-               efficiency=base[0] * base[1] / (var * ms))
+    row = dict(S=S, variance_ratio=var / base[0], step_ms=ms, efficiency=base[0] * base[1] / (var * ms))
     rows.append(row)
-    print(f'{S or "all":>4} | {row["decoded_tokens"]:18d} | {row["variance_ratio"]:19.2f} | {ms:8.1f} | '
-          f'{row["efficiency"]:.2f}', flush=True)
+    print(f'{S or "all":>4} | {row["variance_ratio"]:19.2f} | {ms:8.1f} | {row["efficiency"]:.2f}',
+          flush=True)
   return rows
 
 
@@ -88,8 +96,8 @@ def main(argv):
     raise app.UsageError('give --config')
   with _cli.user_errors():
     config_lib.validate(FLAGS.config)
-  study(FLAGS.config, [int(s) for s in FLAGS.samples], FLAGS.pretrain_steps, FLAGS.batches, FLAGS.draws,
-        FLAGS.steps, FLAGS.repeats)
+  study(FLAGS.config, FLAGS.field, [int(s) for s in FLAGS.samples], FLAGS.pretrain_steps, FLAGS.batches,
+        FLAGS.draws, FLAGS.steps, FLAGS.repeats)
 
 
 if __name__ == '__main__':

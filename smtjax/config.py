@@ -51,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   c.num_eval_batches = 4
+  c.eval_split = 'test'  # the split of the periodic evaluation: 'test', or 'valid' (a study's learning curves)
   c.max_checkpoints_to_keep = 2
   c.progress_bar = True
   # metrics.jsonl is rewritten whole (object stores cannot append) at evaluation and checkpoint steps and at
@@ -340,6 +341,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _positive_ints(config, '', ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every',
                               'num_eval_batches', 'max_checkpoints_to_keep'))
   _require(config.metrics_flush_secs >= 0, 'metrics_flush_secs', 'must be >= 0')
+  _one_of(config.eval_split, 'eval_split', ('test', 'valid'))
   profile_range(config)
   _one_of(config.data.source, 'data.source', DATA_SOURCES)
   _require(0 <= config.data.valid_fraction < 1, 'data.valid_fraction', 'must be in [0, 1) (0 = no validation split)')

@@ -242,10 +242,10 @@ _FALLBACKS_LOGGED: set[str] = set()
 def _fallback(reason: str):
   """Logs, once per reason, that an attention call on CUDA takes XLA's path instead of cuDNN's: a warning on a
   GPU machine; elsewhere (the CUDA branch is traced on every platform, and programs are exported for CUDA from
-  CPU machines) at the info level."""
+  CPU machines) at the debug level."""
   if reason not in _FALLBACKS_LOGGED:
     _FALLBACKS_LOGGED.add(reason)
-    log = logging.warning if jax.default_backend() in ('gpu', 'cuda') else logging.info
+    log = logging.warning if jax.default_backend() in ('gpu', 'cuda') else logging.debug
     log('attention on CUDA falls back to XLA\'s implementation: %s', reason)
 
 

@@ -167,6 +167,29 @@ def learning_curves(curves: dict, path, names: dict, ylabel: str = 'held-out bit
   return save_figure(fig, path)
 
 
+def claims_curves(summary: dict, path, names: dict) -> epath.Path:
+  """One panel per row of a claims study (smtjax/studies/claims.py): each method's validation accuracy against
+  optimizer steps, mean over seeds with its 95% interval shaded, and the SMT teacher's (dashed)."""
+  rows = summary['rows']
+  fig = Figure(figsize=(6 * len(rows), 4.2), dpi=100)
+  axes = np.atleast_1d(fig.subplots(1, len(rows)))
+  nan = lambda v: np.asarray([np.nan if u is None else u for u in v], np.float64)
+  for ax, (row, cells) in zip(axes, rows.items()):
+    for i, (m, c) in enumerate(cells.items()):
+      x, y, ci = np.asarray(c['curve']['steps'], np.float64), nan(c['curve']['mean']), nan(c['curve']['ci'])
+      ax.plot(x, y, color=f'C{i}', marker='.', label=f'{names[m]} ({c["name"]})')
+      ax.fill_between(x, np.clip(y - ci, 0, 1), np.clip(y + ci, 0, 1), color=f'C{i}', alpha=0.15)
+    teacher = next((c['teacher_curve'] for c in cells.values() if 'teacher_curve' in c), None)
+    if teacher:
+      ax.plot(teacher['steps'], nan(teacher['mean']), '--', color='gray', label='teacher (SMT)')
+    ax.set_xlabel('optimizer steps')
+    ax.set_ylabel('validation accuracy (RNN from its initial memory)')
+    ax.set_title(f'{summary["task"]} T={summary["T"]}: {row.replace("_", " ")}')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  return save_figure(fig, path)
+
+
 def loss_per_position(per_t: dict, path, names: dict, trained_len: int, title: str = '') -> epath.Path:
   """One line per method: the held-out loss at each sequence position (mean over seeds), with the training
   length marked: does a model use what it read long ago, and past the length it was trained on?"""

@@ -36,7 +36,7 @@ from smtjax import sharding as shard_lib
 from smtjax import workdir as workdir_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
-from smtjax.errors import CheckpointError, ConfigError, NonFiniteLossError, WorkdirError
+from smtjax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WorkdirError
 from smtjax.evaluation import EvalSpec, Evaluator
 from smtjax.metrics import MetricWriter
 from smtjax.models import Networks
@@ -163,6 +163,11 @@ def _checked(config):
   config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
   if config.data.seq_len != source.info.seq_len:
     raise ConfigError(f'config.data.seq_len={config.data.seq_len} but the data has {source.info.seq_len}')
+  if config.eval_split != 'test':
+    try:
+      source.get_batch(config.eval_split, 0, 0, 1)
+    except DataError as e:
+      raise ConfigError(f'config.eval_split={config.eval_split!r}: {e}') from e
   if config.init_from:
     init_from = epath.Path(config.init_from)
     if not init_from.is_dir():
@@ -302,7 +307,7 @@ class _Run:
       self.bar.update(1)
 
   def _evaluate(self, step: int, state: TrainState):
-    metrics = self.trainer.evaluator(state.params, self.source, self.config.num_eval_batches)
+    metrics = self.trainer.evaluator(state.params, self.source, self.config.num_eval_batches, self.config.eval_split)
     self.writer.write(step, {**self.stash, **metrics})
     self.writer.flush()
     self.stash.clear()

@@ -163,3 +163,24 @@ def test_bench_parallel_scan_runs_tiny():
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.count('sequential / scan') == 4, r.stdout
+
+
+def test_length_table_and_sampling_study_run_tiny(capsys):
+  """experiments.bench --length_table (every column, a cell over the memory limit reported, not run) and
+  experiments.bench_sampling's study at test size."""
+  from experiments import bench, bench_sampling
+  from tests.conftest import tiny_config
+  rows = bench.length_table(['retrieval', 'cpu'], [8], band=2, max_gib=16.0, seconds=0.2, scale='tiny')
+  row = rows[('retrieval', 8)]
+  assert set(row) == set(bench.LENGTH_COLUMNS) and all(r['step_ms'] > 0 for r in row.values())
+  f = row['smt']['network_flops']
+  assert f['encoder'] > 0 and f['decoder'] > 0 and f['cell'] > 0
+  assert row['bptt']['network_flops']['encoder'] == 0  # BPTT: the cell and its readout only
+  assert '| 8 |' in capsys.readouterr().out
+  skipped = bench.length_table(['retrieval'], [8], band=2, max_gib=1e-6, seconds=0.2, scale='tiny')[('retrieval', 8)]
+  assert all(r['skipped'] and r['peak_gb'] > 0 for r in skipped.values())
+  c = tiny_config()
+  c.num_steps = 2
+  for field in ('num_decoder_samples', 'num_transitions'):
+    out = bench_sampling.study(c, field, [2, 0], pretrain_steps=2, num_batches=2, draws=2, steps=1, repeats=1)
+    assert [r['S'] for r in out] == [0, 2] and out[0]['variance_ratio'] == 1.0 and out[1]['variance_ratio'] > 0

@@ -1,0 +1,56 @@
+r"""The paper's synthetic claims at equal optimizer steps and batch, every method tuned alike and run to a plateau.
+
+  python -m experiments.claims --config=configs/stack.py --lengths=64 --seeds=3 --smt_steps=6000 \
+      --dmt_steps=1200 --tune_steps=1000 [--lrs=3e-4,1e-3,3e-3] [--cells=transformer,gru] \
+      [--drifts=plain,roll4] [--evals=12] [--lanes=2] [--out=workdirs/claims] [--config.model.d_model=128 ...]
+
+SMT, SMT->DMT, BPTT (SMT + DMT steps) and SMT->BPTT (BPTT fine-tuning of SMT's RNN) on the config's task at
+each length: each tuned on the validation split over the same grid, then trained for every seed; the table
+has a same-cell row (the grid's first cell) and a best-cell row, each cell with its test accuracy (mean and 95%
+interval), its last-quarter change and verdict (plateau, not converged, teacher not converged), seconds per
+update and sequential depth. --tune_steps=0 skips tuning (the first value of each grid axis). Writes
+OUT/claims_TASK_T<T>.{json,md,png}; runs go to OUT/TASK/T<length>/ and a rerun skips finished ones. See
+smtjax/studies/claims.py.
+"""
+
+from absl import app, flags
+
+from experiments import _cli
+from smtjax.studies import claims
+
+FLAGS = flags.FLAGS
+_cli.define_config('Config file and variant (parallel SMT, e.g. configs/stack.py).')
+flags.DEFINE_list('lengths', None, "Lengths (default: the config's; keys_values: numbers of pairs).")
+flags.DEFINE_string('out', 'workdirs/claims', 'Output directory.')
+flags.DEFINE_integer('seeds', 3, 'Seeds (config.seed + 0..seeds-1).')
+flags.DEFINE_integer('smt_steps', None, "SMT steps (default: the config's num_steps).")
+flags.DEFINE_integer('dmt_steps', None, 'DMT and SMT->BPTT fine-tuning steps (default: SMT steps // 5).')
+flags.DEFINE_integer('tune_steps', 1000, 'Steps per SMT candidate while tuning (0: no tuning).')
+flags.DEFINE_list('lrs', ['3e-4', '1e-3', '3e-3'], 'Learning rates of the grid.')
+flags.DEFINE_list('cells', ['transformer', 'gru'], 'Cells of the grid; the first is the same-cell row.')
+flags.DEFINE_list('drifts', ['plain', 'roll4'], "SMT's drift-robust settings of the grid.")
+flags.DEFINE_integer('evals', 12, 'Validation evaluations per run (learning curves, plateau).')
+flags.DEFINE_integer('num_eval_batches', 32, 'Batches per evaluation.')
+flags.DEFINE_float('plateau', 0.01, 'A run has plateaued when its last-quarter change is below this.')
+flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each pinned to its own core.')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  _cli.start(argv)
+  c = FLAGS.config
+  steps = FLAGS.smt_steps or c.num_steps
+  plan = claims.Plan(smt_steps=steps, dmt_steps=FLAGS.dmt_steps or max(1, steps // 5),
+                     seeds=tuple(int(c.seed) + i for i in range(FLAGS.seeds)), tune_steps=FLAGS.tune_steps,
+                     lrs=tuple(float(x) for x in FLAGS.lrs), cells=tuple(FLAGS.cells), drifts=tuple(FLAGS.drifts),
+                     evals=FLAGS.evals, num_eval_batches=FLAGS.num_eval_batches, plateau=FLAGS.plateau,
+                     lanes=FLAGS.lanes)
+  lengths = FLAGS.lengths or [c.data.options.num_pairs if c.data.name == 'keys_values' else c.data.seq_len]
+  with _cli.user_errors():
+    results = claims.run_claims(c, lengths, plan, FLAGS.out)
+  for r in results.values():
+    print(claims.write_table(r, f'{FLAGS.out}/claims_{r["task"]}_T{r["length"]}.md'))
+
+
+if __name__ == '__main__':
+  app.run(main)

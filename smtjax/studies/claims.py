@@ -1,0 +1,343 @@
+"""The paper's synthetic claims at equal optimizer steps and batch, each run to a plateau (method.md §10).
+
+For one task config (parallel SMT, resized to the length by `compare.at_length`), four ways of training the
+same RNN, all with the config's batch:
+
+- `smt`: SMT for `smt_steps`; the RNN reads from its initial memory;
+- `smt_dmt`: that SMT run, then DMT fine-tuning for `dmt_steps` (`variants.parallel_dmt`, a third of SMT's
+  learning rate);
+- `bptt`: BPTT for smt_steps + dmt_steps (at least as many steps as SMT and DMT together);
+- `smt_bptt`: SMT as pretraining, then BPTT fine-tuning of its RNN (from its own initial memory) for dmt_steps:
+  the same total steps, SMT in the role the paper gives it where its RNN stays under the teacher.
+
+The same choices for every method: each is tuned on the validation split at the length it is scored at, over
+one grid: learning rate x cell (the Transformer updater or a GRU), and for SMT also its drift-robust setting
+(none, or 4 rolled steps); each method's candidates share the same number of tuning steps in all (`tune_steps`
+per SMT candidate, the same total for BPTT's fewer candidates). Rows: the same cell for every method (the
+Transformer: the paper's claim is about one RNN trained two ways) and each method's best cell.
+
+Every run is evaluated `evals` times on the validation split (learning curves); a run has reached its plateau
+when the least-squares trend of its RNN's accuracy over the last quarter of its steps changes it by less than
+`plateau` (0.01); one that has not is reported as "not converged", never as a win or a loss. The SMT runs' teacher
+is gated the same way: where it has not plateaued, the SMT-trained cells say "teacher not converged". Final
+scores: the RNN reading whole held-out test sequences from its initial memory (and the SMT teacher from its
+prefix memories), mean and 95% interval over seeds. Side columns: seconds per update (one pinned core) and
+sequential depth per update (dependent cell applications: SMT `rollout_steps x cell_depth`, BPTT and DMT
+`T x cell_depth`).
+
+Writes out/claims_<task>_T<T>.{json,md} and a learning-curve figure; runs live under out/<task>/T<T>/ and a
+rerun skips finished runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import statistics
+
+import numpy as np
+from etils import epath
+
+from smtjax import config as config_lib
+from smtjax import plotting, variants
+from smtjax import workdir as workdir_lib
+from smtjax.errors import ConfigError
+from smtjax.metrics import read_metrics
+from smtjax.studies import compare, stats
+from smtjax.studies.wallclock import Job, finite, run_jobs, score
+
+METHODS = {'smt': 'SMT', 'smt_dmt': 'SMT→DMT', 'bptt': 'BPTT', 'smt_bptt': 'SMT→BPTT'}
+DRIFT = {'plain': (), 'roll4': (('smt.rollout_steps', 4),)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Steps, grid and scoring of a claims study (module docstring)."""
+  smt_steps: int
+  dmt_steps: int
+  seeds: tuple[int, ...] = (0, 1, 2)
+  tune_steps: int = 0  # per SMT candidate; 0: no tuning (the first value of each grid axis)
+  lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+  cells: tuple[str, ...] = ('transformer', 'gru')
+  drifts: tuple[str, ...] = ('plain', 'roll4')
+  evals: int = 12
+  num_eval_batches: int = 32
+  plateau: float = 0.01
+  lanes: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One candidate: a learning rate, a cell and (SMT) a drift-robust setting."""
+  lr: float
+  cell: str
+  drift: str = 'plain'
+
+  @property
+  def name(self) -> str:
+    return f'{self.cell}_lr{self.lr:g}' + ('' if self.drift == 'plain' else f'_{self.drift}')
+
+  def apply(self, c):
+    variants.override(c, 'optim.lr', self.lr)
+    variants.override(c, 'model.cell', self.cell)
+    for field, value in DRIFT[self.drift]:
+      variants.override(c, field, value)
+    return c
+
+
+def _steps(c, steps: int, evals: int):
+  c.num_steps = max(1, int(steps))
+  c.eval_every = max(1, c.num_steps // max(1, evals))
+  c.checkpoint_every = c.num_steps
+  c.log_every = max(1, min(c.log_every, c.eval_every))
+  return c
+
+
+def configs(config, length: int, setting: Setting, seed: int, smt_steps: int, dmt_steps: int, evals: int,
+            num_eval_batches: int, smt_dir: str) -> dict:
+  """{method: config} of one setting and seed; the fine-tuning runs start from `smt_dir`."""
+  base = compare.at_length(config, length, seed=seed)
+  base.eval_split, base.num_eval_batches, base.metrics_flush_secs = 'valid', num_eval_batches, 0.0
+  smt = _steps(setting.apply(base.copy_and_resolve_references()), smt_steps, evals)
+  plain = dataclasses.replace(setting, drift='plain')
+  dmt = plain.apply(base.copy_and_resolve_references())
+  dmt = _steps(variants.parallel_dmt(dmt), dmt_steps, evals)
+  dmt.init_from = smt_dir
+  bptt = _steps(plain.apply(base.copy_and_resolve_references()), smt_steps + dmt_steps, evals)
+  bptt.method = 'bptt'
+  tune = _steps(plain.apply(base.copy_and_resolve_references()), dmt_steps, evals)
+  tune.method, tune.init_from = 'bptt', smt_dir
+  tune.model.initial_memory = 'encoder'  # the RNN keeps the initial memory it learned with under SMT
+  tune.optim.lr = dmt.optim.lr
+  return {'smt': smt, 'smt_dmt': dmt, 'bptt': bptt, 'smt_bptt': tune}
+
+
+def sequential_depth(config) -> int:
+  """Dependent cell applications in one update: an SMT step rolls `rollout_steps` cells from teacher memories,
+  BPTT and DMT roll T (DMT: Td) of them."""
+  d = config.model.cell_depth if config.model.cell == 'transformer' else 1
+  if config.method == 'smt':
+    return config.smt.rollout_steps * d
+  return (config.dmt.rollout if config.method == 'dmt' else config.data.seq_len) * d
+
+
+# --------------------------------------------------------------------------------------------- curves
+
+def curve(workdir, key: str = 'rnn_only_accuracy', offset: int = 0) -> dict:
+  """{'steps', 'values'} of `key` at each periodic evaluation of a run (steps shifted by `offset`)."""
+  points = [r for r in read_metrics(workdir) if key in r]
+  return {'steps': [offset + r['step'] for r in points], 'values': [r[key] for r in points]}
+
+
+def joined(first: dict, second: dict) -> dict:
+  return {k: first[k] + second[k] for k in ('steps', 'values')}
+
+
+def last_quarter_change(c: dict) -> float:
+  """The change of a curve over the last quarter of its steps: the least-squares slope of its evaluations
+  from 3/4 of the steps on (at least the last 3), times a quarter of the steps; NaN with fewer than 2 points."""
+  steps, values = np.asarray(c['steps'], float), np.asarray(c['values'], float)
+  ok = np.isfinite(values)
+  steps, values = steps[ok], values[ok]
+  if len(steps) < 2:
+    return float('nan')
+  keep = steps >= 0.75 * steps[-1]
+  if keep.sum() < 3:
+    keep = np.arange(len(steps)) >= len(steps) - 3
+  s, v = steps[keep], values[keep]
+  if len(s) < 2 or np.ptp(s) == 0:
+    return float('nan')
+  slope = np.polyfit(s, v, 1)[0]
+  return float(slope * steps[-1] / 4)
+
+
+def _mean_curve(curves: list[dict]) -> dict:
+  """Mean and 95% interval over seeds at each evaluation step the seeds share."""
+  steps = sorted(set.intersection(*(set(c['steps']) for c in curves))) if curves else []
+  at = [dict(zip(c['steps'], c['values'])) for c in curves]
+  cells = [stats.mean_ci([a[s] for a in at]) for s in steps]
+  return {'steps': steps, 'mean': [c['mean'] for c in cells], 'ci': [c['ci'] for c in cells]}
+
+
+# ---------------------------------------------------------------------------------------------- the study
+
+def _check(config, lengths, plan: Plan):
+  if config.method != 'smt' or config.smt.mode != 'parallel':
+    raise ConfigError("a claims study starts from parallel SMT: config.method='smt', config.smt.mode='parallel'")
+  if plan.smt_steps < 1 or plan.dmt_steps < 1 or plan.tune_steps < 0 or not plan.seeds or plan.evals < 4:
+    raise ConfigError(f'bad plan: {plan}')
+  unknown = [d for d in plan.drifts if d not in DRIFT]
+  if unknown or not plan.lrs or not plan.cells or not plan.drifts:
+    raise ConfigError(f'bad grid: lrs {plan.lrs}, cells {plan.cells}, drifts {plan.drifts} (known drifts: '
+                      f'{", ".join(DRIFT)})')
+  for L in lengths:
+    for s in _grid(plan, 'smt'):
+      for c in configs(config, L, s, plan.seeds[0], plan.smt_steps, plan.dmt_steps, plan.evals, plan.num_eval_batches,
+                       '(checked before training)').values():
+        config_lib.validate(c)
+
+
+def _grid(plan: Plan, method: str) -> list[Setting]:
+  drifts = plan.drifts if method == 'smt' else ('plain',)
+  return [Setting(lr, cell, d) for cell in plan.cells for lr in plan.lrs for d in drifts]
+
+
+def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
+  """Every method's validation accuracy for every candidate and its choice, same-cell (the first cell) and
+  best cell: {method: {'scores': {name: acc}, 'steps': tuning steps in all, 'same_cell': Setting, 'best': Setting}}.
+  Without tune_steps: the first value of each grid axis for every method."""
+  if plan.tune_steps == 0:
+    first = Setting(plan.lrs[0], plan.cells[0], plan.drifts[0])
+    plain = dataclasses.replace(first, drift='plain')
+    return {m: {'scores': {}, 'steps': 0, 'same_cell': first if m == 'smt' else plain,
+                'best': first if m == 'smt' else plain} for m in METHODS}
+  n, fine = plan.tune_steps, max(1, plan.tune_steps // 5)
+  seed, base = plan.seeds[0], out / 'tune'
+  jobs, runs = [], {m: {} for m in METHODS}
+  smt_grid, pair_grid = _grid(plan, 'smt'), _grid(plan, 'bptt')
+  bptt_steps = n * len(smt_grid) // len(pair_grid)  # the same tuning steps in all as SMT's candidates
+  for s in smt_grid:
+    cs = configs(config, length, s, seed, n, fine, 4, plan.num_eval_batches, str(base / 'smt' / s.name))
+    jobs.append(Job(base / 'smt' / s.name, cs['smt']))
+    runs['smt'][s.name] = (s, base / 'smt' / s.name)
+  for s in pair_grid:
+    smt_dir = base / 'smt' / s.name
+    cs = configs(config, length, s, seed, n, fine, 4, plan.num_eval_batches, str(smt_dir))
+    for m in ('smt_dmt', 'smt_bptt'):
+      jobs.append(Job(base / m / s.name, cs[m], after=(smt_dir,)))
+      runs[m][s.name] = (s, base / m / s.name)
+    bptt = _steps(cs['bptt'], bptt_steps, 4)
+    jobs.append(Job(base / 'bptt' / s.name, bptt))
+    runs['bptt'][s.name] = (s, base / 'bptt' / s.name)
+  run_jobs(jobs, plan.lanes)
+  out_ = {}
+  for m, cands in runs.items():
+    scores = {name: _score(str(wd), 'valid', plan.num_eval_batches)['rnn_only_accuracy']
+              for name, (_, wd) in cands.items()}
+    same = {k: v for k, v in scores.items() if cands[k][0].cell == plan.cells[0]}
+    steps = {'smt': n * len(smt_grid), 'bptt': bptt_steps * len(pair_grid)}.get(m, (n + fine) * len(pair_grid))
+    out_[m] = {'scores': scores, 'steps': steps, 'same_cell': cands[max(same, key=same.get)][0],
+               'best': cands[max(scores, key=scores.get)][0]}
+  return out_
+
+
+def _row_jobs(config, length: int, plan: Plan, chosen: dict, row: str, base: epath.Path) -> dict:
+  """{(method, seed): (Job, SMT Job or None)} of one row ('same_cell' or 'best')."""
+  jobs = {}
+  for m in METHODS:
+    s = chosen[m][row]
+    smt_setting = s if m == 'smt' else dataclasses.replace(s, drift='plain')
+    for seed in plan.seeds:
+      smt_dir = base / f'seed{seed}' / f'smt_{smt_setting.name}'
+      cs = configs(config, length, smt_setting, seed, plan.smt_steps, plan.dmt_steps, plan.evals,
+                   plan.num_eval_batches, str(smt_dir))
+      smt_job = Job(smt_dir, cs['smt'])
+      if m == 'smt':
+        jobs[(m, seed)] = (smt_job, None)
+      elif m == 'bptt':
+        jobs[(m, seed)] = (Job(base / f'seed{seed}' / f'bptt_{s.name}', cs['bptt']), None)
+      else:
+        jobs[(m, seed)] = (Job(base / f'seed{seed}' / f'{m}_{s.name}', cs[m], after=(smt_dir,)), smt_job)
+  return jobs
+
+
+@functools.cache
+def _score(workdir: str, split: str, num_batches: int) -> dict:
+  return score(workdir, (), num_batches, split)
+
+
+def _result(plan: Plan, m: str, setting: Setting, pairs: list) -> dict:
+  """A cell: test scores over seeds, the validation curve, convergence (of the method's own last stage: a
+  fine-tuning run's plateau is its own), cost."""
+  per_seed, curves, teacher_curves, seconds = [], [], [], []
+  for job, smt_job in pairs:
+    sc = _score(str(job.workdir), 'test', plan.num_eval_batches)
+    own = curve(job.workdir)
+    if smt_job is not None:
+      own_after = curve(job.workdir, offset=smt_job.config.num_steps)
+    whole = own if smt_job is None else joined(curve(smt_job.workdir), own_after)
+    rates = [r['steps_per_s'] for r in read_metrics(job.workdir) if 'steps_per_s' in r][1:]
+    seconds.append(1.0 / statistics.median(rates) if rates else float('nan'))
+    teacher_src = smt_job or (job if m == 'smt' else None)
+    teacher = float('nan')
+    if teacher_src is not None:
+      teacher_curves.append(curve(teacher_src.workdir, 'teacher_accuracy'))
+      teacher = _score(str(teacher_src.workdir), 'test', plan.num_eval_batches)['teacher_accuracy']
+    per_seed.append({'accuracy': sc['rnn_only_accuracy'], 'bits': sc['rnn_only_bits'], 'teacher_accuracy': teacher,
+                     'change': last_quarter_change(own), 'workdir': str(job.workdir)})
+    curves.append(whole)
+  changes = [p['change'] for p in per_seed]
+  cell = {'method': m, 'setting': dataclasses.asdict(setting), 'name': setting.name, 'per_seed': per_seed,
+          'steps': curves[0]['steps'][-1] if curves[0]['steps'] else 0,
+          'converged': all(abs(x) < plan.plateau for x in changes), 'change': max(changes, key=abs),
+          'curve': _mean_curve(curves), 'seconds_per_update': statistics.median(seconds),
+          'sequential_depth': sequential_depth(pairs[0][0].config)}
+  for key in ('accuracy', 'bits', 'teacher_accuracy'):
+    st = stats.mean_ci([p[key] for p in per_seed])
+    cell[key], cell[f'{key}_ci'] = st['mean'], st['ci']
+  if teacher_curves:
+    t_changes = [last_quarter_change(t) for t in teacher_curves]
+    cell['teacher_change'] = max(t_changes, key=abs)
+    cell['teacher_converged'] = all(abs(x) < plan.plateau for x in t_changes)
+    cell['teacher_curve'] = _mean_curve(teacher_curves)
+  return cell
+
+
+def run_claims(config, lengths, plan: Plan, out) -> dict:
+  """Tunes, trains and scores every method at each length (module docstring); returns {str(T): summary}."""
+  out = workdir_lib.as_path(out)
+  lengths = [int(x) for x in lengths]
+  _check(config, lengths, plan)
+  task, results = config.data.name, {}
+  for L in lengths:
+    base = out / task / f'T{L}'
+    chosen = tune(config, L, plan, base)
+    rows = {row: _row_jobs(config, L, plan, chosen, row, base) for row in ('same_cell', 'best')}
+    jobs = {str(j.workdir): j for r in rows.values() for pair in r.values() for j in pair if j is not None}
+    run_jobs(list(jobs.values()), plan.lanes)
+    summary = {'task': task, 'T': compare.at_length(config, L).data.seq_len, 'length': L,
+               'plan': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()},
+               'tuning': {m: {'scores': v['scores'], 'steps': v['steps'], 'same_cell': v['same_cell'].name,
+                              'best': v['best'].name} for m, v in chosen.items()},
+               'rows': {row: {m: _result(plan, m, chosen[m][row], [r[(m, s)] for s in plan.seeds]) for m in METHODS}
+                        for row, r in rows.items()}}
+    name = f'claims_{task}_T{L}'
+    workdir_lib.write_text(out / f'{name}.json', json.dumps(finite(summary), indent=2))
+    write_table(summary, out / f'{name}.md')
+    plotting.claims_curves(finite(summary), out / f'{name}.png', METHODS)
+    results[str(L)] = summary
+  return results
+
+
+def _verdict(cell: dict) -> str:
+  if cell.get('teacher_converged') is False:
+    return 'teacher not converged'
+  return 'plateau' if cell['converged'] else 'not converged'
+
+
+def write_table(summary: dict, path) -> str:
+  """Markdown: per row (same cell, best cell) and method, the setting, steps, cost and the RNN's test accuracy
+  (mean ± 95% interval over seeds), the last-quarter change and the verdict; then the tuning scores."""
+  seeds = summary['plan']['seeds']
+  lines = [f'# {summary["task"]} at T={summary["T"]}: SMT, SMT→DMT, BPTT and SMT→BPTT at equal steps', '',
+           f'Batch and steps equal per row; seeds {", ".join(map(str, seeds))}: mean ± 95% t-interval. Accuracy: the '
+           'RNN reading whole held-out test sequences from its initial memory; teacher: the SMT run\'s. Change: the '
+           'trend of validation accuracy over the last quarter of the steps (plateau: below '
+           f'{summary["plan"]["plateau"]}).', '',
+           '| row | method | setting | steps | s/update | sequential depth | RNN accuracy | teacher accuracy | '
+           'change | verdict |', '|---|---|---|---|---|---|---|---|---|---|']
+  for row, cells in summary['rows'].items():
+    for m, c in cells.items():
+      teacher = stats.fmt(c.get('teacher_accuracy'), c.get('teacher_accuracy_ci'))
+      lines.append(f'| {row.replace("_", " ")} | {METHODS[m]} | {c["name"]} | {c["steps"]} | '
+                   f'{c["seconds_per_update"]:.3f} | {c["sequential_depth"]} | '
+                   f'{stats.fmt(c["accuracy"], c["accuracy_ci"])} | {teacher} | {c["change"]:+.3f} | {_verdict(c)} |')
+  lines += ['', '## Tuning (validation accuracy, first seed)', '']
+  for m, t in summary['tuning'].items():
+    scores = ', '.join(f'{k} {v:.3f}' for k, v in sorted(t['scores'].items(), key=lambda kv: -kv[1]))
+    lines.append(f'- {METHODS[m]} ({t["steps"]} tuning steps): same cell {t["same_cell"]}, best {t["best"]}'
+                 + (f'; {scores}' if scores else ''))
+  text = '\n'.join(lines) + '\n'
+  workdir_lib.write_text(path, text)
+  return text
