@@ -322,7 +322,8 @@ LENGTH_COLUMNS = {
 def length_configs(size: str, T: int, band: int, scale: str = 'paper') -> dict:
   """{column: config} of the step-time table at length T: `size` 'retrieval' (configs/retrieval.py:small resized
   by studies.compare.at_length: sparse targets, the future to the end of the sequence) or 'cpu'
-  (configs/tinystories.py:cpu at seq_len T); scale='tiny' shrinks the model (tests)."""
+  (configs/tinystories.py:cpu at seq_len T: 8 future targets), both with the library's default sampling
+  (smt.num_transitions, smt.num_decoder_samples); scale='tiny' shrinks the model (tests)."""
   from configs import retrieval, tinystories
   from smtjax.studies import compare
   if size == 'retrieval':
@@ -333,6 +334,8 @@ def length_configs(size: str, T: int, band: int, scale: str = 'paper') -> dict:
   else:
     raise ValueError(f'unknown size {size!r}: retrieval or cpu')
   base = _tiny(base) if scale == 'tiny' else base
+  defaults = config_lib.default_config().smt
+  base.smt.num_transitions, base.smt.num_decoder_samples = defaults.num_transitions, defaults.num_decoder_samples
   out = {}
   for col in LENGTH_COLUMNS:
     c = base.copy_and_resolve_references()

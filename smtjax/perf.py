@@ -160,7 +160,8 @@ def _jaxpr_bytes(jaxpr, in_core: bool = False, invariant=frozenset()) -> tuple[f
           inv = set(j.invars[:eqn.params['num_consts']])
         else:  # cond, pjit, custom_vjp...: what is constant in the caller stays so inside
           outer = eqn.invars[len(eqn.invars) - len(j.invars):]
-          inv = {iv for iv, ov in zip(j.invars, outer) if not isinstance(ov, jax.extend.core.Literal) and ov in invariant}
+          inv = {iv for iv, ov in zip(j.invars, outer)
+                 if not isinstance(ov, jax.extend.core.Literal) and ov in invariant}
         inner.append(_jaxpr_bytes(j, core, frozenset(inv)))
       if name == 'cond':
         inner = [max(inner, key=lambda b: b[1])]
