@@ -51,15 +51,19 @@ def require_workdir(workdir) -> None:
 
 def define_config(help_text: str = 'Config file, optionally with a variant: configs/x.py:small.'):
   """The --config flag (a config file and variant, fields overridable as --config.model.d_model=64, locked so a
-  misspelt field is an error), whose errors are one line each instead of a flag-parsing traceback: an unknown
-  variant (the config file's ConfigError), a field that does not exist (naming the nearest known one) and a
-  value that does not parse as its field's type."""
+  misspelt field is an error), whose errors are one line each instead of a flag-parsing traceback: a missing
+  config file, an unknown variant (the config file's ConfigError), a field that does not exist (naming the
+  nearest known one) and a value that does not parse as its field's type."""
   config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
   flag = flags.FLAGS['config']
   loaded = {}
   parse_file = flag.parser.parse
 
   def parse_config_file(path):
+    name = path.partition(':')[0]
+    if name and not epath.Path(name).is_file():  # ml_collections would print two tracebacks, later
+      raise SystemExit(f'error: --config={path}: no config file {name}' + (' (it is a directory)' if
+                       epath.Path(name).is_dir() else ''))
     try:
       loaded['config'] = parse_file(path)
     except ValueError as e:

@@ -124,12 +124,12 @@ def bench_dmt():
 
 def bench_bptt_vs_smt():
   print(f'BPTT vs parallel SMT train step (B={FLAGS.batch}, d={FLAGS.d_model}, K={FLAGS.num_mem_tokens}, '
-        f'depth {FLAGS.depth}, all T transitions):')
+        f'depth {FLAGS.depth}, the default sampling: at most {config_lib.default_config().smt.num_transitions} '
+        f'transitions and {config_lib.default_config().smt.num_decoder_samples} decoded memories per sequence):')
   for T in map(int, FLAGS.lengths):
     times = {}
     for method in ('bptt', 'smt'):
       c = _config(method, T)
-      c.smt.num_decoder_samples = 4
       trainer = Trainer.create(c, jax.devices()[:1])
       state = trainer.init_state(jax.random.PRNGKey(0))
       batch = shard_lib.global_batch(next(BatchIterator(make_source(c.data, 0), 'train', c.batch_size, prefetch=0)),

@@ -95,8 +95,9 @@ class MLPCell(nn.Module):
 
 @register_cell('lstm')
 class LSTMCell(nn.Module):
-  """A classic LSTM over the flattened memory: its first half is the hidden state h, its second the cell
-  state c (Z = K*D must be even), fed embed(x); the memory tokens are RMS-normalised after the step."""
+  """LSTM gates over the flattened memory: its first half is the hidden state h, its second the cell state c
+  (Z = K*D must be even), fed embed(x). Unlike the textbook LSTM, the memory tokens (c among them) are
+  RMS-normalised after every step, as every cell's memory is here, so c cannot accumulate without bound."""
   cfg: ModelConfig
 
   @nn.compact
@@ -122,7 +123,8 @@ class _LinearCell(nn.Module):
 @register_cell('mingru')
 class MinGRUCell(_LinearCell):
   """minGRU (Feng et al. 2024): z = sigmoid(W_z e), h~ = W_h e, h <- (1 - z) * h + z * h~ over the flattened
-  memory, e = embed(x). Its gates read the input only, so the recurrence is linear in h."""
+  memory, e = embed(x). Its gates read the input only, so the recurrence is linear in h: one linear recurrent
+  layer, with the decoder as its nonlinear readout."""
   cfg: ModelConfig
 
   def setup(self):
@@ -163,7 +165,11 @@ def _lru_init(cfg: ModelConfig):
 class LRUCell(_LinearCell):
   """Linear Recurrent Unit (Orvieto et al. 2023): a diagonal complex recurrence s <- lambda * s + gamma * (B e)
   over N = Z/2 complex numbers (the memory holds their real parts, then their imaginary parts), lambda =
-  exp(-exp(nu) + i exp(theta)) stable by construction. The output projection C is the readout's own.
+  exp(-exp(nu) + i exp(theta)) stable by construction. The output projection C is the readout's own (the
+  decoder reading the memory: one linear recurrent layer with a nonlinear readout). The normalisation gamma =
+  sqrt(1 - |lambda|^2) is tied to lambda at every step, where the paper initialises it so and then trains
+  log(gamma) freely: the input's scale then follows the eigenvalues as they train (a free gamma would be a new
+  parameter, and saved runs' parameter trees would change).
   `model.cell_options`: r_min, r_max (eigenvalue ring, default 0.4, 0.99), max_phase (default 2 pi)."""
   cfg: ModelConfig
 

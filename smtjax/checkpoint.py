@@ -157,13 +157,9 @@ def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
 
 
-# Fields that fix the parameter and state shapes (and the meaning of the saved memories): a run may
-# only resume (or initialise) from a workdir whose saved config agrees on these.
-ARCHITECTURE_FIELDS = ('model.vocab_size', 'model.d_model', 'model.num_heads', 'model.mlp_ratio',
-                       'model.num_mem_tokens', 'model.enc_depth', 'model.dec_depth', 'model.cell',
-                       'model.cell_depth', 'model.encoder_attention', 'model.mem_dim', 'model.head_dim',
-                       'model.rotary_fraction', 'model.use_bias', 'model.final_norm', 'model.share_embedding',
-                       'model.gelu_exact')
+# Fields that fix the parameter and state shapes or what the saved networks compute: a run may only resume from
+# (or initialise from) a workdir whose saved config agrees on these (config_lib.MODEL_FIELDS says which).
+ARCHITECTURE_FIELDS = config_lib.checked_model_fields(resuming=False)
 
 
 def _field(config, dotted: str):
@@ -172,13 +168,22 @@ def _field(config, dotted: str):
   return config
 
 
+def _compared(config, dotted: str):
+  if dotted == 'model.initial_memory':  # 'auto' means the encoder's or zeros, by method
+    return config_lib.initial_memory(config)
+  value = _field(config, dotted)
+  return value.to_dict() if hasattr(value, 'to_dict') else value
+
+
 def check_compatible(config, workdir, what: str = 'resume from'):
   """Raises ConfigError if workdir/config.json (upgraded to the current fields) disagrees with `config` on
-  an architecture field; nothing to check when there is no config.json."""
+  a field it must keep (`config_lib.checked_model_fields`: more of them when resuming than when initialising
+  from the run); nothing to check when there is no config.json."""
   if not (epath.Path(workdir) / 'config.json').exists():
     return
   saved = config_lib.load_saved(workdir)
-  diffs = [f'config.{k}: saved {_field(saved, k)!r}, now {_field(config, k)!r}'
-           for k in ARCHITECTURE_FIELDS if _field(saved, k) != _field(config, k)]
+  fields = config_lib.checked_model_fields(resuming=what == 'resume from')
+  diffs = [f'config.{k}: saved {_compared(saved, k)!r}, now {_compared(config, k)!r}'
+           for k in fields if _compared(saved, k) != _compared(config, k)]
   if diffs:
     raise ConfigError(f'cannot {what} {workdir}: its run has a different architecture:\n  ' + '\n  '.join(diffs))

@@ -14,8 +14,9 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import ml_collections
@@ -38,6 +39,75 @@ DATA_SOURCES = ('files', 'tfds')
 NOISE_MODES = ('fixed', 'matched')
 READOUT_MODES = ('train', 'frozen')
 DECAY_ON = ('matrices', 'all')
+
+
+class ModelField(NamedTuple):
+  """One field of config.model: its default (a callable makes a fresh one per config), whether a run may only
+  resume from or initialise from a saved run that agrees on it (`check`), and what it means."""
+  default: Any
+  check: str  # 'always': resume and init_from; 'resume': resume only; '': free to change on resume
+  doc: str
+
+
+# Every field of config.model, defined once: `default_config().model`, the saved-config upgrade (which lays a
+# saved model over these defaults) and the architecture check (`checked_model_fields`) all read this table.
+# Adding a model option is one entry here plus its reader (ModelConfig.from_config when networks use it).
+MODEL_FIELDS: dict[str, ModelField] = {
+    'vocab_size': ModelField(256, 'always', 'tokens the networks embed and predict (0: the data\'s vocabulary)'),
+    'd_model': ModelField(64, 'always', 'd: width of every network and of a memory token'),
+    'num_heads': ModelField(4, 'always', 'attention heads of every Transformer'),
+    'mlp_ratio': ModelField(4, 'always', 'MLP hidden width / d_model'),
+    'num_mem_tokens': ModelField(4, 'always', 'K: memory tokens'),
+    'mem_dim': ModelField(0, 'always', 'width of a memory token; 0: d_model. Smaller (e.g. 2) adds projections '
+                          '(memory geometry)'),
+    'mem_size': ModelField(lambda: config_dict.placeholder(int), '',
+                           'Z = K * memory width; a check only (must equal it when given)'),
+    'enc_depth': ModelField(2, 'always', 'encoder blocks'),
+    'dec_depth': ModelField(2, 'always', 'decoder blocks'),
+    'encoder_attention': ModelField('causal', 'always', "'causal' token stream (needed by parallel SMT) or "
+                                    "'bidirectional'"),
+    'attn_window': ModelField(0, 'resume', '> 0: encoder tokens and registers see only the last attn_window '
+                              'tokens (a fine-tuning run may change it)'),
+    'cell': ModelField('transformer', 'always', 'a name registered in smtjax.registry (built in: smtjax/cells.py)'),
+    'cell_options': ModelField(ml_collections.ConfigDict, 'always', "the cell's own options (e.g. the LRU's "
+                               'r_min, r_max)'),
+    'cell_depth': ModelField(2, 'always', 'blocks (Transformer) or layers of the cell'),
+    'cell_residual': ModelField(False, 'always', 'Transformer cell: add the input memory back (public code: no)'),
+    'initial_memory': ModelField('auto', 'resume', "the RNN's initial memory: 'encoder' (m_{-1} = E(empty)), "
+                                 "'zeros', 'learned', or 'auto' (the encoder's for SMT and DMT, zeros for BPTT); "
+                                 'compared resolved'),
+    'dtype': ModelField('float32', '', 'computation dtype of the matrix products; parameters stay float32'),
+    'residual_dtype': ModelField('', '', "dtype of the residual stream, embeddings and memories: '' = "
+                                 "model.dtype; 'float32' keeps them float32 under a bfloat16 model.dtype, as "
+                                 'torch.autocast does in the public code'),
+    'remat': ModelField(False, '', 'rematerialise Transformer blocks in the backward pass'),
+    'head_dim': ModelField(0, 'always', 'width of one attention head; 0: d_model // num_heads (public code: 64)'),
+    'rotary_fraction': ModelField(1.0, 'always', "fraction of each head's features that get rotary positions "
+                                  '(public: 0.5)'),
+    'use_bias': ModelField(False, 'always', 'biases in the MLPs and the output head (public code: yes; '
+                           'attention: never)'),
+    'gelu_exact': ModelField(False, 'always', "the MLPs' GELU: erf (public code, torch.nn.GELU()) or Flax's tanh "
+                             'approximation'),
+    'final_norm': ModelField(False, 'always', "learned-scale RMSNorm after the encoder's / Transformer cell's "
+                             'last block'),
+    'share_embedding': ModelField(False, 'always', "the decoder reads the encoder's token embedding (public "
+                                  'teacher: one embedding)'),
+    'prefix_chunk': ModelField(0, '', "parallel SMT: compute the encoder's register groups this many at a time, "
+                               'so peak memory grows about linearly in T (0: all at once)'),
+}
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+  """config.model with every field at its default (MODEL_FIELDS)."""
+  m = ml_collections.ConfigDict()
+  for name, f in MODEL_FIELDS.items():
+    m[name] = f.default() if callable(f.default) else f.default
+  return m
+
+
+def checked_model_fields(resuming: bool) -> tuple[str, ...]:
+  """The config.model fields a saved run must agree on to be resumed (resuming) or initialised from."""
+  return tuple(f'model.{k}' for k, f in MODEL_FIELDS.items() if f.check == 'always' or (resuming and f.check))
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -72,40 +142,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.source = 'files'
   c.data.options = ml_collections.ConfigDict()  # task-specific keyword arguments
 
-  c.model = ml_collections.ConfigDict()
-  c.model.vocab_size = 256
-  c.model.d_model = 64  # d: width of every network and of a memory token
-  c.model.num_heads = 4
-  c.model.mlp_ratio = 4
-  c.model.num_mem_tokens = 4  # K
-  c.model.mem_dim = 0  # width of a memory token; 0: d_model. Smaller (e.g. 2) adds projections (memory geometry)
-  c.model.mem_size = config_dict.placeholder(int)  # Z; must equal K*mem_width when given
-  c.model.enc_depth = 2
-  c.model.dec_depth = 2
-  c.model.encoder_attention = 'causal'  # 'causal' token stream (needed by parallel SMT) or 'bidirectional'
-  c.model.attn_window = 0  # > 0: encoder tokens and registers see only the last `attn_window` tokens
-  c.model.cell = 'transformer'  # a name registered in smtjax.registry (built in: smtjax/cells.py)
-  c.model.cell_options = ml_collections.ConfigDict()  # the cell's own options (e.g. the LRU's r_min, r_max)
-  c.model.cell_depth = 2
-  c.model.cell_residual = False  # Transformer cell: add the input memory back (public code: no)
-  # The RNN's initial memory: 'encoder' (m_{-1} = E(empty)), 'zeros', 'learned', or 'auto' (the encoder's
-  # for SMT and DMT, zeros for BPTT).
-  c.model.initial_memory = 'auto'
-  c.model.dtype = 'float32'  # computation dtype of the matrix products; parameters stay float32
-  # dtype of the residual stream, embeddings and memories: '' = model.dtype; 'float32' keeps them float32 under a
-  # bfloat16 model.dtype, as torch.autocast does in the public code (only the products' outputs are bfloat16)
-  c.model.residual_dtype = ''
-  c.model.remat = False  # rematerialise Transformer blocks in the backward pass
-  # Architecture details (variants.published sets the public code's).
-  c.model.head_dim = 0  # width of one attention head; 0: d_model // num_heads (public code: 64)
-  c.model.rotary_fraction = 1.0  # fraction of each head's features that get rotary positions (public: 0.5)
-  c.model.use_bias = False  # biases in the MLPs and the output head (public code: yes; attention: never)
-  c.model.gelu_exact = False  # the MLPs' GELU: erf (public code, torch.nn.GELU()) or Flax's tanh approximation
-  c.model.final_norm = False  # learned-scale RMSNorm after the encoder's / Transformer cell's last block
-  c.model.share_embedding = False  # the decoder reads the encoder's token embedding (public teacher: one embed)
-  # Parallel SMT: compute the encoder's register groups (one per prefix) this many at a time, so peak memory
-  # grows about linearly in T instead of quadratically (0 = all groups at once; e.g. 32 for T in the thousands).
-  c.model.prefix_chunk = 0
+  c.model = model_defaults()
 
   c.smt = ml_collections.ConfigDict()
   c.smt.mode = 'parallel'  # 'window' (published: one transition per sequence) or 'parallel'
@@ -120,7 +157,6 @@ def default_config() -> ml_collections.ConfigDict:
   # Where the dynamics loss's gradient goes: 'both' (the RNN and both teacher memories m_t, m_{t+1}),
   # 'stop_target' (not into m_{t+1}), 'rnn_only' (into neither teacher memory: the public `detach_rnn`).
   c.smt.dynamics_gradient = 'both'
-  c.smt.detach_target = False  # deprecated: True means dynamics_gradient='stop_target'
   c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
   # Parallel mode samples, per sequence, the transitions (rollout starts) and the memories whose future is
   # decoded, by stratified sampling; each loss is an unbiased estimate of its mean over all of them, and the
@@ -221,12 +257,6 @@ def initial_memory(config) -> str:
   return 'zeros' if config.method == 'bptt' else 'encoder'
 
 
-def dynamics_gradient(config) -> str:
-  """config.smt.dynamics_gradient, with the deprecated smt.detach_target=True read as 'stop_target'."""
-  s = config.smt
-  return 'stop_target' if s.detach_target and s.dynamics_gradient == 'both' else s.dynamics_gradient
-
-
 def head_dim(model_config) -> int:
   """The width of one attention head: model.head_dim, or d_model // num_heads when it is 0."""
   return int(model_config.head_dim or model_config.d_model // model_config.num_heads)
@@ -241,7 +271,7 @@ def mem_width(model_config) -> int:
 class ModelConfig:
   """The architecture every network module reads, resolved and frozen (hashable: a static jit argument).
   Built only by `from_config`, so each field has one source: config.model (and config.method for the
-  initial memory). Field meanings: `default_config()`."""
+  initial memory). Field meanings: `MODEL_FIELDS`."""
   vocab_size: int
   d_model: int
   num_heads: int
@@ -335,8 +365,10 @@ def _positive_ints(node, prefix: str, fields):
              f'must be a positive integer, got {node[f]!r}')
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None):
-  """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation."""
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None,
+             init_from_later: bool = False):
+  """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation. `init_from_later`:
+  a study checks a DMT stage before the run it starts from exists (its init_from is set then)."""
   _one_of(config.method, 'method', METHODS)
   _positive_ints(config, '', ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every',
                               'num_eval_batches', 'max_checkpoints_to_keep'))
@@ -350,10 +382,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _validate_model(config.model)
   _validate_smt(config)
   if config.method == 'dmt':
-    _validate_dmt(config)
+    _validate_dmt(config, init_from_later)
   if config.method == 'bptt':
     _validate_bptt(config)
   _validate_optim(config.optim)
+  check_temperature(config.sample.temperature, 'sample.temperature')
   if data_vocab_size is not None:
     _require(config.model.vocab_size >= data_vocab_size, 'model.vocab_size',
              f'{config.model.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for '
@@ -362,6 +395,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     mesh_shape(config, num_devices)
     _require(config.batch_size % num_devices == 0, 'batch_size',
              f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
+
+
+def check_temperature(t, field: str = 'sample.temperature'):
+  """A sampling temperature: a finite number >= 0 (0 = argmax)."""
+  ok = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+  _require(ok, field, f'must be a finite number >= 0 (0 = argmax), got {t!r}')
 
 
 def _validate_model(m):
@@ -399,8 +438,6 @@ def _validate_smt(config):
   _one_of(s.mode, 'smt.mode', SMT_MODES)
   _one_of(s.trainable, 'smt.trainable', TRAINABLE)
   _one_of(s.dynamics_gradient, 'smt.dynamics_gradient', DYNAMICS_GRADIENT)
-  _require(not (s.detach_target and s.dynamics_gradient == 'rnn_only'), 'smt.detach_target',
-           "deprecated; contradicts smt.dynamics_gradient='rnn_only' (set only dynamics_gradient)")
   _require(s.future >= 1, 'smt.future', 'must be >= 1')
   if config.method == 'smt' and s.mode == 'window':
     _require(s.context >= 1, 'smt.context', 'must be >= 1')
@@ -431,7 +468,7 @@ def _validate_smt(config):
   _require(s.unif_samples >= 2, 'smt.unif_samples', 'must be >= 2')
 
 
-def _validate_dmt(config):
+def _validate_dmt(config, init_from_later: bool = False):
   d, T = config.dmt, config.data.seq_len
   _positive_ints(d, 'dmt.', ('context', 'rollout', 'every'))
   _one_of(d.decoder_term, 'dmt.decoder_term', DMT_TERM_ON)
@@ -442,7 +479,8 @@ def _validate_dmt(config):
   if config.smt.mode == 'parallel':
     _require(config.model.encoder_attention == 'causal', 'model.encoder_attention',
              "DMT from a parallel-mode teacher reads its prefix memories: needs 'causal'")
-  _require(bool(config.init_from), 'init_from', 'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
+  _require(bool(config.init_from) or init_from_later, 'init_from',
+           'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
 
 
 def _validate_bptt(config):
@@ -492,8 +530,22 @@ def upgrade(saved: dict) -> ml_collections.ConfigDict:
   defaults. Task options (data.options) are kept whatever they are; other fields the current version
   lacks raise ConfigError."""
   c = default_config()
-  _lay_over(c, saved, '')
+  _lay_over(c, _translate_deprecated(saved), '')
   return c
+
+
+def _translate_deprecated(saved: dict) -> dict:
+  """A saved config with its deprecated fields in their current spelling, so no run ever reads them:
+  smt.detach_target=True is smt.dynamics_gradient='stop_target' (False: the default, 'both')."""
+  smt = dict(saved.get('smt') or {})
+  if 'detach_target' not in smt:
+    return saved
+  if smt.pop('detach_target'):
+    if smt.get('dynamics_gradient', 'both') == 'rnn_only':
+      raise ConfigError("config.smt.detach_target (deprecated; in a saved config): contradicts "
+                        "smt.dynamics_gradient='rnn_only'")
+    smt['dynamics_gradient'] = 'stop_target'
+  return dict(saved, smt=smt)
 
 
 def _lay_over(node: ml_collections.ConfigDict, saved: dict, prefix: str):

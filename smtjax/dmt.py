@@ -30,20 +30,6 @@ from smtjax.models import Networks
 from smtjax.windows import decoder_windows, windows
 
 
-def rollout(nets: Networks, params, mem0, x_BxTd, backprop_through_rollout: bool):
-  """RNN memories after each of Td inputs, [B, Td, K, D]; without backprop_through_rollout every step's
-  input memory (the first included) is detached, so step t's output depends on the parameters only
-  through step t."""
-  def body(mem, x_B):
-    if not backprop_through_rollout:
-      mem = jax.lax.stop_gradient(mem)
-    new = nets.step(params, mem, x_B)
-    return new, new
-
-  _, mems = jax.lax.scan(body, mem0, jnp.swapaxes(x_BxTd, 0, 1))
-  return jnp.swapaxes(mems, 0, 1)
-
-
 def teacher_memories(nets: Networks, params, x, Tc: int, Td: int, every: int, prefix: bool):
   """Frozen teacher memories at rollout steps 0, k, ..., [B, Td//k + 1, K, D], in one pass."""
   steps = jnp.arange(0, Td + 1, every)
@@ -82,7 +68,10 @@ def dmt_losses(nets: Networks, params, batch, rng, config):
   frozen = jax.lax.stop_gradient  # the teacher's parameters are frozen; its outputs are targets
   tparams = {'encoder': frozen(params['encoder']), 'decoder': frozen(params['decoder'])}
   targets = teacher_memories(nets, tparams, x, Tc, Td, k, prefix=s.mode == 'parallel')
-  mems = rollout(nets, params, targets[:, 0], x[:, Tc:Tc + Td], d.backprop_through_rollout)  # r_1..r_Td
+  # without backprop_through_rollout every step reads a detached memory (the first included), so step t's
+  # output depends on the parameters only through step t
+  cut = int(not d.backprop_through_rollout)
+  mems = nets.rollout(params, targets[:, 0], x[:, Tc:Tc + Td], truncation=cut, detach_initial=bool(cut))  # r_1..r_Td
   K, D = mems.shape[2:]
 
   at_k = mems[:, k - 1::k]  # r_k, r_2k, ..., r_Td

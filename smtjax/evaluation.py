@@ -132,12 +132,14 @@ def summarize(totals: dict) -> dict:
       s = totals[f'{name}_t']
       out[f'{name}_loss_per_t'] = [_mean(c, n) for c, n in zip(s['ce'], s['n'])]
   if 'read' in totals:
-    r, t = totals['read'], totals['teacher_read']
+    r = totals['read']
     out['rnn_loss'], out['rnn_accuracy'] = _mean(r['ce'].sum(), r['n'].sum()), _mean(r['hit'].sum(), r['n'].sum())
-    out['teacher_loss_read_targets'] = _mean(t['ce'].sum(), t['n'].sum())
     out['rnn_loss_per_position'] = [_mean(c, n) for c, n in zip(r['ce'], r['n'])]
-    out['teacher_loss_per_position'] = [_mean(c, n) for c, n in zip(t['ce'], t['n'])]
     out['num_targets_per_position'] = [int(n) for n in r['n']]
     out['num_rnn_targets'] = int(r['n'].sum())
+  if 'teacher_read' in totals:  # a spec that reads a prefix and scores the teacher too
+    t = totals['teacher_read']
+    out['teacher_loss_read_targets'] = _mean(t['ce'].sum(), t['n'].sum())
+    out['teacher_loss_per_position'] = [_mean(c, n) for c, n in zip(t['ce'], t['n'])]
     out['num_teacher_targets'] = int(totals['teacher']['n'])
   return out

@@ -264,12 +264,32 @@ class Networks:
     dec = params.get('readout', params['decoder'])
     return self.decoder.apply({'params': dec}, mem_BxKxD, jnp.zeros((mem_BxKxD.shape[0], 0), jnp.int32))[:, 0]
 
-  def rollout(self, params, mem0_BxKxD, x_BxT):
-    """RNN rollout as lax.scan: memories after each input, [B, T, K, D]."""
-    def body(mem, x_B):
-      mem = self.step(params, mem, x_B)
-      return mem, mem
-    _, mems = jax.lax.scan(body, mem0_BxKxD.astype(jnp.float32), jnp.swapaxes(x_BxT, 0, 1))
+  def rollout(self, params, mem0_BxKxD, x_BxT, truncation: int = 0, detach_initial: bool = False,
+              parallel: bool = False):
+    """The RNN from mem0 over every input: memories after each, [B, T, K, D]. The one rollout of the library
+    (inference, BPTT, DMT, rolled SMT); they differ in where the gradient stops (the memory a step reads):
+      truncation k > 0  no gradient crosses the step boundaries t = k, 2k, ... (k = 1: every step reads a
+                        detached memory: DMT without backprop_through_rollout, rolled SMT's rollout_detach);
+      detach_initial    step 0 reads a detached mem0 too (DMT: the teacher's memory is a target, not a path);
+      parallel          a linear cell's parallel scan over time (`scan_rollout`): the same memories and
+                        gradients in O(log T) depth; full gradient only.
+    """
+    if parallel:
+      if truncation or detach_initial:
+        raise ValueError('a parallel rollout keeps the full gradient: no truncation or detached initial memory')
+      return self.scan_rollout(params, mem0_BxKxD, x_BxT)
+    cuts = truncation > 0 or detach_initial
+
+    def body(carry, x_B):
+      mem, t = carry
+      if cuts:
+        cut = ((t > 0) & (t % max(truncation, 1) == 0) & (truncation > 0)) | ((t == 0) & detach_initial)
+        mem = jnp.where(cut, jax.lax.stop_gradient(mem), mem)
+      new = self.step(params, mem, x_B)
+      return (new, t + 1), new
+
+    init = (mem0_BxKxD.astype(jnp.float32), jnp.zeros((), jnp.int32))
+    _, mems = jax.lax.scan(body, init, jnp.swapaxes(x_BxT, 0, 1))
     return jnp.swapaxes(mems, 0, 1)
 
   def scan_rollout(self, params, mem0_BxKxD, x_BxT):

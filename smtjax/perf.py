@@ -180,12 +180,6 @@ def _jaxpr_bytes(jaxpr, in_core: bool = False, invariant=frozenset()) -> tuple[f
   return matmul, total, inv_bytes, cacheable
 
 
-def matmul_flops(fn, *args) -> float:
-  """FLOPs of every matrix product of fn(*args) (forward and, for a train step, backward), with scan
-  bodies multiplied by their length. args may be jax.ShapeDtypeStruct."""
-  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
 def step_flops(jitted, *args, compiled=None) -> dict[str, float]:
   """{'xla', 'matmul', 'flops'} of one call of a jitted function: XLA's count (of `compiled` if given,
   else of the lowered program: no compilation), the scan-aware matmul count, and the larger."""

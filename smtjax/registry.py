@@ -1,11 +1,11 @@
 """Recurrent cells by name, `config.model.cell`: the built-in ones (smtjax/cells.py) and any a user adds.
 
 A cell is a Flax module built as `Cell(cfg)` from the frozen `config.ModelConfig` (its own options in
-`cfg.options`, from `config.model.cell_options`) and called as `cell(mem_BxKxD, x_B) -> mem_BxKxD`: the next
-memory after reading token x (x < 0 is padding; the caller keeps the memory then). A cell whose memory
-evolves linearly, new = a * state + b with (a, b) a function of x alone, may also define
-`coefficients(x_B) -> (a, b)` and `to_state` / `from_state`: BPTT can then train it by a parallel scan over
-time (`bptt.parallel_scan`). Register your own from a config file or a notebook:
+`cfg.cell_options`: `config.model.cell_options` as sorted (name, value) pairs) and called as
+`cell(mem_BxKxD, x_B) -> mem_BxKxD`: the next memory after reading token x (x < 0 is padding; the caller
+keeps the memory then). A cell whose memory evolves linearly, new = a * state + b with (a, b) a function
+of x alone, may also define `coefficients(x_B) -> (a, b)` and `to_state` / `from_state`: BPTT can then
+train it by a parallel scan over time (`bptt.parallel_scan`). Register your own from a config file or a notebook:
 
     from smtjax.registry import register_cell
 
@@ -27,12 +27,19 @@ BUILT_IN_CELLS = ('transformer', 'gru', 'mlp', 'lstm', 'mingru', 'lru')
 _CELLS: dict[str, type | None] = dict.fromkeys(BUILT_IN_CELLS)
 
 
+_BUILT_IN_MODULE = 'smtjax.cells'
+
+
 def register_cell(name: str):
-  """Class decorator: `config.model.cell = name` builds this cell. Registering a name twice with different
-  classes is an error (a built-in name can be bound once, by smtjax/cells.py)."""
+  """Class decorator: `config.model.cell = name` builds this cell. A built-in name is bound only by
+  smtjax/cells.py; any other name once, by one class (registering the same module's class again, as a
+  re-run notebook cell does, replaces it)."""
   def add(cls):
+    if name in BUILT_IN_CELLS and cls.__module__ != _BUILT_IN_MODULE:
+      raise ConfigError(f'cell {name!r} is built in (smtjax/cells.py); register {cls.__module__}.'
+                        f'{cls.__qualname__} under another name')
     known = _CELLS.get(name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
       raise ConfigError(f'cell {name!r} is already registered ({known.__module__}.{known.__qualname__})')
     _CELLS[name] = cls
     return cls

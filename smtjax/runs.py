@@ -11,7 +11,6 @@ Used by experiments/evaluate.py, experiments/sample.py, the studies and the note
 
 from __future__ import annotations
 
-import json
 import math
 
 import jax
@@ -46,16 +45,6 @@ def resolve_lengths(config, read_len: int | None = None, eval_len: int | None = 
     eval_len = int(config.evaluate.eval_len) if config.evaluate.eval_len else T - read_len + 1
   inference.check_lengths(T, read_len, int(eval_len))
   return read_len, int(eval_len)
-
-
-def json_safe(v):
-  if isinstance(v, float) and not math.isfinite(v):
-    return None
-  if isinstance(v, list):
-    return [json_safe(u) for u in v]
-  if isinstance(v, dict):
-    return {k: json_safe(u) for k, u in v.items()}
-  return v
 
 
 def auto_teacher_chunk(batch_size: int, read_len: int, tokens_per_call: int = 1 << 19) -> int:
@@ -141,9 +130,10 @@ def evaluate_workdir(workdir: str, num_batches: int | None = None, read_len: int
   result.update(trained_seq_len=trained_len, teacher_window=int(config.model.attn_window))
   if write_files:
     name = 'eval.json' if trained_len == config.data.seq_len else f'eval_T{config.data.seq_len}.json'
-    workdir_lib.write_text(epath.Path(workdir) / name, json.dumps(json_safe(result), indent=2, sort_keys=True))
-    plotting.loss_by_position(json_safe(result), epath.Path(workdir) / name.replace('.json', '_loss_by_position.png'),
-                          title=f'{config.data.name}: read {read_len}, score {eval_len} positions')
+    workdir_lib.write_json(epath.Path(workdir) / name, result, sort_keys=True)
+    plotting.loss_by_position(workdir_lib.json_safe(result),
+                              epath.Path(workdir) / name.replace('.json', '_loss_by_position.png'),
+                              title=f'{config.data.name}: read {read_len}, score {eval_len} positions')
   return result
 
 
@@ -159,11 +149,12 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
   rolling window of read_len tokens (`teacher_generate`; default: smt.context for window-mode runs, else
   T); 'rnn_only': the RNN reads the prompt from its initial memory and writes (`rnn_generate`; prompt_len
   may be 0). Writes workdir/samples.png (image data: prompt + continuation as one image per row) or
-  workdir/samples.txt, unless `out` names another path. Same arguments -> identical output.
-  Returns (path, {'prompt', 'tokens'}) with numpy arrays.
-  """
+  workdir/samples.txt, unless `out` names another path. Same arguments -> identical output. Returns (path,
+  {'prompt', 'tokens'}) with numpy arrays."""
   if mode not in MODES:
     raise ConfigError(f'mode must be one of {", ".join(MODES)}, got {mode!r}')
+  if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+    raise ConfigError(f'temperature must be a finite number >= 0 (0 = argmax), got {temperature!r}')
   config, params, nets, source = load_run(workdir)
   s = config.sample
   T = config.data.seq_len

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smtjax import config as config_lib
 from smtjax import layers, losses
 from smtjax.models import Networks
 from smtjax.windows import decoder_windows
@@ -50,7 +49,7 @@ def _dynamics(nets: Networks, params, m_in, x_in, m_out, config):
   """L_dyn = MSE(U(m_in, x_in), m_out) over pairs with a real input, with the gradient routed by
   smt.dynamics_gradient: 'both' (into the RNN and both teacher memories), 'stop_target' (m_out detached),
   'rnn_only' (m_in and m_out detached: no dynamics gradient reaches the teacher)."""
-  mode = config_lib.dynamics_gradient(config)
+  mode = config.smt.dynamics_gradient
   if mode == 'rnn_only':
     m_in = jax.lax.stop_gradient(m_in)
   pred = nets.step(params, m_in, x_in)
@@ -125,20 +124,6 @@ def _noise_scale(nets: Networks, params, m_in, x_in, m_out, s):
   return s.memory_noise * jnp.sqrt(jax.lax.stop_gradient(err))
 
 
-def _roll(nets: Networks, params, m0, xs_Nxn, detach: bool):
-  """The cell rolled n steps from m0 [N, K, D] on xs [N, n]: memories [N, n, K, D]. The first step reads
-  m0 (gradients as in one-step SMT); the others their own predictions, detached when `detach`."""
-  def body(m, x_N):
-    m = nets.step(params, jax.lax.stop_gradient(m) if detach else m, x_N)
-    return m, m
-
-  m1 = nets.step(params, m0, xs_Nxn[:, 0])
-  if xs_Nxn.shape[1] == 1:
-    return m1[:, None]
-  _, rest = jax.lax.scan(body, m1, xs_Nxn[:, 1:].T)  # [n-1, N, K, D]
-  return jnp.concatenate([m1[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
-
-
 def rollout_dynamics(nets: Networks, params, m0_BxN, targets_BxNxn, xs_BxNxn, config, rng):
   """n = smt.rollout_steps cell steps from the teacher memories m0 [B, N, K, D] on the true inputs xs
   [B, N, n], each rolled memory compared with the teacher's targets [B, N, n, K, D] (the memory after
@@ -154,12 +139,14 @@ def rollout_dynamics(nets: Networks, params, m0_BxN, targets_BxNxn, xs_BxNxn, co
     sigma = _noise_scale(nets, params, m0, xs[:, 0], targets[:, 0], s)
     m0 = perturb_memory(m0, sigma, rng)
     extra['mem_noise_std'] = sigma
-  mode = config_lib.dynamics_gradient(config)  # routes the teacher's share of the gradient as in one-step SMT
+  mode = config.smt.dynamics_gradient  # routes the teacher's share of the gradient as in one-step SMT
   if mode == 'rnn_only':
     m0 = jax.lax.stop_gradient(m0)
   if mode in ('stop_target', 'rnn_only'):
     targets = jax.lax.stop_gradient(targets)
-  preds = _roll(nets, params, m0, xs, s.rollout_detach)  # [B*N, n, K, D]
+  # step 0 reads the teacher's m0 (gradients as in one-step SMT); the others their own predictions, detached
+  # at every step when smt.rollout_detach
+  preds = nets.rollout(params, m0, xs, truncation=int(s.rollout_detach))  # [B*N, n, K, D]
   se = jnp.mean(jnp.square(preds - targets.astype(jnp.float32)), axis=(-2, -1))
   return se.reshape(B, N, n), preds.reshape((B, N, n) + KD), extra
 

@@ -218,6 +218,11 @@ class _Run:
     try:
       start, state = self._restore_or_init()
       workdir_lib.save_config(self.config, self.workdir, jax.process_index())
+      devices = jax.devices()
+      workdir_lib.record_environment(self.workdir, {
+          'start_step': int(start), 'jax': jax.__version__, 'platform': devices[0].platform,
+          'device_kind': devices[0].device_kind, 'num_devices': len(devices), 'num_processes': jax.process_count(),
+          'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, jax.process_index())
       self.writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0, resume_step=start,
                                  flush_every_s=float(self.config.metrics_flush_secs))
       self.bar = _progress(self.config, start)
@@ -283,10 +288,13 @@ class _Run:
     loss, grad_norm = float(metrics['loss']), float(metrics['grad_norm'])
     # The loss is computed before the update; a finite gradient norm shows the update kept params finite.
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      saved = self.checkpointer.latest_step()
+      kept = (f'the last good checkpoint (step {saved}) in {self.checkpointer.directory} is kept and the next run '
+              'resumes from it') if saved is not None else (
+              'nothing was saved yet: the next run starts again from step 0 (lower optim.lr, or set '
+              'checkpoint_every below this step)')
       raise NonFiniteLossError(
-          f'non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step {step}; the last good '
-          f'checkpoint (step {self.checkpointer.latest_step()}) in {self.checkpointer.directory} is kept and '
-          'the next run resumes from it')
+          f'non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step {step}; {kept}')
     t_last, steps = self.timer
     self.timer = (t_last, steps + 1)
     if self.log(step):

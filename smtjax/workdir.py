@@ -12,6 +12,7 @@ written whole (`write_text`); nothing is opened in append mode, which object sto
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -62,6 +63,45 @@ def save_config(config, workdir, process_index: int = 0) -> None:
   """workdir/config.json: the run's whole config (written by process 0 only)."""
   if process_index == 0:
     write_text(epath.Path(workdir) / 'config.json', config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def json_safe(v):
+  """`v` with NaN and infinities as None (JSON has neither), numpy scalars as Python numbers, tuples as
+  lists: the one sanitizer of every JSON file smtjax writes."""
+  if isinstance(v, dict):
+    return {k: json_safe(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [json_safe(x) for x in v]
+  if hasattr(v, 'item') and getattr(v, 'ndim', None) == 0:  # a numpy or jax scalar
+    v = v.item()
+  return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def write_json(path, obj, **dumps_kwargs) -> None:
+  """`obj` (json_safe) as JSON at `path`, written whole (`write_text`)."""
+  write_text(path, json.dumps(json_safe(obj), indent=2, **dumps_kwargs))
+
+
+# Environment variables that change the compiled program or its numerics without appearing in the config.
+PROGRAM_ENV = ('SMTJAX_ATTENTION', 'XLA_FLAGS', 'JAX_PLATFORMS', 'JAX_DEFAULT_MATMUL_PRECISION', 'JAX_ENABLE_X64')
+
+
+def record_environment(workdir, entry: dict, process_index: int = 0) -> None:
+  """Appends `entry` (the start step, software, devices) with the PROGRAM_ENV variables that are set to
+  workdir/environment.json, one entry per start of the run, so a resumed run that compiled a different
+  program says so. Written by process 0 only; an unreadable file is started afresh (it is a record, not
+  state)."""
+  if process_index != 0:
+    return
+  path = epath.Path(workdir) / 'environment.json'
+  try:
+    history = json.loads(path.read_text()) if path.exists() else []
+  except (OSError, ValueError):
+    history = []
+  if not isinstance(history, list):
+    history = []
+  env = {k: os.environ[k] for k in PROGRAM_ENV if k in os.environ}
+  write_text(path, json.dumps(history + [dict(entry, env=env)], indent=2, sort_keys=True))
 
 
 # -------------------------------------------------------------------------------------------- lock

@@ -52,6 +52,9 @@ def _assert_nothing_lost(before: dict[str, bytes], wd: pathlib.Path):
     assert name in after, f'{name} was lost'
     if name == 'metrics.jsonl':  # a run that got further may append records, never drop saved ones
       assert after[name].startswith(data), 'metrics.jsonl lost records'
+    elif name == 'environment.json':  # one entry per start of the run
+      old = json.loads(data)
+      assert json.loads(after[name])[:len(old)] == old, 'environment.json lost entries'
     elif name == 'config.json' and after[name] != data:  # a resumed run rewrites it (num_steps 4 -> 8)...
       saved, now = json.loads(data), json.loads(after[name])
       for field in ckpt_lib.ARCHITECTURE_FIELDS:  # ...but never with another architecture
@@ -191,6 +194,16 @@ def c_other_architecture(tmp, wd, mp):
   return _train(_config(**{'model.d_model': 32})), 'config.model.d_model'
 
 
+def c_other_initial_memory(tmp, wd, mp):
+  # a learned initial memory adds a parameter the saved run lacks; the check names the field first
+  return _train(_config(**{'model.initial_memory': 'learned'})), "config.model.initial_memory: saved 'encoder'"
+
+
+def c_other_cell_options(tmp, wd, mp):
+  return _train(_config(**{'model.cell_options': ml_collections.ConfigDict({'r_min': 0.5})})), \
+      'config.model.cell_options'
+
+
 def c_other_architecture_unnoticed(tmp, wd, mp):
   """config.json claims the new architecture (e.g. copied by hand): the checkpoint itself does not fit."""
   c = _config(**{'model.d_model': 32})
@@ -252,7 +265,8 @@ def c_disk_full_checkpoint(tmp, wd, mp):
 CASES = [c_num_steps, c_heads, c_warmup, c_mesh, c_dtype, c_keep, c_unknown_option, c_dmt_without_init,
          c_init_from_missing, c_unknown_variant, c_tokens_float, c_tokens_2d, c_tokens_empty, c_tokens_vocab,
          c_empty_file, c_arrays_seq_len, c_arrays_y_shape, c_text_encoding, c_data_path_missing,
-         c_other_architecture, c_other_architecture_unnoticed, c_config_json_garbage, c_metrics_garbage_line,
+         c_other_architecture, c_other_initial_memory, c_other_cell_options, c_other_architecture_unnoticed,
+         c_config_json_garbage, c_metrics_garbage_line,
          c_workdir_is_file, c_read_only_workdir, c_disk_full_metrics, c_disk_full_checkpoint]
 
 

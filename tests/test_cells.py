@@ -2,6 +2,8 @@
 equals their step-by-step rollout in values and gradients, BPTT trains them by the scan, and a cell a user
 registers (outside smtjax/) trains with SMT, DMT and BPTT and is evaluated and sampled like the built-ins."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,12 +49,15 @@ def test_parallel_scan_equals_the_sequential_rollout(cell):
   w = jax.random.normal(jax.random.PRNGKey(3), (B, T) + mem0.shape[1:])
   loss = lambda roll: lambda p, m: jnp.sum(roll(p, m, x) * w)
   seq = jax.jit(jax.value_and_grad(loss(nets.rollout), argnums=(0, 1)))(params, mem0)
-  par = jax.jit(jax.value_and_grad(loss(nets.scan_rollout), argnums=(0, 1)))(params, mem0)
+  parallel = functools.partial(nets.rollout, parallel=True)  # Networks.scan_rollout
+  par = jax.jit(jax.value_and_grad(loss(parallel), argnums=(0, 1)))(params, mem0)
   np.testing.assert_allclose(par[0], seq[0], atol=1e-4)  # a sum of ~200 products of unit size
   np.testing.assert_allclose(jax.jit(nets.scan_rollout)(params, mem0, x), jax.jit(nets.rollout)(params, mem0, x),
                              atol=1e-5, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(par[1]), jax.tree.leaves(seq[1])):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match='parallel rollout keeps the full gradient'):
+    nets.rollout(params, mem0, x, truncation=2, parallel=True)
 
 
 @pytest.mark.parametrize('cell', registry.LINEAR_BUILT_INS)
@@ -126,6 +131,15 @@ def test_a_registered_cell_trains_with_smt_dmt_and_bptt_and_is_used_everywhere(t
     registry.register_cell('test_tanh_rnn')(type('Other', (nn.Module,), {}))
 
 
+def test_a_user_cell_never_replaces_a_built_in_one():
+  """Even a class with the built-in's own name, defined in __main__ (a script or notebook), is refused."""
+  from smtjax import cells
+  impostor = type('GRU', (nn.Module,), {'__module__': '__main__', '__qualname__': 'GRU'})
+  with pytest.raises(ConfigError, match="cell 'gru' is built in .*register __main__.GRU under another name"):
+    registry.register_cell('gru')(impostor)
+  assert registry.cell_class('gru') is cells.GRUCell
+
+
 @pytest.mark.slow
 def test_linear_rnn_comparison_runs_end_to_end(tmp_path):
   """The comparison at a tiny size on one task: every method trains at equal wall clock and is scored at T,
@@ -144,3 +158,37 @@ def test_linear_rnn_comparison_runs_end_to_end(tmp_path):
   text = (tmp_path / 'linear_rnns.md').read_text()
   assert all(m.label in text for m in linear_rnns.METHODS)
   assert (tmp_path / 'linear_rnns.png').stat().st_size > 1000
+
+
+def _sigmoid(a):
+  return 1.0 / (1.0 + np.exp(-a))
+
+
+def test_mingru_step_is_the_published_equations():
+  """Feng et al. 2024, minGRU: z = sigmoid(Linear(x)), h~ = Linear(x), h_t = (1 - z) * h_{t-1} + z * h~, in
+  NumPy from the parameters (the scan-vs-rollout tests would pass a wrong formula used by both)."""
+  c, nets, params, x, mem0 = _setup('mingru')
+  p = jax.tree.map(np.asarray, params['cell'])
+  e = p['embed']['embedding'][np.asarray(x[:, 5])]
+  z = _sigmoid(e @ p['gate']['kernel'] + p['gate']['bias'])
+  h_tilde = e @ p['candidate']['kernel'] + p['candidate']['bias']
+  h = np.asarray(mem0).reshape(B, -1)
+  want = ((1 - z) * h + z * h_tilde).reshape(mem0.shape)
+  np.testing.assert_allclose(jax.jit(nets.step)(params, mem0, x[:, 5]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_lru_step_is_the_published_equations():
+  """Orvieto et al. 2023, LRU: lambda = exp(-exp(nu) + i exp(theta)), gamma = sqrt(1 - |lambda|^2) (tied to
+  lambda here, see LRUCell), s_t = lambda * s_{t-1} + gamma * (B_re + i B_im) u_t, in NumPy complex128."""
+  c, nets, params, x, mem0 = _setup('lru')
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params['cell'])
+  lam = np.exp(-np.exp(p['nu_log']) + 1j * np.exp(p['theta_log']))
+  gamma = np.sqrt(1 - np.abs(lam) ** 2)
+  u = p['embed']['embedding'][np.asarray(x[:, 5])]
+  flat = np.asarray(mem0, np.float64).reshape(B, -1)
+  N = flat.shape[1] // 2
+  s = flat[:, :N] + 1j * flat[:, N:]
+  new = lam * s + gamma * (u @ (p['b_re'] + 1j * p['b_im']))
+  want = np.concatenate([new.real, new.imag], axis=-1).reshape(mem0.shape)
+  assert np.all(np.abs(lam) < 1)  # stable by construction
+  np.testing.assert_allclose(jax.jit(nets.step)(params, mem0, x[:, 5]), want, rtol=1e-5, atol=1e-5)

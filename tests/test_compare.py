@@ -23,6 +23,14 @@ def test_dmt_lengths_fit():
     assert Tc >= 1 and Td >= 1 and Td % k == 0 and Tc + Td <= T
 
 
+def test_json_safe_is_the_one_sanitizer():
+  import numpy as np
+
+  from smtjax import workdir as workdir_lib
+  v = {'a': float('nan'), 'b': (1.0, float('inf'), np.float32('nan'), np.float64(0.5)), 'c': {'d': np.int64(3)}}
+  assert workdir_lib.json_safe(v) == {'a': None, 'b': [1.0, None, None, 0.5], 'c': {'d': 3}}
+
+
 def test_mean_ci_is_the_t_interval():
   v = [0.5, 0.7, 0.9]
   st = stats.mean_ci(v)
@@ -30,6 +38,7 @@ def test_mean_ci_is_the_t_interval():
   np.testing.assert_allclose(st['mean'], 0.7)
   np.testing.assert_allclose(st['ci'], 4.302653 * 0.2 / math.sqrt(3), rtol=1e-5)
   assert math.isnan(stats.mean_ci([0.4])['ci']) and stats.mean_ci([0.4, None, float('nan')])['n'] == 1
+  assert stats.mean_ci([0.4, None, float('inf'), 0.5])['dropped'] == 2 and stats.mean_ci(v)['dropped'] == 0
   assert stats.fmt(0.7, 0.05) == '0.700 ± 0.050' and stats.fmt(None) == 'n/a'
 
 

@@ -95,3 +95,39 @@ def test_a_misspelt_or_mistyped_override_is_one_line(tmp_path, override, line):
   assert r.returncode != 0
   assert r.stderr.strip().splitlines() == [line], r.stderr[-2000:]
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'experiments.run', '--config=configs/nosuch.py:small',
+                      f'--workdir={tmp_path / "run"}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  assert r.stderr.strip().splitlines() == ['error: --config=configs/nosuch.py:small: no config file configs/nosuch.py']
+
+
+@pytest.mark.parametrize('t', [-1.0, float('nan'), float('inf')])
+def test_a_bad_sampling_temperature_is_refused_before_loading(t):
+  from smtjax import runs
+  with pytest.raises(config_lib.ConfigError, match='temperature must be a finite number >= 0'):
+    runs.sample_workdir('/no/such/run', temperature=t)
+  c = config_lib.default_config()
+  c.sample.temperature = t
+  with pytest.raises(config_lib.ConfigError, match='config.sample.temperature: must be a finite number >= 0'):
+    config_lib.validate(c)
+
+
+def test_every_model_field_is_defined_once_and_classified():
+  """config.model, the saved-config upgrade and the resume check all come from MODEL_FIELDS; every field the
+  networks read (ModelConfig) is one of them, and only numerics and memory layout may change on resume."""
+  import dataclasses
+  assert list(config_lib.default_config().model.keys()) == sorted(config_lib.MODEL_FIELDS)  # ConfigDict sorts
+  networks_read = {f.name for f in dataclasses.fields(config_lib.ModelConfig)}
+  assert networks_read <= set(config_lib.MODEL_FIELDS), networks_read - set(config_lib.MODEL_FIELDS)
+  assert all(f.check in ('always', 'resume', '') for f in config_lib.MODEL_FIELDS.values())
+  free = {k for k, f in config_lib.MODEL_FIELDS.items() if not f.check}
+  assert free == {'mem_size', 'dtype', 'residual_dtype', 'remat', 'prefix_chunk'}, free
+  resume_only = set(config_lib.checked_model_fields(True)) - set(config_lib.checked_model_fields(False))
+  assert resume_only == {'model.initial_memory', 'model.attn_window'}, resume_only
+  assert {'model.cell_options', 'model.cell_residual'} <= set(config_lib.checked_model_fields(False))
+  a, b = config_lib.default_config(), config_lib.default_config()
+  a.model.cell_options.r_min = 0.5  # each config gets fresh mutable defaults
+  assert 'r_min' not in b.model.cell_options and b.model.mem_size is None

@@ -14,6 +14,12 @@ from tests.conftest import JittedNetworks, tiny_config
 B, Td = 2, 6
 
 
+def _dmt_policy(backprop: bool) -> dict:
+  """DMT's gradient policy for Networks.rollout: without backprop_through_rollout, every step's input memory
+  is detached, the first (the teacher's) included."""
+  return {} if backprop else {'truncation': 1, 'detach_initial': True}
+
+
 def _setup(cell='mlp'):
   c = tiny_config(cell=cell)
   nets = models.Networks.from_config(c)
@@ -43,11 +49,11 @@ def test_dmt_rollout_gradient_paths(backprop):
     _, mems = jax.lax.scan(body, m0, (x.T, d_emb))
     return jnp.sum(mems[t] ** 2)
 
-  # The scan above is dmt.rollout with a per-step embedding; check that it computes the same memories.
+  # The scan above is DMT's rollout (Networks.rollout under its policy) with a per-step embedding: same memories.
   np.testing.assert_allclose(r_t(m0, jnp.zeros((Td,) + table.shape)),
-                             jnp.sum(dmt.rollout(nets, params, m0, x, backprop)[:, t] ** 2), rtol=1e-5)
+                             jnp.sum(nets.rollout(params, m0, x, **_dmt_policy(backprop))[:, t] ** 2), rtol=1e-5)
   g_m0, g_emb = jax.jit(jax.grad(r_t, argnums=(0, 1)))(m0, jnp.zeros((Td,) + table.shape))
-  g_m0_lib = jax.jit(jax.grad(lambda m: jnp.sum(dmt.rollout(nets, params, m, x, backprop)[:, t] ** 2)))(m0)
+  g_m0_lib = jax.jit(jax.grad(lambda m: jnp.sum(nets.rollout(params, m, x, **_dmt_policy(backprop))[:, t] ** 2)))(m0)
   np.testing.assert_allclose(g_m0, g_m0_lib, rtol=1e-4, atol=1e-8)
   assert jnp.abs(g_emb[t]).max() > 0  # a step's memory always depends on its own input
   earlier = float(jnp.abs(g_emb[:t]).max())
@@ -63,13 +69,13 @@ def test_dmt_one_step_parameter_gradient_equals_single_step_gradient():
   c, nets, params, x, m0 = _setup()
   target = jax.random.normal(jax.random.PRNGKey(5), m0.shape)
   t = Td - 1
-  loss_roll = lambda p: jnp.mean((dmt.rollout(nets, p, m0, x, False)[:, t] - target) ** 2)
-  mems = jax.jit(lambda p: dmt.rollout(nets, p, m0, x, False))(params)
+  loss_roll = lambda p: jnp.mean((nets.rollout(p, m0, x, **_dmt_policy(False))[:, t] - target) ** 2)
+  mems = jax.jit(lambda p: nets.rollout(p, m0, x, **_dmt_policy(False)))(params)
   loss_one = lambda p: jnp.mean((nets.step(p, mems[:, t - 1], x[:, t]) - target) ** 2)
   g_roll = jax.jit(jax.grad(loss_roll))(params)['cell']
   g_one = jax.jit(jax.grad(loss_one))(params)['cell']
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_roll, g_one)
-  full_loss = lambda p: jnp.mean((dmt.rollout(nets, p, m0, x, True)[:, t] - target) ** 2)
+  full_loss = lambda p: jnp.mean((nets.rollout(p, m0, x, **_dmt_policy(True))[:, t] - target) ** 2)
   g_full = jax.jit(jax.grad(full_loss))(params)['cell']
   diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_one)))
   assert diff > 1e-6
@@ -105,7 +111,7 @@ def test_bptt_truncation_and_the_initial_memory_gradient(truncation):
 
 def test_bptt_rollout_equals_step_loop():
   c, nets, params, x, m0 = _setup('transformer')
-  mems = jax.jit(lambda: bptt.rollout(nets, params, m0, x, truncation=2))()
+  mems = jax.jit(lambda: nets.rollout(params, m0, x, truncation=2))()
   m, step = m0, jax.jit(nets.step)
   for t in range(Td):
     m = step(params, m, x[:, t])

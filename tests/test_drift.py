@@ -65,7 +65,7 @@ def test_rollout_equals_python_loop_definition(n):
 def test_gradient_flows_through_the_rollout_unless_detached():
   """n = 2 from start 0 with clean (detached) targets: the start memory gets a gradient from both steps'
   errors through the rollout; with rollout_detach only from the first step's."""
-  c, nets, params, batch = _setup('parallel', rollout_steps=2, detach_target=True)
+  c, nets, params, batch = _setup('parallel', rollout_steps=2, dynamics_gradient='stop_target')
   x = batch['x']
   mems = nets.prefix_memories(params, x)
 

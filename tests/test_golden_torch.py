@@ -337,7 +337,7 @@ def _dmt_pieces(g, params):
   hp = g.hp
   Tc, Td, k = hp['Tc'], hp['Td'], hp['k']
   enc = dmt.teacher_memories(g.nets, params, g.x, Tc, Td, k, prefix=False)  # [B, Td/k+1, K, D]
-  mems = dmt.rollout(g.nets, params, enc[:, 0], g.x[:, Tc:Tc + Td], backprop_through_rollout=False)
+  mems = g.nets.rollout(params, enc[:, 0], g.x[:, Tc:Tc + Td], truncation=1, detach_initial=True)
   seen = jnp.concatenate([enc[:, :1], mems], axis=1)  # r_0..r_Td
   ce, _ = losses.token_cross_entropy(g.nets.readout_all(params, jax.lax.stop_gradient(seen)), g.y[:, Tc - 1:Tc + Td])
   return enc, seen, ce
@@ -410,10 +410,10 @@ def test_bptt(g):
   batch = {'x': g.x[:, :T], 'y': g.y[:, :T]}
   mem0 = nets.initial_memory(params, g.x.shape[0])
   B = g.x.shape[0]
-  check('bptt memories', bptt.rollout(nets, params, mem0, batch['x']).reshape(B, T, -1), g['bptt.m_rnn'], BPTT_RTOL)
+  check('bptt memories', nets.rollout(params, mem0, batch['x']).reshape(B, T, -1), g['bptt.m_rnn'], BPTT_RTOL)
   loss, _ = bptt.bptt_losses(nets, params, batch, None, c)
   check('bptt loss', loss, g['bptt.loss'], BPTT_RTOL)
-  mems = bptt.rollout(nets, params, mem0, batch['x'])
+  mems = nets.rollout(params, mem0, batch['x'])
   ce, _ = losses.token_cross_entropy(nets.readout_all(params, mems), batch['y'])
   check('bptt readout CE per step', ce, g['bptt.loss_readout_'], BPTT_RTOL)
   grads = jax.grad(lambda p: bptt.bptt_losses(nets, p, batch, None, c)[0])(params)
@@ -448,6 +448,30 @@ def test_workdir_round_trip(g, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), b)
   scores = inference.read(Networks.from_config(config), params, g.x, g.y, g.hp['read_len'], g.hp['eval_len'])
   check('read CE after a workdir round trip', scores['ce'], g['read.loss_eval_'])
+
+
+def test_import_command_reads_what_the_file_holds(g, tmp_path):
+  """experiments.import_torch on an .npz of the public state dicts: the heads and window lengths come from the
+  file's hyperparameters (said so), the parameters equal the converter's, and a file it cannot read is one
+  line."""
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[1]
+  r = subprocess.run([sys.executable, '-m', 'experiments.import_torch', f'--checkpoint={FIXTURE}',
+                      f'--workdir={tmp_path / "run"}', '--dtype=float32'], cwd=root, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'num_heads: 2 (from the file)' in r.stdout and 'context: 6 (from the file)' in r.stdout, r.stdout
+  config, params = train.load_params(tmp_path / 'run')
+  assert config.method == 'dmt' and config.data.seq_len == 14 and config.model.num_heads == 2
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(g.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  bad = tmp_path / 'bad.npz'
+  bad.write_bytes(b'not a zip')
+  r = subprocess.run([sys.executable, '-m', 'experiments.import_torch', f'--checkpoint={bad}',
+                      f'--workdir={tmp_path / "bad"}'], cwd=root, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(f'error: {bad}:'), r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr and not (tmp_path / 'bad').exists()
 
 
 def test_a_converted_checkpoint_is_evaluated_sampled_and_fine_tuned(g, tmp_path):

@@ -227,3 +227,16 @@ def test_evaluate_cli_scores_longer_sequences(workdir):
     j = json.load(f)
   assert (j['seq_len'], j['trained_seq_len'], j['read_len']) == (2 * T, T, T)
   assert math.isfinite(j['rnn_only_accuracy']) and math.isfinite(j['teacher_accuracy'])
+
+
+def test_summarize_reads_the_teacher_only_where_it_was_scored():
+  """A spec that reads a prefix without scoring the teacher (EvalSpec(teacher=False, read_len=...)) gives the
+  RNN's per-position scores and no teacher ones."""
+  from smtjax.evaluation import summarize
+  read = {'ce': np.array([2.0, 3.0]), 'n': np.array([2, 3]), 'hit': np.array([1, 3])}
+  out = summarize({'read': read, 'num_batches': 1})
+  assert out['rnn_loss'] == 1.0 and out['rnn_accuracy'] == 0.8 and out['num_targets_per_position'] == [2, 3]
+  assert not any(k.startswith('teacher') or k == 'num_teacher_targets' for k in out)
+  teacher = {'ce': np.array(5.0), 'n': np.array(5), 'hit': np.array(4)}
+  both = summarize({'read': read, 'teacher_read': read, 'teacher': teacher, 'num_batches': 1})
+  assert both['teacher_loss_read_targets'] == 1.0 and both['num_teacher_targets'] == 5

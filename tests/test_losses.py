@@ -1,5 +1,7 @@
 """Each loss term against a direct NumPy computation, and the SMT objectives against their definitions."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,14 +275,21 @@ def test_dynamics_gradient_option_routes_the_gradient(mode, dyn_grad):
   assert _max_abs(g['cell']) > 0.0
 
 
-def test_deprecated_detach_target_means_stop_target():
+def test_deprecated_detach_target_is_translated_when_a_saved_config_is_read():
+  """A saved smt.detach_target=True is smt.dynamics_gradient='stop_target' after the upgrade; the field no
+  longer exists for a run to read."""
   c = tiny_config()
-  assert config_lib.dynamics_gradient(c) == 'both'
-  c.smt.detach_target = True
-  assert config_lib.dynamics_gradient(c) == 'stop_target'
-  c.smt.dynamics_gradient = 'rnn_only'
+  saved = json.loads(c.to_json())
+  saved['smt']['detach_target'] = True
+  assert config_lib.upgrade(saved).smt.dynamics_gradient == 'stop_target'
+  saved['smt']['detach_target'] = False
+  assert config_lib.upgrade(saved).smt.dynamics_gradient == 'both'
+  saved['smt'].update(detach_target=True, dynamics_gradient='rnn_only')
   with pytest.raises(config_lib.ConfigError, match='smt.detach_target'):
-    config_lib.validate(c)
-  c.smt.detach_target, c.smt.dynamics_gradient = False, 'sideways'
+    config_lib.upgrade(saved)
+  assert 'detach_target' not in c.smt
+  c.smt.dynamics_gradient = 'sideways'
   with pytest.raises(config_lib.ConfigError, match='smt.dynamics_gradient'):
     config_lib.validate(c)
+
+

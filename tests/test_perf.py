@@ -41,7 +41,7 @@ def test_matmul_flops_count_scan_trip_counts():
   assert r['flops'] == 10 * one
   # Reverse mode: forward and the backward products with respect to `a` (b is not differentiated).
   g = jax.grad(lambda a: jnp.sum(f(a, b)))
-  assert perf.matmul_flops(g, a) == 20 * one
+  assert perf.step_flops(jax.jit(g), a)['matmul'] == 20 * one
 
 
 def test_train_step_flops_and_memory():

@@ -44,13 +44,15 @@ CASES = [
 IDS = [f'{n}-{i}' for i, (n, _) in enumerate(CASES)]
 
 
-def test_tasks_are_registered():
+def test_tasks_are_registered_by_name_where_defined():
   assert set(synthetic.TASKS) == {'retrieval', 'copy', 'stack', 'keys_values', 'modular', 'parity', 'counting'}
   assert set(synthetic.TASKS) <= set(known_sources())
-  for name in synthetic.TASKS:
-    assert name in synthetic.describe(name) and '\n' not in synthetic.describe(name)
-  with pytest.raises(DataError, match='nope'):
-    synthetic.describe('nope')
+  for name, cls in synthetic.SOURCES.items():
+    assert cls.name == name and cls.description and '\n' not in cls.description
+  assert synthetic.SOURCES['stack'] is synthetic.Stack and synthetic.SOURCES['keys_values'] is synthetic.KeysValues
+  with pytest.raises(ValueError, match="'copy' is already registered"):
+    synthetic._task('copy', 'another copy')(type('Other', (), {}))
+  assert synthetic.SOURCES['copy'] is synthetic.Copy
 
 
 @pytest.mark.parametrize('name,opts', CASES, ids=IDS)

@@ -110,15 +110,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
   with monkeypatch.context() as m:
     m.setattr(train, 'train_step', nan_from_step_6)  # the pure step that Trainer.create compiles
-    with pytest.raises(train.NonFiniteLossError, match='at step 6'):
+    with pytest.raises(train.NonFiniteLossError, match=r'at step 6; the last good checkpoint \(step 4\)'):
       train.train_and_evaluate(c, str(tmp_path))
+    early = c.copy_and_resolve_references()
+    early.checkpoint_every = early.eval_every = 8  # the blow-up comes before the first save
+    with pytest.raises(train.NonFiniteLossError, match='at step 6; nothing was saved yet'):
+      train.train_and_evaluate(early, str(tmp_path / 'early'))
   _, params = train.load_params(str(tmp_path))
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
   assert train.train_step is step_fn  # restored: the resumed run below is a real one
+  monkeypatch.setenv('SMTJAX_ATTENTION', 'xla')  # changes the compiled program: the workdir records it
   with caplog.at_level('INFO', logger='absl'):
     final = train.train_and_evaluate(c, str(tmp_path))  # resumes from step 4 and finishes
   assert any('Resumed' in r.getMessage() and 'step 4' in r.getMessage() for r in caplog.records)
   assert np.isfinite(final['loss'])
+  starts = json.loads((tmp_path / 'environment.json').read_text())
+  assert [e['start_step'] for e in starts] == [0, 4] and starts[0]['platform'] == 'cpu'
+  assert 'SMTJAX_ATTENTION' not in starts[0]['env'] and starts[1]['env']['SMTJAX_ATTENTION'] == 'xla'
 
 
 def test_train_step_compiles_once(tmp_path):

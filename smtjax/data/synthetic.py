@@ -22,25 +22,20 @@ import numpy as np
 
 from smtjax.data.base import SPLIT_IDS, DataError, DataInfo, row_rng
 
-_DESCRIPTIONS = {
-    'retrieval': 'needle retrieval: random symbols, MARKER then the needle early on; at the final QUERY predict '
-                 'the needle',
-    'copy': 'string copy: a random string, SEP, then the (reversed) string predicted one symbol ahead',
-    'stack': 'stack operations: push a symbol or POP by coin flip within max_depth; on POP predict the popped symbol',
-    'keys_values': 'associative recall: key/value pairs, QUERY and one key; predict its value',
-    'modular': 'modular arithmetic in context: pairs (a, (w*a+b) mod P) with hidden w, b; predict each output',
-    'parity': 'parity: random bits; predict the running XOR',
-    'counting': 'modular counting: random increments in [0, m); predict the running sum mod m (every step, or '
-                'only the last)',
-}
-TASKS = tuple(_DESCRIPTIONS)
+# data.name -> source factory `(data_config, seed) -> Source`, filled where each task is defined (`_task`); the
+# table in smtjax.data.registry takes it whole.
+SOURCES: dict[str, type] = {}
 
 
-def describe(name: str) -> str:
-  """One line saying what task `name` asks of a model."""
-  if name not in _DESCRIPTIONS:
-    raise DataError(f'config.data.name: unknown synthetic task {name!r}; known: {", ".join(TASKS)}')
-  return f'{name}: {_DESCRIPTIONS[name]}'
+def _task(name: str, description: str):
+  """Registers a task class under `name`, with one line saying what the task asks of a model."""
+  def register(cls):
+    if name in SOURCES:
+      raise ValueError(f'synthetic task {name!r} is already registered (by {SOURCES[name].__name__})')
+    cls.name, cls.description = name, description
+    SOURCES[name] = cls
+    return cls
+  return register
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,6 +143,8 @@ def _symbol_names(n: int, specials: list[str]) -> list[str]:
   return [str(i) for i in range(n)] + specials
 
 
+@_task('retrieval', 'needle retrieval: random symbols, MARKER then the needle early on; at the '
+                 'final QUERY predict the needle')
 class Retrieval(_Task):
   """Needle: MARKER at p (uniform in the first `needle_region` of the sequence), needle at p+1, QUERY last."""
 
@@ -173,6 +170,7 @@ class Retrieval(_Task):
     y[:, T - 1] = np.where(u[:, T + 1] < self.noise, _uint(u[:, T + 2], self.n), x[ar, p + 1])
 
 
+@_task('copy', 'string copy: a random string, SEP, then the (reversed) string predicted one symbol ahead')
 class Copy(_Task):
   """x = [s_0..s_{M-1}, SEP, r_0..r_{M-2}] left-padded to T; y[SEP + j] = r_j (r = s reversed by default)."""
 
@@ -202,6 +200,8 @@ class Copy(_Task):
     y[:, o + M:] = r
 
 
+@_task('stack', 'stack operations: push a symbol or POP by coin flip within max_depth; on '
+                 'POP predict the popped symbol')
 class Stack(_Task):
   """Push a random symbol or POP by fair coin (push when empty, pop when full); y on POP = popped symbol."""
 
@@ -239,6 +239,7 @@ class Stack(_Task):
     y[:] = np.where(push, -1, popped)
 
 
+@_task('keys_values', 'associative recall: key/value pairs, QUERY and one key; predict its value')
 class KeysValues(_Task):
   """x = [k_1 v_1 .. k_n v_n QUERY k_q v_q[:-1]] left-padded; y predicts v_q one token ahead."""
 
@@ -301,6 +302,7 @@ class KeysValues(_Task):
     y[:, T - vl:] = values[ar, q]  # at the key's last token, then at each value token but the last
 
 
+@_task('modular', 'modular arithmetic in context: pairs (a, (w*a+b) mod P) with hidden w, b; predict each output')
 class Modular(_Task):
   """x = [a_1, f_1, a_2, f_2, ..] left-padded, f_i = (w*a_i + b) mod P with hidden w, b per sequence;
   y[a_i] = f_i. w is uniform in [1, 1 + num_w) and b in [0, num_b) (defaults: every w in [1, P) and every
@@ -339,6 +341,7 @@ class Modular(_Task):
     y[:, o::2] = f
 
 
+@_task('parity', 'parity: random bits; predict the running XOR')
 class Parity(_Task):
   """Random bits; y_t = x_0 XOR .. XOR x_t."""
 
@@ -353,6 +356,8 @@ class Parity(_Task):
     y[:] = np.cumsum(x, axis=1) % 2
 
 
+@_task('counting', 'modular counting: random increments in [0, m); predict the running sum mod '
+                 'm (every step, or only the last)')
 class Counting(_Task):
   """Random increments x_t in [0, modulus); y_t = (x_0 + .. + x_t) mod modulus: state tracking that a finite
   automaton does and a linear recurrence cannot (modulus 2 is parity). `targets`: 'every' step (dense) or
@@ -377,5 +382,4 @@ class Counting(_Task):
       y[:] = counts
 
 
-# data.name -> source factory `(data_config, seed) -> Source` (the table in smtjax.data.registry uses it).
-SOURCES = dict(zip(TASKS, (Retrieval, Copy, Stack, KeysValues, Modular, Parity, Counting)))
+TASKS = tuple(SOURCES)

@@ -39,6 +39,7 @@ arguments: Encoder/Decoder(dim, depth, heads, rotary_pos_emb=True, use_rmsnorm=T
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -263,3 +264,48 @@ def write_workdir(workdir, params: dict, config, step: int = 0):
   finally:
     checkpointer.close()
   return workdir
+
+
+# Hyperparameter names the public code's saved configs use (train_smt.py's arguments; the golden fixture's).
+_HPARAMS = {'num_heads': ('n_heads', 'heads', 'num_heads'), 'num_mem_tokens': ('mem_tokens', 'num_mem_tokens'),
+            'context': ('Tc', 'context'), 'rollout': ('Td', 'rollout'), 'future': ('Tf', 'future')}
+
+
+def _as_dict(obj) -> dict:
+  if isinstance(obj, Mapping):
+    return dict(obj)
+  return dict(vars(obj)) if hasattr(obj, '__dict__') else {}
+
+
+def load_public(path) -> tuple[dict | None, dict | None, dict]:
+  """(teacher state dict, RNN state dict, hyperparameters) from a public checkpoint file: a torch file of
+  train_smt.py / train_dmt.py ({'teacher': ..., 'rnn': ...}, read with torch, which must then be installed),
+  or an .npz of 'teacher.<key>' / 'rnn.<key>' arrays with an optional 'hparams' JSON string. Hyperparameters
+  are whatever the file holds under 'hparams', 'config', 'args' or 'cfg' (a dict or an argparse Namespace)."""
+  path = str(path)
+  if path.endswith('.npz'):
+    with np.load(path) as z:
+      flat = {k: z[k] for k in z.files}
+    hp = json.loads(str(flat.pop('hparams'))) if 'hparams' in flat else {}
+    teacher, rnn = split_prefixed(flat)
+    return teacher or None, rnn or None, hp
+  try:
+    import torch  # noqa: PLC0415  (optional: only torch files need it)
+  except ImportError as e:
+    raise ValueError(f'{path}: reading a torch file needs torch installed (pip install torch), or save the '
+                     "state dicts as an .npz of 'teacher.<key>' / 'rnn.<key>' arrays") from e
+  ckpt = torch.load(path, map_location='cpu', weights_only=False)
+  if not isinstance(ckpt, Mapping):
+    raise ValueError(f'{path}: expected a dict with "teacher" and/or "rnn" state dicts, got {type(ckpt).__name__}')
+
+  def state_dict(v):
+    sd = v.state_dict() if hasattr(v, 'state_dict') else v
+    return {k: t.float().numpy() for k, t in sd.items()} if sd is not None else None
+  hp = next((_as_dict(ckpt[k]) for k in ('hparams', 'config', 'args', 'cfg') if k in ckpt), {})
+  return state_dict(ckpt.get('teacher')), state_dict(ckpt.get('rnn')), hp
+
+
+def hyperparameter(hp: Mapping, name: str):
+  """The value of smtjax's `name` (num_heads, num_mem_tokens, context, rollout, future) in a public
+  hyperparameter dict, or None when the file does not hold it."""
+  return next((hp[k] for k in _HPARAMS[name] if k in hp), None)

@@ -33,7 +33,6 @@ Workdir level: `gradients_workdir(workdir | smt_workdir + bptt_workdir)` -> grad
 from __future__ import annotations
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -233,7 +232,7 @@ def gradients_workdir(workdir: str | None = None, smt_workdir: str | None = None
   out = out or dirs[0]
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_text(out / 'gradients.json', json.dumps(result, indent=2))
+  workdir_lib.write_json(out / 'gradients.json', result)
   plotting.gradients(curves, out / 'gradients.png', title='gradient norm vs distance to the target')
   return result
 
@@ -270,7 +269,7 @@ def drift_workdir(workdir: str, compare_workdir: str | None = None, out: str | N
   out = out or workdir
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_text(out / 'drift.json', json.dumps(result, indent=2))
+  workdir_lib.write_json(out / 'drift.json', result)
   plotting.drift({_run_label(d, r): r for d, r in results.items()}, out / 'drift.png',
              title=f'memory drift (read_len {read_len})')
   return result

@@ -11,8 +11,6 @@ Writes `ceiling_<task>.{json,md,png}`: teacher and RNN accuracy, their gap, and 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
@@ -57,7 +55,7 @@ def run_ceiling(config, out, seeds=(0, 1, 2), knobs: dict | None = None, lanes: 
                                    'seconds_per_step': cal[f'{k}|{lab}']})
   summary = {'task': name, 'steps': config.num_steps, 'seeds': list(seeds), 'knobs': rows,
              'steps_curve': _steps_curve(config, jobs, knobs, seeds)}
-  workdir_lib.write_text(out / f'ceiling_{name}.json', json.dumps(wallclock.finite(summary), indent=2))
+  workdir_lib.write_json(out / f'ceiling_{name}.json', summary)
   write_table(summary, out / f'ceiling_{name}.md')
   figure(summary, out / f'ceiling_{name}.png')
   return summary
@@ -86,18 +84,14 @@ def write_table(summary: dict, path) -> str:
            f'and of the RNN reading whole sequences from its initial memory; seeds '
            f'{", ".join(map(str, summary["seeds"]))}: mean ± 95% t-interval; cost: seconds per step on one CPU core.']
   for knob, rows in summary['knobs'].items():
-    lines += ['', f'## {knob}', '', '| value | teacher | RNN | gap (teacher - RNN) | s/step |', '|---|---|---|---|---|']
-    for r in rows:
-      lines.append(f'| {r["value"]} | {stats.fmt(r["teacher"]["mean"], r["teacher"]["ci"])} | '
-                   f'{stats.fmt(r["rnn"]["mean"], r["rnn"]["ci"])} | {stats.fmt(r["gap"]["mean"], r["gap"]["ci"])} | '
-                   f'{r["seconds_per_step"]:.4f} |')
-  lines += ['', '## steps (the base config\'s learning curve, mean over seeds)', '', '| step | teacher | RNN | gap |',
-            '|---|---|---|---|']
-  lines += [f'| {p["step"]} | {p["teacher"]:.3f} | {p["rnn"]:.3f} | {p["teacher"] - p["rnn"]:.3f} |'
-            for p in summary['steps_curve']]
-  text = '\n'.join(lines) + '\n'
-  workdir_lib.write_text(path, text)
-  return text
+    lines += ['', f'## {knob}', ''] + stats.table(
+        ['value', 'teacher', 'RNN', 'gap (teacher - RNN)', 's/step'],
+        [[r['value']] + [stats.fmt(r[k]['mean'], r[k]['ci']) for k in ('teacher', 'rnn', 'gap')]
+         + [f'{r["seconds_per_step"]:.4f}'] for r in rows])
+  lines += ['', '## steps (the base config\'s learning curve, mean over seeds)', ''] + stats.table(
+      ['step', 'teacher', 'RNN', 'gap'], [[p['step'], f'{p["teacher"]:.3f}', f'{p["rnn"]:.3f}',
+                                          f'{p["teacher"] - p["rnn"]:.3f}'] for p in summary['steps_curve']])
+  return stats.write_markdown(path, lines)
 
 
 def figure(summary: dict, path) -> epath.Path:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import statistics
 
 import numpy as np
@@ -45,7 +44,7 @@ from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
 from smtjax.studies import compare, stats
-from smtjax.studies.wallclock import Job, finite, run_jobs, score
+from smtjax.studies.wallclock import Job, run_jobs, score
 
 METHODS = {'smt': 'SMT', 'smt_dmt': 'SMT→DMT', 'bptt': 'BPTT', 'smt_bptt': 'SMT→BPTT'}
 DRIFT = {'plain': (), 'roll4': (('smt.rollout_steps', 4),)}
@@ -174,8 +173,8 @@ def _check(config, lengths, plan: Plan):
   for L in lengths:
     for s in _grid(plan, 'smt'):
       for c in configs(config, L, s, plan.seeds[0], plan.smt_steps, plan.dmt_steps, plan.evals, plan.num_eval_batches,
-                       '(checked before training)').values():
-        config_lib.validate(c)
+                       '').values():  # the SMT run the fine-tuning stages start from does not exist yet
+        config_lib.validate(c, init_from_later=True)
 
 
 def _grid(plan: Plan, method: str) -> list[Setting]:
@@ -303,9 +302,9 @@ def run_claims(config, lengths, plan: Plan, out) -> dict:
                'rows': {row: {m: _result(plan, m, chosen[m][row], [r[(m, s)] for s in plan.seeds]) for m in METHODS}
                         for row, r in rows.items()}}
     name = f'claims_{task}_T{L}'
-    workdir_lib.write_text(out / f'{name}.json', json.dumps(finite(summary), indent=2))
+    workdir_lib.write_json(out / f'{name}.json', summary)
     write_table(summary, out / f'{name}.md')
-    plotting.claims_curves(finite(summary), out / f'{name}.png', METHODS)
+    plotting.claims_curves(workdir_lib.json_safe(summary), out / f'{name}.png', METHODS)
     results[str(L)] = summary
   return results
 
@@ -324,20 +323,17 @@ def write_table(summary: dict, path) -> str:
            f'Batch and steps equal per row; seeds {", ".join(map(str, seeds))}: mean ± 95% t-interval. Accuracy: the '
            'RNN reading whole held-out test sequences from its initial memory; teacher: the SMT run\'s. Change: the '
            'trend of validation accuracy over the last quarter of the steps (plateau: below '
-           f'{summary["plan"]["plateau"]}).', '',
-           '| row | method | setting | steps | s/update | sequential depth | RNN accuracy | teacher accuracy | '
-           'change | verdict |', '|---|---|---|---|---|---|---|---|---|---|']
-  for row, cells in summary['rows'].items():
-    for m, c in cells.items():
-      teacher = stats.fmt(c.get('teacher_accuracy'), c.get('teacher_accuracy_ci'))
-      lines.append(f'| {row.replace("_", " ")} | {METHODS[m]} | {c["name"]} | {c["steps"]} | '
-                   f'{c["seconds_per_update"]:.3f} | {c["sequential_depth"]} | '
-                   f'{stats.fmt(c["accuracy"], c["accuracy_ci"])} | {teacher} | {c["change"]:+.3f} | {_verdict(c)} |')
+           f'{summary["plan"]["plateau"]}).', '']
+  lines += stats.table(
+      ['row', 'method', 'setting', 'steps', 's/update', 'sequential depth', 'RNN accuracy', 'teacher accuracy',
+       'change', 'verdict'],
+      [[row.replace('_', ' '), METHODS[m], c['name'], c['steps'], f'{c["seconds_per_update"]:.3f}',
+        c['sequential_depth'], stats.fmt(c['accuracy'], c['accuracy_ci']),
+        stats.fmt(c.get('teacher_accuracy'), c.get('teacher_accuracy_ci')), f'{c["change"]:+.3f}', _verdict(c)]
+       for row, cells in summary['rows'].items() for m, c in cells.items()])
   lines += ['', '## Tuning (validation accuracy, first seed)', '']
   for m, t in summary['tuning'].items():
     scores = ', '.join(f'{k} {v:.3f}' for k, v in sorted(t['scores'].items(), key=lambda kv: -kv[1]))
     lines.append(f'- {METHODS[m]} ({t["steps"]} tuning steps): same cell {t["same_cell"]}, best {t["best"]}'
                  + (f'; {scores}' if scores else ''))
-  text = '\n'.join(lines) + '\n'
-  workdir_lib.write_text(path, text)
-  return text
+  return stats.write_markdown(path, lines)

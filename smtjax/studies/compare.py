@@ -22,7 +22,6 @@ as in configs/keys_values.py; no length-generalization table); for the other tas
 from __future__ import annotations
 
 import json
-import math
 import time
 
 from absl import logging
@@ -109,7 +108,7 @@ def _train_and_score(config, workdir: str) -> tuple[dict, float]:
   train.train_and_evaluate(config, workdir)
   seconds = time.perf_counter() - t0
   result = runs.evaluate_workdir(workdir)
-  return json.loads(json.dumps(runs.json_safe(result))), seconds
+  return workdir_lib.json_safe(result), seconds
 
 
 def _score_longer(config, workdir: str, seq_len: int) -> dict:
@@ -117,7 +116,7 @@ def _score_longer(config, workdir: str, seq_len: int) -> dict:
   done = _finished_eval(workdir, config, runs.eval_filename(config, seq_len))
   if done is not None:
     return done
-  return json.loads(json.dumps(runs.json_safe(runs.evaluate_workdir(workdir, seq_len=seq_len))))
+  return workdir_lib.json_safe(runs.evaluate_workdir(workdir, seq_len=seq_len))
 
 
 def _num(v) -> float:
@@ -222,20 +221,10 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
              'length_is': 'num_pairs' if task == 'keys_values' else 'seq_len', 'results': results}
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_text(out / f'compare_{task}.json', json.dumps(_nan_to_none(summary), indent=2))
+  workdir_lib.write_json(out / f'compare_{task}.json', summary)
   write_table(summary, out / f'compare_{task}.md')
   plotting.comparison(summary, out / f'compare_{task}.png', columns, METHOD_NAMES)
   return summary
-
-
-def _nan_to_none(v):
-  if isinstance(v, dict):
-    return {k: _nan_to_none(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple)):
-    return [_nan_to_none(x) for x in v]
-  if isinstance(v, float) and not math.isfinite(v):
-    return None
-  return v
 
 
 def _fmt(cell: dict, key: str) -> str:
@@ -254,25 +243,24 @@ def write_table(summary: dict, path: str) -> str:
   lines = [f'# {summary.get("config") or summary["task"]}: SMT vs SMT→DMT vs BPTT', '',
            'RNN accuracy / loss (nats per target token) reading whole held-out sequences from its initial '
            'memory; the Transformer teacher (SMT run) is the upper bound. '
-           f'Seeds {", ".join(map(str, seeds))}' + (': mean ± 95% t-interval.' if len(seeds) > 1 else '.'), '',
-           '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+           f'Seeds {", ".join(map(str, seeds))}' + (': mean ± 95% t-interval.' if len(seeds) > 1 else '.'), '']
+  rows = []
   for length in summary['lengths']:
     r = summary['results'][str(length)]
     cells = [str(length)] + ([str(r['seq_len'])] if first == 'pairs' else [])
-    cells += [_fmt(r[m], 'accuracy') for m in columns] + [_fmt(r[m], 'loss') for m in columns]
-    lines.append('| ' + ' | '.join(cells) + ' |')
+    rows.append(cells + [_fmt(r[m], 'accuracy') for m in columns] + [_fmt(r[m], 'loss') for m in columns])
+  lines += stats.table(head, rows)
   ks = summary.get('test_lengths') or []
   if ks:
     head = ['trained at T'] + [f'{METHOD_NAMES[m]} @ {lbl}' for m in columns for lbl in ['T'] + [f'{k}T' for k in ks]]
-    lines += ['', '## Length generalization: accuracy on sequences k times longer than training', '',
-              '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    lines += ['', '## Length generalization: accuracy on sequences k times longer than training', '']
+    rows = []
     for length in summary['lengths']:
       r = summary['results'][str(length)]
       cells = [str(r['seq_len'])]
       for m in columns:
         cells.append(_fmt(r[m], 'accuracy'))
         cells += [_fmt(r['generalization'][m][str(k)], 'accuracy') for k in ks]
-      lines.append('| ' + ' | '.join(cells) + ' |')
-  text = '\n'.join(lines) + '\n'
-  workdir_lib.write_text(path, text)
-  return text
+      rows.append(cells)
+    lines += stats.table(head, rows)
+  return stats.write_markdown(path, lines)

@@ -13,9 +13,6 @@ rerun.
 
 from __future__ import annotations
 
-import json
-import math
-
 from absl import logging
 from etils import epath
 
@@ -104,14 +101,14 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
             'grids': grids, 'grids_ci': grids_ci, 'grids_per_seed': per_seed}
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_text(out / 'compression.json', json.dumps(result, indent=2))
+  workdir_lib.write_json(out / 'compression.json', result)
   write_table(result, out / 'compression.md')
   plotting.compression_contours(result, out / 'compression.png')
   return result
 
 
 def _finite(v):
-  return None if v is None or not math.isfinite(float(v)) else float(v)
+  return None if v is None else workdir_lib.json_safe(float(v))
 
 
 def write_table(result: dict, path: str) -> str:
@@ -121,11 +118,7 @@ def write_table(result: dict, path: str) -> str:
   cis = result.get('grids_ci', {}).get(m) or [[None] * len(result['steps'])] * len(result['mem_sizes'])
   lines = [f'# Compression sweep: {result["config"] or result["task"]}, {m}', '',
            f'Rows: memory size Z = K x d (K = {result["num_mem_tokens"]}); columns: training steps. Seeds '
-           f'{", ".join(map(str, seeds))}' + (' (mean ± 95% t-interval).' if len(seeds) > 1 else '.'), '',
-           '| Z | ' + ' | '.join(str(s) for s in result['steps']) + ' |',
-           '|---|' + '---|' * len(result['steps'])]
-  for z, row, ci in zip(result['mem_sizes'], result['grids'][m], cis):
-    lines.append(f'| {z} | ' + ' | '.join(stats.fmt(v, c) for v, c in zip(row, ci)) + ' |')
-  text = '\n'.join(lines) + '\n'
-  workdir_lib.write_text(path, text)
-  return text
+           f'{", ".join(map(str, seeds))}' + (' (mean ± 95% t-interval).' if len(seeds) > 1 else '.'), '']
+  lines += stats.table(['Z'] + result['steps'], [[z] + [stats.fmt(v, c) for v, c in zip(row, ci)]
+                                                  for z, row, ci in zip(result['mem_sizes'], result['grids'][m], cis)])
+  return stats.write_markdown(path, lines)

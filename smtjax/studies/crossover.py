@@ -17,7 +17,6 @@ accuracy difference whose 95% interval lies above zero, or "none up to T=max") a
 
 from __future__ import annotations
 
-import json
 import math
 
 from etils import epath
@@ -65,7 +64,7 @@ def run_crossover(configs: dict, lengths, plan: Plan, out, tune_at: int | None =
                                          out / task / f'T{L}', teacher_of='smt')
     result[task] = {'tune_at': tune_at, 'selection': selection, 'lengths': lengths, 'runs': runs,
                     'crossover': crossover_length(runs, lengths)}
-    workdir_lib.write_text(out / 'crossover.json', json.dumps(wallclock.finite(result), indent=2))
+    workdir_lib.write_json(out / 'crossover.json', result)
     figure(task, result[task], out / f'crossover_{task}.png')
   write_table(result, out / 'crossover.md')
   return result
@@ -103,22 +102,20 @@ def write_table(result: dict, path) -> str:
               'mean ± 95% t-interval. Crossover: '
               + (f'T = {r["crossover"]}' if r['crossover'] else f'none up to T = {r["lengths"][-1]}')
               + ' (the shortest T from which on SMT or SMT→DMT beats BPTT at every length: per-seed accuracy '
-              'differences with a 95% interval above zero).', '',
-              '| T | ' + ' | '.join(NAMES.get(c, c) for c in cols) + ' | steps SMT / DMT / BPTT |',
-              '|---|' + '---|' * len(cols) + '---|']
+              'differences with a 95% interval above zero).', '']
+    rows = []
     for L in r['lengths']:
       run = r['runs'][str(L)]
       cells = [stats.fmt(run['results'][c]['accuracy']['mean'], run['results'][c]['accuracy']['ci']) for c in cols]
       steps = ' / '.join(str(run['runs'][m]['steps']) for m in ('smt', 'smt_dmt', 'bptt'))
-      lines.append(f'| {run["seq_len"]} | ' + ' | '.join(cells) + f' | {steps} |')
+      rows.append([run['seq_len']] + cells + [steps])
+    lines += stats.table(['T'] + [NAMES.get(c, c) for c in cols] + ['steps SMT / DMT / BPTT'], rows)
     lines.append('')
     for m, sel in r['selection'].items():
       lines.append(f'- {NAMES.get(m, m)}: chosen **{sel["chosen"]}** at T={r["tune_at"]} on the validation split '
                    f'({sel["by"]}: ' + ', '.join(f'{n} {v:.3f}' for n, v in sel['scores'].items()) + ')')
     lines.append('')
-  text = '\n'.join(lines) + '\n'
-  workdir_lib.write_text(path, text)
-  return text
+  return stats.write_markdown(path, lines)
 
 
 def figure(task: str, r: dict, path) -> epath.Path:

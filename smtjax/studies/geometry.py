@@ -28,8 +28,6 @@ and each state's name is written at its centroid.
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,5 +207,5 @@ def geometry_workdir(workdir: str, out: str | None = None, num_sequences: int = 
                       title=f'{config.data.name}: {what}\nZ={z} ({space["projection"]}); '
                             f'nearest-state accuracy {sep["accuracy"]:.2f}, within/between {sep["ratio"]:.2f}')
     result['sources'][s] = dict(sep, plot=path)
-  workdir_lib.write_text(out / 'geometry.json', json.dumps(result, indent=2))
+  workdir_lib.write_json(out / 'geometry.json', result)
   return result

@@ -18,8 +18,6 @@ Writes `linear_rnns.{json,md}` (accuracy at T, 2T, 4T, mean ± 95% interval; sec
 
 from __future__ import annotations
 
-import json
-
 from etils import epath
 from matplotlib.figure import Figure
 
@@ -53,7 +51,7 @@ def run_comparison(configs: dict, plan: Plan, out, methods: tuple[Method, ...] =
   for task, config in configs.items():
     teacher = next((m.name for m in methods if m.kind != 'bptt' and not m.overrides), None)
     summaries[task] = wallclock.run_study(config, methods, plan, out / task, teacher_of=teacher)
-    workdir_lib.write_text(out / 'linear_rnns.json', json.dumps(wallclock.finite(summaries), indent=2))
+    workdir_lib.write_json(out / 'linear_rnns.json', summaries)
   write_table(summaries, out / 'linear_rnns.md')
   figure(summaries, out / 'linear_rnns.png')
   return summaries
@@ -65,21 +63,19 @@ def write_table(summaries: dict, path) -> str:
   for task, s in summaries.items():
     ks, T = s['test_multiples'], s['seq_len']
     lines += [f'## {task} (T={T}; {s["budget_s"]:.0f} s of one CPU core per method; seeds '
-              f'{", ".join(map(str, s["seeds"]))}: mean ± 95% t-interval)', '',
-              f'| method | accuracy at T={T} | ' + ' | '.join(f'at {k}T' for k in ks) + ' | s/step | parameters |',
-              '|---|---|' + '---|' * len(ks) + '---|---|']
+              f'{", ".join(map(str, s["seeds"]))}: mean ± 95% t-interval)', '']
+    rows = []
     for col, r in s['results'].items():
       cells = [stats.fmt(r[f'accuracy{x}']['mean'], r[f'accuracy{x}']['ci']) for x in [''] + [f'_x{k}' for k in ks]]
       info = s['runs'].get(col)
-      tail = f'{info["seconds_per_step"]:.4f} | {info["parameters"]:,}' if info else '- | -'
-      lines.append(f'| {NAMES.get(col, col)} | ' + ' | '.join(cells) + f' | {tail} |')
+      tail = [f'{info["seconds_per_step"]:.4f}', f'{info["parameters"]:,}'] if info else ['-', '-']
+      rows.append([NAMES.get(col, col)] + cells + tail)
+    lines += stats.table(['method', f'accuracy at T={T}'] + [f'at {k}T' for k in ks] + ['s/step', 'parameters'], rows)
     for name, sel in s['selection'].items():
       lines.append(f'\nSetting of {NAMES[name]} chosen on the validation split: {sel["chosen"]} '
                    f'(validation {sel["by"]}: {", ".join(f"{n} {v:.3f}" for n, v in sel["scores"].items())}).')
     lines.append('')
-  text = '\n'.join(lines) + '\n'
-  workdir_lib.write_text(path, text)
-  return text
+  return stats.write_markdown(path, lines)
 
 
 def figure(summaries: dict, path) -> epath.Path:

@@ -20,7 +20,6 @@ grids for images).
 
 from __future__ import annotations
 
-import json
 import math
 
 import jax
@@ -61,7 +60,7 @@ def run_study(config, plan: Plan, out, name: str = '') -> dict:
   plotting.loss_per_position(per_t, out / f'positions_{name}.png', NAMES, summary['seq_len'],
                              title=f'{name}: held-out loss by position ({k}T)')
   write_samples({m: epath.Path(w) for m, w in summary['workdirs'].items()}, out, name)
-  workdir_lib.write_text(out / f'realdata_{name}.json', json.dumps(wallclock.finite(summary), indent=2))
+  workdir_lib.write_json(out / f'realdata_{name}.json', summary)
   return summary
 
 
@@ -119,18 +118,16 @@ def write_table(summary: dict, path) -> str:
            f'Held-out bits per token (test split), the RNN reading whole sequences from its initial memory; the '
            f'teacher from its encoder\'s prefix memories. Seeds {", ".join(map(str, summary["seeds"]))}: mean ± '
            f'95% t-interval. SMT→DMT: DMT for {summary["dmt_share"]:.0%} of the budget. Parameters: the RNN\'s '
-           '(cell and readout); the teacher\'s (encoder and decoder).', '',
-           f'| method | bits/token at T={T} | ' + ' | '.join(f'at {k}T={k * T}' for k in ks)
-           + ' | steps | s/step | parameters |', '|---|---|' + '---|' * len(ks) + '---|---|---|']
+           '(cell and readout); the teacher\'s (encoder and decoder).', '']
+  rows = []
   for col in COLUMNS:
     r, info = summary['results'][col], summary['runs'][col]
     cells = [stats.fmt(r[f'bits{s}']['mean'], r[f'bits{s}']['ci']) for s in [''] + [f'_x{k}' for k in ks]]
-    lines.append(f'| {NAMES[col]} | ' + ' | '.join(cells) + f' | {info["steps"]} | '
-                 f'{info["seconds_per_step"]:.3f} | {info["parameters"]:,} |')
+    rows.append([NAMES[col]] + cells + [info['steps'], f'{info["seconds_per_step"]:.3f}', f'{info["parameters"]:,}'])
+  lines += stats.table(['method', f'bits/token at T={T}'] + [f'at {k}T={k * T}' for k in ks]
+                       + ['steps', 's/step', 'parameters'], rows)
   sel = summary['selection']['smt_drift']
   lines += ['', f'Drift-robust setting chosen on the validation split (seed {summary["seeds"][0]}, '
             f'{summary["select_share"]:.0%} of the budget): **{sel["chosen"]}** {sel["settings"][sel["chosen"]]}; '
             'validation bits per token: ' + ', '.join(f'{n} {v:.3f}' for n, v in sel['scores'].items()) + '.']
-  text = '\n'.join(lines) + '\n'
-  workdir_lib.write_text(path, text)
-  return text
+  return stats.write_markdown(path, lines)

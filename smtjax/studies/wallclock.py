@@ -132,9 +132,7 @@ def check(config, methods: tuple[Method, ...], plan: Plan):
     if m.kind not in KINDS:
       raise ConfigError(f'method {m.name!r}: kind must be one of {KINDS}, got {m.kind!r}')
     for _, setting in candidates(m, plan) or (('', ()),):
-      c = method_config(config, m, plan.seeds[0], setting)
-      c.init_from = c.init_from or ('(checked before training)' if c.method == 'dmt' else '')
-      config_lib.validate(c)
+      config_lib.validate(method_config(config, m, plan.seeds[0], setting), init_from_later=True)
 
 
 # ------------------------------------------------------------------------------------------------- jobs
@@ -200,7 +198,7 @@ def run_jobs(jobs: list[Job], lanes: int) -> None:
       running[core] = (ready, _start(ready, core if lanes > 1 else None))
     if not running:
       raise RuntimeError(f'jobs wait for workdirs that no job trains: {[str(j.workdir) for j in pending]}')
-    time.sleep(2)
+    time.sleep(0.25)  # runs last seconds (tests) to hours; a poll costs nothing
     for core, (job, proc) in list(running.items()):
       if proc.poll() is not None:
         del running[core]
@@ -271,7 +269,7 @@ def select(config, method: Method, plan: Plan, out: epath.Path, cal: dict) -> tu
   return best, dict(candidates(method, plan))[best], scores
 
 
-def _continues(method: Method, methods, plan: Plan | None = None) -> Method | None:
+def _continues(method: Method, methods) -> Method | None:
   """The 'smt_dmt' method whose SMT stage a plain 'smt' method continues (same overrides, neither tuned)."""
   if method.kind != 'smt' or method.drift or method.grid:
     return None
@@ -470,10 +468,3 @@ def _steps_text(jobs: dict, m: Method):
   return jobs[m.name].config.num_steps
 
 
-def finite(v):
-  """JSON-safe: NaN and infinities as None."""
-  if isinstance(v, dict):
-    return {k: finite(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple)):
-    return [finite(x) for x in v]
-  return None if isinstance(v, float) and not math.isfinite(v) else v
