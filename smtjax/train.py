@@ -136,10 +136,34 @@ class Every:
     return step % self.n == 0 or step == self.last
 
 
-def train_and_evaluate(config, workdir, hooks: Sequence[Callable] = ()) -> dict[str, float]:
+def every_step(step: int) -> bool:
+  return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """Periodic work of the loop, on its own schedule. `at` says when and what `fn` gets:
+
+  - 'before': fn(step) before step `step` is dispatched;
+  - 'dispatched': fn(step, device_metrics) right after it is dispatched (the device may still be running it);
+  - 'metrics': fn(step, host_metrics) once the step's metrics are on the host: one step behind the device,
+    in step order, after the NaN check;
+  - 'state': fn(step, state) after the step; with `sync`, every earlier step's 'metrics' hooks have run
+    first (an evaluation or checkpoint never gets ahead of the written metrics). `on_stop`: also at the step
+    where a stop signal ends the run (then it runs whatever `every` says).
+  """
+  name: str
+  every: Callable[[int], bool]
+  fn: Callable
+  at: str = 'state'
+  sync: bool = False
+  on_stop: bool = False
+
+
+def train_and_evaluate(config, workdir, hooks: Sequence[Callable | Hook] = ()) -> dict[str, float]:
   """Trains `config` in `workdir` (a local path or gs://...), resuming from its latest checkpoint;
-  returns the last metrics. `hooks`: callables hook(step, state) run after every step (custom logging,
-  or stopping a run by raising).
+  returns the last metrics. `hooks`: `Hook`s, or callables hook(step, state) run after every step
+  (custom logging, or stopping a run by raising).
 
   Writes workdir/config.json, workdir/metrics.jsonl (+ TensorBoard events) and Orbax checkpoints under
   workdir/checkpoints/, and with config.profile_steps a jax.profiler trace under workdir/profile/. Logged
@@ -195,18 +219,28 @@ def _prepare_workdir(workdir: epath.Path):
 
 class _Run:
   """The host side of one training run: what it opens (checkpointer, data iterator, metric writer,
-  progress bar, signal handlers, profiler) and what it keeps between steps. `train` runs the loop;
-  `_close` is the one place where a run shuts down, after an error or not."""
+  progress bar, signal handlers, profiler), what it keeps between steps, and its periodic work as hooks
+  (progress, logging, evaluation, checkpoints, profiling, the caller's). `train` runs the loop; `_close` is
+  the one place where a run shuts down, after an error or not."""
 
-  def __init__(self, config, workdir: epath.Path, source, hooks: Sequence[Callable]):
-    self.config, self.workdir, self.source, self.hooks = config, workdir, source, tuple(hooks)
+  def __init__(self, config, workdir: epath.Path, source, hooks: Sequence[Callable | Hook]):
+    self.config, self.workdir, self.source = config, workdir, source
     self.trainer = Trainer.create(config)
     self.checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
     self.train_it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
-    self.log = Every(config.log_every, config.num_steps)
-    self.eval = Every(config.eval_every, config.num_steps)
-    self.save = Every(config.checkpoint_every, config.num_steps)
-    self.profile = config_lib.profile_range(config)
+    n = config.num_steps
+    self.evaluates = Every(config.eval_every, n)
+    profile = config_lib.profile_range(config)
+    self.hooks = (
+        Hook('progress', every_step, self._progress, at='metrics'),
+        Hook('log', Every(config.log_every, n), self._log, at='metrics'),
+        Hook('evaluate', self.evaluates, self._evaluate, sync=True),
+        Hook('checkpoint', Every(config.checkpoint_every, n), self._save, sync=True, on_stop=True),
+        *(() if profile is None else (Hook('profile start', profile[0].__eq__, self._start_trace, at='before'),
+                                      Hook('profile stop', (profile[1] - 1).__eq__, self._stop_trace,
+                                           at='dispatched'))),
+        *(h if isinstance(h, Hook) else Hook(getattr(h, '__name__', 'hook'), every_step, h) for h in hooks),
+    )
     self.last: dict[str, float] = {}  # the newest value of every metric (returned)
     self.stash: dict[str, float] = {}  # train metrics of an evaluation step, written with its eval metrics
     self.flops_per_step = 0.0  # of the whole (global) step, from its compilation
@@ -249,33 +283,33 @@ class _Run:
       return 0, tr.state_from_params(initial_params(config, tr))
     return 0, tr.init_state(jax.random.PRNGKey(config.seed))
 
+  def _run_hooks(self, at: str, step: int, *args, stop: bool = False):
+    for h in self.hooks:
+      if h.at == at and (h.every(step) or (stop and h.on_stop)):
+        h.fn(step, *args)
+
   def _loop(self, start: int, state: TrainState):
     """Steps start+1..num_steps; returns (step, signal name) when a signal stopped the run, else None."""
     rng = jax.random.PRNGKey(self.config.seed)
     step_fn, pending = None, None  # pending: (step, device metrics) of the step dispatched before this one
     for step in range(start + 1, self.config.num_steps + 1):
-      self._profile(step, before=True)
+      self._run_hooks('before', step)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = shard_lib.global_batch(next(self.train_it), self.trainer.batch_sharding)
         if step_fn is None:
           step_fn, self.flops_per_step = _compile_step(self.trainer, state, batch, rng)
         state, metrics = step_fn(state, batch, rng)
-      self._profile(step, before=False, metrics=metrics)
+      self._run_hooks('dispatched', step, metrics)
       if pending is not None:
         self._finish_step(*pending)
       pending = (step, metrics)
-      at_end = step == self.config.num_steps
-      stop = self.signals.should_stop(step) and not at_end  # preemption or Ctrl-C: save this step and stop
-      if self.eval(step) or self.save(step) or stop:
+      stop = self.signals.should_stop(step) and step != self.config.num_steps  # preemption or Ctrl-C: save, stop
+      due = [h for h in self.hooks if h.at == 'state' and (h.every(step) or (stop and h.on_stop))]
+      if pending is not None and any(h.sync for h in due):
         self._finish_step(*pending)
         pending = None
-      if self.eval(step):
-        self._evaluate(step, state)
-      if self.save(step) or stop:
-        self.writer.flush()  # before the checkpoint: metrics.jsonl holds every record up to the newest one
-        self.checkpointer.save(step, state, self.train_it.get_state())
-      for hook in self.hooks:
-        hook(step, state)
+      for h in due:
+        h.fn(step, state)
       if stop:
         return step, self.signals.received
     if pending is not None:
@@ -283,7 +317,7 @@ class _Run:
     return None
 
   def _finish_step(self, step: int, metrics):
-    """Host side of a step, one step behind the device: NaN check, logging, progress."""
+    """Host side of a step, one step behind the device: the NaN check, then the 'metrics' hooks."""
     metrics = jax.device_get(metrics)
     loss, grad_norm = float(metrics['loss']), float(metrics['grad_norm'])
     # The loss is computed before the update; a finite gradient norm shows the update kept params finite.
@@ -295,24 +329,32 @@ class _Run:
               'checkpoint_every below this step)')
       raise NonFiniteLossError(
           f'non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step {step}; {kept}')
+    self._run_hooks('metrics', step, metrics)
+
+  # ---------------------------------------------------------------------------------------------- hooks
+
+  def _progress(self, step: int, metrics):
     t_last, steps = self.timer
     self.timer = (t_last, steps + 1)
-    if self.log(step):
-      now = time.perf_counter()
-      record = {k: float(v) for k, v in metrics.items()}
-      record['steps_per_s'] = (steps + 1) / max(now - t_last, 1e-9)
-      self.timer = (now, 0)
-      if self.flops_per_step:
-        record.update(perf.throughput(self.flops_per_step, record['steps_per_s'], jax.device_count()))
-      self.last.update(record)
-      if self.eval(step):
-        self.stash.update(record)
-      else:
-        self.writer.write(step, record)
-      if self.bar is not None:
-        self.bar.set_postfix(loss=f'{loss:.4f}', steps_per_s=f'{record["steps_per_s"]:.2f}')
     if self.bar is not None:
       self.bar.update(1)
+
+  def _log(self, step: int, metrics):
+    """A metrics record: the step's metrics, steps/s since the last one and throughput. An evaluation step's
+    record waits for its evaluation and is written with it."""
+    now, (t_last, steps) = time.perf_counter(), self.timer
+    record = {k: float(v) for k, v in metrics.items()}
+    record['steps_per_s'] = steps / max(now - t_last, 1e-9)
+    self.timer = (now, 0)
+    if self.flops_per_step:
+      record.update(perf.throughput(self.flops_per_step, record['steps_per_s'], jax.device_count()))
+    self.last.update(record)
+    if self.evaluates(step):
+      self.stash.update(record)
+    else:
+      self.writer.write(step, record)
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f'{record["loss"]:.4f}', steps_per_s=f'{record["steps_per_s"]:.2f}')
 
   def _evaluate(self, step: int, state: TrainState):
     metrics = self.trainer.evaluator(state.params, self.source, self.config.num_eval_batches, self.config.eval_split)
@@ -323,14 +365,17 @@ class _Run:
     if self.bar is not None:
       self.bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
 
-  def _profile(self, step: int, before: bool, metrics=None):
+  def _save(self, step: int, state: TrainState):
+    self.writer.flush()  # before the checkpoint: metrics.jsonl holds every record up to the newest one
+    self.checkpointer.save(step, state, self.train_it.get_state())
+
+  def _start_trace(self, step: int):
     """jax.profiler trace of steps profile[0]..profile[1]-1 (config.profile_steps)."""
-    if self.profile is None:
-      return
-    if before and step == self.profile[0]:
-      jax.profiler.start_trace(str(self.workdir / 'profile'))
-      self.tracing = True
-    if not before and self.tracing and step == self.profile[1] - 1:
+    jax.profiler.start_trace(str(self.workdir / 'profile'))
+    self.tracing = True
+
+  def _stop_trace(self, step: int | None = None, metrics=None):
+    if self.tracing:
       jax.block_until_ready(metrics)
       jax.profiler.stop_trace()
       self.tracing = False
@@ -349,11 +394,6 @@ class _Run:
         close()
       except Exception as e:  # noqa: BLE001
         logging.warning('while stopping after an error: %s', e)
-
-  def _stop_trace(self):
-    if self.tracing:
-      jax.profiler.stop_trace()
-      self.tracing = False
 
 
 def _progress(config, start: int):

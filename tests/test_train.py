@@ -98,6 +98,34 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
 
 
+def test_hooks_run_on_their_own_schedules_and_see_metrics_in_step_order(tmp_path):
+  c = tiny_config()
+  c.log_every = 3  # log, evaluate (every 4) and checkpoint (every 4) fall on different steps
+  seen = {'metrics': [], 'state': [], 'saved_before': []}
+
+  def on_metrics(step, metrics):
+    seen['metrics'].append((step, float(metrics['loss'])))
+
+  def on_state(step, state):
+    seen['state'].append((step, int(state.step)))
+    seen['saved_before'].append(max((r['step'] for r in read_metrics(str(tmp_path))), default=0))
+
+  c.metrics_flush_secs = 0.0
+  final = train.train_and_evaluate(c, str(tmp_path), hooks=[
+      train.Hook('every 2 on the host', lambda s: s % 2 == 0, on_metrics, at='metrics'),
+      train.Hook('every 3, after the metrics', lambda s: s % 3 == 0, on_state, sync=True)])
+  assert [s for s, _ in seen['metrics']] == [2, 4, 6, 8]  # one step behind the device, yet every one, in order
+  records = {r['step']: r for r in read_metrics(str(tmp_path))}
+  assert [s for s in records if 'loss' in records[s]] == [3, 6, 8]  # the log hook's own schedule (and the last)
+  assert [s for s in records if 'loss_test' in records[s]] == [4, 8]  # evaluations on theirs
+  for step, loss in seen['metrics']:
+    if 'loss' in records.get(step, {}):
+      assert loss == pytest.approx(records[step]['loss'])
+  assert seen['state'] == [(3, 3), (6, 6)]  # the state after that step
+  assert seen['saved_before'][0] >= 3  # a sync hook runs after the metrics of its own step are written
+  assert np.isfinite(final['loss_test'])
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, caplog):
   c = tiny_config()
   step_fn = train.train_step
