@@ -318,6 +318,54 @@ class ModelConfig:
     return self.mem_dim != self.d_model
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run's config resolved once: each value that the trainer, the loop and the evaluator derive from
+  several fields is computed in `Run.of` and read from this frozen record everywhere else. `config` keeps the
+  plain options (each objective reads its own section: config.smt, config.dmt, config.bptt) and is what the
+  workdir saves. Build a training run's with `resolve`."""
+  config: Any  # ml_collections.ConfigDict, validated, the data's sizes filled in
+  model: ModelConfig
+  mesh_shape: tuple[int, int]  # (data, fsdp) devices
+  frozen: tuple[str, ...]  # top-level parameter groups that get no update
+  profile: tuple[int, int] | None  # steps START..STOP-1 are traced
+  eval_teacher: bool  # the periodic evaluation also scores the teacher (a causal teacher that is trained)
+
+  @classmethod
+  def of(cls, config, num_devices: int) -> Run:
+    """`config` resolved for `num_devices` devices; validation is `resolve`'s (a config built in code, e.g.
+    by a test or a notebook, may be resolved as it is)."""
+    return cls(config=config, model=ModelConfig.from_config(config), mesh_shape=mesh_shape(config, num_devices),
+               frozen=frozen_networks(config), profile=profile_range(config), eval_teacher=scores_teacher(config))
+
+  @property
+  def method(self) -> str:
+    return self.config.method
+
+
+def resolve(config, num_devices: int, seq_len: int, vocab_size: int) -> Run:
+  """A training run's config checked and resolved, before anything is compiled: the data's sizes filled in
+  (`infer_from_data`), validated (ConfigError naming the first bad field), every derived value computed once."""
+  config = infer_from_data(config, seq_len, vocab_size)
+  validate(config, num_devices=num_devices, data_vocab_size=vocab_size)
+  return Run.of(config, num_devices)
+
+
+def scores_teacher(config) -> bool:
+  """Whether a training run's evaluation scores its teacher: a causal one (prefix memories) that is trained."""
+  return config.model.encoder_attention == 'causal' and config.method != 'bptt'
+
+
+def frozen_networks(config) -> tuple[str, ...]:
+  """Top-level parameter groups that get no update: by config.smt.trainable for SMT; the teacher in DMT;
+  the (unused) encoder in BPTT unless it provides the initial memory."""
+  if config.method == 'dmt':
+    return ('encoder', 'decoder')
+  if config.method == 'bptt':
+    return () if initial_memory(config) == 'encoder' else ('encoder',)
+  return {'all': (), 'teacher': ('cell', 'init_memory'), 'rnn': ('encoder', 'decoder')}[config.smt.trainable]
+
+
 def profile_range(config) -> tuple[int, int] | None:
   """config.profile_steps 'START:STOP' as (START, STOP) (steps START..STOP-1 are traced), or None when ''."""
   spec = config.profile_steps

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smtjax import config as config_lib
 from smtjax import inference, smt
 from smtjax import sharding as shard_lib
 from smtjax.data.pipeline import BatchIterator
@@ -49,7 +50,7 @@ class EvalSpec:
   def for_training(cls, config) -> EvalSpec:
     """The periodic evaluation of a training run: the objective, the RNN alone and, for a causal teacher
     that is trained (not BPTT's), the teacher."""
-    return cls(objective=True, teacher=config.model.encoder_attention == 'causal' and config.method != 'bptt')
+    return cls(objective=True, teacher=config_lib.scores_teacher(config))
 
 
 def _sums(scores: dict, axis=None) -> dict:
@@ -94,7 +95,7 @@ class Evaluator:
 
   def __init__(self, config, nets: Networks, spec: EvalSpec, mesh=None):
     self.config, self.spec = config, spec
-    self.mesh = mesh if mesh is not None else shard_lib.make_mesh(config)
+    self.mesh = mesh if mesh is not None else shard_lib.make_mesh(config_lib.mesh_shape(config, jax.device_count()))
     self.batch_sharding = shard_lib.batch_sharding(self.mesh)
     step = functools.partial(eval_step, nets=nets, config=config, spec=spec)
     self.step = jax.jit(step, in_shardings=(None, self.batch_sharding, shard_lib.replicated(self.mesh)),

@@ -190,7 +190,11 @@ class Networks:
   @classmethod
   def from_config(cls, config) -> Networks:
     """The networks of a run's config (config.model, and config.method for the initial memory)."""
-    cfg = ModelConfig.from_config(config)
+    return cls.of(ModelConfig.from_config(config))
+
+  @classmethod
+  def of(cls, cfg: ModelConfig) -> Networks:
+    """The networks of a resolved architecture (`config.Run.model`)."""
     return cls(cfg, Encoder(cfg), Decoder(cfg), cells.make_cell(cfg))
 
   @property

@@ -7,8 +7,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from smtjax import config as config_lib
-
 # The two networks of SMT as top-level parameter groups (per-network gradient clipping and norms).
 NETWORKS = {'teacher': ('encoder', 'decoder'), 'rnn': ('cell', 'readout', 'init_memory')}
 
@@ -21,16 +19,6 @@ def learning_rate_schedule(o, num_steps: int) -> optax.Schedule:
   if warmup == 0:
     return optax.constant_schedule(o.lr)
   return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
-
-
-def frozen_networks(config) -> tuple[str, ...]:
-  """Top-level parameter groups that get no update: by config.smt.trainable for SMT; the teacher in DMT;
-  the (unused) encoder in BPTT unless it provides the initial memory."""
-  if config.method == 'dmt':
-    return ('encoder', 'decoder')
-  if config.method == 'bptt':
-    return () if config_lib.initial_memory(config) == 'encoder' else ('encoder',)
-  return {'all': (), 'teacher': ('cell', 'init_memory'), 'rnn': ('encoder', 'decoder')}[config.smt.trainable]
 
 
 def global_norm(tree):
@@ -86,16 +74,16 @@ def _trainable_labels(params, frozen: tuple[str, ...]):
   return {k: jax.tree.map(lambda _, k=k: 'freeze' if k in frozen else 'train', v) for k, v in params.items()}
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config, frozen: tuple[str, ...]) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (weight decay by optim.weight_decay_on) after gradient clipping (optim.clip_mode: one global norm, or
-  the teacher and the RNN each to optim.grad_clip); frozen networks get no update."""
+  the teacher and the RNN each to optim.grad_clip); the `frozen` parameter groups (`config.frozen_networks`,
+  `config.Run.frozen`) get no update."""
   o = config.optim
   schedule = learning_rate_schedule(o, config.num_steps)
   tx = _adamw(o, schedule)
   if o.grad_clip > 0:
     clip = clip_by_network_norm(o.grad_clip) if o.clip_mode == 'per_network' else optax.clip_by_global_norm(o.grad_clip)
     tx = optax.chain(clip, tx)
-  frozen = frozen_networks(config)
   if frozen:
     tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, lambda p: _trainable_labels(p, frozen))
   return tx, schedule

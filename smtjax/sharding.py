@@ -13,15 +13,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from smtjax import config as config_lib
 from smtjax.errors import ConfigError
 
 BATCH_AXES = ('data', 'fsdp')
 
 
-def make_mesh(config, devices=None) -> Mesh:
+def make_mesh(shape: tuple[int, int], devices=None) -> Mesh:
+  """The (data, fsdp) mesh of `shape` (`config.mesh_shape`, `config.Run.mesh_shape`) over `devices` (default all)."""
   devices = jax.devices() if devices is None else devices
-  data, fsdp = config_lib.mesh_shape(config, len(devices))
+  data, fsdp = shape
   return Mesh(np.asarray(devices).reshape(data, fsdp), ('data', 'fsdp'))
 
 

@@ -86,7 +86,7 @@ def init_state(rng, *, nets: Networks, tx: optax.GradientTransformation, method:
 @dataclasses.dataclass
 class Trainer:
   """The compiled functions of one run, bound to a mesh. Build with `Trainer.create(config)`."""
-  config: Any
+  run: config_lib.Run
   nets: Networks
   mesh: jax.sharding.Mesh
   tx: optax.GradientTransformation
@@ -99,28 +99,36 @@ class Trainer:
   evaluator: Evaluator  # (params, source, num_batches) -> metrics
 
   @property
+  def config(self):
+    return self.run.config
+
+  @property
   def batch_sharding(self):
     return shard_lib.batch_sharding(self.mesh)
 
   @classmethod
   def create(cls, config, devices=None) -> Trainer:
-    """The run's networks, optimizer and compiled functions on a mesh over `devices` (default all)."""
-    nets = Networks.from_config(config)
-    mesh = shard_lib.make_mesh(config, devices)
-    tx, schedule = optim.make_optimizer(config)
+    """The run's networks, optimizer and compiled functions on a mesh over `devices` (default all). `config`: a
+    resolved `config.Run` (`train_and_evaluate`'s), or a config, resolved here as it is."""
+    devices = jax.devices() if devices is None else devices
+    run = config if isinstance(config, config_lib.Run) else config_lib.Run.of(config, len(devices))
+    config = run.config
+    nets = Networks.of(run.model)
+    mesh = shard_lib.make_mesh(run.mesh_shape, devices)
+    tx, schedule = optim.make_optimizer(config, run.frozen)
     init_fn = functools.partial(init_state, nets=nets, tx=tx, method=config.method)
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     state_sh = shard_lib.tree_shardings(mesh, abstract)
     step_fn = functools.partial(train_step, nets=nets, tx=tx, schedule=schedule, config=config)
     return cls(
-        config=config, nets=nets, mesh=mesh, tx=tx, schedule=schedule, state_shardings=state_sh,
+        run=run, nets=nets, mesh=mesh, tx=tx, schedule=schedule, state_shardings=state_sh,
         abstract_state=ckpt_lib.abstract_with_shardings(abstract, state_sh),
         init_state=jax.jit(init_fn, out_shardings=state_sh),
         state_from_params=jax.jit(functools.partial(state_from_params, tx=tx), in_shardings=(state_sh.params,),
                                   out_shardings=state_sh),
         train_step=jax.jit(step_fn, in_shardings=(state_sh, shard_lib.batch_sharding(mesh), shard_lib.replicated(mesh)),
                            out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0),
-        evaluator=Evaluator(config, nets, EvalSpec.for_training(config), mesh),
+        evaluator=Evaluator(config, nets, EvalSpec(objective=True, teacher=run.eval_teacher), mesh),
     )
 
 
@@ -172,19 +180,19 @@ def train_and_evaluate(config, workdir, hooks: Sequence[Callable | Hook] = ()) -
   compiled or written. Process 0 holds workdir/lock.json while it trains: a workdir another live run
   holds raises WorkdirLockedError.
   """
-  config, source = _checked(config)
+  run, source = _checked(config)
   workdir = workdir_lib.as_path(workdir)
   _prepare_workdir(workdir)
   with workdir_lib.lock(workdir, jax.process_index()):
-    ckpt_lib.check_compatible(config, workdir)
-    return _Run(config, workdir, source, hooks).train()
+    ckpt_lib.check_compatible(run.config, workdir)
+    return _Run(run, workdir, source, hooks).train()
 
 
-def _checked(config):
-  """(config with the data's sizes filled in, its data source), validated before anything is compiled."""
+def _checked(config) -> tuple[config_lib.Run, Any]:
+  """(the run resolved, its data source), checked before anything is compiled."""
   source = make_source(config.data, config.seed)
-  config = config_lib.infer_from_data(config, source.info.seq_len, source.info.vocab_size)
-  config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
+  run = config_lib.resolve(config, jax.device_count(), source.info.seq_len, source.info.vocab_size)
+  config = run.config
   if config.data.seq_len != source.info.seq_len:
     raise ConfigError(f'config.data.seq_len={config.data.seq_len} but the data has {source.info.seq_len}')
   if config.eval_split != 'test':
@@ -200,7 +208,7 @@ def _checked(config):
       raise CheckpointError(f'config.init_from: {config.init_from} holds no trained run '
                             '(no config.json and checkpoint)')
     ckpt_lib.check_compatible(config, config.init_from, what='initialise from')
-  return config, source
+  return run, source
 
 
 def _prepare_workdir(workdir: epath.Path):
@@ -223,14 +231,15 @@ class _Run:
   (progress, logging, evaluation, checkpoints, profiling, the caller's). `train` runs the loop; `_close` is
   the one place where a run shuts down, after an error or not."""
 
-  def __init__(self, config, workdir: epath.Path, source, hooks: Sequence[Callable | Hook]):
-    self.config, self.workdir, self.source = config, workdir, source
-    self.trainer = Trainer.create(config)
+  def __init__(self, run: config_lib.Run, workdir: epath.Path, source, hooks: Sequence[Callable | Hook]):
+    config = self.config = run.config
+    self.workdir, self.source = workdir, source
+    self.trainer = Trainer.create(run)
     self.checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
     self.train_it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
     n = config.num_steps
     self.evaluates = Every(config.eval_every, n)
-    profile = config_lib.profile_range(config)
+    profile = run.profile
     self.hooks = (
         Hook('progress', every_step, self._progress, at='metrics'),
         Hook('log', Every(config.log_every, n), self._log, at='metrics'),

@@ -28,6 +28,7 @@ import optax
 import pytest
 
 from smtjax import bptt, dmt, inference, losses, optim, smt, train, variants
+from smtjax import config as config_lib
 from smtjax.interop import torch as interop
 from smtjax.models import Networks
 
@@ -236,7 +237,7 @@ def _opt_steps(g, config, torch_grads: bool = False) -> list[tuple]:
   """(loss, gradient norms per network, parameters after the step) for each of the fixture's steps. With
   `torch_grads` the fixture's parameters get the public code's gradients (opt.grad<step>.<name>) instead of
   smtjax's: the optimizer alone is compared."""
-  tx, _ = optim.make_optimizer(config)
+  tx, _ = optim.make_optimizer(config, config_lib.frozen_networks(config))
   params = jax.tree.map(jnp.asarray, g.smt_params)
   state = tx.init(params)
   loss_fn = lambda p: smt.window_losses(g.nets, p, _smt_batch(g), jax.random.PRNGKey(0), config)[0]

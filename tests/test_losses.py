@@ -226,7 +226,7 @@ def test_trainable_option_stops_gradients(trainable, frozen):
   c, nets, params, batch = _setup('parallel', trainable=trainable, num_transitions=0)
   x = batch['x']
   g = jax.jit(jax.grad(lambda p: smt.parallel_losses(nets.nets, p, batch, jax.random.PRNGKey(0), c)[0]))(params)
-  tx, _ = optim.make_optimizer(c)
+  tx, _ = optim.make_optimizer(c, config_lib.frozen_networks(c))
   updates, _ = jax.jit(tx.update)(g, tx.init(params), params)
   for net in params:
     if net in frozen:

@@ -255,7 +255,7 @@ def test_resume_with_different_architecture_is_refused(tmp_path):
 
 def _adam_step_updates(c, grads_seq, params):
   """The config's optimizer applied to a sequence of gradients; returns the last updates."""
-  tx, _ = optim.make_optimizer(c)
+  tx, _ = optim.make_optimizer(c, config_lib.frozen_networks(c))
   state = tx.init(params)
   for g in grads_seq:
     updates, state = tx.update(g, state, params)
@@ -336,7 +336,7 @@ def test_weight_decay_on_all_parameters_pulls_gains_to_one():
   step = {}
   for on in ('all', 'matrices'):
     c.optim.weight_decay_on = on
-    tx, _ = optim.make_optimizer(c)
+    tx, _ = optim.make_optimizer(c, config_lib.frozen_networks(c))
     step[on], _ = tx.update(zeros, tx.init(params), params)
   gain = params['encoder']['block_0']['norm_attn']['scale']
   bias = params['decoder']['block_0']['mlp']['Dense_0']['bias']
