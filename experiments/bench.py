@@ -42,6 +42,7 @@ from smtjax import workdir as workdir_lib
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
 from smtjax.metrics import read_metrics
+from smtjax.studies import stats
 from smtjax.train import Trainer
 
 FLAGS = flags.FLAGS
@@ -104,7 +105,6 @@ def preset_configs(name: str, scale: str = 'paper') -> dict:
     return {'SMT (window)': c}
   if name == 'paper_dmt':  # Td=256, k=16, batch 32 (T = Tc + Td + Tf = 576)
     c = tinystories.get_config('dmt')
-    c.init_from = '(benchmark: random parameters)'
     if tiny:
       c = _tiny(c)
       c.dmt.context, c.dmt.rollout, c.dmt.every, c.smt.future = 8, 8, 4, 4
@@ -159,12 +159,14 @@ def _synthetic_batch(config, seed: int):
 
 
 def _batches(config, trainer, synthetic: bool, n: int):
+  # A DMT step is timed on random parameters: there is no SMT run to start from (config.init_from).
   if synthetic:
-    config_lib.validate(config, num_devices=jax.device_count())
+    config_lib.validate(config, num_devices=jax.device_count(), init_from_later=True)
     local = [_synthetic_batch(config, i) for i in range(n)]
   else:
     source = make_source(config.data, config.seed)
-    config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
+    config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size,
+                        init_from_later=True)
     it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
     local = [next(it) for _ in range(n)]
   return [shard_lib.global_batch(b, trainer.batch_sharding) for b in local]
@@ -371,7 +373,7 @@ def length_table(sizes, lengths, band: int, max_gib: float, seconds: float, scal
           f'random tokens, compilation excluded; cells over {max_gib:g} GiB compiled are not run', flush=True)
     header = ['T'] + [LENGTH_COLUMNS[c].format(band=band) + ' ms' for c in LENGTH_COLUMNS] + [
         'SMT / window transitions per s', 'SMT GFLOP encoder / decoder / cell', 'BPTT GFLOP cell / readout']
-    print('| ' + ' | '.join(header) + ' |\n|' + ' --- |' * len(header), flush=True)
+    print('\n'.join(stats.table(header, [])), flush=True)
     for T in (int(t) for t in lengths):
       row = {col: _time_within(c, max_gib, seconds) for col, c in length_configs(size, T, band, scale).items()}
       results[(size, T)] = row
@@ -380,15 +382,16 @@ def length_table(sizes, lengths, band: int, max_gib: float, seconds: float, scal
       ratio = ('-' if smt['skipped'] or win['skipped'] else
                f'{smt["transitions_per_s"] / win["transitions_per_s"]:.0f}x')
       f, b = smt['network_flops'], row['bptt']['network_flops']
-      print(f'| {T} | ' + ' | '.join(ms) + f' | {ratio} | {f["encoder"] / 1e9:.2f} / {f["decoder"] / 1e9:.2f} / '
-            f'{f["cell"] / 1e9:.2f} | {b["cell"] / 1e9:.2f} / {b["decoder"] / 1e9:.2f} |', flush=True)
+      print(stats.row([T, *ms, ratio, f'{f["encoder"] / 1e9:.2f} / {f["decoder"] / 1e9:.2f} / {f["cell"] / 1e9:.2f}',
+                       f'{b["cell"] / 1e9:.2f} / {b["decoder"] / 1e9:.2f}']), flush=True)
   return results
 
 
-def published_run_rate(seconds: float, scale: str = 'paper') -> dict:
+def published_run_rate(seconds: float, scale: str = 'paper', enough_rates: int = 0) -> dict:
   """The published TinyStories SMT trained by `python -m experiments.run` on random tokens for `seconds` of
-  wall clock (start-up and compilation included), then stopped by SIGTERM (it saves and exits): the logged
-  steps per second after the first logged step, and the steps done."""
+  wall clock (start-up and compilation included), or until it has logged `enough_rates` steps-per-second
+  records after the first (0: no such limit), then stopped by SIGTERM (it saves and exits): the logged steps
+  per second after the first logged step, the steps done and the seconds it ran."""
   from configs import tinystories
   c = tinystories.get_config()
   c = _tiny(c) if scale == 'tiny' else c
@@ -402,23 +405,28 @@ def published_run_rate(seconds: float, scale: str = 'paper') -> dict:
   c.progress_bar, c.metrics_flush_secs = False, 0.0
   (work / 'run').mkdir()
   workdir_lib.save_config(c, work / 'run')
-  proc = subprocess.Popen([sys.executable, '-m', 'experiments.run', f'--workdir={work / "run"}'],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  try:
-    proc.wait(timeout=seconds)
-  except subprocess.TimeoutExpired:
+  rates = lambda records: [r['steps_per_s'] for r in records[1:] if 'steps_per_s' in r]
+  t0 = time.perf_counter()
+  with (work / 'run.log').open('w') as log:  # a file, not a pipe: a pipe nobody reads fills and blocks the run
+    proc = subprocess.Popen([sys.executable, '-m', 'experiments.run', f'--workdir={work / "run"}'],
+                            stdout=subprocess.DEVNULL, stderr=log)
+  while proc.poll() is None and time.perf_counter() - t0 < seconds:
+    if enough_rates and len(rates(read_metrics(work / 'run'))) >= enough_rates:
+      break
+    time.sleep(0.5)
+  if proc.poll() is None:
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-  records = read_metrics(work / 'run')
-  rates = [r['steps_per_s'] for r in records[1:] if 'steps_per_s' in r]
-  return dict(steps=max((r['step'] for r in records), default=0),
-              steps_per_s=statistics.median(rates) if rates else float('nan'))
+    proc.wait(timeout=600)
+  records, elapsed = read_metrics(work / 'run'), time.perf_counter() - t0
+  return dict(steps=max((r['step'] for r in records), default=0), seconds=elapsed,
+              steps_per_s=statistics.median(rates(records)) if rates(records) else float('nan'))
 
 
-def gpu_check(scale: str = 'paper', run_seconds: float = 60.0) -> dict:
+def gpu_check(scale: str = 'paper', run_seconds: float = 60.0, enough_rates: int = 0) -> dict:
   """Every accelerator number in one table, for a short lease (about 8 minutes on one H100/H200, compilation
   included): the published SMT step, the DMT iteration, BPTT against parallel SMT at T=1024, the compiled
-  peak memory of parallel SMT at T=8192 (batch 8), and the published run's steps/s through experiments.run."""
+  peak memory of parallel SMT at T=8192 (batch 8), and the published run's steps/s through experiments.run
+  (for `run_seconds`, or until it has logged `enough_rates` rates: `published_run_rate`)."""
   t0 = time.perf_counter()
   dev = jax.devices()[0]
   smt = next(iter(run_preset('paper_smt', scale, steps=5, repeats=2).values()))
@@ -426,7 +434,7 @@ def gpu_check(scale: str = 'paper', run_seconds: float = 60.0) -> dict:
   bptt = run_preset('paper_bptt', scale, steps=1, repeats=1)
   (mem,) = memory_table([32 if scale == 'tiny' else 8192], batch=8, chunk=4 if scale == 'tiny' else 64,
                         remat=True, dense_up_to=0, scale=scale)
-  run = published_run_rate(run_seconds, scale)
+  run = published_run_rate(run_seconds, scale, enough_rates)
   ratio = bptt['BPTT']['step_ms'] / bptt['SMT (parallel)']['step_ms']
   rows = [('paper_smt step', f'{smt["step_ms"] / 1e3:.3f} s', f'{smt["tflops_per_s"]:.1f} TFLOP/s, MFU '
            + (f'{100 * smt["mfu"]:.1f}%' if 'mfu' in smt else 'n/a'), 'paper 0.216 s; goal <= 0.10 s, MFU >= 35%'),
@@ -436,7 +444,7 @@ def gpu_check(scale: str = 'paper', run_seconds: float = 60.0) -> dict:
           ('parallel SMT T=8192, batch 8, peak', f'{mem["peak"]:.1f} GiB', f'compile {mem["compile_s"]:.0f} s',
            'goal: fits in 80 GB'),
           ('experiments.run, published SMT', f'{run["steps_per_s"]:.2f} steps/s', f'{run["steps"]} steps in '
-           f'{run_seconds:.0f} s with start-up', 'paper 1 / 0.216 = 4.6 steps/s')]
+           f'{run["seconds"]:.0f} s with start-up', 'paper 1 / 0.216 = 4.6 steps/s')]
   print(f'\nGPU check on {jax.device_count()} x {dev.device_kind}, {time.strftime("%Y-%m-%d")}, '
         f'{time.perf_counter() - t0:.0f} s in all:')
   for name, value, detail, ref in rows:

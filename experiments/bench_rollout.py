@@ -81,7 +81,6 @@ def _config(method, T):
 def bench_dmt():
   c = variants.dmt(_config('smt', FLAGS.dmt_context + FLAGS.dmt_rollout + FLAGS.future),
                              FLAGS.dmt_context, FLAGS.dmt_rollout, FLAGS.dmt_every, batch_size=FLAGS.batch)
-  c.init_from = '(benchmark)'
   trainer = Trainer.create(c, jax.devices()[:1])
   nets = trainer.nets
   params = trainer.init_state(jax.random.PRNGKey(0)).params

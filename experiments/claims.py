@@ -32,7 +32,7 @@ flags.DEFINE_list('drifts', ['plain', 'roll4'], "SMT's drift-robust settings of 
 flags.DEFINE_integer('evals', 12, 'Validation evaluations per run (learning curves, plateau).')
 flags.DEFINE_integer('num_eval_batches', 32, 'Batches per evaluation.')
 flags.DEFINE_float('plateau', 0.01, 'A run has plateaued when its last-quarter change is below this.')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each pinned to its own core.')
+flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
 flags.mark_flags_as_required(['config'])
 
 

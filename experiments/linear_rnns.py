@@ -21,7 +21,9 @@ flags.DEFINE_list('tasks', ['parity', 'counting', 'stack', 'retrieval'], 'Task c
 flags.DEFINE_string('variant', 'small', 'The variant of every task config.')
 flags.DEFINE_float('budget_seconds', 60.0, 'Wall clock per method, task and seed, in seconds of one CPU core.')
 flags.DEFINE_integer('seeds', 3, 'Seeds 0..seeds-1: mean and 95% interval.')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each pinned to its own core.')
+flags.DEFINE_list('lrs', ['3e-4', '1e-3'], 'Learning rates every method is tuned over on the validation split '
+                  '(crossed with its own candidates; empty: none tuned).')
+flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
 flags.DEFINE_list('test_multiples', ['2', '4'], 'Also score sequences these many times the training length.')
 flags.DEFINE_integer('num_eval_batches', 8, 'Held-out batches each run is scored on.')
 flags.DEFINE_string('out', 'workdirs/linear_rnns', 'Output directory.')
@@ -32,6 +34,7 @@ def main(argv):
   with _cli.user_errors():
     configs = {t: config_lib.load_config(f'configs/{t}.py:{FLAGS.variant}') for t in FLAGS.tasks}
     plan = linear_rnns.Plan(budget_s=FLAGS.budget_seconds, seeds=tuple(range(FLAGS.seeds)), lanes=FLAGS.lanes,
+                            lrs=tuple(float(v) for v in FLAGS.lrs),
                             test_multiples=tuple(int(k) for k in FLAGS.test_multiples),
                             num_eval_batches=FLAGS.num_eval_batches)
     summaries = linear_rnns.run_comparison(configs, plan, FLAGS.out)

@@ -25,7 +25,9 @@ flags.DEFINE_float('dmt_share', 0.25, 'Share of SMT->DMT\'s budget that DMT gets
 flags.DEFINE_float('select_share', 0.5, 'Share of the budget each drift-robust candidate trains for.')
 flags.DEFINE_multi_string('drift', None, 'NAME:key=value,... config.smt overrides of a drift-robust candidate '
                           '(repeatable; default: roll4, roll4_dec, noise1).')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each pinned to its own core.')
+flags.DEFINE_list('lrs', ['3e-4', '1e-3'], 'Learning rates every method is tuned over on the validation split '
+                  '(crossed with its own candidates; empty: none tuned).')
+flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
 flags.DEFINE_integer('num_eval_batches', 16, 'Held-out batches each run is scored on.')
 flags.DEFINE_list('test_multiples', ['2'], 'Also score sequences these many times the training length.')
 flags.DEFINE_string('out', 'workdirs/realdata', 'Output directory.')
@@ -44,7 +46,8 @@ def main(argv):
   with _cli.user_errors():
     plan = realdata.Plan(budget_s=60.0 * FLAGS.budget_minutes, seeds=tuple(config.seed + i for i in range(FLAGS.seeds)),
                          dmt_share=FLAGS.dmt_share, select_share=FLAGS.select_share, drift_grid=_drift_grid(),
-                         lanes=FLAGS.lanes, num_eval_batches=FLAGS.num_eval_batches,
+                         lanes=FLAGS.lanes, lrs=tuple(float(v) for v in FLAGS.lrs),
+                         num_eval_batches=FLAGS.num_eval_batches,
                          test_multiples=tuple(int(k) for k in FLAGS.test_multiples))
     name = config_flags.get_config_filename(FLAGS['config']).split('/')[-1].replace('.py', '').replace(':', '_')
     summary = realdata.run_study(config, plan, FLAGS.out, name)

@@ -25,6 +25,7 @@ from absl import app, flags
 
 from experiments import _cli
 from smtjax import metrics as metrics_lib
+from smtjax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A model small enough that a step takes milliseconds: a launch is mostly start-up, and kills land
@@ -156,7 +157,7 @@ def soak(out: str, kills: int = 10, seed: int = 0, num_steps: int = 0, checkpoin
                  metric_records=len(b), steps_ok=no_dup_or_missing, metrics_equal=metrics_equal,
                  params_equal=params_equal, set_aside=set_aside, wall_s=round(time.time() - t0, 1), log=log)
   summary['identical'] = bool(no_dup_or_missing and metrics_equal and params_equal)
-  (out_dir / 'soak.json').write_text(json.dumps(summary, indent=2))
+  workdir_lib.write_json(out_dir / 'soak.json', summary)
   say(f'soak: {summary["kills"]} kills ({summary["during_save"]} during a checkpoint save; by mode '
       f'{summary["by_mode"]}), {len(b)} metric records, steps without duplicates or gaps: {no_dup_or_missing}, '
       f'metrics equal: {metrics_equal}, parameters equal: {params_equal}, checkpoints set aside: {len(set_aside)}; '

@@ -1,6 +1,7 @@
 """Shared test fixtures: tiny configs derived from the real ones, and the shared-data location."""
 
 import inspect
+import json
 import os
 import pathlib
 import sys
@@ -36,6 +37,36 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
+# Scheduling on the CI's two cores (pytest -n auto): the tests marked slow start first, so that no minute-long
+# test is left for the end while the other worker idles; each test is its own unit of work, pulled by whichever
+# worker is free, but a module whose one expensive module-scoped fixture serves all its tests runs on one
+# worker (built once, not once per worker).
+ONE_WORKER_MODULES = ('tests/test_export.py',)
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)  # stable: files keep their order
+
+
+try:
+  from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # no pytest-xdist: the suite runs in one process
+  LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+
+  class _TestOrModuleScheduling(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      module = nodeid.split('::', 1)[0]
+      return module if module in ONE_WORKER_MODULES else nodeid
+
+  def pytest_xdist_make_scheduler(config, log):
+    """-n's default distribution ('load') as units of one test (or module): see ONE_WORKER_MODULES."""
+    if config.getvalue('dist') == 'load':
+      return _TestOrModuleScheduling(config, log)
+    return None
+
+
 def xla_flags(*extra: str) -> str:
   """XLA_FLAGS for a subprocess: the suite's compile flags plus `extra`."""
   return ' '.join([TEST_XLA_FLAGS, *extra]).strip()
@@ -67,6 +98,20 @@ def tiny_config(mode: str = 'parallel', cell: str = 'transformer'):
     c.model.encoder_attention = 'bidirectional'
     c.smt.future = 4
   return c
+
+
+def seed_calibration(out, methods, plan, seconds: float = 1 / 16, timed=()) -> None:
+  """out/calibration.json holding every run of `methods` (stages and candidates) but the RunKeys in `timed` at
+  `seconds` per step: a wall-clock study reads those step times from this cache instead of timing each config
+  in a process of its own (the ceiling sweep's test and `timed` time them for real), so the test trains a
+  known number of steps on any machine."""
+  from smtjax.studies import wallclock
+  keys = set()
+  for m in methods:
+    stage = wallclock.stage_key(m)
+    keys |= {wallclock.RunKey(m.name), stage} | {stage.tuned(name) for name, _ in wallclock.candidates(m, plan)}
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'calibration.json').write_text(json.dumps({str(k): seconds for k in keys - set(timed)}))
 
 
 @pytest.fixture

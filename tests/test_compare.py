@@ -53,6 +53,7 @@ def test_at_length_resizes_and_keeps_the_config():
   assert compare.at_length(c, 16).smt.future == 4
 
 
+@pytest.mark.slow
 def test_tiny_comparison_with_seeds_and_longer_test_sequences(tmp_path):
   out = str(tmp_path / 'cmp')
   summary = compare.run_comparison(tiny_config(), [6], out=out, steps=4, dmt_steps=2, seeds=2, test_lengths=[2])

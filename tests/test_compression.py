@@ -18,6 +18,7 @@ def test_sweep_config_sets_width_and_evaluation_points():
     compression.sweep_config(tiny_config(), 2, num_steps=4, num_evals=5)
 
 
+@pytest.mark.slow
 def test_compression_grid_equals_the_runs_metrics(tmp_path):
   c = tiny_config()
   c.model.num_mem_tokens = 1

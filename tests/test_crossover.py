@@ -2,13 +2,15 @@
 experiments.compare's tuned mode, and the teacher's-ceiling sweep."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from smtjax.errors import ConfigError
 from smtjax.studies import ceiling, crossover, wallclock
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, seed_calibration, tiny_config
 
 
 def test_crossover_length():
@@ -36,24 +38,34 @@ def test_every_method_has_its_candidates():
 
 @pytest.mark.slow
 def test_tuned_crossover_runs_end_to_end(tmp_path):
+  """Tuned once at T=6, every method keeps its choice at the length it runs at (T=8). Step times come from a
+  written calibration (1/16 s per step: 8 steps in the 0.5 s budget), and candidate 'a' is the base config
+  (SMT's and SMT->DMT's SMT stage share its program): few processes, few distinct programs to compile."""
   c = tiny_config()
   c.num_eval_batches = 1
-  plan = crossover.Plan(budget_s=0.6, seeds=(0,), evals_per_run=2, num_eval_batches=1, test_multiples=(),
+  plan = crossover.Plan(budget_s=0.5, seeds=(0,), evals_per_run=2, num_eval_batches=1, test_multiples=(),
                         select_by='accuracy')
-  smt_grid = (('a', (('optim.lr', 1e-3),)), ('b', (('smt.rollout_steps', 2),)))
+  smt_grid = (('a', ()), ('b', (('smt.rollout_steps', 2),)))
   small = (wallclock.Method('smt', 'SMT', 'smt', grid=smt_grid),
-           wallclock.Method('smt_dmt', 'SMT→DMT', 'smt_dmt', grid=(('a', (('optim.lr', 1e-3),)),)),
+           wallclock.Method('smt_dmt', 'SMT→DMT', 'smt_dmt', grid=(('a', ()),)),
            wallclock.Method('bptt', 'BPTT', 'bptt', grid=(('gru', (('model.cell', 'gru'),)),
                                                            ('transformer', (('model.cell', 'transformer'),)))))
-  result = crossover.run_crossover({'retrieval': c}, [6, 8], plan, tmp_path, study_methods=small)
+  for d in ('tune_T6', 'T8'):
+    seed_calibration(tmp_path / 'retrieval' / d, small, plan)
+  result = crossover.run_crossover({'retrieval': c}, [8], plan, tmp_path, tune_at=6, study_methods=small)
   r = result['retrieval']
-  assert r['tune_at'] == 8 and set(r['selection']) == {'smt', 'smt_dmt', 'bptt'}
+  assert r['tune_at'] == 6 and set(r['selection']) == {'smt', 'smt_dmt', 'bptt'}
   assert r['selection']['bptt']['chosen'] in ('gru', 'transformer')
-  for L in ('6', '8'):
-    assert set(r['runs'][L]['results']) == {'teacher', 'smt', 'smt_dmt', 'bptt'}
-  assert 'Crossover' in (tmp_path / 'crossover.md').read_text()
+  assert set(r['selection']['smt']['scores']) == {'a', 'b'}
+  assert set(r['runs']['8']['results']) == {'teacher', 'smt', 'smt_dmt', 'bptt'}
+  steps = {m: v['steps'] for m, v in r['runs']['8']['runs'].items()}
+  assert steps == {'smt': 8, 'smt_dmt': '6 SMT + 2 DMT', 'bptt': 8}  # the budget at the calibrated step time
+  config = json.loads((tmp_path / 'retrieval' / 'T8' / 'seed0' / 'bptt' / 'config.json').read_text())
+  assert config['model']['cell'] == r['selection']['bptt']['chosen']  # the choice made at T=6
+  verdict = 'T = 8' if r['crossover'] else 'none up to T = 8'
+  assert f'Crossover: {verdict}' in (tmp_path / 'crossover.md').read_text()
   assert (tmp_path / 'crossover_retrieval.png').stat().st_size > 1000
-  assert json.loads((tmp_path / 'crossover.json').read_text())['retrieval']['lengths'] == [6, 8]
+  assert json.loads((tmp_path / 'crossover.json').read_text())['retrieval']['lengths'] == [8]
 
 
 @pytest.mark.slow
@@ -85,9 +97,11 @@ def test_calibration_times_a_learning_rate_grid_once(tmp_path, monkeypatch):
   them; a different cell is timed on its own."""
   c = tiny_config()
   configs = {}
-  for name, lr, cell in (('t_lr1', 1e-3, 'transformer'), ('t_lr3', 3e-3, 'transformer'), ('gru', 1e-3, 'gru')):
-    configs[name] = c.copy_and_resolve_references()
-    configs[name].optim.lr, configs[name].model.cell = lr, cell
+  RunKey = wallclock.RunKey
+  t_lr1, t_lr3, gru = RunKey('t', candidate='lr1'), RunKey('t', 'start', 'lr3'), RunKey('gru')
+  for key, lr, cell in ((t_lr1, 1e-3, 'transformer'), (t_lr3, 3e-3, 'transformer'), (gru, 1e-3, 'gru')):
+    configs[key] = c.copy_and_resolve_references()
+    configs[key].optim.lr, configs[key].model.cell = lr, cell
   trained = []
 
   def fake_run_jobs(jobs, lanes):
@@ -100,7 +114,73 @@ def test_calibration_times_a_learning_rate_grid_once(tmp_path, monkeypatch):
 
   monkeypatch.setattr(wallclock, 'run_jobs', fake_run_jobs)
   cal = wallclock.calibrate(configs, tmp_path)
-  assert trained == ['t_lr1', 'gru']
-  assert cal == {'t_lr1': 0.1, 't_lr3': 0.1, 'gru': 0.05}
-  assert json.loads((tmp_path / 'calibration.json').read_text()) == cal
-  assert wallclock.calibrate({'t_lr3': configs['t_lr3']}, tmp_path) == cal and trained == ['t_lr1', 'gru']
+  assert trained == ['t|lr1', 'gru']  # each timing run's workdir is named by its key's str
+  assert cal == {t_lr1: 0.1, t_lr3: 0.1, gru: 0.05}
+  assert json.loads((tmp_path / 'calibration.json').read_text()) == {'t|lr1': 0.1, 't:start|lr3': 0.1, 'gru': 0.05}
+  assert wallclock.calibrate({t_lr3: configs[t_lr3]}, tmp_path) == cal and trained == ['t|lr1', 'gru']
+
+
+def test_run_keys_name_runs_in_files_and_read_back():
+  key = wallclock.RunKey('smt_dmt', wallclock.START)
+  assert str(key) == 'smt_dmt:start' and key.dirname == 'smt_dmt_start' and str(key.tuned('lr0.001')) == (
+      'smt_dmt:start|lr0.001')
+  for k in (key, key.tuned('lr0.001'), wallclock.RunKey('bptt'), wallclock.RunKey('memory tokens K', candidate='K=1')):
+    assert wallclock.RunKey.parse(str(k)) == k
+  assert wallclock.RunKey('smt', candidate='gru_lr0.001').dirname == 'smt_gru_lr0.001'  # claims' run folders
+  assert wallclock.RunKey('bptt') != 'bptt'  # a key is never mistaken for a bare name
+  with pytest.raises(ValueError, match='neither'):
+    wallclock.RunKey('a|b')
+
+
+def test_a_plans_learning_rates_tune_every_method_alike():
+  plan = wallclock.Plan(budget_s=1.0, seeds=(0,), drift_grid=(('roll2', (('smt.rollout_steps', 2),)),),
+                        lrs=(3e-4, 1e-3))
+  plain = wallclock.Method('bptt', 'BPTT', 'bptt')
+  drift = wallclock.Method('smt_drift', 'SMT, drift', 'smt', drift=True)
+  cells = wallclock.Method('bptt_cells', 'BPTT', 'bptt', grid=(('gru', (('model.cell', 'gru'),)),))
+  assert dict(wallclock.candidates(plain, plan)) == {'lr0.0003': (('optim.lr', 3e-4),),
+                                                     'lr0.001': (('optim.lr', 1e-3),)}
+  assert set(dict(wallclock.candidates(drift, plan))) == {'roll2_lr0.0003', 'roll2_lr0.001'}
+  assert dict(wallclock.candidates(cells, plan))['gru_lr0.001'] == (('model.cell', 'gru'), ('optim.lr', 1e-3))
+  own_lr = wallclock.Method('smt', 'SMT', 'smt', grid=(('a', (('optim.lr', 1e-2),)),))
+  assert wallclock.candidates(own_lr, plan) == own_lr.grid  # a grid that sets the learning rate keeps it
+  assert wallclock.candidates(plain, wallclock.Plan(budget_s=1.0, seeds=(0,))) == ()
+  with pytest.raises(ConfigError, match='lanes'):
+    wallclock.check(tiny_config(), (plain,), wallclock.Plan(budget_s=1.0, seeds=(0,), lanes=-1))
+
+
+def test_lanes_pin_to_the_cores_this_process_may_use(monkeypatch, tmp_path):
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {3, 1}, raising=False)
+  assert wallclock.lane_cores(1) == [1] and wallclock.lane_cores(2) == [1, 3] and wallclock.lane_cores(0) == []
+  launched = []
+
+  class Finished:
+    returncode = 0
+
+    def poll(self):
+      return 0
+
+  monkeypatch.setattr(wallclock, '_launch', lambda workdir, core: launched.append((workdir.name, core)) or Finished())
+  wallclock.run_jobs([wallclock.Job(tmp_path / 'a', tiny_config())], lanes=1)
+  assert launched == [('a', 1)]  # a single lane is pinned too, to the first core an outer taskset allows
+
+
+def test_in_process_lanes_train_jobs_in_dependency_order(tmp_path):
+  c = tiny_config()
+  c.num_steps, c.eval_every, c.checkpoint_every, c.log_every, c.num_eval_batches = 2, 2, 2, 1, 1
+  first, second = tmp_path / 'first', tmp_path / 'second'
+  jobs = [wallclock.Job(second, c, after=(first,), copy_from=first), wallclock.Job(first, c)]
+  wallclock.run_jobs(jobs, lanes=0)
+  for wd in (first, second):
+    assert wallclock._done(wallclock.Job(wd, c)) and not (wd / 'run.log').exists()
+  assert 0 < wallclock.trained_seconds(first) < 60
+  with pytest.raises(RuntimeError, match='no job trains'):
+    wallclock.run_jobs([wallclock.Job(tmp_path / 'x', c, after=(tmp_path / 'nowhere',))], lanes=0)
+
+
+def test_trained_seconds_add_each_logged_interval(tmp_path):
+  records = [{'step': 10, 'steps_per_s': 1.0}, {'step': 20, 'steps_per_s': 5.0}, {'step': 25, 'eval': 1},
+             {'step': 40, 'steps_per_s': 10.0}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  # the first 10 steps (compiling) at the median of the later rates (7.5/s), then 10 at 5/s and 20 at 10/s
+  assert wallclock.trained_seconds(tmp_path) == pytest.approx(10 / 7.5 + 2 + 2)

@@ -106,6 +106,7 @@ def test_bench_presets_run_tiny(preset, capsys):
     assert (c.dmt.rollout, c.dmt.every, c.batch_size) == (256, 16, 32)
 
 
+@pytest.mark.slow
 def test_memory_table_tiny(capsys):
   from experiments import bench
   rows = bench.memory_table([16, 32], batch=2, chunk=4, remat=True, dense_up_to=16, scale='tiny')
@@ -144,7 +145,7 @@ def test_roofline_table_tiny(capsys):
 @pytest.mark.slow
 def test_gpu_check_runs_tiny(capsys):
   from experiments import bench
-  out = bench.gpu_check('tiny', run_seconds=40)
+  out = bench.gpu_check('tiny', run_seconds=120, enough_rates=2)  # the run stops once it has logged two rates
   assert out['run']['steps'] > 0 and out['run']['steps_per_s'] > 0
   assert out['memory']['peak'] > 0 and out['smt']['step_ms'] > 0 and out['dmt']['step_ms'] > 0
   text = capsys.readouterr().out
@@ -152,6 +153,7 @@ def test_gpu_check_runs_tiny(capsys):
     assert row in text
 
 
+@pytest.mark.slow
 def test_bench_parallel_scan_runs_tiny():
   """experiments.bench_rollout --scan times parallel-scan and sequential BPTT of the linear cells."""
   import subprocess
@@ -165,12 +167,16 @@ def test_bench_parallel_scan_runs_tiny():
   assert r.stdout.count('sequential / scan') == 4, r.stdout
 
 
+@pytest.mark.slow
 def test_length_table_and_sampling_study_run_tiny(capsys):
-  """experiments.bench --length_table (every column, a cell over the memory limit reported, not run) and
-  experiments.bench_sampling's study at test size."""
+  """experiments.bench --length_table (every column, a cell over the memory limit reported, not run; the 'cpu'
+  size's columns are valid configs) and experiments.bench_sampling's study at test size."""
   from experiments import bench, bench_sampling
   from tests.conftest import tiny_config
-  rows = bench.length_table(['retrieval', 'cpu'], [8], band=2, max_gib=16.0, seconds=0.2, scale='tiny')
+  for col, c in bench.length_configs('cpu', 8, 2, 'tiny').items():
+    config_lib.validate(c)
+    assert (c.data.name, c.data.seq_len, c.method == 'bptt') == ('tinystories', 8, col.startswith('bptt')), col
+  rows = bench.length_table(['retrieval'], [8], band=2, max_gib=16.0, seconds=0.2, scale='tiny')
   row = rows[('retrieval', 8)]
   assert set(row) == set(bench.LENGTH_COLUMNS) and all(r['step_ms'] > 0 for r in row.values())
   f = row['smt']['network_flops']

@@ -11,7 +11,8 @@ from configs import mnist, tinystories
 from smtjax import config as config_lib
 from smtjax import train
 from smtjax.errors import ConfigError
-from smtjax.studies import realdata
+from smtjax.studies import realdata, wallclock
+from tests.conftest import seed_calibration
 
 
 def _tiny(c, shared_data, name):
@@ -37,9 +38,12 @@ def test_cpu_variants_train_on_the_shared_data(tmp_path, shared_data, module, na
 
 @pytest.mark.slow
 def test_comparison_runs_end_to_end(tmp_path, shared_data):
+  """SMT->DMT's DMT stage is timed for real, from its trained SMT stage; the other step times are written
+  beforehand (1/16 s: 8 steps in the 0.5 s budget)."""
   c = _tiny(tinystories.get_config('cpu'), shared_data, 'tinystories')
-  plan = realdata.Plan(budget_s=2.0, seeds=(0,), drift_grid=(('roll2', (('rollout_steps', 2),)),),
-                       evals_per_run=2, num_eval_batches=1)
+  plan = realdata.Plan(budget_s=0.5, seeds=(0,), drift_grid=(('roll2', (('rollout_steps', 2),)),),
+                       evals_per_run=2, num_eval_batches=1, lanes=0)  # every run in this process
+  seed_calibration(tmp_path, realdata.METHODS, plan, timed=(wallclock.RunKey('smt_dmt'),))
   summary = realdata.run_study(c, plan, tmp_path, 'tiny')
   for col in realdata.COLUMNS:
     r = summary['results'][col]
@@ -49,19 +53,23 @@ def test_comparison_runs_end_to_end(tmp_path, shared_data):
   assert summary['selection']['smt_drift']['chosen'] == 'roll2'
   cal = json.loads((tmp_path / 'calibration.json').read_text())
   assert set(cal) >= {'bptt', 'bptt_gru', 'smt_drift|roll2', 'smt_dmt:start', 'smt_dmt'} and min(cal.values()) > 0
+  assert cal['smt_dmt'] != 1 / 16 and (tmp_path / 'calibration' / 'smt_dmt' / 'metrics.jsonl').exists()  # timed
   # Equal wall clock: each method's steps times its step time is the budget (to one step).
   for m in ('bptt', 'bptt_gru'):
     assert abs(summary['runs'][m]['steps'] * cal[m] - plan.budget_s) <= cal[m] + 1e-9
+  assert all(r['budget_ratio'] > 0 for r in summary['runs'].values())  # measured from each run's log
+  assert 'measured s / budget' in (tmp_path / 'realdata_tiny.md').read_text()
   # SMT alone continues SMT→DMT's SMT stage, at that stage's step time.
   assert abs(summary['runs']['smt']['steps'] * cal['smt_dmt:start'] - plan.budget_s) <= cal['smt_dmt:start'] + 1e-9
   for f in ('realdata_tiny.md', 'realdata_tiny.json', 'curves_tiny.png', 'positions_tiny.png', 'samples_tiny.md'):
     assert (tmp_path / f).stat().st_size > 200, f
   text = (tmp_path / 'samples_tiny.md').read_text()
   assert all(realdata.NAMES[col] in text for col in realdata.COLUMNS)
-  # A rerun finds every run finished and trains nothing.
-  before = (tmp_path / 'seed0' / 'bptt' / 'metrics.jsonl').stat().st_mtime
-  realdata.run_study(c, plan, tmp_path, 'tiny')
-  assert (tmp_path / 'seed0' / 'bptt' / 'metrics.jsonl').stat().st_mtime == before
+  # A rerun finds every run finished (timing runs, the selection's, every stage) and trains nothing.
+  trained = {p: p.stat().st_mtime for p in tmp_path.rglob('metrics.jsonl')}
+  assert len(trained) >= 8 and (tmp_path / 'seed0' / 'bptt' / 'metrics.jsonl') in trained
+  wallclock.train_all(c, realdata.METHODS, plan, tmp_path)  # run_study's training, before it scores
+  assert {p: p.stat().st_mtime for p in tmp_path.rglob('metrics.jsonl')} == trained
 
 
 def test_the_study_checks_its_config_before_running(tmp_path):

@@ -5,7 +5,8 @@ For one task config, every value of every knob is an SMT run of the config's ste
 scored on the held-out test split by the teacher (the decoder from the encoder's prefix memory) and by the
 RNN reading whole sequences from its initial memory; its cost is its step time on one core (calibrated). The
 steps knob comes from the base config's own learning curve. Knobs (config overrides): the memory's number of
-tokens K and their width (d_model), the dynamics loss's weight coef_dyn, and the number of steps.
+tokens K and their width (d_model), the dynamics loss's weight coef_dyn, and the number of steps; a knob
+value's runs are `RunKey(knob, candidate=value)`.
 Writes `ceiling_<task>.{json,md,png}`: teacher and RNN accuracy, their gap, and seconds per step per value.
 """
 
@@ -18,7 +19,7 @@ from matplotlib.figure import Figure
 from smtjax import plotting
 from smtjax import workdir as workdir_lib
 from smtjax.studies import stats, wallclock
-from smtjax.studies.wallclock import Job
+from smtjax.studies.wallclock import Job, RunKey
 
 KNOBS = {
     'memory tokens K': tuple((f'K={k}', (('model.num_mem_tokens', k),)) for k in (1, 2, 4, 8)),
@@ -39,20 +40,20 @@ def run_ceiling(config, out, seeds=(0, 1, 2), knobs: dict | None = None, lanes: 
   name, knobs = name or config.data.name, knobs or KNOBS
   out = workdir_lib.as_path(out)
   out.mkdir(parents=True, exist_ok=True)
-  values = {(knob, label): overrides for knob, vals in knobs.items() for label, overrides in vals}
-  cal = wallclock.calibrate({f'{k}|{lab}': _config(config, ov, seeds[0], evals) for (k, lab), ov in values.items()},
-                            out, lanes=lanes)
-  jobs = {(k, lab, s): Job(out / _slug(k) / lab / f'seed{s}', _config(config, ov, s, evals))
-          for (k, lab), ov in values.items() for s in seeds}
+  values = {RunKey(knob, candidate=label): overrides for knob, vals in knobs.items() for label, overrides in vals}
+  cal = wallclock.calibrate({key: _config(config, ov, seeds[0], evals) for key, ov in values.items()}, out,
+                            lanes=lanes)
+  jobs = {(key, s): Job(out / _slug(key.method) / key.candidate / f'seed{s}', _config(config, ov, s, evals))
+          for key, ov in values.items() for s in seeds}
   wallclock.run_jobs(list(jobs.values()), lanes)
   rows = {}
-  for (k, lab), _ in values.items():
-    scores = [wallclock.score(jobs[k, lab, s].workdir, (), num_eval_batches) for s in seeds]
+  for key in values:
+    scores = [wallclock.score(jobs[key, s].workdir, (), num_eval_batches) for s in seeds]
     teacher = stats.mean_ci([r['teacher_accuracy'] for r in scores])
     rnn = stats.mean_ci([r['rnn_only_accuracy'] for r in scores])
     gap = stats.mean_ci([r['teacher_accuracy'] - r['rnn_only_accuracy'] for r in scores])
-    rows.setdefault(k, []).append({'value': lab, 'teacher': teacher, 'rnn': rnn, 'gap': gap,
-                                   'seconds_per_step': cal[f'{k}|{lab}']})
+    rows.setdefault(key.method, []).append({'value': key.candidate, 'teacher': teacher, 'rnn': rnn, 'gap': gap,
+                                            'seconds_per_step': cal[key]})
   summary = {'task': name, 'steps': config.num_steps, 'seeds': list(seeds), 'knobs': rows,
              'steps_curve': _steps_curve(config, jobs, knobs, seeds)}
   workdir_lib.write_json(out / f'ceiling_{name}.json', summary)
@@ -71,7 +72,7 @@ def _steps_curve(config, jobs, knobs, seeds) -> list[dict]:
   k = next(iter(knobs))
   lab = next((lab for lab, ov in knobs[k] if dict(ov).get('model.num_mem_tokens') == config.model.num_mem_tokens),
              knobs[k][0][0])
-  curves = [wallclock.curve(jobs[k, lab, s].workdir, 1.0) for s in seeds]
+  curves = [wallclock.curve(jobs[RunKey(k, candidate=lab), s].workdir, 1.0) for s in seeds]
   n = min(len(c['seconds']) for c in curves)
   return [{'step': int(curves[0]['seconds'][i]),
            'teacher': float(np.mean([c['teacher_accuracy'][i] for c in curves])),

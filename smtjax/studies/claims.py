@@ -44,7 +44,7 @@ from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
 from smtjax.studies import compare, stats
-from smtjax.studies.wallclock import Job, run_jobs, score
+from smtjax.studies.wallclock import Job, RunKey, run_jobs, score
 
 METHODS = {'smt': 'SMT', 'smt_dmt': 'SMT→DMT', 'bptt': 'BPTT', 'smt_bptt': 'SMT→BPTT'}
 DRIFT = {'plain': (), 'roll4': (('smt.rollout_steps', 4),)}
@@ -88,7 +88,7 @@ class Setting:
 def _steps(c, steps: int, evals: int):
   c.num_steps = max(1, int(steps))
   c.eval_every = max(1, c.num_steps // max(1, evals))
-  c.checkpoint_every = c.num_steps
+  c.checkpoint_every = c.eval_every  # a killed study resumes each run from its last evaluation
   c.log_every = max(1, min(c.log_every, c.eval_every))
   return c
 
@@ -164,7 +164,8 @@ def _mean_curve(curves: list[dict]) -> dict:
 def _check(config, lengths, plan: Plan):
   if config.method != 'smt' or config.smt.mode != 'parallel':
     raise ConfigError("a claims study starts from parallel SMT: config.method='smt', config.smt.mode='parallel'")
-  if plan.smt_steps < 1 or plan.dmt_steps < 1 or plan.tune_steps < 0 or not plan.seeds or plan.evals < 4:
+  if plan.smt_steps < 1 or plan.dmt_steps < 1 or plan.tune_steps < 0 or not plan.seeds or plan.evals < 4 \
+     or plan.lanes < 0:
     raise ConfigError(f'bad plan: {plan}')
   unknown = [d for d in plan.drifts if d not in DRIFT]
   if unknown or not plan.lrs or not plan.cells or not plan.drifts:
@@ -227,17 +228,18 @@ def _row_jobs(config, length: int, plan: Plan, chosen: dict, row: str, base: epa
   for m in METHODS:
     s = chosen[m][row]
     smt_setting = s if m == 'smt' else dataclasses.replace(s, drift='plain')
+    own, smt_key = RunKey(m, candidate=s.name), RunKey('smt', candidate=smt_setting.name)
     for seed in plan.seeds:
-      smt_dir = base / f'seed{seed}' / f'smt_{smt_setting.name}'
+      smt_dir = base / f'seed{seed}' / smt_key.dirname
       cs = configs(config, length, smt_setting, seed, plan.smt_steps, plan.dmt_steps, plan.evals,
                    plan.num_eval_batches, str(smt_dir))
       smt_job = Job(smt_dir, cs['smt'])
       if m == 'smt':
         jobs[(m, seed)] = (smt_job, None)
       elif m == 'bptt':
-        jobs[(m, seed)] = (Job(base / f'seed{seed}' / f'bptt_{s.name}', cs['bptt']), None)
+        jobs[(m, seed)] = (Job(base / f'seed{seed}' / own.dirname, cs['bptt']), None)
       else:
-        jobs[(m, seed)] = (Job(base / f'seed{seed}' / f'{m}_{s.name}', cs[m], after=(smt_dir,)), smt_job)
+        jobs[(m, seed)] = (Job(base / f'seed{seed}' / own.dirname, cs[m], after=(smt_dir,)), smt_job)
   return jobs
 
 

@@ -201,10 +201,10 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
   task = config.data.name
   lengths, methods, test_lengths = _checked_arguments(config, lengths, methods, seeds, test_lengths)
   seed_list = [int(config.seed) + i for i in range(int(seeds))]
-  for length in lengths:  # every config is validated before anything trains
-    for m, c in method_configs(config, length, 'unused', steps, dmt_steps, seed_list[0]).items():
+  for length in lengths:  # every config is validated before anything trains (DMT's SMT run does not exist yet)
+    for m, c in method_configs(config, length, '', steps, dmt_steps, seed_list[0]).items():
       if m in methods:
-        config_lib.validate(c)
+        config_lib.validate(c, init_from_later=True)
   columns = (('teacher',) if 'smt' in methods else ()) + methods
   results = {}
   for length in lengths:

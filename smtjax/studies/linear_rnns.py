@@ -68,9 +68,11 @@ def write_table(summaries: dict, path) -> str:
     for col, r in s['results'].items():
       cells = [stats.fmt(r[f'accuracy{x}']['mean'], r[f'accuracy{x}']['ci']) for x in [''] + [f'_x{k}' for k in ks]]
       info = s['runs'].get(col)
-      tail = [f'{info["seconds_per_step"]:.4f}', f'{info["parameters"]:,}'] if info else ['-', '-']
+      tail = [f'{info["seconds_per_step"]:.4f}', f'{info.get("budget_ratio", float("nan")):.2f}',
+              f'{info["parameters"]:,}'] if info else ['-', '-', '-']
       rows.append([NAMES.get(col, col)] + cells + tail)
-    lines += stats.table(['method', f'accuracy at T={T}'] + [f'at {k}T' for k in ks] + ['s/step', 'parameters'], rows)
+    lines += stats.table(['method', f'accuracy at T={T}'] + [f'at {k}T' for k in ks]
+                         + ['s/step', 'measured s / budget', 'parameters'], rows)
     for name, sel in s['selection'].items():
       lines.append(f'\nSetting of {NAMES[name]} chosen on the validation split: {sel["chosen"]} '
                    f'(validation {sel["by"]}: {", ".join(f"{n} {v:.3f}" for n, v in sel["scores"].items())}).')

@@ -104,7 +104,7 @@ def write_samples(workdirs: dict[str, epath.Path], out: epath.Path, name: str, n
         lines += ['', f'> {a}**{b}**'.replace('\n', ' ')]
       lines.append('')
   path = out / f'samples_{name}.md'
-  workdir_lib.write_text(path, '\n'.join(lines) + '\n')
+  stats.write_markdown(path, lines)
   return path
 
 
@@ -123,11 +123,16 @@ def write_table(summary: dict, path) -> str:
   for col in COLUMNS:
     r, info = summary['results'][col], summary['runs'][col]
     cells = [stats.fmt(r[f'bits{s}']['mean'], r[f'bits{s}']['ci']) for s in [''] + [f'_x{k}' for k in ks]]
-    rows.append([NAMES[col]] + cells + [info['steps'], f'{info["seconds_per_step"]:.3f}', f'{info["parameters"]:,}'])
+    ratio = info.get('budget_ratio', float('nan'))
+    rows.append([NAMES[col]] + cells + [info['steps'], f'{info["seconds_per_step"]:.3f}', f'{ratio:.2f}',
+                                        f'{info["parameters"]:,}'])
   lines += stats.table(['method', f'bits/token at T={T}'] + [f'at {k}T={k * T}' for k in ks]
-                       + ['steps', 's/step', 'parameters'], rows)
-  sel = summary['selection']['smt_drift']
-  lines += ['', f'Drift-robust setting chosen on the validation split (seed {summary["seeds"][0]}, '
-            f'{summary["select_share"]:.0%} of the budget): **{sel["chosen"]}** {sel["settings"][sel["chosen"]]}; '
-            'validation bits per token: ' + ', '.join(f'{n} {v:.3f}' for n, v in sel['scores'].items()) + '.']
+                       + ['steps', 's/step', 'measured s / budget', 'parameters'], rows)
+  for name, sel in summary['selection'].items():
+    lines += ['', f'{NAMES.get(name, name)}: setting chosen on the validation split (seed {summary["seeds"][0]}, '
+              f'{summary["select_share"]:.0%} of the budget per candidate): **{sel["chosen"]}** '
+              f'{sel["settings"][sel["chosen"]]}; validation bits per token: '
+              + ', '.join(f'{n} {v:.3f}' for n, v in sel['scores'].items()) + '.']
+  if not summary['selection']:
+    lines += ['', 'No method was tuned: every one ran at its config\'s settings.']
   return stats.write_markdown(path, lines)

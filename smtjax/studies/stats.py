@@ -41,8 +41,12 @@ def fmt(mean, ci=None, digits: int = 3) -> str:
 
 def table(head: list[str], rows: list[list]) -> list[str]:
   """A Markdown table's lines: the header, its rule, one line per row (cells as str)."""
-  return ['| ' + ' | '.join(map(str, head)) + ' |', '|' + '---|' * len(head)] + [
-      '| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
+  return [row(head), '|' + '---|' * len(head)] + [row(r) for r in rows]
+
+
+def row(cells: list) -> str:
+  """One line of a Markdown table (cells as str): for a table printed a row at a time."""
+  return '| ' + ' | '.join(map(str, cells)) + ' |'
 
 
 def write_markdown(path, lines: list[str]) -> str:

@@ -18,7 +18,8 @@ to its own core with single-threaded XLA, so their step times stay those measure
 candidates whose overrides match an untuned 'smt_dmt' method's continues that method's SMT stage (one run
 serves both). Every run is scored on the held-out test
 split by the RNN reading whole sequences from its initial memory (and an SMT run's teacher from its prefix
-memories), at the training length and at each `test_multiples` times it, overall and per position.
+memories), at the training length and at each `test_multiples` times it, overall and per position. Runs and
+calibration entries are named by `RunKey` (method, stage, candidate).
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ import sys
 import time
 
 import jax
+import numpy as np
 from absl import logging
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import runs, variants
+from smtjax import runs, train, variants
 from smtjax import workdir as workdir_lib
 from smtjax.data import make_source
 from smtjax.data import synthetic as synthetic_tasks
@@ -52,6 +54,40 @@ LN2 = math.log(2)
 DEFAULT_DRIFT_GRID = {'roll4': {'rollout_steps': 4}, 'roll4_dec': {'rollout_steps': 4, 'rollout_decode': 1.0},
                       'noise1': {'memory_noise': 1.0, 'memory_noise_mode': 'matched'}}
 KINDS = ('smt', 'smt_dmt', 'bptt')
+START = 'start'  # the stage name of an 'smt_dmt' method's SMT stage
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKey:
+  """Names one run of a study or its calibration entry: a method (or a swept knob), the stage of a two-stage
+  method (START: an 'smt_dmt' method's SMT stage) and the candidate setting being tuned. `str(key)`, e.g.
+  'smt_dmt:start|lr0.001', names it in calibration.json and under out/calibration/."""
+  method: str
+  stage: str = ''
+  candidate: str = ''
+
+  def __post_init__(self):
+    if any(sep in self.method for sep in ':|') or '|' in self.stage:
+      raise ValueError(f'a run key\'s method may hold neither ":" nor "|", its stage no "|": {self!r}')
+
+  def __str__(self) -> str:
+    return self.method + (f':{self.stage}' if self.stage else '') + (f'|{self.candidate}' if self.candidate else '')
+
+  @classmethod
+  def parse(cls, text: str) -> RunKey:
+    """The key whose `str` is `text`."""
+    rest, _, candidate = text.partition('|')
+    method, _, stage = rest.partition(':')
+    return cls(method, stage, candidate)
+
+  @property
+  def dirname(self) -> str:
+    """The run's workdir name in a folder of runs: its parts joined by '_' ('smt_dmt_start', 'smt_gru_lr0.001')."""
+    return '_'.join(part for part in (self.method, self.stage, self.candidate) if part)
+
+  def tuned(self, candidate: str) -> RunKey:
+    """This run with candidate setting `candidate`."""
+    return dataclasses.replace(self, candidate=candidate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,29 +114,38 @@ class Plan:
   num_eval_batches: int = 16
   test_multiples: tuple[int, ...] = (2,)
   select_by: str = 'bits'  # 'bits' (lowest validation loss) or 'accuracy' (highest)
+  lrs: tuple[float, ...] = ()  # learning rates every method is tuned over (`candidates`); () tunes none
 
 
 def candidates(method: Method, plan: Plan) -> tuple[tuple[str, tuple], ...]:
-  """A method's candidate settings as (name, ((config field, value), ...)); () when it has none."""
+  """A method's candidate settings as (name, ((config field, value), ...)); () when it has none. Its own grid
+  (or, for a drift-robust method, the plan's drift grid), each crossed with the plan's learning rates unless
+  the grid already sets one."""
   if method.grid:
-    return method.grid
-  if method.drift:
-    return tuple((name, tuple((f'smt.{k}', v) for k, v in items)) for name, items in plan.drift_grid)
-  return ()
+    own = method.grid
+  elif method.drift:
+    own = tuple((name, tuple((f'smt.{k}', v) for k, v in items)) for name, items in plan.drift_grid)
+  else:
+    own = ()
+  if not plan.lrs or any(field == 'optim.lr' for _, setting in own for field, _ in setting):
+    return own
+  lrs = tuple((f'lr{lr:g}', (('optim.lr', float(lr)),)) for lr in plan.lrs)
+  return tuple((f'{name}_{lr_name}', (*setting, *lr_setting)) for name, setting in own
+               for lr_name, lr_setting in lrs) if own else lrs
 
 
 # ------------------------------------------------------------------------------------------------ configs
 
 def method_config(config, method: Method, seed: int, setting: tuple = (), stage: str = ''):
   """The config of one method's run (steps not yet set) with a candidate `setting` ((field, value), ...);
-  `stage='start'`: the SMT stage of an 'smt_dmt' method (whose DMT stage follows from it: lr / 3)."""
+  `stage=START`: the SMT stage of an 'smt_dmt' method (whose DMT stage follows from it: lr / 3)."""
   c = config.copy_and_resolve_references()
   c.seed, c.progress_bar, c.metrics_flush_secs = int(seed), False, 0.0
   for field, value in (*method.overrides, *setting):
     variants.override(c, field, value)
   if method.kind == 'bptt':
     c.method = 'bptt'
-  if method.kind == 'smt_dmt' and stage != 'start':
+  if method.kind == 'smt_dmt' and stage != START:
     c = variants.parallel_dmt(c)
   return c
 
@@ -128,6 +173,8 @@ def check(config, methods: tuple[Method, ...], plan: Plan):
                       f'select_share {plan.select_share}, seeds {plan.seeds}')
   if plan.select_by not in ('bits', 'accuracy'):
     raise ConfigError(f"plan.select_by must be 'bits' or 'accuracy', got {plan.select_by!r}")
+  if plan.lanes < 0:
+    raise ConfigError(f'plan.lanes must be >= 0 (0: every run in this process), got {plan.lanes}')
   for m in methods:
     if m.kind not in KINDS:
       raise ConfigError(f'method {m.name!r}: kind must be one of {KINDS}, got {m.kind!r}')
@@ -174,34 +221,56 @@ def copy_tree(src: epath.Path, dst: epath.Path) -> None:
       p.copy(dst / p.name, overwrite=True)
 
 
-def _start(job: Job, core: int | None) -> subprocess.Popen:
+def _prepare(job: Job) -> None:
+  """The job's workdir with its config.json (and, for a continuation, the run it continues)."""
   if job.copy_from is not None and not (job.workdir / 'checkpoints').exists():
     copy_tree(epath.Path(job.copy_from), job.workdir)
   job.workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.save_config(job.config, job.workdir)
-  logging.info('training %s (%d steps) on core %s', job.workdir, job.config.num_steps, core)
-  return _launch(job.workdir, core)
+
+
+def lane_cores(lanes: int) -> list[int]:
+  """The core each lane is pinned to: the first `lanes` of the cores this process may use (so an outer
+  `taskset -c 1` keeps a one-lane study on core 1)."""
+  allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else list(range(os.cpu_count() or 1))
+  return [allowed[i % len(allowed)] for i in range(lanes)]
 
 
 def run_jobs(jobs: list[Job], lanes: int) -> None:
-  """Trains every job whose workdir is not finished, `lanes` at a time, each pinned to its own core; a job
-  starts once the workdirs it depends on are done. A failed job raises, naming its log."""
+  """Trains every job whose workdir is not finished, `lanes` at a time, each in a process of its own pinned to
+  its own core (`lane_cores`); a job starts once the workdirs it depends on are done. A failed job raises,
+  naming its log. `lanes=0`: one job after another in this process, unpinned (notebooks, debuggers, tests;
+  a timing made this way is this process's, not one core's)."""
   pending = [j for j in jobs if not _done(j)]
   finished = {str(j.workdir) for j in jobs if j not in pending}
   running: dict[int, tuple[Job, subprocess.Popen]] = {}
-  while pending or running:
-    for core in [c for c in range(lanes) if c not in running]:
-      ready = next((j for j in pending if all(str(d) in finished for d in j.after)), None)
-      if ready is None:
-        break
+  cores = lane_cores(lanes)
+
+  def start_next(lane: int) -> Job | None:
+    ready = next((j for j in pending if all(str(d) in finished for d in j.after)), None)
+    if ready is not None:
       pending.remove(ready)
-      running[core] = (ready, _start(ready, core if lanes > 1 else None))
+      _prepare(ready)
+      logging.info('training %s (%d steps) %s', ready.workdir, ready.config.num_steps,
+                   f'on core {cores[lane]}' if lanes else 'in this process')
+    return ready
+
+  while pending or running:
+    if not lanes:
+      if (job := start_next(0)) is not None:
+        train.train_and_evaluate(config_lib.load_saved(job.workdir), job.workdir)
+        finished.add(str(job.workdir))
+        continue
+    for lane in [i for i in range(lanes) if i not in running]:
+      if (job := start_next(lane)) is None:
+        break
+      running[lane] = (job, _launch(job.workdir, cores[lane]))
     if not running:
       raise RuntimeError(f'jobs wait for workdirs that no job trains: {[str(j.workdir) for j in pending]}')
     time.sleep(0.25)  # runs last seconds (tests) to hours; a poll costs nothing
-    for core, (job, proc) in list(running.items()):
+    for lane, (job, proc) in list(running.items()):
       if proc.poll() is not None:
-        del running[core]
+        del running[lane]
         if proc.returncode != 0:
           raise RuntimeError(f'training {job.workdir} failed (exit {proc.returncode}); see {job.workdir / "run.log"}')
         finished.add(str(job.workdir))
@@ -215,19 +284,19 @@ def timing_key(config) -> str:
   return c.to_json(sort_keys=True)
 
 
-def calibrate(configs: dict, out: epath.Path, steps: int = 14, lanes: int = 2) -> dict[str, float]:
+def calibrate(configs: dict[RunKey, object], out: epath.Path, steps: int = 14, lanes: int = 2) -> dict[RunKey, float]:
   """Seconds per training step of each config on one core (median over logged steps 5..steps, compilation
   excluded), from short runs `lanes` at a time, each pinned to its own core as the study's runs will be; one
   run per `timing_key`; cached in out/calibration.json."""
   path = out / 'calibration.json'
-  known = json.loads(path.read_text()) if path.exists() else {}
-  shared: dict[str, list[str]] = {}  # timing key -> the names it times; the first name's run times them all
+  known = {RunKey.parse(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+  shared: dict[str, list[RunKey]] = {}  # timing key -> the runs it times; the first run's timing serves them all
   for name, c in configs.items():
     if name not in known:
       shared.setdefault(timing_key(c), []).append(name)
   jobs = {}
   for key, (name, *_) in shared.items():
-    wd = out / 'calibration' / name
+    wd = out / 'calibration' / str(name)
     if wd.exists():
       wd.rmtree()
     cal = configs[name].copy_and_resolve_references()
@@ -238,8 +307,13 @@ def calibrate(configs: dict, out: epath.Path, steps: int = 14, lanes: int = 2) -
   for key, names in shared.items():
     rates = [r['steps_per_s'] for r in read_metrics(jobs[key].workdir) if r['step'] > 4 and 'steps_per_s' in r]
     known.update(dict.fromkeys(names, 1.0 / statistics.median(rates)))
-  workdir_lib.write_text(path, json.dumps(known, indent=2, sort_keys=True))
+  workdir_lib.write_json(path, as_json(known), sort_keys=True)
   return known
+
+
+def as_json(by_key: dict[RunKey, object]) -> dict[str, object]:
+  """`by_key` with each RunKey as its str: a JSON object."""
+  return {str(k): v for k, v in by_key.items()}
 
 
 # ---------------------------------------------------------------------------------------------- the runs
@@ -248,18 +322,19 @@ def _steps(seconds: float, per_step: float) -> int:
   return max(1, int(seconds / per_step))
 
 
-def _stage_key(method: Method) -> str:
-  """The calibration / job key of the run a method's candidates are tuned as (an 'smt_dmt' method's SMT stage)."""
-  return f'{method.name}:start' if method.kind == 'smt_dmt' else method.name
+def stage_key(method: Method) -> RunKey:
+  """The key of the run a method's candidates are tuned as and its teacher comes from: an 'smt_dmt' method's
+  SMT stage, any other method's one run."""
+  return RunKey(method.name, START) if method.kind == 'smt_dmt' else RunKey(method.name)
 
 
-def select(config, method: Method, plan: Plan, out: epath.Path, cal: dict) -> tuple[str, tuple, dict]:
+def select(config, method: Method, plan: Plan, out: epath.Path, cal: dict[RunKey, float]) -> tuple[str, tuple, dict]:
   """(name, setting, {name: validation score}) of the candidate whose RNN reads the validation split best
   after select_share of the budget (an 'smt_dmt' method: its SMT stage alone), on the first seed."""
-  seed, budget, stage = plan.seeds[0], plan.select_share * plan.budget_s, _stage_key(method)
+  seed, budget, stage = plan.seeds[0], plan.select_share * plan.budget_s, stage_key(method)
   jobs = {name: Job(out / 'select' / method.name / name,
-                    with_steps(method_config(config, method, seed, setting, stage='start'),
-                               _steps(budget, cal[f'{stage}|{name}']), 2))
+                    with_steps(method_config(config, method, seed, setting, stage=START),
+                               _steps(budget, cal[stage.tuned(name)]), 2))
           for name, setting in candidates(method, plan)}
   run_jobs(list(jobs.values()), plan.lanes)
   key = f'rnn_only_{plan.select_by}'
@@ -269,48 +344,49 @@ def select(config, method: Method, plan: Plan, out: epath.Path, cal: dict) -> tu
   return best, dict(candidates(method, plan))[best], scores
 
 
-def _continues(method: Method, methods) -> Method | None:
+def _continues(method: Method, methods, plan: Plan) -> Method | None:
   """The 'smt_dmt' method whose SMT stage a plain 'smt' method continues (same overrides, neither tuned)."""
-  if method.kind != 'smt' or method.drift or method.grid:
+  if method.kind != 'smt' or method.drift or candidates(method, plan):
     return None
   return next((m for m in methods if m.kind == 'smt_dmt' and m.overrides == method.overrides
-               and not m.grid), None)
+               and not candidates(m, plan)), None)
 
 
-def seed_jobs(config, methods, plan: Plan, out: epath.Path, seed: int, chosen: dict, cal: dict) -> dict[str, Job]:
-  """Every run of one seed, by method name (an 'smt_dmt' method also has '<name>:start', its SMT stage), each
-  with its chosen setting."""
+def seed_jobs(config, methods, plan: Plan, out: epath.Path, seed: int, chosen: dict,
+              cal: dict[RunKey, float]) -> dict[RunKey, Job]:
+  """Every run of one seed (an 'smt_dmt' method's SMT stage is RunKey(name, START)), each with its chosen
+  setting."""
   base, B, share, ev = out / f'seed{seed}', plan.budget_s, plan.dmt_share, plan.evals_per_run
   jobs = {}
   for m in methods:
     if m.kind == 'smt_dmt':
-      setting = chosen.get(m.name, ())
-      start = base / f'{m.name}_start'
-      jobs[f'{m.name}:start'] = Job(start, with_steps(method_config(config, m, seed, setting, stage='start'),
-                                                      _steps((1 - share) * B, cal[f'{m.name}:start']), ev))
-      dmt = with_steps(method_config(config, m, seed, setting), _steps(share * B, cal[m.name]), max(2, ev // 4))
-      dmt.init_from = str(start)
-      jobs[m.name] = Job(base / m.name, dmt, after=(start,))
+      setting, key, start = chosen.get(m.name, ()), RunKey(m.name), stage_key(m)
+      jobs[start] = Job(base / start.dirname, with_steps(method_config(config, m, seed, setting, stage=START),
+                                                         _steps((1 - share) * B, cal[start]), ev))
+      dmt = with_steps(method_config(config, m, seed, setting), _steps(share * B, cal[key]), max(2, ev // 4))
+      dmt.init_from = str(jobs[start].workdir)
+      jobs[key] = Job(base / key.dirname, dmt, after=(jobs[start].workdir,))
   for m in methods:
     if m.kind == 'smt_dmt':
       continue
-    c = with_steps(method_config(config, m, seed, chosen.get(m.name, ())), _steps(B, cal[m.name]), ev)
-    parent = _continues(m, methods)
-    start = jobs[f'{parent.name}:start'].workdir if parent else None
-    jobs[m.name] = Job(base / m.name, c, after=(start,) if start else (), copy_from=start)
+    key = RunKey(m.name)
+    c = with_steps(method_config(config, m, seed, chosen.get(m.name, ())), _steps(B, cal[key]), ev)
+    parent = _continues(m, methods, plan)
+    start = jobs[stage_key(parent)].workdir if parent else None
+    jobs[key] = Job(base / key.dirname, c, after=(start,) if start else (), copy_from=start)
   return jobs
 
 
-def calibration_configs(config, methods, plan: Plan) -> dict:
+def calibration_configs(config, methods, plan: Plan) -> dict[RunKey, object]:
   """The configs timed before anything trains: each method's run (an 'smt_dmt' method's SMT stage; its DMT is
-  timed from a trained SMT stage), and each candidate setting of a tuned method ('<key>|<candidate>')."""
+  timed from a trained SMT stage), and each candidate setting of a tuned method (`stage_key(m).tuned(name)`)."""
   seed, out = plan.seeds[0], {}
   for m in methods:
-    key = _stage_key(m)
+    key = stage_key(m)
     for name, setting in candidates(m, plan):
-      out[f'{key}|{name}'] = method_config(config, m, seed, setting, stage='start')
-    if not candidates(m, plan) and _continues(m, methods) is None:  # a continuation runs at its stage's time
-      out[key] = method_config(config, m, seed, stage='start')
+      out[key.tuned(name)] = method_config(config, m, seed, setting, stage=START)
+    if not candidates(m, plan) and _continues(m, methods, plan) is None:  # a continuation runs at its stage's time
+      out[key] = method_config(config, m, seed, stage=START)
   return out
 
 
@@ -331,7 +407,7 @@ def score(workdir, multiples: tuple[int, ...], num_batches: int, split: str = 't
       if f'{name}_loss' in m:
         out[f'{name}_bits{suffix}'] = m[f'{name}_loss'] / LN2
         out[f'{name}_accuracy{suffix}'] = m[f'{name}_accuracy']
-        out[f'{name}_bits_per_t{suffix}'] = [None if v != v else v / LN2 for v in m[f'{name}_loss_per_t']]
+        out[f'{name}_bits_per_t{suffix}'] = [v / LN2 for v in m[f'{name}_loss_per_t']]  # NaN: no target there
   return out
 
 
@@ -347,14 +423,15 @@ def curve(workdir, seconds_per_step: float, offset_s: float = 0.0) -> dict:
   return out
 
 
-def method_curve(jobs: dict[str, Job], method: Method, cal: dict) -> dict:
+def method_curve(jobs: dict[RunKey, Job], method: Method, cal: dict[RunKey, float]) -> dict:
   """A method's learning curve on one seed; an 'smt_dmt' method's is its SMT stage's, then its DMT's."""
+  key = RunKey(method.name)
   if method.kind != 'smt_dmt':
-    return curve(jobs[method.name].workdir, cal[method.name])
-  start = jobs[f'{method.name}:start']
-  smt = curve(start.workdir, cal[f'{method.name}:start'])
-  offset = start.config.num_steps * cal[f'{method.name}:start']
-  dmt = curve(jobs[method.name].workdir, cal[method.name], offset_s=offset)
+    return curve(jobs[key].workdir, cal[key])
+  start = stage_key(method)
+  smt = curve(jobs[start].workdir, cal[start])
+  offset = jobs[start].config.num_steps * cal[start]
+  dmt = curve(jobs[key].workdir, cal[key], offset_s=offset)
   return {k: smt[k] + dmt[k] for k in ('seconds', 'rnn_only_bits', 'rnn_only_accuracy')}
 
 
@@ -391,7 +468,7 @@ def _choose(config, methods, plan: Plan, out: epath.Path, cal: dict) -> tuple[di
   for m in methods:
     if candidates(m, plan):
       name, setting, scores = select(config, m, plan, out, cal)
-      chosen[m.name], cal[_stage_key(m)] = setting, cal[f'{_stage_key(m)}|{name}']
+      chosen[m.name], cal[stage_key(m)] = setting, cal[stage_key(m).tuned(name)]
       selection[m.name] = {'chosen': name, 'scores': scores, 'by': plan.select_by,
                            'settings': {n: dict(v) for n, v in candidates(m, plan)}}
   return chosen, selection
@@ -415,19 +492,19 @@ def train_all(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict,
   selection)."""
   cal = calibrate(calibration_configs(config, methods, plan), out, lanes=plan.lanes)
   for m in methods:
-    if (parent := _continues(m, methods)) is not None:
-      cal[m.name] = cal[f'{parent.name}:start']
+    if (parent := _continues(m, methods, plan)) is not None:
+      cal[RunKey(m.name)] = cal[stage_key(parent)]
   chosen, selection = _choose(config, methods, plan, out, cal)
   smt_dmt = [m for m in methods if m.kind == 'smt_dmt']
   for m in smt_dmt:  # DMT's step is timed from a trained SMT stage: train the stages first
-    cal.setdefault(m.name, 1.0)
+    cal.setdefault(RunKey(m.name), 1.0)
   first = {s: seed_jobs(config, methods, plan, out, s, chosen, cal) for s in plan.seeds}
-  run_jobs([j for jobs in first.values() for k, j in jobs.items() if k.endswith(':start')], plan.lanes)
+  run_jobs([j for jobs in first.values() for k, j in jobs.items() if k.stage == START], plan.lanes)
   for m in smt_dmt:
     c = method_config(config, m, plan.seeds[0], chosen.get(m.name, ()))
-    c.init_from = str(first[plan.seeds[0]][f'{m.name}:start'].workdir)
-    cal.pop(m.name, None)
-    cal.update(calibrate({m.name: c}, out, lanes=plan.lanes))
+    c.init_from = str(first[plan.seeds[0]][stage_key(m)].workdir)
+    cal.pop(RunKey(m.name), None)
+    cal.update(calibrate({RunKey(m.name): c}, out, lanes=plan.lanes))
   jobs = {s: seed_jobs(config, methods, plan, out, s, chosen, cal) for s in plan.seeds}
   run_jobs([j for per_seed in jobs.values() for j in per_seed.values()], plan.lanes)
   return jobs, cal, selection
@@ -445,26 +522,48 @@ def run_study(config, methods: tuple[Method, ...], plan: Plan, out, teacher_of: 
   teacher_of = teacher_of or next((m.name for m in methods if m.kind != 'bptt'), None)
   scores, curves = {}, {}
   for m in methods:
-    scores[m.name] = [score(jobs[s][m.name].workdir, plan.test_multiples, plan.num_eval_batches) for s in plan.seeds]
+    key = RunKey(m.name)
+    scores[m.name] = [score(jobs[s][key].workdir, plan.test_multiples, plan.num_eval_batches) for s in plan.seeds]
     curves[m.name] = [method_curve(jobs[s], m, cal) for s in plan.seeds]
   if teacher_of is not None:
-    src = teacher_of if next(m for m in methods if m.name == teacher_of).kind == 'smt' else f'{teacher_of}:start'
+    src = stage_key(next(m for m in methods if m.name == teacher_of))
     scores['teacher'] = [score(jobs[s][src].workdir, plan.test_multiples, plan.num_eval_batches) for s in plan.seeds]
     curves['teacher'] = [{k.replace('teacher', 'rnn_only'): v for k, v in curve(jobs[s][src].workdir, cal[src]).items()
                           if k == 'seconds' or k.startswith('teacher')} for s in plan.seeds]
   first = jobs[plan.seeds[0]]
-  runs_info = {m.name: {'steps': _steps_text(first, m), 'seconds_per_step': cal[m.name],
-                        'parameters': parameters(first[m.name].config)} for m in methods}
+  runs_info = {m.name: {'steps': _steps_text(first, m), 'seconds_per_step': cal[RunKey(m.name)],
+                        'parameters': parameters(first[RunKey(m.name)].config),
+                        'budget_ratio': budget_ratio(jobs, m, plan)} for m in methods}
   return {'seq_len': config.data.seq_len, 'budget_s': plan.budget_s, 'seeds': list(plan.seeds),
           'dmt_share': plan.dmt_share, 'select_share': plan.select_share, 'test_multiples': list(plan.test_multiples),
-          'methods': {m.name: m.label for m in methods}, 'calibration_s_per_step': cal, 'selection': selection,
-          'results': summarize_scores(scores, plan.test_multiples), 'curves': curves, 'runs': runs_info,
-          'workdirs': {m.name: str(first[m.name].workdir) for m in methods}, 'study_seconds': time.perf_counter() - t0}
+          'methods': {m.name: m.label for m in methods}, 'calibration_s_per_step': as_json(cal),
+          'selection': selection, 'results': summarize_scores(scores, plan.test_multiples), 'curves': curves,
+          'runs': runs_info, 'workdirs': {m.name: str(first[RunKey(m.name)].workdir) for m in methods},
+          'study_seconds': time.perf_counter() - t0}
 
 
-def _steps_text(jobs: dict, m: Method):
-  if m.kind == 'smt_dmt':
-    return f'{jobs[m.name + ":start"].config.num_steps} SMT + {jobs[m.name].config.num_steps} DMT'
-  return jobs[m.name].config.num_steps
+def trained_seconds(workdir) -> float:
+  """Seconds a run spent training, from its log: each logged interval's steps over its steps per second, the
+  first interval (which compiles) at the median rate of the others."""
+  logged = [r for r in read_metrics(workdir) if 'steps_per_s' in r]
+  if not logged:
+    return float('nan')
+  rates = [r['steps_per_s'] for r in logged[1:]] or [logged[0]['steps_per_s']]
+  seconds, last = logged[0]['step'] / statistics.median(rates), logged[0]['step']
+  for r in logged[1:]:
+    seconds, last = seconds + (r['step'] - last) / r['steps_per_s'], r['step']
+  return seconds
+
+
+def budget_ratio(jobs: dict[int, dict[RunKey, Job]], method: Method, plan: Plan) -> float:
+  """A method's measured training seconds (its stages together) over its budget, the mean over seeds: 1 when
+  the calibrated step time held while the study ran; above 1 when the runs were slower (a busy machine)."""
+  keys = {stage_key(method), RunKey(method.name)}
+  return float(np.mean([sum(trained_seconds(jobs[s][k].workdir) for k in keys) / plan.budget_s for s in plan.seeds]))
+
+
+def _steps_text(jobs: dict[RunKey, Job], m: Method):
+  steps = jobs[RunKey(m.name)].config.num_steps
+  return f'{jobs[stage_key(m)].config.num_steps} SMT + {steps} DMT' if m.kind == 'smt_dmt' else steps
 
 
