@@ -2,18 +2,21 @@ r"""The paper's synthetic claims at equal optimizer steps and batch, every metho
 
   python -m experiments.claims --config=configs/stack.py --lengths=64 --seeds=3 --smt_steps=6000 \
       --dmt_steps=1200 --tune_steps=1000 [--lrs=3e-4,1e-3,3e-3] [--cells=transformer,gru] \
-      [--drifts=plain,roll4] [--evals=12] [--lanes=2] [--out=workdirs/claims] [--config.model.d_model=128 ...]
+      [--drifts=plain,roll4] [--evals=12] [--lanes=2] [--tune_only] [--out=workdirs/claims] \
+      [--config.model.d_model=128 ...]
 
 SMT, SMT->DMT, BPTT (SMT + DMT steps) and SMT->BPTT (BPTT fine-tuning of SMT's RNN) on the config's task at
 each length: each tuned on the validation split over the same grid, then trained for every seed; the table
 has a same-cell row (the grid's first cell) and a best-cell row, each cell with its test accuracy (mean and 95%
 interval), its last-quarter change and verdict (plateau, not converged, teacher not converged), seconds per
 update and sequential depth. --tune_steps=0 skips tuning (the first value of each grid axis). Writes
-OUT/claims_TASK_T<T>.{json,md,png}; runs go to OUT/TASK/T<length>/ and a rerun skips finished ones. See
+OUT/claims_TASK_T<T>.{json,md,png} (with --tune_only: the grid's scores and curves only, in
+OUT/claims_TASK_T<T>_tuning.{json,md,png}); runs go to OUT/TASK/T<length>/ and a rerun skips finished ones. See
 smtjax/studies/claims.py.
 """
 
 from absl import app, flags
+from etils import epath
 
 from experiments import _cli
 from smtjax.studies import claims
@@ -32,6 +35,7 @@ flags.DEFINE_list('drifts', ['plain', 'roll4'], "SMT's drift-robust settings of 
 flags.DEFINE_integer('evals', 12, 'Validation evaluations per run (learning curves, plateau).')
 flags.DEFINE_integer('num_eval_batches', 32, 'Batches per evaluation.')
 flags.DEFINE_float('plateau', 0.01, 'A run has plateaued when its last-quarter change is below this.')
+flags.DEFINE_bool('tune_only', False, 'Stop after tuning: OUT/claims_TASK_T<T>_tuning.{json,md,png}.')
 flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
 flags.mark_flags_as_required(['config'])
 
@@ -44,12 +48,15 @@ def main(argv):
                      seeds=tuple(int(c.seed) + i for i in range(FLAGS.seeds)), tune_steps=FLAGS.tune_steps,
                      lrs=tuple(float(x) for x in FLAGS.lrs), cells=tuple(FLAGS.cells), drifts=tuple(FLAGS.drifts),
                      evals=FLAGS.evals, num_eval_batches=FLAGS.num_eval_batches, plateau=FLAGS.plateau,
-                     lanes=FLAGS.lanes)
+                     lanes=FLAGS.lanes, tune_only=FLAGS.tune_only)
   lengths = FLAGS.lengths or [c.data.options.num_pairs if c.data.name == 'keys_values' else c.data.seq_len]
   with _cli.user_errors():
     results = claims.run_claims(c, lengths, plan, FLAGS.out)
   for r in results.values():
-    print(claims.write_table(r, f'{FLAGS.out}/claims_{r["task"]}_T{r["length"]}.md'))
+    if FLAGS.tune_only:
+      print((epath.Path(FLAGS.out) / f'claims_{r["task"]}_T{r["length"]}_tuning.md').read_text())
+    else:
+      print(claims.write_table(r, f'{FLAGS.out}/claims_{r["task"]}_T{r["length"]}.md'))
 
 
 if __name__ == '__main__':

@@ -190,6 +190,25 @@ def claims_curves(summary: dict, path, names: dict) -> epath.Path:
   return save_figure(fig, path)
 
 
+def tuning_curves(tuning: dict, path, names: dict, title: str = '') -> epath.Path:
+  """One panel per method of a claims study's tuning (smtjax/studies/claims.py): each candidate's validation
+  accuracy (RNN from its initial memory) against its optimizer steps, and an SMT candidate's teacher (dashed,
+  same colour)."""
+  fig = Figure(figsize=(4.5 * len(tuning), 4.2), dpi=100)
+  axes = np.atleast_1d(fig.subplots(1, len(tuning), sharey=True))
+  for ax, (m, t) in zip(axes, tuning.items()):
+    for i, (name, c) in enumerate(sorted(t['curves'].items())):
+      ax.plot(c['rnn']['steps'], c['rnn']['values'], color=f'C{i}', marker='.', label=name)
+      if c.get('teacher', {}).get('steps'):
+        ax.plot(c['teacher']['steps'], c['teacher']['values'], '--', color=f'C{i}')
+    ax.set_xlabel('optimizer steps')
+    ax.set_title(f'{names[m]}: {title}' if title else names[m], fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel('validation accuracy (dashed: SMT teacher)')
+  return save_figure(fig, path)
+
+
 def loss_per_position(per_t: dict, path, names: dict, trained_len: int, title: str = '') -> epath.Path:
   """One line per method: the held-out loss at each sequence position (mean over seeds), with the training
   length marked: does a model use what it read long ago, and past the length it was trained on?"""

@@ -26,7 +26,8 @@ sequential depth per update (dependent cell applications: SMT `rollout_steps x c
 `T x cell_depth`).
 
 Writes out/claims_<task>_T<T>.{json,md} and a learning-curve figure; runs live under out/<task>/T<T>/ and a
-rerun skips finished runs.
+rerun skips finished runs. With `tune_only` the study stops after tuning and writes
+out/claims_<task>_T<T>_tuning.{json,md,png}: a pilot of the grid before committing to the seeded runs.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Plan:
   num_eval_batches: int = 32
   plateau: float = 0.01
   lanes: int = 2
+  tune_only: bool = False  # stop after tuning: the grid's validation scores and curves, no seeded runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,12 +187,13 @@ def _grid(plan: Plan, method: str) -> list[Setting]:
 
 def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
   """Every method's validation accuracy for every candidate and its choice, same-cell (the first cell) and
-  best cell: {method: {'scores': {name: acc}, 'steps': tuning steps in all, 'same_cell': Setting, 'best': Setting}}.
-  Without tune_steps: the first value of each grid axis for every method."""
+  best cell: {method: {'scores': {name: acc}, 'teacher': {name: acc} (SMT candidates), 'curves': {name: curve},
+  'steps': tuning steps in all, 'same_cell': Setting, 'best': Setting}}. Without tune_steps: the first value of
+  each grid axis for every method."""
   if plan.tune_steps == 0:
     first = Setting(plan.lrs[0], plan.cells[0], plan.drifts[0])
     plain = dataclasses.replace(first, drift='plain')
-    return {m: {'scores': {}, 'steps': 0, 'same_cell': first if m == 'smt' else plain,
+    return {m: {'scores': {}, 'teacher': {}, 'curves': {}, 'steps': 0, 'same_cell': first if m == 'smt' else plain,
                 'best': first if m == 'smt' else plain} for m in METHODS}
   n, fine = plan.tune_steps, max(1, plan.tune_steps // 5)
   seed, base = plan.seeds[0], out / 'tune'
@@ -198,27 +201,30 @@ def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
   smt_grid, pair_grid = _grid(plan, 'smt'), _grid(plan, 'bptt')
   bptt_steps = n * len(smt_grid) // len(pair_grid)  # the same tuning steps in all as SMT's candidates
   for s in smt_grid:
-    cs = configs(config, length, s, seed, n, fine, 4, plan.num_eval_batches, str(base / 'smt' / s.name))
+    cs = configs(config, length, s, seed, n, fine, plan.evals, plan.num_eval_batches, str(base / 'smt' / s.name))
     jobs.append(Job(base / 'smt' / s.name, cs['smt']))
     runs['smt'][s.name] = (s, base / 'smt' / s.name)
   for s in pair_grid:
     smt_dir = base / 'smt' / s.name
-    cs = configs(config, length, s, seed, n, fine, 4, plan.num_eval_batches, str(smt_dir))
+    cs = configs(config, length, s, seed, n, fine, plan.evals, plan.num_eval_batches, str(smt_dir))
     for m in ('smt_dmt', 'smt_bptt'):
       jobs.append(Job(base / m / s.name, cs[m], after=(smt_dir,)))
       runs[m][s.name] = (s, base / m / s.name)
-    bptt = _steps(cs['bptt'], bptt_steps, 4)
+    bptt = _steps(cs['bptt'], bptt_steps, plan.evals)
     jobs.append(Job(base / 'bptt' / s.name, bptt))
     runs['bptt'][s.name] = (s, base / 'bptt' / s.name)
   run_jobs(jobs, plan.lanes)
   out_ = {}
   for m, cands in runs.items():
-    scores = {name: _score(str(wd), 'valid', plan.num_eval_batches)['rnn_only_accuracy']
+    scored = {name: _score(str(wd), 'valid', plan.num_eval_batches) for name, (_, wd) in cands.items()}
+    scores = {name: sc['rnn_only_accuracy'] for name, sc in scored.items()}
+    teacher = {name: sc['teacher_accuracy'] for name, sc in scored.items() if 'teacher_accuracy' in sc}
+    curves = {name: {'rnn': curve(wd), **({'teacher': curve(wd, 'teacher_accuracy')} if name in teacher else {})}
               for name, (_, wd) in cands.items()}
     same = {k: v for k, v in scores.items() if cands[k][0].cell == plan.cells[0]}
     steps = {'smt': n * len(smt_grid), 'bptt': bptt_steps * len(pair_grid)}.get(m, (n + fine) * len(pair_grid))
-    out_[m] = {'scores': scores, 'steps': steps, 'same_cell': cands[max(same, key=same.get)][0],
-               'best': cands[max(scores, key=scores.get)][0]}
+    out_[m] = {'scores': scores, 'teacher': teacher, 'curves': curves, 'steps': steps,
+               'same_cell': cands[max(same, key=same.get)][0], 'best': cands[max(scores, key=scores.get)][0]}
   return out_
 
 
@@ -294,13 +300,17 @@ def run_claims(config, lengths, plan: Plan, out) -> dict:
   for L in lengths:
     base = out / task / f'T{L}'
     chosen = tune(config, L, plan, base)
+    tuning = {m: {'scores': v['scores'], 'teacher': v['teacher'], 'curves': v['curves'], 'steps': v['steps'],
+                  'same_cell': v['same_cell'].name, 'best': v['best'].name} for m, v in chosen.items()}
+    if plan.tune_only:
+      results[str(L)] = _write_tuning(config, L, plan, tuning, out)
+      continue
     rows = {row: _row_jobs(config, L, plan, chosen, row, base) for row in ('same_cell', 'best')}
     jobs = {str(j.workdir): j for r in rows.values() for pair in r.values() for j in pair if j is not None}
     run_jobs(list(jobs.values()), plan.lanes)
     summary = {'task': task, 'T': compare.at_length(config, L).data.seq_len, 'length': L,
                'plan': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()},
-               'tuning': {m: {'scores': v['scores'], 'steps': v['steps'], 'same_cell': v['same_cell'].name,
-                              'best': v['best'].name} for m, v in chosen.items()},
+               'tuning': tuning,
                'rows': {row: {m: _result(plan, m, chosen[m][row], [r[(m, s)] for s in plan.seeds]) for m in METHODS}
                         for row, r in rows.items()}}
     name = f'claims_{task}_T{L}'
@@ -309,6 +319,31 @@ def run_claims(config, lengths, plan: Plan, out) -> dict:
     plotting.claims_curves(workdir_lib.json_safe(summary), out / f'{name}.png', METHODS)
     results[str(L)] = summary
   return results
+
+
+def _write_tuning(config, length: int, plan: Plan, tuning: dict, out: epath.Path) -> dict:
+  """A tuning-only study: OUT/claims_<task>_T<T>_tuning.{json,md,png}, each candidate's validation scores and
+  curves, with its last-quarter change."""
+  task, T = config.data.name, compare.at_length(config, length).data.seq_len
+  summary = {'task': task, 'T': T, 'length': length,
+             'plan': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()},
+             'tuning': tuning}
+  name = f'claims_{task}_T{length}_tuning'
+  workdir_lib.write_json(out / f'{name}.json', summary)
+  lines = [f'# {task} at T={T}: tuning on the validation split (seed {plan.seeds[0]})', '',
+           'Every candidate of every method after its tuning steps: the RNN reading whole validation sequences from '
+           'its initial memory, the SMT teacher, and the last-quarter change of the RNN\'s validation curve.', '']
+  lines += stats.table(
+      ['method', 'candidate', 'steps', 'RNN accuracy', 'teacher accuracy', 'change'],
+      [[METHODS[m], name_, t['curves'][name_]['rnn']['steps'][-1] if t['curves'][name_]['rnn']['steps'] else 0,
+        f'{acc:.3f}', f'{t["teacher"][name_]:.3f}' if name_ in t['teacher'] else '-',
+        f'{last_quarter_change(t["curves"][name_]["rnn"]):+.3f}']
+       for m, t in tuning.items() for name_, acc in sorted(t['scores'].items(), key=lambda kv: -kv[1])])
+  lines += ['', *[f'- {METHODS[m]}: {t["steps"]} tuning steps in all; same cell {t["same_cell"]}, best {t["best"]}'
+                  for m, t in tuning.items()]]
+  stats.write_markdown(out / f'{name}.md', lines)
+  plotting.tuning_curves(workdir_lib.json_safe(tuning), out / f'{name}.png', METHODS, f'{task} T={T}')
+  return summary
 
 
 def _verdict(cell: dict) -> str:
