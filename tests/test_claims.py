@@ -61,20 +61,21 @@ def test_claims_study_runs_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_tune_only_scores_every_candidate_of_every_method_with_equal_tuning_steps_and_trains_no_seed(tmp_path):
   c = tiny_config()
-  plan = claims.Plan(smt_steps=8, dmt_steps=4, seeds=(0,), tune_steps=4, lrs=(1e-3, 3e-3), cells=('transformer', 'gru'),
-                     drifts=('plain',), evals=4, num_eval_batches=1, lanes=0, tune_only=True)
+  plan = claims.Plan(smt_steps=8, dmt_steps=4, seeds=(0,), tune_steps=4, lrs=(1e-3,), cells=('transformer', 'gru'),
+                     drifts=('plain', 'roll4'), evals=4, num_eval_batches=1, lanes=0, tune_only=True)
   out = claims.run_claims(c, [6], plan, tmp_path)['6']
   assert 'rows' not in out and not list((tmp_path / 'retrieval' / 'T6').glob('seed*'))
-  names = {'transformer_lr0.001', 'transformer_lr0.003', 'gru_lr0.001', 'gru_lr0.003'}
+  plain = {'transformer_lr0.001', 'gru_lr0.001'}
   saved = json.loads((tmp_path / 'claims_retrieval_T6_tuning.json').read_text())
   for m, t in saved['tuning'].items():
+    names = plain | ({'transformer_lr0.001_roll4', 'gru_lr0.001_roll4'} if m == 'smt' else set())
     assert set(t['scores']) == set(t['curves']) == names and t['best'] in names
     assert t['same_cell'].startswith('transformer')
     assert all(0 <= v <= 1 for v in t['scores'].values())
-    own_steps = 4 if m in ('smt', 'bptt') else 1  # the fine-tuning stages: a fifth of SMT's tuning steps
+    own_steps = {'smt': 4, 'bptt': 8}.get(m, 1)  # BPTT: SMT's steps over its fewer candidates; fine-tuning: a fifth
     assert all(cur['rnn']['steps'][-1] == own_steps for cur in t['curves'].values())
     assert set(t['teacher']) == (names if m == 'smt' else set())
   assert saved['tuning']['smt']['steps'] == saved['tuning']['bptt']['steps'] == 16  # equal tuning steps in all
   text = (tmp_path / 'claims_retrieval_T6_tuning.md').read_text()
-  assert 'gru_lr0.003' in text and 'SMT→BPTT' in text
+  assert 'gru_lr0.001_roll4' in text and 'SMT→BPTT' in text
   assert (tmp_path / 'claims_retrieval_T6_tuning.png').stat().st_size > 0
