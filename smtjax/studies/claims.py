@@ -200,19 +200,21 @@ def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
   jobs, runs = [], {m: {} for m in METHODS}
   smt_grid, pair_grid = _grid(plan, 'smt'), _grid(plan, 'bptt')
   bptt_steps = n * len(smt_grid) // len(pair_grid)  # the same tuning steps in all as SMT's candidates
-  for s in smt_grid:
-    cs = configs(config, length, s, seed, n, fine, plan.evals, plan.num_eval_batches, str(base / 'smt' / s.name))
-    jobs.append(Job(base / 'smt' / s.name, cs['smt']))
-    runs['smt'][s.name] = (s, base / 'smt' / s.name)
+  # One (cell, lr) after another, each with every method's candidate: a tuning pass cut short (the runs resume)
+  # has complete comparisons for the settings it reached, the same-cell ones first.
   for s in pair_grid:
     smt_dir = base / 'smt' / s.name
+    for d in [x for x in smt_grid if (x.cell, x.lr) == (s.cell, s.lr)]:
+      cs = configs(config, length, d, seed, n, fine, plan.evals, plan.num_eval_batches, str(base / 'smt' / d.name))
+      jobs.append(Job(base / 'smt' / d.name, cs['smt']))
+      runs['smt'][d.name] = (d, base / 'smt' / d.name)
     cs = configs(config, length, s, seed, n, fine, plan.evals, plan.num_eval_batches, str(smt_dir))
-    for m in ('smt_dmt', 'smt_bptt'):
-      jobs.append(Job(base / m / s.name, cs[m], after=(smt_dir,)))
-      runs[m][s.name] = (s, base / m / s.name)
     bptt = _steps(cs['bptt'], bptt_steps, plan.evals)
     jobs.append(Job(base / 'bptt' / s.name, bptt))
     runs['bptt'][s.name] = (s, base / 'bptt' / s.name)
+    for m in ('smt_dmt', 'smt_bptt'):
+      jobs.append(Job(base / m / s.name, cs[m], after=(smt_dir,)))
+      runs[m][s.name] = (s, base / m / s.name)
   run_jobs(jobs, plan.lanes)
   out_ = {}
   for m, cands in runs.items():
