@@ -16,7 +16,6 @@ smtjax/studies/claims.py.
 """
 
 from absl import app, flags
-from etils import epath
 
 from experiments import _cli
 from smtjax.studies import claims
@@ -54,7 +53,7 @@ def main(argv):
     results = claims.run_claims(c, lengths, plan, FLAGS.out)
   for r in results.values():
     if FLAGS.tune_only:
-      print((epath.Path(FLAGS.out) / f'claims_{r["task"]}_T{r["length"]}_tuning.md').read_text())
+      print(claims.write_tuning_table(r, f'{FLAGS.out}/claims_{r["task"]}_T{r["length"]}_tuning.md'))
     else:
       print(claims.write_table(r, f'{FLAGS.out}/claims_{r["task"]}_T{r["length"]}.md'))
 

@@ -77,5 +77,5 @@ def test_tune_only_scores_every_candidate_of_every_method_with_equal_tuning_step
     assert set(t['teacher']) == (names if m == 'smt' else set())
   assert saved['tuning']['smt']['steps'] == saved['tuning']['bptt']['steps'] == 16  # equal tuning steps in all
   text = (tmp_path / 'claims_retrieval_T6_tuning.md').read_text()
-  assert 'gru_lr0.001_roll4' in text and 'SMT→BPTT' in text
+  assert 'gru_lr0.001_roll4' in text and 'SMT→BPTT' in text and 'teacher change' in text
   assert (tmp_path / 'claims_retrieval_T6_tuning.png').stat().st_size > 0

@@ -310,9 +310,7 @@ def run_claims(config, lengths, plan: Plan, out) -> dict:
     rows = {row: _row_jobs(config, L, plan, chosen, row, base) for row in ('same_cell', 'best')}
     jobs = {str(j.workdir): j for r in rows.values() for pair in r.values() for j in pair if j is not None}
     run_jobs(list(jobs.values()), plan.lanes)
-    summary = {'task': task, 'T': compare.at_length(config, L).data.seq_len, 'length': L,
-               'plan': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()},
-               'tuning': tuning,
+    summary = {**_head(config, L, plan), 'tuning': tuning,
                'rows': {row: {m: _result(plan, m, chosen[m][row], [r[(m, s)] for s in plan.seeds]) for m in METHODS}
                         for row, r in rows.items()}}
     name = f'claims_{task}_T{L}'
@@ -323,29 +321,45 @@ def run_claims(config, lengths, plan: Plan, out) -> dict:
   return results
 
 
+def _head(config, length: int, plan: Plan) -> dict:
+  return {'task': config.data.name, 'T': compare.at_length(config, length).data.seq_len, 'length': length,
+          'plan': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()}}
+
+
 def _write_tuning(config, length: int, plan: Plan, tuning: dict, out: epath.Path) -> dict:
-  """A tuning-only study: OUT/claims_<task>_T<T>_tuning.{json,md,png}, each candidate's validation scores and
-  curves, with its last-quarter change."""
-  task, T = config.data.name, compare.at_length(config, length).data.seq_len
-  summary = {'task': task, 'T': T, 'length': length,
-             'plan': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()},
-             'tuning': tuning}
-  name = f'claims_{task}_T{length}_tuning'
+  """A tuning-only study: OUT/claims_<task>_T<T>_tuning.{json,md,png}."""
+  summary = {**_head(config, length, plan), 'tuning': tuning}
+  name = f'claims_{summary["task"]}_T{length}_tuning'
   workdir_lib.write_json(out / f'{name}.json', summary)
-  lines = [f'# {task} at T={T}: tuning on the validation split (seed {plan.seeds[0]})', '',
-           'Every candidate of every method after its tuning steps: the RNN reading whole validation sequences from '
-           'its initial memory, the SMT teacher, and the last-quarter change of the RNN\'s validation curve.', '']
-  lines += stats.table(
-      ['method', 'candidate', 'steps', 'RNN accuracy', 'teacher accuracy', 'change'],
-      [[METHODS[m], name_, t['curves'][name_]['rnn']['steps'][-1] if t['curves'][name_]['rnn']['steps'] else 0,
-        f'{acc:.3f}', f'{t["teacher"][name_]:.3f}' if name_ in t['teacher'] else '-',
-        f'{last_quarter_change(t["curves"][name_]["rnn"]):+.3f}']
-       for m, t in tuning.items() for name_, acc in sorted(t['scores'].items(), key=lambda kv: -kv[1])])
-  lines += ['', *[f'- {METHODS[m]}: {t["steps"]} tuning steps in all; same cell {t["same_cell"]}, best {t["best"]}'
-                  for m, t in tuning.items()]]
-  stats.write_markdown(out / f'{name}.md', lines)
-  plotting.tuning_curves(workdir_lib.json_safe(tuning), out / f'{name}.png', METHODS, f'{task} T={T}')
+  write_tuning_table(summary, out / f'{name}.md')
+  plotting.tuning_curves(workdir_lib.json_safe(tuning), out / f'{name}.png', METHODS,
+                         f'{summary["task"]} T={summary["T"]}')
   return summary
+
+
+def write_tuning_table(summary: dict, path) -> str:
+  """Markdown: every candidate of every method after its tuning steps, with the last-quarter change of its RNN's
+  and (SMT) its teacher's validation curves, then each method's tuning steps and choices."""
+  def change(c):
+    return f'{last_quarter_change(c):+.3f}' if c else '-'
+
+  rows = []
+  for m, t in summary['tuning'].items():
+    for name, acc in sorted(t['scores'].items(), key=lambda kv: -kv[1]):
+      c = t['curves'][name]
+      rows.append([METHODS[m], name, c['rnn']['steps'][-1] if c['rnn']['steps'] else 0, f'{acc:.3f}',
+                   f'{t["teacher"][name]:.3f}' if name in t['teacher'] else '-', change(c['rnn']),
+                   change(c.get('teacher'))])
+  seed = summary['plan']['seeds'][0]
+  lines = [f'# {summary["task"]} at T={summary["T"]}: tuning on the validation split (seed {seed})', '',
+           'Every candidate of every method after its tuning steps: the RNN reading whole validation sequences from '
+           'its initial memory and the SMT teacher, each with the change of its validation curve over the last '
+           f'quarter of the steps (plateau: below {summary["plan"]["plateau"]}).', '']
+  lines += stats.table(['method', 'candidate', 'steps', 'RNN accuracy', 'teacher accuracy', 'change', 'teacher change'],
+                       rows)
+  lines += ['', *[f'- {METHODS[m]}: {t["steps"]} tuning steps in all; same cell {t["same_cell"]}, best {t["best"]}'
+                  for m, t in summary['tuning'].items()]]
+  return stats.write_markdown(path, lines)
 
 
 def _verdict(cell: dict) -> str:
