@@ -26,7 +26,7 @@ from ml_collections import config_dict
 from smtjax import registry
 from smtjax.errors import CheckpointError, ConfigError
 
-METHODS = ('smt', 'dmt', 'bptt')
+METHODS = ('smt', 'dmt', 'bptt', 'transformer')
 SMT_MODES = ('window', 'parallel')
 ENCODER_ATTENTION = ('causal', 'bidirectional')
 SCHEDULES = ('constant', 'cosine')
@@ -353,7 +353,7 @@ def resolve(config, num_devices: int, seq_len: int, vocab_size: int) -> Run:
 
 def scores_teacher(config) -> bool:
   """Whether a training run's evaluation scores its teacher: a causal one (prefix memories) that is trained."""
-  return config.model.encoder_attention == 'causal' and config.method != 'bptt'
+  return config.model.encoder_attention == 'causal' and config.method not in ('bptt', 'transformer')
 
 
 def frozen_networks(config) -> tuple[str, ...]:
@@ -363,6 +363,8 @@ def frozen_networks(config) -> tuple[str, ...]:
     return ('encoder', 'decoder')
   if config.method == 'bptt':
     return () if initial_memory(config) == 'encoder' else ('encoder',)
+  if config.method == 'transformer':  # its parameters are the one group {'transformer'}
+    return ()
   return {'all': (), 'teacher': ('cell', 'init_memory'), 'rnn': ('encoder', 'decoder')}[config.smt.trainable]
 
 

@@ -11,6 +11,8 @@ mean over several batches is exact whatever the number of targets per batch. Wha
   that `loss_dyn_test` is always the one-step MSE from clean teacher memories; with drift-robust SMT options
   the trained (rolled, noisy) dynamics loss is `loss_dyn_rollout_test`;
 - `rnn_only_loss` / `rnn_only_accuracy`: the RNN reads the whole sequence from its initial memory;
+- `transformer_loss` / `transformer_accuracy` (instead of the RNN's, config.method='transformer'): the
+  plain-Transformer reference's prediction of y_t from x_0..x_t;
 - `teacher_loss` / `teacher_accuracy`: the decoder's prediction of y_t from the encoder memory of x_0..x_t;
 - with `per_position`, `rnn_only_loss_per_t` / `teacher_loss_per_t`: the same at each sequence position t
   (does the RNN use what it read long ago?);
@@ -59,13 +61,16 @@ def _sums(scores: dict, axis=None) -> dict:
 
 
 def eval_step(params, batch, rng, *, nets: Networks, config, spec: EvalSpec) -> dict:
-  """Sums over one held-out batch: {'objective': metrics} and {'rnn_only' | 'teacher' | 'read' |
+  """Sums over one held-out batch: {'objective': metrics} and {'rnn_only' | 'transformer' | 'teacher' | 'read' |
   'teacher_read': {'ce', 'n', 'hit'}} ('read' and 'teacher_read' per rollout position)."""
   x, y = batch['x'], batch['y']
-  rnn_only = inference.rnn_only(nets, params, x, y)
-  out = {'rnn_only': _sums(rnn_only)}
+  # The model a run trains: its RNN from the initial memory, or the plain-Transformer reference (which has none).
+  name, scores = (('transformer', inference.reference_scores) if config.method == 'transformer'
+                  else ('rnn_only', inference.rnn_only))
+  model = scores(nets, params, x, y)
+  out = {name: _sums(model)}
   if spec.per_position:
-    out['rnn_only_t'] = _sums(rnn_only, axis=0)
+    out[f'{name}_t'] = _sums(model, axis=0)
   if spec.objective:
     metrics = objective(config)(nets, params, batch, rng, config)[1]
     if smt.has_drift_options(config):  # loss_dyn_test: the one-step MSE from clean memories, whatever was trained
@@ -125,7 +130,7 @@ def summarize(totals: dict) -> dict:
   out = {}
   for k, v in totals.get('objective', {}).items():
     out[f'{k}_test'] = float(v) / totals['num_batches']
-  for name in ('rnn_only', 'teacher'):
+  for name in ('rnn_only', 'teacher', 'transformer'):
     if name in totals:
       s = totals[name]
       out[f'{name}_loss'], out[f'{name}_accuracy'] = _mean(s['ce'], s['n']), _mean(s['hit'], s['n'])

@@ -114,6 +114,12 @@ def rnn_only(nets: Networks, params, x, y) -> dict:
   return _scores(logits, y)
 
 
+@functools.partial(jax.jit, static_argnames=('nets',))
+def reference_scores(nets: Networks, params, x, y) -> dict:
+  """The plain-Transformer reference's prediction of y_t from x_0..x_t: {'ce', 'valid', 'correct'} [B, T]."""
+  return _scores(nets.reference_logits(params, x), y)
+
+
 # ---------------------------------------------------------------------------------------- generation
 
 def _sample(logits_BxV, temperature, rng):

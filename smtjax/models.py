@@ -177,6 +177,30 @@ class Decoder(nn.Module):
     return self.head(self.norm_out(h[:, K - 1:])).astype(jnp.float32)
 
 
+class ReferenceTransformer(nn.Module):
+  """The plain-Transformer reference (config.method='transformer'): a causal Transformer of the teacher's width
+  and total depth (enc_depth + dec_depth blocks) that reads the whole sequence and predicts y_t at every t
+  from x_0..x_t, with the teacher's token embedding, blocks and head. It is the teacher without its memory
+  bottleneck: what SMT's teacher is compared with, and the model its RNN is meant to replace at inference.
+  Logits [B, T, V]."""
+  cfg: ModelConfig
+
+  def setup(self):
+    c = self.cfg
+    self.embed = layers.token_embedding(c)
+    block = layers.make_block(c.remat)
+    self.blocks = [block(c, causal=True, name=f'block_{i}') for i in range(c.enc_depth + c.dec_depth)]
+    self.norm_out = layers.RMSNorm(c.dtype)
+    self.head = nn.Dense(c.vocab_size, use_bias=c.use_bias, dtype=c.dtype, kernel_init=nn.initializers.normal(0.02))
+
+  def __call__(self, x_BxT):
+    valid, pos, _ = _valid_positions(x_BxT)
+    h = self.embed(jnp.maximum(x_BxT, 0)).astype(self.cfg.residual_dtype)
+    for blk in self.blocks:
+      h = blk(h, pos, valid[:, None, :])  # key padding; causal in Block
+    return self.head(self.norm_out(h)).astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Networks:
   """Encoder, decoder and RNN cell bound into pure functions of params = {'encoder','decoder','cell'}
@@ -186,6 +210,7 @@ class Networks:
   encoder: Encoder
   decoder: Decoder
   cell: nn.Module
+  reference: ReferenceTransformer
 
   @classmethod
   def from_config(cls, config) -> Networks:
@@ -195,7 +220,7 @@ class Networks:
   @classmethod
   def of(cls, cfg: ModelConfig) -> Networks:
     """The networks of a resolved architecture (`config.Run.model`)."""
-    return cls(cfg, Encoder(cfg), Decoder(cfg), cells.make_cell(cfg))
+    return cls(cfg, Encoder(cfg), Decoder(cfg), cells.make_cell(cfg), ReferenceTransformer(cfg))
 
   @property
   def num_mem_tokens(self) -> int:
@@ -229,6 +254,14 @@ class Networks:
     if self.initial == 'learned':
       params['init_memory'] = layers.rms_norm(jax.random.normal(r_cell, (self.num_mem_tokens, self.mem_dim)))
     return params
+
+  def init_reference(self, rng) -> dict:
+    """Parameters of the plain-Transformer reference alone: {'transformer': ...} (config.method='transformer')."""
+    return {'transformer': self.reference.init(rng, jnp.zeros((1, 2), jnp.int32))['params']}
+
+  def reference_logits(self, params, x_BxT):
+    """The plain-Transformer reference's logits [B, T, V]: entry t predicts y_t from x_0..x_t."""
+    return self.reference.apply({'params': params['transformer']}, x_BxT)
 
   def encode(self, params, x_BxT):
     """m = E(x): [B, K, D] (float32)."""

@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# The two networks of SMT as top-level parameter groups (per-network gradient clipping and norms).
-NETWORKS = {'teacher': ('encoder', 'decoder'), 'rnn': ('cell', 'readout', 'init_memory')}
+# The two networks of SMT as top-level parameter groups (per-network gradient clipping and norms); the plain-
+# Transformer reference counts as a teacher.
+NETWORKS = {'teacher': ('encoder', 'decoder', 'transformer'), 'rnn': ('cell', 'readout', 'init_memory')}
 
 
 def learning_rate_schedule(o, num_steps: int) -> optax.Schedule:

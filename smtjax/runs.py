@@ -89,6 +89,17 @@ def load_run(workdir: str, step: int | None = None):
   return config, params, nets, make_source(config.data, config.seed)
 
 
+def load_rnn_run(workdir: str):
+  """`load_run` of a run that has an RNN and a teacher (every method's but the plain-Transformer reference's,
+  whose held-out scores are its training evaluations: transformer_loss / transformer_accuracy in metrics.jsonl)."""
+  out = load_run(workdir)
+  if out[0].method == 'transformer':
+    raise ConfigError(f'{workdir} is a plain-Transformer reference run (config.method=\'transformer\'): it has '
+                      'no RNN or memory to read, write or sample; its scores are transformer_accuracy and '
+                      'transformer_loss in its metrics.jsonl')
+  return out
+
+
 def eval_filename(config, seq_len: int | None = None) -> str:
   """eval.json, or eval_T<seq_len>.json for a length other than the run's training length."""
   return 'eval.json' if seq_len in (None, config.data.seq_len) else f'eval_T{int(seq_len)}.json'
@@ -113,7 +124,7 @@ def evaluate_workdir(workdir: str, num_batches: int | None = None, read_len: int
   teacher scores it from its prefix memories (rotary positions it never saw in training), one with
   model.attn_window > 0 sees only its window. Files: eval_T<seq_len>.json and eval_T<seq_len>_loss_by_position.png.
   """
-  config, params, nets, source = load_run(workdir)
+  config, params, nets, source = load_rnn_run(workdir)
   if seq_len is not None and seq_len != config.data.seq_len:
     if int(seq_len) < 2:
       raise ConfigError(f'seq_len must be an integer >= 2, got {seq_len}')
@@ -155,7 +166,7 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
     raise ConfigError(f'mode must be one of {", ".join(MODES)}, got {mode!r}')
   if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
     raise ConfigError(f'temperature must be a finite number >= 0 (0 = argmax), got {temperature!r}')
-  config, params, nets, source = load_run(workdir)
+  config, params, nets, source = load_rnn_run(workdir)
   s = config.sample
   T = config.data.seq_len
   num = int(num or s.num)

@@ -74,7 +74,10 @@ def state_from_params(params, *, tx: optax.GradientTransformation) -> TrainState
 
 
 def init_state(rng, *, nets: Networks, tx: optax.GradientTransformation, method: str) -> TrainState:
-  """Fresh parameters; DMT's readout starts as a copy of the teacher decoder."""
+  """Fresh parameters; DMT's readout starts as a copy of the teacher decoder; the plain-Transformer reference
+  has its own network only."""
+  if method == 'transformer':
+    return state_from_params(nets.init_reference(rng), tx=tx)
   params = nets.init(rng)
   if method == 'dmt':
     params['readout'] = jax.tree.map(jnp.copy, params['decoder'])

@@ -17,7 +17,7 @@ LAYERS = [
     {'smtjax.models', 'smtjax.cells'},
     {'smtjax.losses', 'smtjax.windows'},
     {'smtjax.inference'},
-    {'smtjax.smt', 'smtjax.dmt', 'smtjax.bptt'},
+    {'smtjax.smt', 'smtjax.dmt', 'smtjax.bptt', 'smtjax.reference'},
     {'smtjax.objectives', 'smtjax.optim'},
     {'smtjax.evaluation'},
     {'smtjax.train'},

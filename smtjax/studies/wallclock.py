@@ -208,7 +208,7 @@ def _launch(workdir: epath.Path, core: int | None) -> subprocess.Popen:
 def _done(job: Job) -> bool:
   if not (job.workdir / 'metrics.jsonl').exists():
     return False
-  return any(r['step'] == job.config.num_steps and 'rnn_only_loss' in r for r in read_metrics(job.workdir))
+  return any(r['step'] == job.config.num_steps and 'loss_test' in r for r in read_metrics(job.workdir))
 
 
 def copy_tree(src: epath.Path, dst: epath.Path) -> None:

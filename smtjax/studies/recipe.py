@@ -1,0 +1,139 @@
+"""Where SMT's teacher spends its steps: arms (a config's changes) x seeds at equal steps, through the studies'
+runner (`wallclock.run_jobs`), each run scored by its held-out learning curve.
+
+An arm is a name and `key=value` overrides of a base config (`variants.override`), e.g.
+`Arm('dec4', (('smt.num_decoder_samples', 4),))`, or `method=transformer` for the plain-Transformer reference
+(the teacher without its memory bottleneck). Every run is evaluated `evals` times on the validation split and
+reports, per arm over seeds: the final teacher accuracy (the reference's own accuracy for the Transformer),
+the RNN's accuracy from its initial memory, the steps to reach 95% of the run's final accuracy, the change
+over the last quarter (a plateau when below 0.01), and the seconds it trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from etils import epath
+
+from smtjax import config as config_lib
+from smtjax import variants
+from smtjax import workdir as workdir_lib
+from smtjax.errors import ConfigError
+from smtjax.metrics import read_metrics
+from smtjax.studies import stats
+from smtjax.studies.wallclock import Job, run_jobs, trained_seconds, with_steps
+
+PLATEAU = 0.01  # a run has plateaued when its accuracy changed by less than this over its last quarter
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One row of the study: the base config with `overrides` ((field, value), ...)."""
+  name: str
+  overrides: tuple[tuple[str, object], ...] = ()
+
+
+def parse_arm(text: str) -> Arm:
+  """'name' (no change) or 'name:field=value;field=value' -> Arm (values parsed as Python literals)."""
+  name, _, rest = text.partition(':')
+  pairs = []
+  for part in filter(None, rest.split(';')):
+    field, sep, value = part.partition('=')
+    if not sep:
+      raise ConfigError(f'arm {text!r}: expected field=value, got {part!r}')
+    pairs.append((field.strip(), variants.parse_value(value.strip())))
+  return Arm(name.strip(), tuple(pairs))
+
+
+def arm_config(config, arm: Arm, seed: int, steps: int, evals: int):
+  """One run's config: the base with the arm's overrides, the seed, `steps` steps evaluated `evals` times on
+  the validation split, no progress bar."""
+  c = config.copy_and_resolve_references()
+  for field, value in arm.overrides:
+    variants.override(c, field, value)
+  c.seed, c.progress_bar, c.metrics_flush_secs, c.eval_split = int(seed), False, 0.0, 'valid'
+  c = with_steps(c, steps, evals)
+  config_lib.validate(c)
+  return c
+
+
+def plan_jobs(config, arms: list[Arm], seeds: list[int], steps: int, evals: int, out) -> dict[tuple[str, int], Job]:
+  """Every (arm, seed) run as a Job under out/<arm>/seed<seed>; every config validated before any training."""
+  names = [a.name for a in arms]
+  if len(set(names)) != len(names):
+    raise ConfigError(f'arm names must be unique, got {names}')
+  out = epath.Path(out)
+  return {(a.name, s): Job(out / a.name / f'seed{s}', arm_config(config, a, s, steps, evals))
+          for a in arms for s in seeds}
+
+
+def accuracy_key(config) -> str:
+  """The metric a run's model is judged by: the Transformer reference's own accuracy, else the teacher's."""
+  return 'transformer_accuracy' if config.method == 'transformer' else 'teacher_accuracy'
+
+
+def run_curve(workdir, config) -> dict:
+  """A finished run's evaluations: steps, the model's accuracy (`accuracy_key`) and the RNN's (NaN for the
+  Transformer reference), and what they say (final, steps to 95% of final, last-quarter change, seconds)."""
+  points = [r for r in read_metrics(workdir) if accuracy_key(config) in r]
+  steps = [int(r['step']) for r in points]
+  acc = [float(r[accuracy_key(config)]) for r in points]
+  rnn = [float(r.get('rnn_only_accuracy', float('nan'))) for r in points]
+  return dict(steps=steps, accuracy=acc, rnn_accuracy=rnn, final=acc[-1], rnn_final=rnn[-1],
+              steps_to_95=steps_to_fraction(steps, acc, 0.95), change=last_quarter_change(steps, acc),
+              seconds=trained_seconds(workdir))
+
+
+def steps_to_fraction(steps: list[int], values: list[float], fraction: float) -> int:
+  """The first evaluated step whose value reaches `fraction` of the final value."""
+  target = fraction * values[-1]
+  return next(s for s, v in zip(steps, values) if v >= target)
+
+
+def last_quarter_change(steps: list[int], values: list[float]) -> float:
+  """The final value minus the value at the last evaluation at or before 3/4 of the run."""
+  quarter = [v for s, v in zip(steps, values) if s <= 0.75 * steps[-1]]
+  return values[-1] - (quarter[-1] if quarter else values[0])
+
+
+def summarize(jobs: dict[tuple[str, int], Job]) -> dict:
+  """{arm: {'runs': {seed: run_curve}, and per metric the mean, 95% interval and per-seed values}}."""
+  out: dict = {}
+  for (arm, seed), job in jobs.items():
+    out.setdefault(arm, {'runs': {}})['runs'][seed] = run_curve(job.workdir, job.config)
+  for r in out.values():
+    per_seed = list(r['runs'].values())
+    for k in ('final', 'rnn_final', 'steps_to_95', 'change', 'seconds'):
+      values = [float(p[k]) for p in per_seed]
+      r[k] = dict(stats.mean_ci(values), per_seed=values)
+    r['plateaued'] = sum(abs(p['change']) < PLATEAU for p in per_seed)
+    r['num_seeds'] = len(per_seed)
+  return out
+
+
+def write_table(summary: dict, path, title: str, steps: int) -> str:
+  """The summary as a markdown table (mean ± 95% interval over seeds, then the per-seed values)."""
+  head = ['arm', 'final accuracy', 'RNN-only accuracy', 'steps to 95%', 'plateaued', 'seconds', 'per seed (final)']
+  rows = []
+  for arm, r in summary.items():
+    rows.append([arm, stats.fmt(r['final']['mean'], r['final']['ci']),
+                 stats.fmt(r['rnn_final']['mean'], r['rnn_final']['ci']),
+                 stats.fmt(r['steps_to_95']['mean'], r['steps_to_95']['ci'], 0),
+                 f"{r['plateaued']}/{r['num_seeds']}", stats.fmt(r['seconds']['mean'], None, 0),
+                 ' '.join(f'{v:.3f}' for v in r['final']['per_seed'])])
+  lines = [f'# {title}', '', f'{steps} steps per run; accuracy on the validation split; final = last evaluation; '
+           f'plateaued = last-quarter change < {PLATEAU}.', '', *stats.table(head, rows)]
+  return stats.write_markdown(path, lines)
+
+
+def run_study(config, arms: list[Arm], seeds: list[int], steps: int, evals: int, out, lanes: int,
+              title: str) -> dict:
+  """Trains every (arm, seed) not yet finished under `out`, then writes recipe.json and recipe.md there."""
+  out = epath.Path(out)
+  jobs = plan_jobs(config, arms, seeds, steps, evals, out)
+  run_jobs(list(jobs.values()), lanes)
+  summary = summarize(jobs)
+  workdir_lib.write_json(out / 'recipe.json', summary)
+  write_table(summary, out / 'recipe.md', title, steps)
+  return summary
+
