@@ -5,7 +5,7 @@ r"""Where SMT's teacher spends its steps: arms x seeds at equal steps (smtjax/st
 
 Each --arms is NAME or NAME:field=value;field=value (overrides of --config). Runs go to OUT/<arm>/seed<s>, two
 at a time by default, each pinned to its own core (--lanes); a rerun reuses finished runs. Writes
-OUT/recipe.{json,md}.
+OUT/recipe.{json,md,png}.
 """
 
 from absl import app, flags

@@ -209,6 +209,30 @@ def tuning_curves(tuning: dict, path, names: dict, title: str = '') -> epath.Pat
   return save_figure(fig, path)
 
 
+def recipe_curves(summary: dict, path, title: str = '') -> epath.Path:
+  """The recipe study (smtjax/studies/recipe.py): each arm's validation accuracy (its teacher's, or the plain
+  Transformer's) against optimizer steps, mean over seeds with the seeds' range shaded; the RNN's from its
+  initial memory dashed in the same colour."""
+  fig = Figure(figsize=(7, 4.2), dpi=100)
+  ax = fig.subplots()
+  for i, (arm, r) in enumerate(summary.items()):
+    runs = list(r['runs'].values())
+    x = np.asarray(runs[0]['steps'][:min(len(c['steps']) for c in runs)], np.float64)
+    mean, lo, hi = mean_over_seeds([c['accuracy'] for c in runs])
+    ax.plot(x, mean, color=f'C{i}', marker='.', label=arm)
+    if len(runs) > 1:
+      ax.fill_between(x, lo, hi, color=f'C{i}', alpha=0.12)
+    if any(np.isfinite(c['rnn_accuracy']).any() for c in runs):  # the plain Transformer has no RNN
+      ax.plot(x, mean_over_seeds([c['rnn_accuracy'] for c in runs])[0], '--', color=f'C{i}', alpha=0.7)
+  ax.set_xlabel('optimizer steps')
+  ax.set_ylabel('validation accuracy (dashed: RNN-only)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  if title:
+    ax.set_title(title, fontsize=9)
+  return save_figure(fig, path)
+
+
 def loss_per_position(per_t: dict, path, names: dict, trained_len: int, title: str = '') -> epath.Path:
   """One line per method: the held-out loss at each sequence position (mean over seeds), with the training
   length marked: does a model use what it read long ago, and past the length it was trained on?"""

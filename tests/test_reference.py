@@ -85,6 +85,7 @@ def test_recipe_curve_measures():
   assert recipe.steps_to_fraction(steps, acc, 0.95) == 300  # 0.95 * 1.0 first reached at step 300
   assert recipe.last_quarter_change(steps, acc) == pytest.approx(0.05)  # 1.0 - value at step 300 (= 3/4 of 400)
   assert recipe.last_quarter_change([10, 20], [0.5, 0.4]) == pytest.approx(-0.1)
+  assert recipe.last_quarter_swing([100, 200, 300, 400], [0.1, 1.0, 0.4, 0.9]) == pytest.approx(0.5)
 
 
 def test_recipe_study_trains_every_arm_and_seed(tmp_path):
@@ -94,5 +95,5 @@ def test_recipe_study_trains_every_arm_and_seed(tmp_path):
   assert set(summary) == {'smt', 'transformer'}
   assert summary['smt']['runs'][0]['steps'] == [4, 8] and np.isfinite(summary['smt']['rnn_final']['mean'])
   assert np.isnan(summary['transformer']['rnn_final']['mean'])  # the reference has no RNN
-  assert (tmp_path / 'recipe.md').read_text().count('| transformer |') == 1
+  assert (tmp_path / 'recipe.md').read_text().count('| transformer |') == 1 and (tmp_path / 'recipe.png').exists()
   assert config_lib.load_saved(tmp_path / 'transformer' / 'seed0').method == 'transformer'

@@ -5,8 +5,9 @@ An arm is a name and `key=value` overrides of a base config (`variants.override`
 `Arm('dec4', (('smt.num_decoder_samples', 4),))`, or `method=transformer` for the plain-Transformer reference
 (the teacher without its memory bottleneck). Every run is evaluated `evals` times on the validation split and
 reports, per arm over seeds: the final teacher accuracy (the reference's own accuracy for the Transformer),
-the RNN's accuracy from its initial memory, the steps to reach 95% of the run's final accuracy, the change
-over the last quarter (a plateau when below 0.01), and the seconds it trained.
+the RNN's accuracy from its initial memory and how far it still swings over the last quarter, the steps to
+reach 95% of the run's final accuracy, the change over the last quarter (a plateau when below 0.01), and the
+seconds it trained.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import variants
+from smtjax import plotting, variants
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
@@ -81,7 +82,7 @@ def run_curve(workdir, config) -> dict:
   rnn = [float(r.get('rnn_only_accuracy', float('nan'))) for r in points]
   return dict(steps=steps, accuracy=acc, rnn_accuracy=rnn, final=acc[-1], rnn_final=rnn[-1],
               steps_to_95=steps_to_fraction(steps, acc, 0.95), change=last_quarter_change(steps, acc),
-              seconds=trained_seconds(workdir))
+              rnn_swing=last_quarter_swing(steps, rnn), seconds=trained_seconds(workdir))
 
 
 def steps_to_fraction(steps: list[int], values: list[float], fraction: float) -> int:
@@ -96,6 +97,13 @@ def last_quarter_change(steps: list[int], values: list[float]) -> float:
   return values[-1] - (quarter[-1] if quarter else values[0])
 
 
+def last_quarter_swing(steps: list[int], values: list[float]) -> float:
+  """max - min of the values evaluated at or after 3/4 of the run: how far a curve still moves at its end (an
+  RNN whose accuracy jumps between evaluations has not settled, whatever its last value)."""
+  tail = [v for s, v in zip(steps, values) if s >= 0.75 * steps[-1]]
+  return max(tail) - min(tail)
+
+
 def summarize(jobs: dict[tuple[str, int], Job]) -> dict:
   """{arm: {'runs': {seed: run_curve}, and per metric the mean, 95% interval and per-seed values}}."""
   out: dict = {}
@@ -103,7 +111,7 @@ def summarize(jobs: dict[tuple[str, int], Job]) -> dict:
     out.setdefault(arm, {'runs': {}})['runs'][seed] = run_curve(job.workdir, job.config)
   for r in out.values():
     per_seed = list(r['runs'].values())
-    for k in ('final', 'rnn_final', 'steps_to_95', 'change', 'seconds'):
+    for k in ('final', 'rnn_final', 'steps_to_95', 'change', 'rnn_swing', 'seconds'):
       values = [float(p[k]) for p in per_seed]
       r[k] = dict(stats.mean_ci(values), per_seed=values)
     r['plateaued'] = sum(abs(p['change']) < PLATEAU for p in per_seed)
@@ -113,27 +121,31 @@ def summarize(jobs: dict[tuple[str, int], Job]) -> dict:
 
 def write_table(summary: dict, path, title: str, steps: int) -> str:
   """The summary as a markdown table (mean ± 95% interval over seeds, then the per-seed values)."""
-  head = ['arm', 'final accuracy', 'RNN-only accuracy', 'steps to 95%', 'plateaued', 'seconds', 'per seed (final)']
+  head = ['arm', 'final accuracy', 'RNN-only accuracy', 'RNN swing', 'steps to 95%', 'plateaued', 'seconds',
+          'per seed (final / RNN)']
   rows = []
   for arm, r in summary.items():
     rows.append([arm, stats.fmt(r['final']['mean'], r['final']['ci']),
-                 stats.fmt(r['rnn_final']['mean'], r['rnn_final']['ci']),
+                 stats.fmt(r['rnn_final']['mean'], r['rnn_final']['ci']), stats.fmt(r['rnn_swing']['mean']),
                  stats.fmt(r['steps_to_95']['mean'], r['steps_to_95']['ci'], 0),
                  f"{r['plateaued']}/{r['num_seeds']}", stats.fmt(r['seconds']['mean'], None, 0),
-                 ' '.join(f'{v:.3f}' for v in r['final']['per_seed'])])
-  lines = [f'# {title}', '', f'{steps} steps per run; accuracy on the validation split; final = last evaluation; '
-           f'plateaued = last-quarter change < {PLATEAU}.', '', *stats.table(head, rows)]
+                 ', '.join(f'{a:.2f} / {b:.2f}' for a, b in zip(r['final']['per_seed'], r['rnn_final']['per_seed']))])
+  lines = [f'# {title}', '', f'{steps} steps per run; accuracy on the validation split, mean ± 95% interval over '
+           f'seeds; final = last evaluation; RNN swing = max - min of the RNN-only accuracy over the last quarter '
+           f'(mean over seeds); steps to 95% = first evaluation at 95% of the final accuracy; plateaued = seeds '
+           f'whose accuracy changed by less than {PLATEAU} over the last quarter.', '', *stats.table(head, rows)]
   return stats.write_markdown(path, lines)
 
 
 def run_study(config, arms: list[Arm], seeds: list[int], steps: int, evals: int, out, lanes: int,
               title: str) -> dict:
-  """Trains every (arm, seed) not yet finished under `out`, then writes recipe.json and recipe.md there."""
+  """Trains every (arm, seed) not yet finished under `out`, then writes recipe.json, .md and .png there."""
   out = epath.Path(out)
   jobs = plan_jobs(config, arms, seeds, steps, evals, out)
   run_jobs(list(jobs.values()), lanes)
   summary = summarize(jobs)
   workdir_lib.write_json(out / 'recipe.json', summary)
   write_table(summary, out / 'recipe.md', title, steps)
+  plotting.recipe_curves(summary, out / 'recipe.png', title)
   return summary
 
