@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import numpy as np
 from etils import epath
@@ -229,7 +230,7 @@ def recipe_curves(summary: dict, path, title: str = '') -> epath.Path:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   if title:
-    ax.set_title(title, fontsize=9)
+    ax.set_title('\n'.join(textwrap.wrap(title, 100)), fontsize=8)
   return save_figure(fig, path)
 
 
