@@ -9,6 +9,7 @@ OUT/recipe.{json,md,png}.
 """
 
 from absl import app, flags
+from etils import epath
 
 from experiments import _cli
 from smtjax.studies import recipe
@@ -31,7 +32,7 @@ def main(argv):
     arms = [recipe.parse_arm(a) for a in FLAGS.arms]
     recipe.run_study(FLAGS.config, arms, [int(s) for s in FLAGS.seeds], FLAGS.steps or FLAGS.config.num_steps,
                      FLAGS.evals, FLAGS.out, FLAGS.lanes, FLAGS.title)
-  print(open(f'{FLAGS.out}/recipe.md').read())
+  print((epath.Path(FLAGS.out) / 'recipe.md').read_text())
 
 
 if __name__ == '__main__':
