@@ -1,9 +1,10 @@
 r"""Where SMT's teacher spends its steps: arms x seeds at equal steps (smtjax/studies/recipe.py).
 
   python -m experiments.recipe --config=configs/retrieval.py:small --seeds=0,1,2,3,4 --steps=1000 \
-      --arms='base' --arms='dec4:smt.num_decoder_samples=4' --arms='transformer:method="transformer"' --out=/tmp/recipe
+      --arms='base' --arms='dec4:smt.num_decoder_samples=4,optim.lr=1e-3' \
+      --arms='transformer:method="transformer"' --out=/tmp/recipe
 
-Each --arms is NAME or NAME:field=value;field=value (overrides of --config). Runs go to OUT/<arm>/seed<s>, two
+Each --arms is NAME or NAME:field=value,field=value (overrides of --config). Runs go to OUT/<arm>/seed<s>, two
 at a time by default, each pinned to its own core (--lanes); a rerun reuses finished runs. Writes
 OUT/recipe.{json,md,png}.
 """
@@ -16,7 +17,7 @@ from smtjax.studies import recipe
 
 FLAGS = flags.FLAGS
 _cli.define_config('Base config file (e.g. configs/retrieval.py:small).')
-flags.DEFINE_multi_string('arms', ['base'], "Arms: NAME or 'NAME:field=value;field=value'.")
+flags.DEFINE_multi_string('arms', ['base'], "Arms: NAME or 'NAME:field=value,field=value'.")
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every arm.')
 flags.DEFINE_integer('steps', None, "Training steps per run (default: the config's num_steps).")
 flags.DEFINE_integer('evals', 10, 'Evaluations per run (on the validation split).')

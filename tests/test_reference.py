@@ -11,7 +11,7 @@ from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
 from smtjax.models import Networks
 from smtjax.objectives import objective
-from smtjax.studies import recipe
+from smtjax.studies import claims, recipe
 from tests.conftest import tiny_config
 
 
@@ -64,7 +64,7 @@ def test_reference_trains_and_is_scored_as_transformer(tmp_path):
 
 
 def test_recipe_arms_parse_and_are_validated_before_training(tmp_path):
-  arm = recipe.parse_arm('dec4:smt.num_decoder_samples=4;optim.lr=1e-3')
+  arm = recipe.parse_arm('dec4:smt.num_decoder_samples=4, optim.lr=1e-3')
   assert arm == recipe.Arm('dec4', (('smt.num_decoder_samples', 4), ('optim.lr', 1e-3)))
   assert recipe.parse_arm('base') == recipe.Arm('base')
   c = tiny_config('parallel')
@@ -83,8 +83,6 @@ def test_recipe_arms_parse_and_are_validated_before_training(tmp_path):
 def test_recipe_curve_measures():
   steps, acc = [100, 200, 300, 400], [0.2, 0.9, 0.95, 1.0]
   assert recipe.steps_to_fraction(steps, acc, 0.95) == 300  # 0.95 * 1.0 first reached at step 300
-  assert recipe.last_quarter_change(steps, acc) == pytest.approx(0.05)  # 1.0 - value at step 300 (= 3/4 of 400)
-  assert recipe.last_quarter_change([10, 20], [0.5, 0.4]) == pytest.approx(-0.1)
   assert recipe.last_quarter_swing([100, 200, 300, 400], [0.1, 1.0, 0.4, 0.9]) == pytest.approx(0.5)
 
 
@@ -95,5 +93,7 @@ def test_recipe_study_trains_every_arm_and_seed(tmp_path):
   assert set(summary) == {'smt', 'transformer'}
   assert summary['smt']['runs'][0]['steps'] == [4, 8] and np.isfinite(summary['smt']['rnn_final']['mean'])
   assert np.isnan(summary['transformer']['rnn_final']['mean'])  # the reference has no RNN
+  run = summary['smt']['runs'][0]  # the plateau is judged as the claims study judges it
+  assert run['change'] == claims.last_quarter_change({'steps': run['steps'], 'values': run['accuracy']})
   assert (tmp_path / 'recipe.md').read_text().count('| transformer |') == 1 and (tmp_path / 'recipe.png').exists()
   assert config_lib.load_saved(tmp_path / 'transformer' / 'seed0').method == 'transformer'

@@ -6,8 +6,8 @@ An arm is a name and `key=value` overrides of a base config (`variants.override`
 (the teacher without its memory bottleneck). Every run is evaluated `evals` times on the validation split and
 reports, per arm over seeds: the final teacher accuracy (the reference's own accuracy for the Transformer),
 the RNN's accuracy from its initial memory and how far it still swings over the last quarter, the steps to
-reach 95% of the run's final accuracy, the change over the last quarter (a plateau when below 0.01), and the
-seconds it trained.
+reach 95% of the run's final accuracy, the change over the last quarter as the claims study measures it
+(`claims.last_quarter_change`; a plateau when below 0.01), and the seconds it trained.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from smtjax import plotting, variants
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
-from smtjax.studies import stats
+from smtjax.studies import claims, stats
 from smtjax.studies.wallclock import Job, run_jobs, trained_seconds, with_steps
 
 PLATEAU = 0.01  # a run has plateaued when its accuracy changed by less than this over its last quarter
@@ -35,10 +35,11 @@ class Arm:
 
 
 def parse_arm(text: str) -> Arm:
-  """'name' (no change) or 'name:field=value;field=value' -> Arm (values parsed as Python literals)."""
+  """'name' (no change) or 'name:field=value,field=value' -> Arm: the key=value parts of a config variant
+  (`variants.build`), values parsed by `variants.parse_value`."""
   name, _, rest = text.partition(':')
   pairs = []
-  for part in filter(None, rest.split(';')):
+  for part in filter(None, (p.strip() for p in rest.split(','))):
     field, sep, value = part.partition('=')
     if not sep:
       raise ConfigError(f'arm {text!r}: expected field=value, got {part!r}')
@@ -80,8 +81,9 @@ def run_curve(workdir, config) -> dict:
   steps = [int(r['step']) for r in points]
   acc = [float(r[accuracy_key(config)]) for r in points]
   rnn = [float(r.get('rnn_only_accuracy', float('nan'))) for r in points]
+  change = claims.last_quarter_change({'steps': steps, 'values': acc})
   return dict(steps=steps, accuracy=acc, rnn_accuracy=rnn, final=acc[-1], rnn_final=rnn[-1],
-              steps_to_95=steps_to_fraction(steps, acc, 0.95), change=last_quarter_change(steps, acc),
+              steps_to_95=steps_to_fraction(steps, acc, 0.95), change=change,
               rnn_swing=last_quarter_swing(steps, rnn), seconds=trained_seconds(workdir))
 
 
@@ -89,12 +91,6 @@ def steps_to_fraction(steps: list[int], values: list[float], fraction: float) ->
   """The first evaluated step whose value reaches `fraction` of the final value."""
   target = fraction * values[-1]
   return next(s for s, v in zip(steps, values) if v >= target)
-
-
-def last_quarter_change(steps: list[int], values: list[float]) -> float:
-  """The final value minus the value at the last evaluation at or before 3/4 of the run."""
-  quarter = [v for s, v in zip(steps, values) if s <= 0.75 * steps[-1]]
-  return values[-1] - (quarter[-1] if quarter else values[0])
 
 
 def last_quarter_swing(steps: list[int], values: list[float]) -> float:
@@ -133,7 +129,8 @@ def write_table(summary: dict, path, title: str, steps: int) -> str:
   lines = [f'# {title}', '', f'{steps} steps per run; accuracy on the validation split, mean ± 95% interval over '
            f'seeds; final = last evaluation; RNN swing = max - min of the RNN-only accuracy over the last quarter '
            f'(mean over seeds); steps to 95% = first evaluation at 95% of the final accuracy; plateaued = seeds '
-           f'whose accuracy changed by less than {PLATEAU} over the last quarter.', '', *stats.table(head, rows)]
+           f'whose accuracy changed by less than {PLATEAU} over the last quarter (least-squares trend, as in the '
+           f'claims study).', '', *stats.table(head, rows)]
   return stats.write_markdown(path, lines)
 
 
