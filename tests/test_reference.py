@@ -69,14 +69,17 @@ def test_recipe_arms_parse_and_are_validated_before_training(tmp_path):
   assert recipe.parse_arm('base') == recipe.Arm('base')
   c = tiny_config('parallel')
   jobs = recipe.plan_jobs(c, [arm, recipe.Arm('ref', (('method', 'transformer'),))], [0, 1], 40, 4, tmp_path)
-  assert jobs[('dec4', 1)].config.seed == 1 and jobs[('dec4', 1)].config.smt.num_decoder_samples == 4
-  assert jobs[('ref', 0)].config.eval_split == 'valid' and jobs[('ref', 0)].config.eval_every == 10
+  (dec4,), (ref,) = jobs[('dec4', 1)], jobs[('ref', 0)]
+  assert dec4.config.seed == 1 and dec4.config.smt.num_decoder_samples == 4
+  assert ref.config.eval_split == 'valid' and ref.config.eval_every == 10
   with pytest.raises(ConfigError):
     recipe.plan_jobs(c, [recipe.parse_arm('bad:smt.num_decoder_samples=-1')], [0], 40, 4, tmp_path)
   with pytest.raises(ConfigError, match='unique'):
     recipe.plan_jobs(c, [arm, arm], [0], 40, 4, tmp_path)
   with pytest.raises(ConfigError, match='field=value'):
     recipe.parse_arm('x:smt.coef_unif')
+  with pytest.raises(ConfigError, match='short_len'):  # a curriculum's short length must be shorter than T
+    recipe.plan_jobs(c, [recipe.parse_arm('cur:short_len=8,short_steps=10')], [0], 40, 4, tmp_path)
   assert not any(p.exists() for p in tmp_path.iterdir())  # nothing trained
 
 
@@ -97,3 +100,23 @@ def test_recipe_study_trains_every_arm_and_seed(tmp_path):
   assert run['change'] == claims.last_quarter_change({'steps': run['steps'], 'values': run['accuracy']})
   assert (tmp_path / 'recipe.md').read_text().count('| transformer |') == 1 and (tmp_path / 'recipe.png').exists()
   assert config_lib.load_saved(tmp_path / 'transformer' / 'seed0').method == 'transformer'
+
+
+def test_recipe_curriculum_trains_short_then_full_length_from_its_parameters(tmp_path):
+  """A curriculum arm: a run at the short length, then the full length initialised from it; judged on the
+  full-length evaluations at the total step count, equal in steps to the other arms."""
+  c = tiny_config('parallel')
+  arm = recipe.parse_arm('cur:short_len=4,short_steps=4,optim.lr=1e-3')
+  assert arm == recipe.Arm('cur', (('optim.lr', 1e-3),), short_len=4, short_steps=4)
+  (first, full), = recipe.plan_jobs(c, [arm], [0], 12, 3, tmp_path).values()
+  assert (first.config.data.seq_len, first.config.smt.future, first.config.num_steps) == (4, 4, 4)
+  assert (full.config.data.seq_len, full.config.num_steps, full.config.init_from) == (8, 8, str(first.workdir))
+  assert full.after == (first.workdir,) and full.config.optim.lr == first.config.optim.lr == 1e-3
+  summary = recipe.run_study(c, [arm], [0], steps=12, evals=3, out=tmp_path, lanes=0, title='tiny')
+  run = summary['cur']['runs'][0]
+  assert run['steps'] == [8, 12]  # the full-length stage's evaluations (every 4 of its 8 steps), after 4 short steps
+  full_evals = [r['step'] for r in read_metrics(full.workdir) if 'teacher_accuracy' in r]
+  assert full_evals == [4, 8]
+  _, short_params = train.load_params(str(first.workdir))  # the full stage starts from the short stage's end
+  start = train.initial_params(full.config, train.Trainer.create(full.config))
+  jax.tree.map(np.testing.assert_array_equal, start, short_params)

@@ -8,6 +8,12 @@ reports, per arm over seeds: the final teacher accuracy (the reference's own acc
 the RNN's accuracy from its initial memory and how far it still swings over the last quarter, the steps to
 reach 95% of the run's final accuracy, the change over the last quarter as the claims study measures it
 (`claims.last_quarter_change`; a plateau when below 0.01), and the seconds it trained.
+
+A curriculum over T (short sequences first) is an arm with `short_len` and `short_steps`: each seed first trains
+`short_steps` steps on sequences of length `short_len` (the sparse target's future shortened to fit), then the
+rest of the steps at the full length starting from those parameters (`config.init_from`: a fresh optimizer and
+schedule). The arm is judged on its full-length evaluations, at its total step count, and its seconds are both
+stages'.
 """
 
 from __future__ import annotations
@@ -32,19 +38,27 @@ class Arm:
   """One row of the study: the base config with `overrides` ((field, value), ...)."""
   name: str
   overrides: tuple[tuple[str, object], ...] = ()
+  short_len: int = 0  # a curriculum: first `short_steps` steps on sequences of this length (0: none)
+  short_steps: int = 0
+
+
+CURRICULUM_KEYS = ('short_len', 'short_steps')  # an arm's own keys, not config fields
 
 
 def parse_arm(text: str) -> Arm:
   """'name' (no change) or 'name:field=value,field=value' -> Arm: the key=value parts of a config variant
-  (`variants.build`), values parsed by `variants.parse_value`."""
+  (`variants.build`), values parsed by `variants.parse_value`; `short_len=L,short_steps=S` set a curriculum."""
   name, _, rest = text.partition(':')
-  pairs = []
+  pairs, curriculum = [], {}
   for part in filter(None, (p.strip() for p in rest.split(','))):
     field, sep, value = part.partition('=')
     if not sep:
       raise ConfigError(f'arm {text!r}: expected field=value, got {part!r}')
-    pairs.append((field.strip(), variants.parse_value(value.strip())))
-  return Arm(name.strip(), tuple(pairs))
+    if field.strip() in CURRICULUM_KEYS:
+      curriculum[field.strip()] = variants.parse_value(value.strip())
+    else:
+      pairs.append((field.strip(), variants.parse_value(value.strip())))
+  return Arm(name.strip(), tuple(pairs), **curriculum)
 
 
 def arm_config(config, arm: Arm, seed: int, steps: int, evals: int):
@@ -59,14 +73,42 @@ def arm_config(config, arm: Arm, seed: int, steps: int, evals: int):
   return c
 
 
-def plan_jobs(config, arms: list[Arm], seeds: list[int], steps: int, evals: int, out) -> dict[tuple[str, int], Job]:
-  """Every (arm, seed) run as a Job under out/<arm>/seed<seed>; every config validated before any training."""
+def short_config(config, arm: Arm, seed: int, steps: int, evals: int):
+  """A curriculum's first stage: the arm's run at length `arm.short_len` for `arm.short_steps` steps (the
+  evaluations as dense as the full run's), a sparse target's future cut to that length."""
+  T = int(config.data.seq_len)
+  if not (isinstance(arm.short_len, int) and isinstance(arm.short_steps, int) and 0 < arm.short_len < T
+          and 0 < arm.short_steps < steps):
+    raise ConfigError(f'arm {arm.name!r}: short_len must be in 1..{T - 1} (the full length is {T}) and '
+                      f'short_steps in 1..{steps - 1}, got {arm.short_len} and {arm.short_steps}')
+  c = config.copy_and_resolve_references()
+  c.data.seq_len = arm.short_len
+  c.smt.future = min(int(c.smt.future), arm.short_len)
+  return arm_config(c, dataclasses.replace(arm, short_len=0, short_steps=0), seed, arm.short_steps,
+                    max(1, round(evals * arm.short_steps / steps)))
+
+
+def plan_jobs(config, arms: list[Arm], seeds: list[int], steps: int, evals: int,
+              out) -> dict[tuple[str, int], tuple[Job, ...]]:
+  """Every (arm, seed) run as its Jobs under out/<arm>/seed<seed> (a curriculum: seed<seed>_short first, then
+  the full length from its parameters); every config validated before any training."""
   names = [a.name for a in arms]
   if len(set(names)) != len(names):
     raise ConfigError(f'arm names must be unique, got {names}')
   out = epath.Path(out)
-  return {(a.name, s): Job(out / a.name / f'seed{s}', arm_config(config, a, s, steps, evals))
-          for a in arms for s in seeds}
+  jobs = {}
+  for a in arms:
+    for s in seeds:
+      workdir = out / a.name / f'seed{s}'
+      if not a.short_len and not a.short_steps:
+        jobs[(a.name, s)] = (Job(workdir, arm_config(config, a, s, steps, evals)),)
+        continue
+      first = Job(out / a.name / f'seed{s}_short', short_config(config, a, s, steps, evals))
+      rest = steps - a.short_steps
+      c = arm_config(config, a, s, rest, max(1, round(evals * rest / steps)))
+      c.init_from = str(first.workdir)
+      jobs[(a.name, s)] = (first, Job(workdir, c, after=(first.workdir,)))
+  return jobs
 
 
 def accuracy_key(config) -> str:
@@ -74,17 +116,21 @@ def accuracy_key(config) -> str:
   return 'transformer_accuracy' if config.method == 'transformer' else 'teacher_accuracy'
 
 
-def run_curve(workdir, config) -> dict:
-  """A finished run's evaluations: steps, the model's accuracy (`accuracy_key`) and the RNN's (NaN for the
-  Transformer reference), and what they say (final, steps to 95% of final, last-quarter change, seconds)."""
-  points = [r for r in read_metrics(workdir) if accuracy_key(config) in r]
-  steps = [int(r['step']) for r in points]
+def run_curve(stages: tuple[Job, ...]) -> dict:
+  """A finished run's evaluations at full length (its last stage's, counted in the steps of every stage):
+  steps, the model's accuracy (`accuracy_key`) and the RNN's (NaN for the Transformer reference), and what
+  they say (final, steps to 95% of final, last-quarter change, seconds of every stage)."""
+  *earlier, last = stages
+  offset = sum(int(j.config.num_steps) for j in earlier)
+  config = last.config
+  points = [r for r in read_metrics(last.workdir) if accuracy_key(config) in r]
+  steps = [offset + int(r['step']) for r in points]
   acc = [float(r[accuracy_key(config)]) for r in points]
   rnn = [float(r.get('rnn_only_accuracy', float('nan'))) for r in points]
   change = claims.last_quarter_change({'steps': steps, 'values': acc})
   return dict(steps=steps, accuracy=acc, rnn_accuracy=rnn, final=acc[-1], rnn_final=rnn[-1],
               steps_to_95=steps_to_fraction(steps, acc, 0.95), change=change,
-              rnn_swing=last_quarter_swing(steps, rnn), seconds=trained_seconds(workdir))
+              rnn_swing=last_quarter_swing(steps, rnn), seconds=sum(trained_seconds(j.workdir) for j in stages))
 
 
 def steps_to_fraction(steps: list[int], values: list[float], fraction: float) -> int:
@@ -100,11 +146,11 @@ def last_quarter_swing(steps: list[int], values: list[float]) -> float:
   return max(tail) - min(tail)
 
 
-def summarize(jobs: dict[tuple[str, int], Job]) -> dict:
+def summarize(jobs: dict[tuple[str, int], tuple[Job, ...]]) -> dict:
   """{arm: {'runs': {seed: run_curve}, and per metric the mean, 95% interval and per-seed values}}."""
   out: dict = {}
-  for (arm, seed), job in jobs.items():
-    out.setdefault(arm, {'runs': {}})['runs'][seed] = run_curve(job.workdir, job.config)
+  for (arm, seed), stages in jobs.items():
+    out.setdefault(arm, {'runs': {}})['runs'][seed] = run_curve(stages)
   for r in out.values():
     per_seed = list(r['runs'].values())
     for k in ('final', 'rnn_final', 'steps_to_95', 'change', 'rnn_swing', 'seconds'):
@@ -139,7 +185,7 @@ def run_study(config, arms: list[Arm], seeds: list[int], steps: int, evals: int,
   """Trains every (arm, seed) not yet finished under `out`, then writes recipe.json, .md and .png there."""
   out = epath.Path(out)
   jobs = plan_jobs(config, arms, seeds, steps, evals, out)
-  run_jobs(list(jobs.values()), lanes)
+  run_jobs([j for stages in jobs.values() for j in stages], lanes)
   summary = summarize(jobs)
   workdir_lib.write_json(out / 'recipe.json', summary)
   write_table(summary, out / 'recipe.md', title, steps)
