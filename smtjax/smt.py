@@ -7,7 +7,7 @@
   L = 0..T (L = 0 is the initial memory m_{-1}). The dynamics loss covers the pairs
   (mems[:, L], x[:, L]) -> mems[:, L+1] for all L (or `num_transitions` sampled per sequence), the
   decoder loss a sampled set of memories with up to Tf future targets each, and the uniformity loss
-  all memory tokens of the batch.
+  the memory tokens of the batch, each memory once (the decoded ones when the memories are sampled).
 Both return (total, metrics) with the metric names loss, loss_dec, loss_dec0, loss_dyn, loss_unif.
 
 Drift-robust options of the parallel mode (each off by default, each still time-parallel; docs/method.md):
@@ -217,7 +217,10 @@ def parallel_losses(nets: Networks, params, batch, rng, config):
   dec = _estimate(ce, w_dec, _total(y >= 0, target_weights(T, Tf, s.gamma)))
   dec0 = _estimate(ce[..., 0], w_dec, _total(y >= 0, np.ones(T)))
 
-  unif = losses.uniformity_loss(computed.reshape(-1, KD[-1]), r_unif, s.unif_samples, s.unif_t)
+  # Uniformity over distinct memories: every prefix's when all were computed, else the decoded ones (distinct
+  # positions of each sequence); the sampled starts' memories and their targets would repeat some of them.
+  distinct = computed if lengths.shape[1] >= T + 1 else mems[:, N * (n + 1):]
+  unif = losses.uniformity_loss(distinct.reshape(-1, KD[-1]), r_unif, s.unif_samples, s.unif_t)
   total = _total_loss(s, dec, dyn, unif)
   if 'loss_roll_dec' in extra:
     total = total + s.rollout_decode * extra['loss_roll_dec']

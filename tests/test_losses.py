@@ -154,6 +154,23 @@ def test_parallel_losses_equal_per_prefix_definition():
   np.testing.assert_allclose(m['loss_dec'], num / den, rtol=1e-4)
 
 
+def test_sampled_uniformity_loss_counts_each_memory_once():
+  """With sampled memories the uniformity loss is over the decoded memories (distinct prefixes of each
+  sequence), not over the starts' memories and their targets as well, which repeat some of them."""
+  c, nets, params, batch = _setup('parallel', num_transitions=2, num_decoder_samples=3)
+  x = np.asarray(batch['x'])
+  B, T = x.shape
+  rng = jax.random.PRNGKey(3)
+  _, m = jax.jit(lambda p, b, r: smt.parallel_losses(nets.nets, p, b, r, c))(params, batch, rng)
+  _, r_dec, _ = jax.random.split(rng, 3)
+  reads, _ = smt.sample_positions(r_dec, B, T + 1, 3)
+  mem = lambda L: nets.encode(params, x[:, :L]) if L else nets.initial_memory(params, B)
+  every = np.stack([np.asarray(mem(L)) for L in range(T + 1)], axis=1)  # [B, T+1, K, D]
+  decoded = np.take_along_axis(every, np.asarray(reads)[:, :, None, None], axis=1)
+  assert decoded.size // decoded.shape[-1] <= c.smt.unif_samples  # every decoded token counted, none drawn out
+  np.testing.assert_allclose(m['loss_unif'], _np_uniformity(decoded.reshape(-1, decoded.shape[-1])), rtol=1e-4)
+
+
 def test_sample_positions_cover_each_stratum_once():
   idx, w = map(np.asarray, smt.sample_positions(jax.random.PRNGKey(0), 64, 13, 4))  # strata 0-2, 3-5, 6-8, 9-12
   np.testing.assert_array_equal(w, [3, 3, 3, 4])
