@@ -20,6 +20,11 @@ def test_last_quarter_change_is_the_trend_over_the_last_quarter():
   noisy = {'steps': steps, 'values': [0.9 + 0.02 * (-1) ** i for i in range(11)]}  # noise, no trend
   assert abs(claims.last_quarter_change(noisy)) < 0.02
   assert np.isnan(claims.last_quarter_change({'steps': [10], 'values': [0.3]}))
+  # One horizon for every run: the same slope over a run four times shorter is the same change.
+  short = {'steps': [s // 4 for s in steps], 'values': [s / 1000 for s in steps]}  # +1 over 250 steps
+  assert claims.last_quarter_change(short, horizon=250) == pytest.approx(1.0)
+  assert claims.last_quarter_change(short) == pytest.approx(0.25)  # its own quarter hides that
+  assert claims.horizon(6000, 1200) == 1800 and claims.tuning_horizon(1000) == 300
 
 
 def test_configs_give_equal_batches_and_bptt_the_steps_of_smt_and_dmt_together():
@@ -32,9 +37,62 @@ def test_configs_give_equal_batches_and_bptt_the_steps_of_smt_and_dmt_together()
   assert cs['smt'].smt.rollout_steps == 4 and cs['smt_dmt'].smt.rollout_steps == 1  # drift: SMT's own choice
   assert all(v.model.cell == 'gru' and v.eval_split == 'valid' and v.seed == 1 for v in cs.values())
   assert cs['smt_bptt'].model.initial_memory == 'encoder' and cs['smt_bptt'].optim.lr == cs['smt_dmt'].optim.lr
+  # Every stage of every method under one schedule (DMT's own default is a cosine decay to zero).
+  assert {(v.optim.schedule, v.optim.warmup_frac) for v in cs.values()} == {(c.optim.schedule, c.optim.warmup_frac)}
   assert claims.sequential_depth(cs['bptt']) == 8 and claims.sequential_depth(cs['smt']) == 4
   with pytest.raises(ConfigError, match='grid'):
     claims.run_claims(c, [8], claims.Plan(smt_steps=4, dmt_steps=2, drifts=('sideways',)), '/tmp/unused')
+
+
+def test_plans_that_cannot_finish_or_would_bias_are_refused_before_training(tmp_path):
+  c = tiny_config()
+  plan = claims.Plan(smt_steps=4, dmt_steps=2, tune_steps=4, drifts=('roll4',))  # nothing trains the plain run
+  with pytest.raises(ConfigError, match="without 'plain'"):
+    claims.run_claims(c, [8], plan, tmp_path)
+  with pytest.raises(ConfigError, match='bad plan: evals must be >= 4.*got 2'):
+    claims.run_claims(c, [8], claims.Plan(smt_steps=4, dmt_steps=2, evals=2), tmp_path)
+  c.optim.schedule = 'cosine'
+  with pytest.raises(ConfigError, match='optim.schedule'):
+    claims.run_claims(c, [8], claims.Plan(smt_steps=4, dmt_steps=2), tmp_path)
+  assert not list(tmp_path.iterdir())  # nothing trained
+
+
+def _fake_run(workdir, steps, values, key='rnn_only_accuracy', steps_per_s=10.0, **extra):
+  workdir.mkdir(parents=True)
+  lines = [json.dumps({'step': s, 'steps_per_s': steps_per_s}) for s in (1, *steps)]
+  lines += [json.dumps({'step': s, key: v, **{k: f(s) for k, f in extra.items()}}) for s, v in zip(steps, values)]
+  (workdir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+
+
+def test_cells_judge_every_run_over_one_horizon_gate_on_the_teacher_and_count_both_stages(tmp_path, monkeypatch):
+  """A cell from hand-made learning curves: the fine-tuning stage (200 steps) still rises by 0.008 over its
+  own last quarter, 0.048 over the plan's horizon (300 steps): not converged. Its SMT stage's teacher is still
+  rising: 'teacher not converged'. Seconds per update: both stages' updates (1000 at 0.1 s, 200 at 0.5 s)."""
+  monkeypatch.setattr(claims, '_score', lambda *a: {'rnn_only_accuracy': 0.5, 'rnn_only_bits': 1.0,
+                                                     'teacher_accuracy': 0.9})
+  c = tiny_config()
+  plan = claims.Plan(smt_steps=1000, dmt_steps=200, seeds=(0,), evals=8)
+  smt_steps, dmt_steps = list(range(125, 1001, 125)), list(range(25, 201, 25))
+  _fake_run(tmp_path / 'smt', smt_steps, [0.4] * 8, steps_per_s=10.0,
+            teacher_accuracy=lambda s: 0.5 + s / 2000)  # the teacher rises by 0.125 per 250 steps
+  _fake_run(tmp_path / 'dmt', dmt_steps, [0.6 + s * 0.00016 for s in dmt_steps], steps_per_s=2.0)
+  smt_job = claims.Job(tmp_path / 'smt', claims._steps(c.copy_and_resolve_references(), 1000, 8))
+  dmt_job = claims.Job(tmp_path / 'dmt', claims._steps(c.copy_and_resolve_references(), 200, 8))
+  cell = claims._result(plan, 'smt_dmt', claims.Setting(1e-3, 'transformer'), [(dmt_job, smt_job)])
+  assert claims.last_quarter_change(claims.curve(tmp_path / 'dmt')) == pytest.approx(0.008)
+  assert cell['change'] == pytest.approx(0.048) and not cell['converged']
+  assert cell['teacher_change'] == pytest.approx(0.15) and cell['teacher_converged'] is False
+  assert claims._verdict(cell) == 'teacher not converged'
+  assert cell['seconds_per_update'] == pytest.approx((1000 * 0.1 + 200 * 0.5) / 1200)
+  assert cell['steps'] == 1200 and cell['curve']['steps'][0] == 125 and cell['curve']['steps'][-1] == 1200
+
+
+def test_verdict_reads_the_teacher_gate_first_then_the_plateau():
+  assert claims._verdict({'converged': True}) == 'plateau'
+  assert claims._verdict({'converged': False}) == 'not converged'
+  assert claims._verdict({'converged': True, 'teacher_converged': True}) == 'plateau'
+  assert claims._verdict({'converged': True, 'teacher_converged': False}) == 'teacher not converged'
+  assert claims._verdict({'converged': False, 'teacher_converged': False}) == 'teacher not converged'
 
 
 @pytest.mark.slow
@@ -54,7 +112,10 @@ def test_claims_study_runs_end_to_end(tmp_path):
       assert isinstance(cell['converged'], bool) and cell['seconds_per_update'] > 0
     assert 'teacher_converged' in cells['smt_dmt'] and 'teacher_converged' not in cells['bptt']
   text = (tmp_path / 'claims_retrieval_T6.md').read_text()
-  assert 'SMT→BPTT' in text and ('plateau' in text or 'not converged' in text)
+  for row, cells in saved['rows'].items():  # each table line ends with its cell's own verdict
+    for m, cell in cells.items():
+      line, = [x for x in text.splitlines() if x.startswith(f'| {row.replace("_", " ")} | {claims.METHODS[m]} |')]
+      assert line.endswith(f'| {claims._verdict(cell)} |')
   assert out['rows']['same_cell']['bptt']['sequential_depth'] == 6
 
 
@@ -72,10 +133,12 @@ def test_tune_only_scores_every_candidate_of_every_method_with_equal_tuning_step
     assert set(t['scores']) == set(t['curves']) == names and t['best'] in names
     assert t['same_cell'].startswith('transformer')
     assert all(0 <= v <= 1 for v in t['scores'].values())
-    own_steps = {'smt': 4, 'bptt': 8}.get(m, 1)  # BPTT: SMT's steps over its fewer candidates; fine-tuning: a fifth
+    own_steps = {'smt': 4, 'bptt': 5}.get(m, 1)  # BPTT: an SMT candidate's and its fine-tuning's; fine-tuning: a fifth
     assert all(cur['rnn']['steps'][-1] == own_steps for cur in t['curves'].values())
     assert set(t['teacher']) == (names if m == 'smt' else set())
-  assert saved['tuning']['smt']['steps'] == saved['tuning']['bptt']['steps'] == 16  # equal tuning steps in all
+  # BPTT and the fine-tuning methods: equal tuning steps in all (SMT: its own candidates, twice as many here)
+  assert saved['tuning']['bptt']['steps'] == saved['tuning']['smt_dmt']['steps'] == saved['tuning']['smt_bptt']['steps']
+  assert saved['tuning']['bptt']['steps'] == 2 * 5 and saved['tuning']['smt']['steps'] == 4 * 4
   text = (tmp_path / 'claims_retrieval_T6_tuning.md').read_text()
   assert 'gru_lr0.001_roll4' in text and 'SMT→BPTT' in text and 'teacher change' in text
   assert (tmp_path / 'claims_retrieval_T6_tuning.png').stat().st_size > 0

@@ -5,25 +5,28 @@ same RNN, all with the config's batch:
 
 - `smt`: SMT for `smt_steps`; the RNN reads from its initial memory;
 - `smt_dmt`: that SMT run, then DMT fine-tuning for `dmt_steps` (`variants.parallel_dmt`, a third of SMT's
-  learning rate);
+  learning rate, under the same schedule as every other stage);
 - `bptt`: BPTT for smt_steps + dmt_steps (at least as many steps as SMT and DMT together);
 - `smt_bptt`: SMT as pretraining, then BPTT fine-tuning of its RNN (from its own initial memory) for dmt_steps:
   the same total steps, SMT in the role the paper gives it where its RNN stays under the teacher.
 
 The same choices for every method: each is tuned on the validation split at the length it is scored at, over
 one grid: learning rate x cell (the Transformer updater or a GRU), and for SMT also its drift-robust setting
-(none, or 4 rolled steps); each method's candidates share the same number of tuning steps in all (`tune_steps`
-per SMT candidate, the same total for BPTT's fewer candidates). Rows: the same cell for every method (the
-Transformer: the paper's claim is about one RNN trained two ways) and each method's best cell.
+(none, or 4 rolled steps). Tuning steps: `tune_steps` per SMT candidate, a fifth of that for each fine-tuning
+stage, and each BPTT candidate as many as an SMT candidate and its fine-tuning together, as in the seeded runs.
+Rows: the same cell for every method (the Transformer: the paper's claim is about one RNN trained two ways) and
+each method's best cell. Every stage of every method trains under the config's schedule, which must be
+constant: a rate decayed to zero would make any run look converged.
 
 Every run is evaluated `evals` times on the validation split (learning curves); a run has reached its plateau
-when the least-squares trend of its RNN's accuracy over the last quarter of its steps changes it by less than
-`plateau` (0.01); one that has not is reported as "not converged", never as a win or a loss. The SMT runs' teacher
-is gated the same way: where it has not plateaued, the SMT-trained cells say "teacher not converged". Final
+when the least-squares trend of its RNN's accuracy over the last quarter of its steps, extrapolated over one
+common horizon (a quarter of smt_steps + dmt_steps, for every run and stage), changes it by less than `plateau`
+(0.01); one that has not is reported as "not converged", never as a win or a loss. The SMT runs' teacher is
+gated the same way: where it has not plateaued, the SMT-trained cells say "teacher not converged". Final
 scores: the RNN reading whole held-out test sequences from its initial memory (and the SMT teacher from its
-prefix memories), mean and 95% interval over seeds. Side columns: seconds per update (one pinned core) and
-sequential depth per update (dependent cell applications: SMT `rollout_steps x cell_depth`, BPTT and DMT
-`T x cell_depth`).
+prefix memories), mean and 95% interval over seeds. Side columns: seconds per update (one pinned core; a
+two-stage row's mean over both stages' updates) and sequential depth per update (dependent cell applications:
+SMT `rollout_steps x cell_depth`, BPTT and DMT `T x cell_depth`).
 
 Writes out/claims_<task>_T<T>.{json,md} and a learning-curve figure; runs live under out/<task>/T<T>/ and a
 rerun skips finished runs. With `tune_only` the study stops after tuning and writes
@@ -104,6 +107,7 @@ def configs(config, length: int, setting: Setting, seed: int, smt_steps: int, dm
   plain = dataclasses.replace(setting, drift='plain')
   dmt = plain.apply(base.copy_and_resolve_references())
   dmt = _steps(variants.parallel_dmt(dmt), dmt_steps, evals)
+  dmt.optim.schedule, dmt.optim.warmup_frac = base.optim.schedule, base.optim.warmup_frac  # one schedule for all
   dmt.init_from = smt_dir
   bptt = _steps(plain.apply(base.copy_and_resolve_references()), smt_steps + dmt_steps, evals)
   bptt.method = 'bptt'
@@ -135,9 +139,11 @@ def joined(first: dict, second: dict) -> dict:
   return {k: first[k] + second[k] for k in ('steps', 'values')}
 
 
-def last_quarter_change(c: dict) -> float:
+def last_quarter_change(c: dict, horizon: float | None = None) -> float:
   """The change of a curve over the last quarter of its steps: the least-squares slope of its evaluations
-  from 3/4 of the steps on (at least the last 3), times a quarter of the steps; NaN with fewer than 2 points."""
+  from 3/4 of the steps on (at least the last 3), times `horizon` steps (default: a quarter of the steps; a
+  study gives every run the same horizon, so that a short run is not judged over fewer steps); NaN with fewer
+  than 2 points."""
   steps, values = np.asarray(c['steps'], float), np.asarray(c['values'], float)
   ok = np.isfinite(values)
   steps, values = steps[ok], values[ok]
@@ -150,7 +156,22 @@ def last_quarter_change(c: dict) -> float:
   if len(s) < 2 or np.ptp(s) == 0:
     return float('nan')
   slope = np.polyfit(s, v, 1)[0]
-  return float(slope * steps[-1] / 4)
+  return float(slope * (steps[-1] / 4 if horizon is None else horizon))
+
+
+def horizon(smt_steps: int, dmt_steps: int) -> float:
+  """The steps over which every run's plateau is judged: a quarter of the longest run's (BPTT's) steps."""
+  return (smt_steps + dmt_steps) / 4
+
+
+def tuning_horizon(tune_steps: int) -> float:
+  """The tuning runs' common horizon: a quarter of the longest candidate's (BPTT's) steps."""
+  return (tune_steps + _fine(tune_steps)) / 4
+
+
+def _fine(tune_steps: int) -> int:
+  """Tuning steps of a fine-tuning stage."""
+  return max(1, tune_steps // 5)
 
 
 def _mean_curve(curves: list[dict]) -> dict:
@@ -166,13 +187,23 @@ def _mean_curve(curves: list[dict]) -> dict:
 def _check(config, lengths, plan: Plan):
   if config.method != 'smt' or config.smt.mode != 'parallel':
     raise ConfigError("a claims study starts from parallel SMT: config.method='smt', config.smt.mode='parallel'")
-  if plan.smt_steps < 1 or plan.dmt_steps < 1 or plan.tune_steps < 0 or not plan.seeds or plan.evals < 4 \
-     or plan.lanes < 0:
-    raise ConfigError(f'bad plan: {plan}')
+  if config.optim.schedule != 'constant':
+    raise ConfigError(f"config.optim.schedule: a claims study judges each run's plateau, which a rate decayed to "
+                      f"zero fakes; use 'constant' (a warm-up is fine), got {config.optim.schedule!r}")
+  for field, ok, need in (('smt_steps', plan.smt_steps >= 1, '>= 1'), ('dmt_steps', plan.dmt_steps >= 1, '>= 1'),
+                          ('tune_steps', plan.tune_steps >= 0, '>= 0 (0: no tuning)'),
+                          ('seeds', bool(plan.seeds), 'at least one seed'),
+                          ('evals', plan.evals >= 4, '>= 4 (a plateau is judged on the last quarter\'s evaluations)'),
+                          ('lanes', plan.lanes >= 0, '>= 0 (0: every run in this process)')):
+    if not ok:
+      raise ConfigError(f'bad plan: {field} must be {need}, got {getattr(plan, field)!r}')
   unknown = [d for d in plan.drifts if d not in DRIFT]
   if unknown or not plan.lrs or not plan.cells or not plan.drifts:
     raise ConfigError(f'bad grid: lrs {plan.lrs}, cells {plan.cells}, drifts {plan.drifts} (known drifts: '
                       f'{", ".join(DRIFT)})')
+  if plan.tune_steps > 0 and 'plain' not in plan.drifts:
+    raise ConfigError(f"bad grid: drifts {plan.drifts} without 'plain' (the fine-tuning methods' candidates start "
+                      "from the plain SMT candidate, which tuning must train)")
   for L in lengths:
     for s in _grid(plan, 'smt'):
       for c in configs(config, L, s, plan.seeds[0], plan.smt_steps, plan.dmt_steps, plan.evals, plan.num_eval_batches,
@@ -195,11 +226,11 @@ def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
     plain = dataclasses.replace(first, drift='plain')
     return {m: {'scores': {}, 'teacher': {}, 'curves': {}, 'steps': 0, 'same_cell': first if m == 'smt' else plain,
                 'best': first if m == 'smt' else plain} for m in METHODS}
-  n, fine = plan.tune_steps, max(1, plan.tune_steps // 5)
+  n, fine = plan.tune_steps, _fine(plan.tune_steps)
   seed, base = plan.seeds[0], out / 'tune'
   jobs, runs = [], {m: {} for m in METHODS}
   smt_grid, pair_grid = _grid(plan, 'smt'), _grid(plan, 'bptt')
-  bptt_steps = n * len(smt_grid) // len(pair_grid)  # the same tuning steps in all as SMT's candidates
+  bptt_steps = n + fine  # as many as a fine-tuning method's candidate: its SMT stage and its own
   # One (cell, lr) after another, each with every method's candidate: a tuning pass cut short (the runs resume)
   # has complete comparisons for the settings it reached, the same-cell ones first.
   for s in pair_grid:
@@ -224,7 +255,7 @@ def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
     curves = {name: {'rnn': curve(wd), **({'teacher': curve(wd, 'teacher_accuracy')} if name in teacher else {})}
               for name, (_, wd) in cands.items()}
     same = {k: v for k, v in scores.items() if cands[k][0].cell == plan.cells[0]}
-    steps = {'smt': n * len(smt_grid), 'bptt': bptt_steps * len(pair_grid)}.get(m, (n + fine) * len(pair_grid))
+    steps = n * len(smt_grid) if m == 'smt' else (n + fine) * len(pair_grid)
     out_[m] = {'scores': scores, 'teacher': teacher, 'curves': curves, 'steps': steps,
                'same_cell': cands[max(same, key=same.get)][0], 'best': cands[max(scores, key=scores.get)][0]}
   return out_
@@ -256,25 +287,33 @@ def _score(workdir: str, split: str, num_batches: int) -> dict:
   return score(workdir, (), num_batches, split)
 
 
+def seconds_per_update(workdir) -> float:
+  """Median seconds per step of a run (its logged rates after the first, which includes compilation)."""
+  rates = [r['steps_per_s'] for r in read_metrics(workdir) if 'steps_per_s' in r][1:]
+  return 1.0 / statistics.median(rates) if rates else float('nan')
+
+
 def _result(plan: Plan, m: str, setting: Setting, pairs: list) -> dict:
   """A cell: test scores over seeds, the validation curve, convergence (of the method's own last stage: a
-  fine-tuning run's plateau is its own), cost."""
+  fine-tuning run's plateau is its own; every run judged over the plan's `horizon`), cost (a two-stage row's
+  seconds per update over both stages' updates)."""
   per_seed, curves, teacher_curves, seconds = [], [], [], []
+  over = horizon(plan.smt_steps, plan.dmt_steps)
   for job, smt_job in pairs:
     sc = _score(str(job.workdir), 'test', plan.num_eval_batches)
     own = curve(job.workdir)
-    if smt_job is not None:
-      own_after = curve(job.workdir, offset=smt_job.config.num_steps)
-    whole = own if smt_job is None else joined(curve(smt_job.workdir), own_after)
-    rates = [r['steps_per_s'] for r in read_metrics(job.workdir) if 'steps_per_s' in r][1:]
-    seconds.append(1.0 / statistics.median(rates) if rates else float('nan'))
+    whole = own if smt_job is None else joined(curve(smt_job.workdir),
+                                                curve(job.workdir, offset=smt_job.config.num_steps))
+    stages = [job] if smt_job is None else [smt_job, job]
+    seconds.append(sum(seconds_per_update(j.workdir) * j.config.num_steps for j in stages)
+                   / sum(j.config.num_steps for j in stages))
     teacher_src = smt_job or (job if m == 'smt' else None)
     teacher = float('nan')
     if teacher_src is not None:
       teacher_curves.append(curve(teacher_src.workdir, 'teacher_accuracy'))
       teacher = _score(str(teacher_src.workdir), 'test', plan.num_eval_batches)['teacher_accuracy']
     per_seed.append({'accuracy': sc['rnn_only_accuracy'], 'bits': sc['rnn_only_bits'], 'teacher_accuracy': teacher,
-                     'change': last_quarter_change(own), 'workdir': str(job.workdir)})
+                     'change': last_quarter_change(own, over), 'workdir': str(job.workdir)})
     curves.append(whole)
   changes = [p['change'] for p in per_seed]
   cell = {'method': m, 'setting': dataclasses.asdict(setting), 'name': setting.name, 'per_seed': per_seed,
@@ -286,7 +325,7 @@ def _result(plan: Plan, m: str, setting: Setting, pairs: list) -> dict:
     st = stats.mean_ci([p[key] for p in per_seed])
     cell[key], cell[f'{key}_ci'] = st['mean'], st['ci']
   if teacher_curves:
-    t_changes = [last_quarter_change(t) for t in teacher_curves]
+    t_changes = [last_quarter_change(t, over) for t in teacher_curves]
     cell['teacher_change'] = max(t_changes, key=abs)
     cell['teacher_converged'] = all(abs(x) < plan.plateau for x in t_changes)
     cell['teacher_curve'] = _mean_curve(teacher_curves)
@@ -340,8 +379,10 @@ def _write_tuning(config, length: int, plan: Plan, tuning: dict, out: epath.Path
 def write_tuning_table(summary: dict, path) -> str:
   """Markdown: every candidate of every method after its tuning steps, with the last-quarter change of its RNN's
   and (SMT) its teacher's validation curves, then each method's tuning steps and choices."""
+  steps = tuning_horizon(summary['plan']['tune_steps'])
+
   def change(c):
-    return f'{last_quarter_change(c):+.3f}' if c else '-'
+    return f'{last_quarter_change(c, steps):+.3f}' if c else '-'
 
   rows = []
   for m, t in summary['tuning'].items():
@@ -353,8 +394,9 @@ def write_tuning_table(summary: dict, path) -> str:
   seed = summary['plan']['seeds'][0]
   lines = [f'# {summary["task"]} at T={summary["T"]}: tuning on the validation split (seed {seed})', '',
            'Every candidate of every method after its tuning steps: the RNN reading whole validation sequences from '
-           'its initial memory and the SMT teacher, each with the change of its validation curve over the last '
-           f'quarter of the steps (plateau: below {summary["plan"]["plateau"]}).', '']
+           'its initial memory and the SMT teacher, each with the change of its validation curve: the trend over '
+           f'its last quarter, over {steps:g} steps for every candidate (plateau: below {summary["plan"]["plateau"]}).',
+           '']
   lines += stats.table(['method', 'candidate', 'steps', 'RNN accuracy', 'teacher accuracy', 'change', 'teacher change'],
                        rows)
   lines += ['', *[f'- {METHODS[m]}: {t["steps"]} tuning steps in all; same cell {t["same_cell"]}, best {t["best"]}'
@@ -375,8 +417,10 @@ def write_table(summary: dict, path) -> str:
   lines = [f'# {summary["task"]} at T={summary["T"]}: SMT, SMT→DMT, BPTT and SMT→BPTT at equal steps', '',
            f'Batch and steps equal per row; seeds {", ".join(map(str, seeds))}: mean ± 95% t-interval. Accuracy: the '
            'RNN reading whole held-out test sequences from its initial memory; teacher: the SMT run\'s. Change: the '
-           'trend of validation accuracy over the last quarter of the steps (plateau: below '
-           f'{summary["plan"]["plateau"]}).', '']
+           'trend of validation accuracy over the last quarter of each run\'s own steps, over '
+           f'{horizon(summary["plan"]["smt_steps"], summary["plan"]["dmt_steps"]):g} steps for every run '
+           f'(plateau: below {summary["plan"]["plateau"]}). s/update: seconds per update on one core, over both '
+           'stages of a two-stage row.', '']
   lines += stats.table(
       ['row', 'method', 'setting', 'steps', 's/update', 'sequential depth', 'RNN accuracy', 'teacher accuracy',
        'change', 'verdict'],
