@@ -87,6 +87,9 @@ def test_recipe_curve_measures():
   steps, acc = [100, 200, 300, 400], [0.2, 0.9, 0.95, 1.0]
   assert recipe.steps_to_fraction(steps, acc, 0.95) == 300  # 0.95 * 1.0 first reached at step 300
   assert recipe.last_quarter_swing([100, 200, 300, 400], [0.1, 1.0, 0.4, 0.9]) == pytest.approx(0.5)
+  assert recipe.accuracy_key(tiny_config('parallel')) == 'teacher_accuracy'
+  assert recipe.accuracy_key(tiny_config('window')) == 'rnn_only_accuracy'  # no prefix memories to score
+  assert recipe.accuracy_key(_reference_config()) == 'transformer_accuracy'
 
 
 def test_recipe_study_trains_every_arm_and_seed(tmp_path):

@@ -112,8 +112,11 @@ def plan_jobs(config, arms: list[Arm], seeds: list[int], steps: int, evals: int,
 
 
 def accuracy_key(config) -> str:
-  """The metric a run's model is judged by: the Transformer reference's own accuracy, else the teacher's."""
-  return 'transformer_accuracy' if config.method == 'transformer' else 'teacher_accuracy'
+  """The metric a run's model is judged by: the Transformer reference's own accuracy, else the teacher's where
+  its evaluation scores one (a causal teacher), else the RNN's (a window-mode teacher has no prefix memories)."""
+  if config.method == 'transformer':
+    return 'transformer_accuracy'
+  return 'teacher_accuracy' if config_lib.scores_teacher(config) else 'rnn_only_accuracy'
 
 
 def run_curve(stages: tuple[Job, ...]) -> dict:
@@ -173,9 +176,10 @@ def write_table(summary: dict, path, title: str, steps: int) -> str:
                  f"{r['plateaued']}/{r['num_seeds']}", stats.fmt(r['seconds']['mean'], None, 0),
                  ', '.join(f'{a:.2f} / {b:.2f}' for a, b in zip(r['final']['per_seed'], r['rnn_final']['per_seed']))])
   lines = [f'# {title}', '', f'{steps} steps per run; accuracy on the validation split, mean ± 95% interval over '
-           f'seeds; final = last evaluation; RNN swing = max - min of the RNN-only accuracy over the last quarter '
-           f'(mean over seeds); steps to 95% = first evaluation at 95% of the final accuracy; plateaued = seeds '
-           f'whose accuracy changed by less than {PLATEAU} over the last quarter (least-squares trend, as in the '
+           f'seeds; final = last evaluation of the teacher (of the plain Transformer; of the RNN where a window-mode '
+           f'teacher has no prefix memories to score); RNN swing = max - min of the RNN-only accuracy over the last '
+           f'quarter (mean over seeds); steps to 95% = first evaluation at 95% of the final accuracy; plateaued = '
+           f'seeds whose accuracy changed by less than {PLATEAU} over the last quarter (least-squares trend, as in the '
            f'claims study).', '', *stats.table(head, rows)]
   return stats.write_markdown(path, lines)
 
