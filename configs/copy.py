@@ -1,6 +1,6 @@
 """String copy (memory capacity), method.md §10: a random string, a separator, then the reversed string.
 
-Sizes: '' (T=32), 'small' (T=12, 2 CPU cores), 'gpu' (T=128; the paper goes to T=4096 with M=64),
+Sizes: '' (T=32), 'small' (T=12, 2 CPU cores), 'gpu' (T=128; the paper goes to T=4096, see docs/configs.md),
 'mem2d' / 'mem3d' (binary strings of length 3, one memory token of width 2 / 3, for
 experiments/notebooks/memory_2d.ipynb: the memories of the prefixes read so far should form a tree).
 Modifiers and overrides compose (smtjax/variants.py).
@@ -13,7 +13,8 @@ from smtjax import variants
 
 def _base(T: int):
   c = variants.synthetic('copy', T, vocab_size=9, num_symbols=8, reverse=True)
-  # None: strings of T // 2 symbols at any T; --config.data.options.length=64 fixes M (the paper's long copies)
+  # None: strings of T // 2 symbols, no padding: the public generator's task at every T. A shorter fixed length
+  # left-pads the sequence, and padding is masked out of attention and positions: the T = 2 * length task at T's cost.
   c.data.options.length = config_dict.placeholder(int)
   return c
 
