@@ -52,7 +52,9 @@ def main(argv):
   try:
     teacher, rnn, hp = interop.load_public(FLAGS.checkpoint)
   except (OSError, ValueError, KeyError) as e:
-    raise SystemExit(f'error: {FLAGS.checkpoint}: {e}') from None
+    text = str(e)  # load_public's own messages start with the path
+    raise SystemExit(f'error: {text}' if text.startswith(f'{FLAGS.checkpoint}:') else
+                     f'error: {FLAGS.checkpoint}: {text}') from None
   sources = {}
   heads = _choose('num_heads', hp, sources)
   context, future, rollout = (_choose(k, hp, sources) for k in ('context', 'future', 'rollout'))

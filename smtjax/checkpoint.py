@@ -9,6 +9,8 @@ temporary directory and renames it), so a run killed mid-save leaves the previou
 
 from __future__ import annotations
 
+import errno
+import logging as std_logging
 import sys
 import time
 
@@ -37,8 +39,9 @@ def _barrier(name: str):
 
 
 def _quiet_closed_loop_noise():
-  """After a failed restore, tensorstore reads still in flight report to Orbax's closed asyncio loop, and
-  Python prints each as an 'Event loop is closed' traceback; drop those (only those)."""
+  """When a restore or an asynchronous save fails (a corrupt file, a full disk), tensorstore reads and writes still
+  in flight report to Orbax's closed asyncio loop, and Python prints each as an 'Event loop is closed' traceback;
+  drop those (only those)."""
   previous = sys.unraisablehook
   if getattr(previous, '_smtjax_quiet', False):
     return
@@ -55,6 +58,41 @@ def _reason(e: BaseException, limit: int = 400) -> str:
   """The first line of an exception's message (Orbax and tensorstore messages run long)."""
   text = f'{type(e).__name__}: {e}'.strip().splitlines()[0]
   return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _no_space(e: BaseException | None) -> bool:
+  """Whether `e`, or an exception it comes from, reports a full disk: an OSError with ENOSPC, or tensorstore's
+  error text (a ValueError naming the OS error code)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if ((isinstance(e, OSError) and e.errno == errno.ENOSPC) or 'No space left on device' in str(e)
+        or f"os_error_code='{errno.ENOSPC}'" in str(e)):
+      return True
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _write_reason(e: BaseException) -> str:
+  """Why a checkpoint write failed: a full disk in one phrase (tensorstore's message runs to kilobytes and names
+  the file in a temporary directory), otherwise the exception's first line."""
+  return 'No space left on device (the disk is full)' if _no_space(e) else _reason(e)
+
+
+class _NotFullDisk(std_logging.Filter):
+  """Drops log records that carry a full disk's exception with its traceback: Orbax's background save threads
+  log each failed write, and asyncio each future of Orbax's closed loop that held one. The CheckpointError
+  that ends the run names the full disk in one line."""
+
+  def filter(self, record):
+    return not (record.exc_info and _no_space(record.exc_info[1]))
+
+
+def _quiet_full_disk_logs():
+  for name in ('absl', 'asyncio'):
+    logger = std_logging.getLogger(name)
+    if not any(isinstance(f, _NotFullDisk) for f in logger.filters):
+      logger.addFilter(_NotFullDisk())
 
 
 class Checkpointer:
@@ -74,11 +112,13 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: dict):
     """Starts an asynchronous save; an error of the previous save (e.g. a full disk) surfaces here."""
+    _quiet_closed_loop_noise()  # before the save: a failing one reports in background threads, after the loop closed
+    _quiet_full_disk_logs()
     try:
       self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       data=ocp.args.JsonSave(data_state)))
     except Exception as e:  # noqa: BLE001  (Orbax and the file system raise many types)
-      raise CheckpointError(f'cannot write checkpoint step {step} in {self.directory}: {_reason(e)} '
+      raise CheckpointError(f'cannot write checkpoint step {step} in {self.directory}: {_write_reason(e)} '
                             f'(earlier checkpoints are kept: {self.all_steps()})') from e
 
   def all_steps(self) -> list[int]:
@@ -143,8 +183,8 @@ class Checkpointer:
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001  an asynchronous save failed
-      raise CheckpointError(f'cannot write a checkpoint in {self.directory}: {_reason(e)} '
-                            f'(earlier checkpoints are kept)') from e
+      raise CheckpointError(f'cannot write a checkpoint in {self.directory}: {_write_reason(e)} '
+                            f'(earlier checkpoints are kept: {self.all_steps()})') from e
 
   def close(self):
     try:

@@ -338,10 +338,6 @@ class Run:
     return cls(config=config, model=ModelConfig.from_config(config), mesh_shape=mesh_shape(config, num_devices),
                frozen=frozen_networks(config), profile=profile_range(config), eval_teacher=scores_teacher(config))
 
-  @property
-  def method(self) -> str:
-    return self.config.method
-
 
 def resolve(config, num_devices: int, seq_len: int, vocab_size: int) -> Run:
   """A training run's config checked and resolved, before anything is compiled: the data's sizes filled in

@@ -1,5 +1,5 @@
-"""Index helpers over token sequences, in one place: windows at given starts, the decoder's windows of
-future inputs and targets, and gathering memories by prefix length. Pure jnp functions."""
+"""Index helpers over token sequences, in one place: windows at given starts, padding, the decoder's windows of
+future inputs and targets, and sliding windows. Pure jnp functions."""
 
 from __future__ import annotations
 
@@ -36,9 +36,3 @@ def decoder_windows(x_BxT, y_BxT, read_BxS, future: int):
 def sliding_windows(x_BxT, length: int):
   """[B, T, length]: window t is x[:, t-length+1 : t+1], left-padded with -1 before the sequence start."""
   return windows(pad(x_BxT, length - 1, 0), jnp.arange(x_BxT.shape[1]), length)
-
-
-def gather_memories(mems_BxNxKxD, idx_BxM):
-  """mems[b, idx[b, m]] -> [B*M, K, D]."""
-  K, D = mems_BxNxKxD.shape[2:]
-  return jnp.take_along_axis(mems_BxNxKxD, idx_BxM[:, :, None, None], axis=1).reshape(-1, K, D)

@@ -1,6 +1,7 @@
 """The fused attention path and chunked prefix groups against a plain explicit-mask reference
 implementation, including padding, windows and gradients."""
 
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -147,10 +148,12 @@ def test_attention_override_and_cudnn_support(monkeypatch):
 
 @pytest.mark.parametrize('mask_kind', ['none', 'keys', 'full'])
 @pytest.mark.parametrize('causal', [False, True])
-def test_cudnn_path_pads_odd_lengths_exactly(mask_kind, causal, caplog):
+def test_cudnn_path_pads_odd_lengths_exactly(mask_kind, causal, caplog, monkeypatch):
   """The CUDA path pads odd lengths by a masked key and a dropped query row (cuDNN's kernels need even ones). On
   this CPU it then takes XLA's path (float32, no cuDNN), which it logs once: the padded call must equal XLA's
   on the unpadded inputs."""
+  monkeypatch.setattr(layers, '_FALLBACKS_LOGGED', set())  # as in a fresh process: no reason logged yet
+  caplog.set_level(logging.DEBUG, logger='absl')  # off a GPU the fallback is a debug line
   B, L = 2, 7
   q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (B, L, H, 8)) for i in range(3))
   keys = jnp.arange(L) < jnp.array([[L], [4]])  # [B, L]
@@ -163,7 +166,9 @@ def test_cudnn_path_pads_odd_lengths_exactly(mask_kind, causal, caplog):
     rows = layers._rows_with_keys(mask4[:, 0], causal, L)[:, :, None, None]
     got, want = jnp.where(rows, got, 0), jnp.where(rows, want, 0)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-  assert 'falls back to XLA' in caplog.text or layers._FALLBACKS_LOGGED  # logged, once per reason
+  layers._cudnn_attention(q, k, v, mask4, causal)  # the same reason again: not logged again
+  logged = [r.getMessage() for r in caplog.records if 'falls back to XLA' in r.getMessage()]
+  assert len(logged) == 1 and 'float32 inputs with heads of width 8' in logged[0], logged
 
 
 def test_fully_masked_rows_give_zeros_and_finite_gradients():

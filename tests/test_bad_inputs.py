@@ -284,6 +284,14 @@ def test_bad_input_raises_a_clear_error_and_loses_nothing(trained, tmp_path, mon
   assert not glob.glob(str(wd / 'checkpoints' / '*.corrupt-*'))  # a bad input is not a damaged checkpoint
 
 
+# experiments.run's flags for the `trained` fixture's config (tiny_config), continuing to 8 steps.
+CLI_ARGS = ['--config=configs/retrieval.py:small', '--config.data.seq_len=8', '--config.smt.future=8',
+            '--config.smt.context=4', '--config.model.d_model=16', '--config.model.num_heads=2',
+            '--config.model.enc_depth=1', '--config.model.dec_depth=1', '--config.model.cell_depth=1',
+            '--config.batch_size=8', '--config.num_steps=8', '--config.log_every=1', '--config.eval_every=4',
+            '--config.checkpoint_every=4', '--config.num_eval_batches=1', '--config.progress_bar=False']
+
+
 def test_cli_reports_bad_inputs_in_one_line(trained, tmp_path):
   """Through experiments.run: `error: ...` naming the file, exit status 1, no traceback (not even
   tensorstore's 'Event loop is closed' noise after a failed restore)."""
@@ -293,14 +301,48 @@ def test_cli_reports_bad_inputs_in_one_line(trained, tmp_path):
     for f in glob.glob(step_dir + '/**', recursive=True):
       if os.path.isfile(f):
         pathlib.Path(f).write_bytes(os.urandom(max(16, os.path.getsize(f))))
-  args = ['--config=configs/retrieval.py:small', '--config.data.seq_len=8', '--config.smt.future=8',
-          '--config.smt.context=4', '--config.model.d_model=16', '--config.model.num_heads=2',
-          '--config.model.enc_depth=1', '--config.model.dec_depth=1', '--config.model.cell_depth=1',
-          '--config.batch_size=8', '--config.num_steps=8', '--config.log_every=1', '--config.eval_every=4',
-          '--config.checkpoint_every=4', '--config.num_eval_batches=1', '--config.progress_bar=False']
   for workdir, pattern in [(wd, 'error: no checkpoint in'), (tmp_path / 'run' / 'config.json', 'is a file')]:
-    r = subprocess.run([sys.executable, '-m', 'experiments.run', *args, f'--workdir={workdir}'], cwd=ROOT,
+    r = subprocess.run([sys.executable, '-m', 'experiments.run', *CLI_ARGS, f'--workdir={workdir}'], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]
     assert pattern in r.stderr and 'Traceback' not in r.stderr and 'Event loop' not in r.stderr, r.stderr[-3000:]
   assert json.loads((wd / 'config.json').read_text())['model']['d_model'] == 16
+
+
+# experiments.run on a disk that fills while the checkpoint of step 8 is written in the background: the first
+# array's write fails, the others are still in flight in tensorstore when Orbax's event loop closes.
+_FULL_DISK_RUN = """
+import errno
+from absl import app
+from orbax.checkpoint._src.serialization import serialization
+from experiments import run
+
+write, calls = serialization.async_serialize_from_host, []
+
+async def filling_write(*args, **kwargs):
+  calls.append(None)
+  if len(calls) == 1:
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  return await write(*args, **kwargs)
+
+serialization.async_serialize_from_host = filling_write
+app.run(run.main)
+"""
+
+
+def test_cli_reports_a_full_disk_in_one_line(trained, tmp_path):
+  """A checkpoint write that fills the disk: the last line names the full disk, the checkpoint directory and
+  the checkpoint kept; no traceback before it (Orbax's logged failures, tensorstore's 'Event loop is closed'
+  callbacks) and nothing after it; the earlier checkpoint and metrics are intact."""
+  wd = tmp_path / 'run'
+  shutil.copytree(trained, wd)
+  before = _snapshot(wd)
+  args = [*CLI_ARGS, '--config.model.num_mem_tokens=2', '--config.optim.lr=0.003', '--config.optim.schedule=constant']
+  r = subprocess.run([sys.executable, '-c', _FULL_DISK_RUN, *args, f'--workdir={wd}'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert 'Event loop is closed' not in r.stderr and 'Traceback' not in r.stderr, r.stderr[-3000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      f'error: cannot write a checkpoint in {wd / "checkpoints"}: No space left on device (the disk is full) '
+      '(earlier checkpoints are kept: [4])'), r.stderr[-3000:]
+  _assert_nothing_lost(before, wd)

@@ -475,6 +475,24 @@ def test_import_command_reads_what_the_file_holds(g, tmp_path):
   assert 'Traceback' not in r.stderr and not (tmp_path / 'bad').exists()
 
 
+def test_a_missing_checkpoint_file_is_named_before_torch_is_needed(tmp_path):
+  """A --checkpoint path that is not a file: one line naming it (not that torch is missing, for a torch file's
+  name), and no workdir written."""
+  missing = tmp_path / 'runs' / 'checkpoint.pt'
+  with pytest.raises(FileNotFoundError) as info:
+    interop.load_public(missing)
+  assert str(info.value) == f'{missing}: no such file'
+  with pytest.raises(FileNotFoundError, match=r'no such file \(it is a directory\)$'):
+    interop.load_public(tmp_path)
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[1]
+  r = subprocess.run([sys.executable, '-m', 'experiments.import_torch', f'--checkpoint={missing}',
+                      f'--workdir={tmp_path / "run"}'], cwd=root, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == f'error: {missing}: no such file', r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr and not (tmp_path / 'run').exists()
+
+
 def test_a_converted_checkpoint_is_evaluated_sampled_and_fine_tuned(g, tmp_path):
   """The authors' checkpoint as an smtjax workdir (here on a synthetic task whose vocabulary fits the fixture's
   16 tokens): experiments.evaluate's and experiments.sample's functions read it, and DMT fine-tunes it."""

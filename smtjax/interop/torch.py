@@ -40,6 +40,7 @@ arguments: Encoder/Decoder(dim, depth, heads, rotary_pos_emb=True, use_rmsnorm=T
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 
@@ -281,8 +282,11 @@ def load_public(path) -> tuple[dict | None, dict | None, dict]:
   """(teacher state dict, RNN state dict, hyperparameters) from a public checkpoint file: a torch file of
   train_smt.py / train_dmt.py ({'teacher': ..., 'rnn': ...}, read with torch, which must then be installed),
   or an .npz of 'teacher.<key>' / 'rnn.<key>' arrays with an optional 'hparams' JSON string. Hyperparameters
-  are whatever the file holds under 'hparams', 'config', 'args' or 'cfg' (a dict or an argparse Namespace)."""
+  are whatever the file holds under 'hparams', 'config', 'args' or 'cfg' (a dict or an argparse Namespace).
+  A path that is not a file raises FileNotFoundError naming it."""
   path = str(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such file' + (' (it is a directory)' if os.path.isdir(path) else ''))
   if path.endswith('.npz'):
     with np.load(path) as z:
       flat = {k: z[k] for k in z.files}
