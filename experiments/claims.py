@@ -11,8 +11,11 @@ has a same-cell row (the grid's first cell) and a best-cell row, each cell with 
 interval), its last-quarter change and verdict (plateau, not converged, teacher not converged), seconds per
 update and sequential depth. --tune_steps=0 skips tuning (the first value of each grid axis). Writes
 OUT/claims_TASK_T<T>.{json,md,png} (with --tune_only: the grid's scores and curves only, in
-OUT/claims_TASK_T<T>_tuning.{json,md,png}); runs go to OUT/TASK/T<length>/ and a rerun skips finished ones. See
-smtjax/studies/claims.py.
+OUT/claims_TASK_T<T>_tuning.{json,md,png}); runs go to OUT/TASK/T<length>/ and a rerun skips finished ones.
+
+Every finished run is recorded in --ledger (default docs/results/runs/claims.jsonl, committed): a study started
+anew, on any machine, trains only the runs the ledger lacks, and --report rebuilds the tables and figures from
+the ledger alone, training nothing. See smtjax/studies/claims.py and smtjax/studies/ledger.py.
 """
 
 from absl import app, flags
@@ -36,6 +39,8 @@ flags.DEFINE_integer('num_eval_batches', 32, 'Batches per evaluation.')
 flags.DEFINE_float('plateau', 0.01, 'A run has plateaued when its last-quarter change is below this.')
 flags.DEFINE_bool('tune_only', False, 'Stop after tuning: OUT/claims_TASK_T<T>_tuning.{json,md,png}.')
 flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
+flags.DEFINE_string('ledger', 'docs/results/runs/claims.jsonl', "Results ledger: finished runs' records ('': none).")
+flags.DEFINE_bool('report', False, 'Train nothing: the tables from the ledger (and finished runs under --out) alone.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -47,10 +52,10 @@ def main(argv):
                      seeds=tuple(int(c.seed) + i for i in range(FLAGS.seeds)), tune_steps=FLAGS.tune_steps,
                      lrs=tuple(float(x) for x in FLAGS.lrs), cells=tuple(FLAGS.cells), drifts=tuple(FLAGS.drifts),
                      evals=FLAGS.evals, num_eval_batches=FLAGS.num_eval_batches, plateau=FLAGS.plateau,
-                     lanes=FLAGS.lanes, tune_only=FLAGS.tune_only)
+                     lanes=FLAGS.lanes, tune_only=FLAGS.tune_only, report=FLAGS.report)
   lengths = FLAGS.lengths or [c.data.options.num_pairs if c.data.name == 'keys_values' else c.data.seq_len]
   with _cli.user_errors():
-    results = claims.run_claims(c, lengths, plan, FLAGS.out)
+    results = claims.run_claims(c, lengths, plan, FLAGS.out, ledger=FLAGS.ledger or None)
   for r in results.values():
     if FLAGS.tune_only:
       print(claims.write_tuning_table(r, f'{FLAGS.out}/claims_{r["task"]}_T{r["length"]}_tuning.md'))

@@ -4,8 +4,10 @@ r"""Where SMT's teacher spends its steps: arms x seeds at equal steps (smtjax/st
       --arms='base' --arms='dec4:smt.num_decoder_samples=4,optim.lr=1e-3' \
       --arms='transformer:method="transformer"' --out=/tmp/recipe
 
-Each --arms is NAME or NAME:field=value,field=value (overrides of --config). Runs go to OUT/<arm>/seed<s>, two
-at a time by default, each pinned to its own core (--lanes); a rerun reuses finished runs. Writes
+Each --arms is NAME or NAME:field=value,field=value (overrides of --config; short_len=L,short_steps=S: a
+curriculum, S steps at length L first). Runs go to OUT/<arm>/seed<s>, two at a time by default, each pinned to
+its own core (--lanes); a rerun reuses finished runs, and every finished run is recorded in --ledger (default
+docs/results/runs/recipe.jsonl, committed), whose runs are not trained again (--report: train nothing). Writes
 OUT/recipe.{json,md,png}.
 """
 
@@ -24,6 +26,8 @@ flags.DEFINE_integer('evals', 10, 'Evaluations per run (on the validation split)
 flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each pinned to a core (0: in this process).')
 flags.DEFINE_string('title', 'SMT training recipe', 'Title of the table.')
 flags.DEFINE_string('out', 'workdirs/recipe', 'Output directory.')
+flags.DEFINE_string('ledger', 'docs/results/runs/recipe.jsonl', "Results ledger: finished runs' records ('': none).")
+flags.DEFINE_bool('report', False, 'Train nothing: the table from the ledger (and finished runs under --out) alone.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -32,7 +36,7 @@ def main(argv):
   with _cli.user_errors():
     arms = [recipe.parse_arm(a) for a in FLAGS.arms]
     recipe.run_study(FLAGS.config, arms, [int(s) for s in FLAGS.seeds], FLAGS.steps or FLAGS.config.num_steps,
-                     FLAGS.evals, FLAGS.out, FLAGS.lanes, FLAGS.title)
+                     FLAGS.evals, FLAGS.out, FLAGS.lanes, FLAGS.title, FLAGS.ledger or None, FLAGS.report)
   print((epath.Path(FLAGS.out) / 'recipe.md').read_text())
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import time
 
 from etils import epath
@@ -118,3 +119,16 @@ class MetricWriter:
 
   def close(self):
     self.flush()
+
+
+def trained_seconds(workdir) -> float:
+  """Seconds a run spent training, from its log: each logged interval's steps over its steps per second, the
+  first interval (which compiles) at the median rate of the others."""
+  logged = [r for r in read_metrics(workdir) if 'steps_per_s' in r]
+  if not logged:
+    return float('nan')
+  rates = [r['steps_per_s'] for r in logged[1:]] or [logged[0]['steps_per_s']]
+  seconds, last = logged[0]['step'] / statistics.median(rates), logged[0]['step']
+  for r in logged[1:]:
+    seconds, last = seconds + (r['step'] - last) / r['steps_per_s'], r['step']
+  return seconds

@@ -1,9 +1,19 @@
-"""Every figure and image smtjax writes, in one module.
+"""Figures and images: the writers every figure goes through, most studies' figures, and shared helpers.
+
+- Writers: `save_figure` (a Figure, format from the path's suffix) and `write_png` (a uint8 array: the image
+  grids of smtjax.data.visualize).
+- Figures: `loss_by_position` (runs.evaluate_workdir), `gradients` and `drift` (studies.analysis), `comparison`
+  (studies.compare), `claims_curves` and `tuning_curves` (studies.claims), `recipe_curves` (studies.recipe),
+  `learning_curves` and `loss_per_position` (studies.realdata), `compression_contours` (studies.compression),
+  `memory_space` (studies.geometry).
+- Helpers, also for the studies that draw their figure in their own module (crossover, ceiling, linear_rnns,
+  each through `save_figure`): `clipped_error_bars` and `mean_over_seeds`.
 
 Figures are `matplotlib.figure.Figure` objects, never pyplot state: nothing here switches matplotlib's
 backend or keeps a figure alive, so these functions are safe to call from a notebook (which keeps its own
 backend) and from threads. Images are encoded by Pillow. Every file is rendered in memory and written whole
-through etils.epath, so `path` may be local or on an object store (gs://...); each function returns it.
+through etils.epath, so `path` may be local or on an object store (gs://...); each function that writes one
+returns its path.
 """
 
 from __future__ import annotations
@@ -177,6 +187,8 @@ def claims_curves(summary: dict, path, names: dict) -> epath.Path:
   nan = lambda v: np.asarray([np.nan if u is None else u for u in v], np.float64)
   for ax, (row, cells) in zip(axes, rows.items()):
     for i, (m, c) in enumerate(cells.items()):
+      if 'curve' not in c:  # a cell not run (a report from a ledger that lacks its runs)
+        continue
       x, y, ci = np.asarray(c['curve']['steps'], np.float64), nan(c['curve']['mean']), nan(c['curve']['ci'])
       ax.plot(x, y, color=f'C{i}', marker='.', label=f'{names[m]} ({c["name"]})')
       ax.fill_between(x, np.clip(y - ci, 0, 1), np.clip(y + ci, 0, 1), color=f'C{i}', alpha=0.15)

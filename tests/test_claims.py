@@ -1,13 +1,14 @@
 """The claims study (smtjax/studies/claims.py): equal steps and batch, one grid for every method, the plateau
 and teacher checks, the table."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from smtjax.errors import ConfigError
-from smtjax.studies import claims
+from smtjax.studies import claims, ledger
 from tests.conftest import tiny_config
 
 
@@ -60,16 +61,16 @@ def test_plans_that_cannot_finish_or_would_bias_are_refused_before_training(tmp_
 def _fake_run(workdir, steps, values, key='rnn_only_accuracy', steps_per_s=10.0, **extra):
   workdir.mkdir(parents=True)
   lines = [json.dumps({'step': s, 'steps_per_s': steps_per_s}) for s in (1, *steps)]
-  lines += [json.dumps({'step': s, key: v, **{k: f(s) for k, f in extra.items()}}) for s, v in zip(steps, values)]
+  lines += [json.dumps({'step': s, key: v, 'rnn_only_loss': 1.0, **{k: f(s) for k, f in extra.items()}})
+            for s, v in zip(steps, values)]
   (workdir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
 
 
-def test_cells_judge_every_run_over_one_horizon_gate_on_the_teacher_and_count_both_stages(tmp_path, monkeypatch):
+def test_cells_judge_every_run_over_one_horizon_gate_on_the_teacher_and_count_both_stages(tmp_path):
   """A cell from hand-made learning curves: the fine-tuning stage (200 steps) still rises by 0.008 over its
   own last quarter, 0.048 over the plan's horizon (300 steps): not converged. Its SMT stage's teacher is still
   rising: 'teacher not converged'. Seconds per update: both stages' updates (1000 at 0.1 s, 200 at 0.5 s)."""
-  monkeypatch.setattr(claims, '_score', lambda *a: {'rnn_only_accuracy': 0.5, 'rnn_only_bits': 1.0,
-                                                     'teacher_accuracy': 0.9})
+  scores = {'rnn_only_accuracy': 0.5, 'rnn_only_bits': 1.0, 'teacher_accuracy': 0.9}
   c = tiny_config()
   plan = claims.Plan(smt_steps=1000, dmt_steps=200, seeds=(0,), evals=8)
   smt_steps, dmt_steps = list(range(125, 1001, 125)), list(range(25, 201, 25))
@@ -78,8 +79,10 @@ def test_cells_judge_every_run_over_one_horizon_gate_on_the_teacher_and_count_bo
   _fake_run(tmp_path / 'dmt', dmt_steps, [0.6 + s * 0.00016 for s in dmt_steps], steps_per_s=2.0)
   smt_job = claims.Job(tmp_path / 'smt', claims._steps(c.copy_and_resolve_references(), 1000, 8))
   dmt_job = claims.Job(tmp_path / 'dmt', claims._steps(c.copy_and_resolve_references(), 200, 8))
-  cell = claims._result(plan, 'smt_dmt', claims.Setting(1e-3, 'transformer'), [(dmt_job, smt_job)])
-  assert claims.last_quarter_change(claims.curve(tmp_path / 'dmt')) == pytest.approx(0.008)
+  records = {str(j.workdir): ledger.make_record(j.workdir.name, j.workdir, j.config, scores)
+             for j in (smt_job, dmt_job)}
+  cell = claims._result(plan, 'smt_dmt', claims.Setting(1e-3, 'transformer'), [(dmt_job, smt_job)], records)
+  assert claims.last_quarter_change(claims.curve(records[str(dmt_job.workdir)])) == pytest.approx(0.008)
   assert cell['change'] == pytest.approx(0.048) and not cell['converged']
   assert cell['teacher_change'] == pytest.approx(0.15) and cell['teacher_converged'] is False
   assert claims._verdict(cell) == 'teacher not converged'
@@ -99,7 +102,8 @@ def test_verdict_reads_the_teacher_gate_first_then_the_plateau():
 def test_claims_study_runs_end_to_end(tmp_path):
   c = tiny_config()
   plan = claims.Plan(smt_steps=8, dmt_steps=4, seeds=(0, 1), tune_steps=0, evals=4, num_eval_batches=1)
-  out = claims.run_claims(c, [6], plan, tmp_path)['6']
+  book = tmp_path / 'runs' / 'claims.jsonl'
+  out = claims.run_claims(c, [6], plan, tmp_path, ledger=str(book))['6']
   for ext in ('json', 'md', 'png'):
     assert (tmp_path / f'claims_retrieval_T6.{ext}').stat().st_size > 0
   saved = json.loads((tmp_path / 'claims_retrieval_T6.json').read_text())
@@ -117,6 +121,22 @@ def test_claims_study_runs_end_to_end(tmp_path):
       line, = [x for x in text.splitlines() if x.startswith(f'| {row.replace("_", " ")} | {claims.METHODS[m]} |')]
       assert line.endswith(f'| {claims._verdict(cell)} |')
   assert out['rows']['same_cell']['bptt']['sequential_depth'] == 6
+  # The ledger holds every run (SMT twice over seeds, the three others once per seed: 8 records), named by its
+  # path under the study's folder; a report from it alone, elsewhere, trains nothing and rebuilds the table.
+  names = [json.loads(line)['name'] for line in book.read_text().splitlines()]
+  assert len(names) == len(set(names)) == 8 and all(n.startswith('retrieval/T6/seed') for n in names)
+  report = tmp_path / 'report'
+  again = claims.run_claims(c, [6], dataclasses.replace(plan, report=True), report, ledger=str(book))['6']
+  assert not (report / 'retrieval').exists()  # no run trained
+  assert (report / 'claims_retrieval_T6.md').read_text() == text
+  assert again['rows']['best']['smt_dmt']['accuracy'] == out['rows']['best']['smt_dmt']['accuracy']
+  # A ledger that lacks a run: its cells say so, the others are reported.
+  kept = [line for line in book.read_text().splitlines() if '/smt_dmt_' not in json.loads(line)['name']]
+  partial = tmp_path / 'partial.jsonl'
+  partial.write_text('\n'.join(kept) + '\n')
+  part = claims.run_claims(c, [6], dataclasses.replace(plan, report=True), tmp_path / 'p', ledger=str(partial))['6']
+  assert claims._verdict(part['rows']['same_cell']['smt_dmt']) == 'not run (2 of 4 runs missing)'
+  assert part['rows']['same_cell']['bptt']['accuracy'] == out['rows']['same_cell']['bptt']['accuracy']
 
 
 @pytest.mark.slow

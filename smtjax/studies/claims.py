@@ -31,12 +31,15 @@ SMT `rollout_steps x cell_depth`, BPTT and DMT `T x cell_depth`).
 Writes out/claims_<task>_T<T>.{json,md} and a learning-curve figure; runs live under out/<task>/T<T>/ and a
 rerun skips finished runs. With `tune_only` the study stops after tuning and writes
 out/claims_<task>_T<T>_tuning.{json,md,png}: a pilot of the grid before committing to the seeded runs.
+
+Every summary is built from run records (smtjax/studies/ledger.py): with a ledger file, each finished run is
+recorded there (named by its path under out/, with its test scores), a run the ledger holds is not trained
+again, and `report=True` writes the tables from the ledger alone, a cell whose runs it lacks saying "not run".
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import statistics
 
 import numpy as np
@@ -46,8 +49,9 @@ from smtjax import config as config_lib
 from smtjax import plotting, variants
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
-from smtjax.metrics import read_metrics
 from smtjax.studies import compare, stats
+from smtjax.studies import ledger as ledger_lib
+from smtjax.studies.ledger import Ledger
 from smtjax.studies.wallclock import Job, RunKey, run_jobs, score
 
 METHODS = {'smt': 'SMT', 'smt_dmt': 'SMT→DMT', 'bptt': 'BPTT', 'smt_bptt': 'SMT→BPTT'}
@@ -69,6 +73,7 @@ class Plan:
   plateau: float = 0.01
   lanes: int = 2
   tune_only: bool = False  # stop after tuning: the grid's validation scores and curves, no seeded runs
+  report: bool = False  # train nothing: the tables from the ledger's records (and finished workdirs) alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +134,9 @@ def sequential_depth(config) -> int:
 
 # --------------------------------------------------------------------------------------------- curves
 
-def curve(workdir, key: str = 'rnn_only_accuracy', offset: int = 0) -> dict:
-  """{'steps', 'values'} of `key` at each periodic evaluation of a run (steps shifted by `offset`)."""
-  points = [r for r in read_metrics(workdir) if key in r]
-  return {'steps': [offset + r['step'] for r in points], 'values': [r[key] for r in points]}
+def curve(record: dict, key: str = 'rnn_only_accuracy', offset: int = 0) -> dict:
+  """{'steps', 'values'} of `key` at each periodic evaluation of a recorded run (steps shifted by `offset`)."""
+  return ledger_lib.curve(record, key, offset)
 
 
 def joined(first: dict, second: dict) -> dict:
@@ -216,7 +220,18 @@ def _grid(plan: Plan, method: str) -> list[Setting]:
   return [Setting(lr, cell, d) for cell in plan.cells for lr in plan.lrs for d in drifts]
 
 
-def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
+def _named(job: Job, root: epath.Path) -> Job:
+  """The job named by its workdir's path under the study's output folder: the same on every machine."""
+  return dataclasses.replace(job, name=str(job.workdir.relative_to(root)))
+
+
+def _scorer(plan: Plan):
+  """A finished run's test scores (the RNN, and an SMT run's teacher), recorded with it."""
+  return lambda job: score(job.workdir, (), plan.num_eval_batches, 'test')
+
+
+def tune(config, length: int, plan: Plan, out: epath.Path, ledger: Ledger | None = None,
+         root: epath.Path | None = None) -> dict:
   """Every method's validation accuracy for every candidate and its choice, same-cell (the first cell) and
   best cell: {method: {'scores': {name: acc}, 'teacher': {name: acc} (SMT candidates), 'curves': {name: curve},
   'steps': tuning steps in all, 'same_cell': Setting, 'best': Setting}}. Without tune_steps: the first value of
@@ -246,13 +261,19 @@ def tune(config, length: int, plan: Plan, out: epath.Path) -> dict:
     for m in ('smt_dmt', 'smt_bptt'):
       jobs.append(Job(base / m / s.name, cs[m], after=(smt_dir,)))
       runs[m][s.name] = (s, base / m / s.name)
-  run_jobs(jobs, plan.lanes)
+  ledger = Ledger() if ledger is None else ledger
+  jobs = [_named(j, root or out) for j in jobs]
+  records = run_jobs(jobs, plan.lanes, ledger, train_missing=not plan.report)
+  missing = [str(j.workdir) for j in jobs if records[str(j.workdir)] is None]
+  if missing:
+    raise ConfigError(f'report: the ledger {ledger.path} lacks {len(missing)} tuning runs, e.g. {missing[0]}')
   out_ = {}
   for m, cands in runs.items():
-    scored = {name: _score(str(wd), 'valid', plan.num_eval_batches) for name, (_, wd) in cands.items()}
-    scores = {name: sc['rnn_only_accuracy'] for name, sc in scored.items()}
-    teacher = {name: sc['teacher_accuracy'] for name, sc in scored.items() if 'teacher_accuracy' in sc}
-    curves = {name: {'rnn': curve(wd), **({'teacher': curve(wd, 'teacher_accuracy')} if name in teacher else {})}
+    finals = {name: records[str(wd)]['final'] for name, (_, wd) in cands.items()}  # the last validation scores
+    scores = {name: f['rnn_only_accuracy'] for name, f in finals.items()}
+    teacher = {name: f['teacher_accuracy'] for name, f in finals.items() if m == 'smt' and 'teacher_accuracy' in f}
+    curves = {name: {'rnn': curve(records[str(wd)]),
+                     **({'teacher': curve(records[str(wd)], 'teacher_accuracy')} if name in teacher else {})}
               for name, (_, wd) in cands.items()}
     same = {k: v for k, v in scores.items() if cands[k][0].cell == plan.cells[0]}
     steps = n * len(smt_grid) if m == 'smt' else (n + fine) * len(pair_grid)
@@ -282,38 +303,32 @@ def _row_jobs(config, length: int, plan: Plan, chosen: dict, row: str, base: epa
   return jobs
 
 
-@functools.cache
-def _score(workdir: str, split: str, num_batches: int) -> dict:
-  return score(workdir, (), num_batches, split)
-
-
-def seconds_per_update(workdir) -> float:
-  """Median seconds per step of a run (its logged rates after the first, which includes compilation)."""
-  rates = [r['steps_per_s'] for r in read_metrics(workdir) if 'steps_per_s' in r][1:]
-  return 1.0 / statistics.median(rates) if rates else float('nan')
-
-
-def _result(plan: Plan, m: str, setting: Setting, pairs: list) -> dict:
-  """A cell: test scores over seeds, the validation curve, convergence (of the method's own last stage: a
-  fine-tuning run's plateau is its own; every run judged over the plan's `horizon`), cost (a two-stage row's
-  seconds per update over both stages' updates)."""
+def _result(plan: Plan, m: str, setting: Setting, pairs: list, records: dict) -> dict:
+  """A cell from its runs' records: test scores over seeds, the validation curve, convergence (of the method's
+  own last stage: a fine-tuning run's plateau is its own; every run judged over the plan's `horizon`), cost (a
+  two-stage row's seconds per update over both stages' updates). A cell whose records are not all there (a
+  report from a ledger that lacks some) is {'name', 'missing': how many runs}."""
+  runs = [j for pair in pairs for j in pair if j is not None]
+  lacking = sum(records.get(str(j.workdir)) is None for j in runs)
+  if lacking:
+    return {'method': m, 'name': setting.name, 'missing': lacking, 'runs': len(runs)}
   per_seed, curves, teacher_curves, seconds = [], [], [], []
   over = horizon(plan.smt_steps, plan.dmt_steps)
   for job, smt_job in pairs:
-    sc = _score(str(job.workdir), 'test', plan.num_eval_batches)
-    own = curve(job.workdir)
-    whole = own if smt_job is None else joined(curve(smt_job.workdir),
-                                                curve(job.workdir, offset=smt_job.config.num_steps))
-    stages = [job] if smt_job is None else [smt_job, job]
-    seconds.append(sum(seconds_per_update(j.workdir) * j.config.num_steps for j in stages)
-                   / sum(j.config.num_steps for j in stages))
-    teacher_src = smt_job or (job if m == 'smt' else None)
+    rec = records[str(job.workdir)]
+    smt_rec = None if smt_job is None else records[str(smt_job.workdir)]
+    sc = rec['scores']
+    own = curve(rec)
+    whole = own if smt_rec is None else joined(curve(smt_rec), curve(rec, offset=smt_rec['steps']))
+    stages = [rec] if smt_rec is None else [smt_rec, rec]
+    seconds.append(sum(r['seconds_per_update'] * r['steps'] for r in stages) / sum(r['steps'] for r in stages))
+    teacher_src = smt_rec or (rec if m == 'smt' else None)
     teacher = float('nan')
     if teacher_src is not None:
-      teacher_curves.append(curve(teacher_src.workdir, 'teacher_accuracy'))
-      teacher = _score(str(teacher_src.workdir), 'test', plan.num_eval_batches)['teacher_accuracy']
+      teacher_curves.append(curve(teacher_src, 'teacher_accuracy'))
+      teacher = teacher_src['scores']['teacher_accuracy']
     per_seed.append({'accuracy': sc['rnn_only_accuracy'], 'bits': sc['rnn_only_bits'], 'teacher_accuracy': teacher,
-                     'change': last_quarter_change(own, over), 'workdir': str(job.workdir)})
+                     'change': last_quarter_change(own, over), 'run': rec['name']})
     curves.append(whole)
   changes = [p['change'] for p in per_seed]
   cell = {'method': m, 'setting': dataclasses.asdict(setting), 'name': setting.name, 'per_seed': per_seed,
@@ -332,26 +347,30 @@ def _result(plan: Plan, m: str, setting: Setting, pairs: list) -> dict:
   return cell
 
 
-def run_claims(config, lengths, plan: Plan, out) -> dict:
-  """Tunes, trains and scores every method at each length (module docstring); returns {str(T): summary}."""
+def run_claims(config, lengths, plan: Plan, out, ledger: str | None = None) -> dict:
+  """Tunes, trains and scores every method at each length (module docstring), recording every finished run in
+  the `ledger` file (if given); returns {str(T): summary}."""
   out = workdir_lib.as_path(out)
   lengths = [int(x) for x in lengths]
   _check(config, lengths, plan)
+  book = Ledger(ledger)
+  out.mkdir(parents=True, exist_ok=True)
   task, results = config.data.name, {}
   for L in lengths:
     base = out / task / f'T{L}'
-    chosen = tune(config, L, plan, base)
+    chosen = tune(config, L, plan, base, book, out)
     tuning = {m: {'scores': v['scores'], 'teacher': v['teacher'], 'curves': v['curves'], 'steps': v['steps'],
                   'same_cell': v['same_cell'].name, 'best': v['best'].name} for m, v in chosen.items()}
     if plan.tune_only:
       results[str(L)] = _write_tuning(config, L, plan, tuning, out)
       continue
     rows = {row: _row_jobs(config, L, plan, chosen, row, base) for row in ('same_cell', 'best')}
-    jobs = {str(j.workdir): j for r in rows.values() for pair in r.values() for j in pair if j is not None}
-    run_jobs(list(jobs.values()), plan.lanes)
+    jobs = {str(j.workdir): _named(j, out) for r in rows.values() for pair in r.values() for j in pair
+            if j is not None}
+    records = run_jobs(list(jobs.values()), plan.lanes, book, _scorer(plan), train_missing=not plan.report)
     summary = {**_head(config, L, plan), 'tuning': tuning,
-               'rows': {row: {m: _result(plan, m, chosen[m][row], [r[(m, s)] for s in plan.seeds]) for m in METHODS}
-                        for row, r in rows.items()}}
+               'rows': {row: {m: _result(plan, m, chosen[m][row], [r[(m, s)] for s in plan.seeds], records)
+                              for m in METHODS} for row, r in rows.items()}}
     name = f'claims_{task}_T{L}'
     workdir_lib.write_json(out / f'{name}.json', summary)
     write_table(summary, out / f'{name}.md')
@@ -405,6 +424,8 @@ def write_tuning_table(summary: dict, path) -> str:
 
 
 def _verdict(cell: dict) -> str:
+  if 'missing' in cell:
+    return f'not run ({cell["missing"]} of {cell["runs"]} runs missing)'
   if cell.get('teacher_converged') is False:
     return 'teacher not converged'
   return 'plateau' if cell['converged'] else 'not converged'
@@ -424,9 +445,10 @@ def write_table(summary: dict, path) -> str:
   lines += stats.table(
       ['row', 'method', 'setting', 'steps', 's/update', 'sequential depth', 'RNN accuracy', 'teacher accuracy',
        'change', 'verdict'],
-      [[row.replace('_', ' '), METHODS[m], c['name'], c['steps'], f'{c["seconds_per_update"]:.3f}',
-        c['sequential_depth'], stats.fmt(c['accuracy'], c['accuracy_ci']),
-        stats.fmt(c.get('teacher_accuracy'), c.get('teacher_accuracy_ci')), f'{c["change"]:+.3f}', _verdict(c)]
+      [[row.replace('_', ' '), METHODS[m], c['name'], *(['-'] * 6 if 'missing' in c else [
+          c['steps'], f'{c["seconds_per_update"]:.3f}', c['sequential_depth'],
+          stats.fmt(c['accuracy'], c['accuracy_ci']),
+          stats.fmt(c.get('teacher_accuracy'), c.get('teacher_accuracy_ci')), f'{c["change"]:+.3f}']), _verdict(c)]
        for row, cells in summary['rows'].items() for m, c in cells.items()])
   lines += ['', '## Tuning (validation accuracy, first seed)', '']
   for m, t in summary['tuning'].items():

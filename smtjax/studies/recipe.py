@@ -14,6 +14,10 @@ A curriculum over T (short sequences first) is an arm with `short_len` and `shor
 rest of the steps at the full length starting from those parameters (`config.init_from`: a fresh optimizer and
 schedule). The arm is judged on its full-length evaluations, at its total step count, and its seconds are both
 stages'.
+
+Summaries are built from run records (smtjax/studies/ledger.py): with a ledger file every finished run is
+recorded there (named <task>/T<T>/<arm>/seed<s>), runs it holds are not trained again, and `report=True`
+rebuilds the table and figure from it alone.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from smtjax import config as config_lib
 from smtjax import plotting, variants
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
-from smtjax.metrics import read_metrics
 from smtjax.studies import claims, stats
-from smtjax.studies.wallclock import Job, run_jobs, trained_seconds, with_steps
+from smtjax.studies import ledger as ledger_lib
+from smtjax.studies.wallclock import Job, run_jobs, with_steps
 
 PLATEAU = 0.01  # a run has plateaued when its accuracy changed by less than this over its last quarter
 
@@ -119,21 +123,20 @@ def accuracy_key(config) -> str:
   return 'teacher_accuracy' if config_lib.scores_teacher(config) else 'rnn_only_accuracy'
 
 
-def run_curve(stages: tuple[Job, ...]) -> dict:
+def run_curve(stages: tuple[Job, ...], records: dict) -> dict:
   """A finished run's evaluations at full length (its last stage's, counted in the steps of every stage):
   steps, the model's accuracy (`accuracy_key`) and the RNN's (NaN for the Transformer reference), and what
   they say (final, steps to 95% of final, last-quarter change, seconds of every stage)."""
   *earlier, last = stages
   offset = sum(int(j.config.num_steps) for j in earlier)
-  config = last.config
-  points = [r for r in read_metrics(last.workdir) if accuracy_key(config) in r]
-  steps = [offset + int(r['step']) for r in points]
-  acc = [float(r[accuracy_key(config)]) for r in points]
-  rnn = [float(r.get('rnn_only_accuracy', float('nan'))) for r in points]
+  rec = records[str(last.workdir)]
+  model = ledger_lib.curve(rec, accuracy_key(last.config), offset)
+  steps, acc = [int(x) for x in model['steps']], [float(v) for v in model['values']]
+  rnn = ledger_lib.curve(rec, 'rnn_only_accuracy')['values'] or [float('nan')] * len(steps)
   change = claims.last_quarter_change({'steps': steps, 'values': acc})
   return dict(steps=steps, accuracy=acc, rnn_accuracy=rnn, final=acc[-1], rnn_final=rnn[-1],
               steps_to_95=steps_to_fraction(steps, acc, 0.95), change=change,
-              rnn_swing=last_quarter_swing(steps, rnn), seconds=sum(trained_seconds(j.workdir) for j in stages))
+              rnn_swing=last_quarter_swing(steps, rnn), seconds=sum(records[str(j.workdir)]['seconds'] for j in stages))
 
 
 def steps_to_fraction(steps: list[int], values: list[float], fraction: float) -> int:
@@ -149,11 +152,13 @@ def last_quarter_swing(steps: list[int], values: list[float]) -> float:
   return max(tail) - min(tail)
 
 
-def summarize(jobs: dict[tuple[str, int], tuple[Job, ...]]) -> dict:
-  """{arm: {'runs': {seed: run_curve}, and per metric the mean, 95% interval and per-seed values}}."""
+def summarize(jobs: dict[tuple[str, int], tuple[Job, ...]], records: dict) -> dict:
+  """{arm: {'runs': {seed: run_curve}, and per metric the mean, 95% interval and per-seed values}}; a run without
+  records (a report from a ledger that lacks it) is left out, and an arm without any."""
   out: dict = {}
   for (arm, seed), stages in jobs.items():
-    out.setdefault(arm, {'runs': {}})['runs'][seed] = run_curve(stages)
+    if all(records.get(str(j.workdir)) is not None for j in stages):
+      out.setdefault(arm, {'runs': {}})['runs'][seed] = run_curve(stages, records)
   for r in out.values():
     per_seed = list(r['runs'].values())
     for k in ('final', 'rnn_final', 'steps_to_95', 'change', 'rnn_swing', 'seconds'):
@@ -185,12 +190,16 @@ def write_table(summary: dict, path, title: str, steps: int) -> str:
 
 
 def run_study(config, arms: list[Arm], seeds: list[int], steps: int, evals: int, out, lanes: int,
-              title: str) -> dict:
-  """Trains every (arm, seed) not yet finished under `out`, then writes recipe.json, .md and .png there."""
+              title: str, ledger: str | None = None, report: bool = False) -> dict:
+  """Trains every (arm, seed) not yet finished under `out` nor held by the `ledger` file (recording each
+  finished run there; `report`: trains nothing), then writes recipe.json, .md and .png there."""
   out = epath.Path(out)
   jobs = plan_jobs(config, arms, seeds, steps, evals, out)
-  run_jobs([j for stages in jobs.values() for j in stages], lanes)
-  summary = summarize(jobs)
+  flat = [dataclasses.replace(j, name=f'{config.data.name}/T{j.config.data.seq_len}/{j.workdir.relative_to(out)}')
+          for stages in jobs.values() for j in stages]
+  records = run_jobs(flat, lanes, ledger_lib.Ledger(ledger), train_missing=not report)
+  out.mkdir(parents=True, exist_ok=True)
+  summary = summarize(jobs, records)
   workdir_lib.write_json(out / 'recipe.json', summary)
   write_table(summary, out / 'recipe.md', title, steps)
   plotting.recipe_curves(summary, out / 'recipe.png', title)

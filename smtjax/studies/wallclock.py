@@ -45,8 +45,9 @@ from smtjax.data import make_source
 from smtjax.data import synthetic as synthetic_tasks
 from smtjax.errors import ConfigError
 from smtjax.evaluation import EvalSpec, Evaluator
-from smtjax.metrics import read_metrics
+from smtjax.metrics import read_metrics, trained_seconds
 from smtjax.models import Networks
+from smtjax.studies import ledger as ledger_lib
 from smtjax.studies import stats
 
 ONE_CORE = '--xla_cpu_multi_thread_eigen=false'
@@ -192,6 +193,7 @@ class Job:
   config: object
   after: tuple = ()
   copy_from: epath.Path | None = None
+  name: str = ''  # the run's name in a results ledger (smtjax/studies/ledger.py); '': its workdir
 
 
 def _launch(workdir: epath.Path, core: int | None) -> subprocess.Popen:
@@ -236,13 +238,48 @@ def lane_cores(lanes: int) -> list[int]:
   return [allowed[i % len(allowed)] for i in range(lanes)]
 
 
-def run_jobs(jobs: list[Job], lanes: int) -> None:
+def _held(pending: list[Job], ledger) -> set[str]:
+  """Workdirs of the pending jobs the ledger holds that need not train: none that a job which trains starts
+  from (its checkpoint is needed here)."""
+  held = {str(j.workdir) for j in pending if ledger.get(_name(j), j.config) is not None}
+  while True:
+    needed = {str(d) for j in pending if str(j.workdir) not in held
+              for d in (*j.after, *([j.copy_from] if j.copy_from is not None else []))}
+    if not held & needed:
+      return held
+    held -= needed
+
+
+def _name(job: Job) -> str:
+  return job.name or str(job.workdir)
+
+
+def run_jobs(jobs: list[Job], lanes: int, ledger=None, scorer=None, train_missing: bool = True) -> dict:
   """Trains every job whose workdir is not finished, `lanes` at a time, each in a process of its own pinned to
   its own core (`lane_cores`); a job starts once the workdirs it depends on are done. A failed job raises,
   naming its log. `lanes=0`: one job after another in this process, unpinned (notebooks, debuggers, tests;
-  a timing made this way is this process's, not one core's)."""
+  a timing made this way is this process's, not one core's).
+
+  With a `ledger` (smtjax/studies/ledger.py): a job it already holds is not trained (unless a job that trains
+  starts from its checkpoint), every finished job is recorded in it (with `scorer(job)`'s scores), and the
+  return value is {workdir: record} of every job (None for a job with no record). `train_missing=False`: trains
+  nothing (a report from the ledger and finished workdirs alone)."""
   pending = [j for j in jobs if not _done(j)]
   finished = {str(j.workdir) for j in jobs if j not in pending}
+  if ledger is not None:
+    held = _held(pending, ledger)
+    finished |= held
+    pending = [j for j in pending if str(j.workdir) not in held]
+
+  def record(job: Job) -> None:
+    if ledger is not None and ledger.get(_name(job), job.config) is None:
+      ledger.append(ledger_lib.make_record(_name(job), job.workdir, job.config, scorer(job) if scorer else None))
+
+  for job in jobs:
+    if str(job.workdir) in finished and _done(job):
+      record(job)
+  if not train_missing:
+    pending = []
   running: dict[int, tuple[Job, subprocess.Popen]] = {}
   cores = lane_cores(lanes)
 
@@ -260,6 +297,7 @@ def run_jobs(jobs: list[Job], lanes: int) -> None:
       if (job := start_next(0)) is not None:
         train.train_and_evaluate(config_lib.load_saved(job.workdir), job.workdir)
         finished.add(str(job.workdir))
+        record(job)
         continue
     for lane in [i for i in range(lanes) if i not in running]:
       if (job := start_next(lane)) is None:
@@ -274,6 +312,10 @@ def run_jobs(jobs: list[Job], lanes: int) -> None:
         if proc.returncode != 0:
           raise RuntimeError(f'training {job.workdir} failed (exit {proc.returncode}); see {job.workdir / "run.log"}')
         finished.add(str(job.workdir))
+        record(job)
+  if ledger is None:
+    return {}
+  return {str(j.workdir): ledger.get(_name(j), j.config) for j in jobs}
 
 
 def timing_key(config) -> str:
@@ -540,19 +582,6 @@ def run_study(config, methods: tuple[Method, ...], plan: Plan, out, teacher_of: 
           'selection': selection, 'results': summarize_scores(scores, plan.test_multiples), 'curves': curves,
           'runs': runs_info, 'workdirs': {m.name: str(first[RunKey(m.name)].workdir) for m in methods},
           'study_seconds': time.perf_counter() - t0}
-
-
-def trained_seconds(workdir) -> float:
-  """Seconds a run spent training, from its log: each logged interval's steps over its steps per second, the
-  first interval (which compiles) at the median rate of the others."""
-  logged = [r for r in read_metrics(workdir) if 'steps_per_s' in r]
-  if not logged:
-    return float('nan')
-  rates = [r['steps_per_s'] for r in logged[1:]] or [logged[0]['steps_per_s']]
-  seconds, last = logged[0]['step'] / statistics.median(rates), logged[0]['step']
-  for r in logged[1:]:
-    seconds, last = seconds + (r['step'] - last) / r['steps_per_s'], r['step']
-  return seconds
 
 
 def budget_ratio(jobs: dict[int, dict[RunKey, Job]], method: Method, plan: Plan) -> float:
