@@ -10,6 +10,7 @@ and the compiled program's memory.
   python -m experiments.bench --roofline=h200           # the lowest possible step time of each preset
   python -m experiments.bench --preset=gpu_check        # one table for a short GPU lease (<= 8 minutes)
   python -m experiments.bench --length_table            # step time against T: SMT, window SMT, BPTT
+  python -m experiments.bench --regression              # the step-time regression guard (a few minutes)
 
 Prints step time, sequences/s, tokens/s, memory transitions trained per second (window mode: one per
 sequence; parallel mode: num_transitions, or T, per sequence), FLOPs per step (XLA's cost analysis; scans
@@ -35,12 +36,10 @@ from absl import app, flags, logging
 from etils import epath
 
 from experiments import _cli  # noqa: F401 -- JAX options as flags (--jax_log_compiles)
+from smtjax import benchmarks, perf
 from smtjax import config as config_lib
-from smtjax import perf
-from smtjax import sharding as shard_lib
 from smtjax import workdir as workdir_lib
-from smtjax.data import make_source
-from smtjax.data.pipeline import BatchIterator
+from smtjax.benchmarks import time_train_step
 from smtjax.metrics import read_metrics
 from smtjax.studies import stats
 from smtjax.train import Trainer
@@ -71,6 +70,10 @@ flags.DEFINE_list('sizes', ['retrieval', 'cpu'], '--length_table: retrieval (con
                   '(configs/tinystories.py:cpu).')
 flags.DEFINE_float('max_gib', 16.0, '--length_table: a step whose compiled program needs more memory is not run.')
 flags.DEFINE_float('cell_seconds', 20.0, '--length_table: timing budget per step and length (at least 2 steps).')
+flags.DEFINE_bool('regression', False, 'Time window SMT, parallel SMT, DMT and BPTT at the public architecture and '
+                  'the cpu size, each over a matrix-product rate measured beside it, against docs/benchmarks.md.')
+flags.DEFINE_string('record', 'docs/benchmarks.md', '--regression: the file holding the recorded figures.')
+flags.DEFINE_float('tolerance', 0.10, '--regression: a step slower than its record by more than this is named.')
 flags.DEFINE_integer('band', 64, '--length_table: model.attn_window of the windowed-encoder column.')
 
 # Published wall-clock figures (method.md §8): s/iter on one H200.
@@ -151,70 +154,6 @@ def memory_table_config(T: int, batch: int, chunk: int, remat: bool, scale: str 
 
 
 # ------------------------------------------------------------------------------------------- timing
-
-def _synthetic_batch(config, seed: int):
-  rng = np.random.default_rng(seed)
-  x = rng.integers(0, config.model.vocab_size, (config.batch_size, config.data.seq_len + 1), dtype=np.int32)
-  return {'x': x[:, :-1], 'y': x[:, 1:]}
-
-
-def _batches(config, trainer, synthetic: bool, n: int):
-  # A DMT step is timed on random parameters: there is no SMT run to start from (config.init_from).
-  if synthetic:
-    config_lib.validate(config, num_devices=jax.device_count(), init_from_later=True)
-    local = [_synthetic_batch(config, i) for i in range(n)]
-  else:
-    source = make_source(config.data, config.seed)
-    config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size,
-                        init_from_later=True)
-    it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
-    local = [next(it) for _ in range(n)]
-  return [shard_lib.global_batch(b, trainer.batch_sharding) for b in local]
-
-
-def time_train_step(config, steps: int, repeats: int, synthetic: bool = False, max_gib: float | None = None,
-                    max_seconds: float | None = None) -> dict:
-  """Compiles the config's train step (ahead of time), then times `repeats` x `steps` calls. With `max_gib`, a
-  step whose compiled program needs more memory is not run ({'peak_gb', 'skipped'}); with `max_seconds`, fewer
-  steps per repeat where the first call shows that they would take longer."""
-  trainer = Trainer.create(config)
-  batches = _batches(config, trainer, synthetic, min(steps, 4))
-  rng = jax.random.PRNGKey(0)
-  t0 = time.perf_counter()
-  compiled = trainer.train_step.lower(trainer.abstract_state, batches[0], rng).compile()
-  compile_s = time.perf_counter() - t0
-  mem = perf.memory(compiled)
-  if max_gib is not None and mem['peak'] / 2**30 > max_gib:
-    return dict(peak_gb=mem['peak'] / 2**30, skipped=True, compile_s=compile_s)
-  flops = perf.step_flops(trainer.train_step, trainer.abstract_state, batches[0], rng, compiled=compiled)
-  state = trainer.init_state(jax.random.PRNGKey(config.seed))
-  t0 = time.perf_counter()
-  state, m = compiled(state, batches[0], rng)  # warm-up
-  jax.block_until_ready(m)
-  if max_seconds is not None:
-    steps = max(1, min(steps, int(max_seconds / repeats / max(time.perf_counter() - t0, 1e-6))))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for i in range(steps):
-      state, m = compiled(state, batches[i % len(batches)], rng)
-    jax.block_until_ready(m)
-    times.append((time.perf_counter() - t0) / steps)
-  step = statistics.median(times)
-  B, T = config.batch_size, config.data.seq_len
-  s = config.smt
-  if config.method != 'smt':
-    per_seq = config.dmt.rollout if config.method == 'dmt' else T
-  else:
-    starts = T + 1 - s.rollout_steps  # rollout starts per sequence: all of them, or num_transitions sampled
-    per_seq = 1 if s.mode == 'window' else (min(s.num_transitions, starts) or starts)
-  # XLA's count of a sharded program is one device's share; the jaxpr count is the whole step.
-  total_flops = max(flops['xla'] * jax.device_count(), flops['matmul'])
-  return dict(mode=s.mode if config.method == 'smt' else config.method, step_ms=1e3 * step,
-              min_ms=1e3 * min(times), compile_s=compile_s, seq_per_s=B / step, tok_per_s=B * T / step,
-              transitions_per_s=B * per_seq / step, loss=float(m['loss']), flops=total_flops, skipped=False,
-              peak_gb=mem['peak'] / 2**30, **perf.throughput(total_flops, 1 / step, jax.device_count()))
-
 
 def _print(name, r):
   mfu = f" | MFU {100 * r['mfu']:.1f}%" if 'mfu' in r else ''
@@ -462,6 +401,9 @@ def main(argv):
   if FLAGS.roofline:
     roofline_table(FLAGS.roofline, FLAGS.preset_scale)
     return
+  if FLAGS.regression:
+    result = benchmarks.regression(FLAGS.record, FLAGS.tolerance, FLAGS.preset_scale)
+    raise SystemExit(1 if result['slower'] else 0)
   if FLAGS.preset == 'gpu_check':
     gpu_check(FLAGS.preset_scale)
     return

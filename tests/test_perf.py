@@ -190,3 +190,17 @@ def test_length_table_and_sampling_study_run_tiny(capsys):
   for field in ('num_decoder_samples', 'num_transitions'):
     out = bench_sampling.study(c, field, [2, 0], pretrain_steps=2, num_batches=2, draws=2, steps=1, repeats=1)
     assert [r['S'] for r in out] == [0, 2] and out[0]['variance_ratio'] == 1.0 and out[1]['variance_ratio'] > 0
+
+
+def test_regression_guard_reads_its_record_and_names_a_slower_step(tmp_path):
+  """The guard's record is the last column of docs/benchmarks.md's table; a step slower than its record by
+  more than the tolerance is named, one within it is not (tiny scale: the same code paths)."""
+  from smtjax import benchmarks
+  doc = tmp_path / 'benchmarks.md'
+  doc.write_text(f'# x\n\n{benchmarks.RECORD_HEADING}\n\n| step | ms | normalised |\n| --- | --- | --- |\n'
+                 '| BPTT, cpu | 3.0 | 1e-9 |\n| DMT, cpu | 3.0 | 1e9 |\n| not a step | 1 | 2 |\n\n## Next\n'
+                 '| window SMT, cpu | 1 | 5 |\n')
+  assert benchmarks.read_record(doc) == {'BPTT, cpu': 1e-9, 'DMT, cpu': 1e9}
+  out = benchmarks.regression(doc, scale='tiny', steps=1, repeats=1, only=('BPTT, cpu', 'DMT, cpu'))
+  assert [r['name'] for r in out['rows']] == ['DMT, cpu', 'BPTT, cpu'] and out['slower'] == ['BPTT, cpu']
+  assert all(r['normalised'] == pytest.approx(r['step_ms'] / 1e3 * r['matmul_gflops']) for r in out['rows'])

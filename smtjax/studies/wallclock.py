@@ -25,6 +25,7 @@ calibration entries are named by `RunKey` (method, stage, candidate).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -254,6 +255,12 @@ def _name(job: Job) -> str:
   return job.name or str(job.workdir)
 
 
+def _record(job: Job, ledger, scorer) -> None:
+  """Adds a finished job's record to the ledger (with `scorer(job)`'s scores) unless it holds one."""
+  if ledger is not None and ledger.get(_name(job), job.config) is None:
+    ledger.append(ledger_lib.make_record(_name(job), job.workdir, job.config, scorer(job) if scorer else None))
+
+
 def run_jobs(jobs: list[Job], lanes: int, ledger=None, scorer=None, train_missing: bool = True) -> dict:
   """Trains every job whose workdir is not finished, `lanes` at a time, each in a process of its own pinned to
   its own core (`lane_cores`); a job starts once the workdirs it depends on are done. A failed job raises,
@@ -265,21 +272,13 @@ def run_jobs(jobs: list[Job], lanes: int, ledger=None, scorer=None, train_missin
   return value is {workdir: record} of every job (None for a job with no record). `train_missing=False`: trains
   nothing (a report from the ledger and finished workdirs alone)."""
   pending = [j for j in jobs if not _done(j)]
-  finished = {str(j.workdir) for j in jobs if j not in pending}
-  if ledger is not None:
-    held = _held(pending, ledger)
-    finished |= held
-    pending = [j for j in pending if str(j.workdir) not in held]
-
-  def record(job: Job) -> None:
-    if ledger is not None and ledger.get(_name(job), job.config) is None:
-      ledger.append(ledger_lib.make_record(_name(job), job.workdir, job.config, scorer(job) if scorer else None))
-
+  held = _held(pending, ledger) if ledger is not None else set()
+  finished = {str(j.workdir) for j in jobs if j not in pending} | held
+  pending = [j for j in pending if str(j.workdir) not in held] if train_missing else []
+  record = functools.partial(_record, ledger=ledger, scorer=scorer)
   for job in jobs:
-    if str(job.workdir) in finished and _done(job):
+    if str(job.workdir) not in held and str(job.workdir) in finished:
       record(job)
-  if not train_missing:
-    pending = []
   running: dict[int, tuple[Job, subprocess.Popen]] = {}
   cores = lane_cores(lanes)
 
