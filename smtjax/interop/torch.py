@@ -40,13 +40,13 @@ arguments: Encoder/Decoder(dim, depth, heads, rotary_pos_emb=True, use_rmsnorm=T
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from smtjax import checkpoint as ckpt_lib
 from smtjax import train, variants
@@ -284,9 +284,10 @@ def load_public(path) -> tuple[dict | None, dict | None, dict]:
   or an .npz of 'teacher.<key>' / 'rnn.<key>' arrays with an optional 'hparams' JSON string. Hyperparameters
   are whatever the file holds under 'hparams', 'config', 'args' or 'cfg' (a dict or an argparse Namespace).
   A path that is not a file raises FileNotFoundError naming it."""
+  given = epath.Path(path)
   path = str(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no such file' + (' (it is a directory)' if os.path.isdir(path) else ''))
+  if not given.is_file():
+    raise FileNotFoundError(f'{path}: no such file' + (' (it is a directory)' if given.is_dir() else ''))
   if path.endswith('.npz'):
     with np.load(path) as z:
       flat = {k: z[k] for k in z.files}
