@@ -432,7 +432,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   if config.method == 'bptt':
     _validate_bptt(config)
   _validate_optim(config.optim)
-  check_temperature(config.sample.temperature, 'sample.temperature')
+  check_temperature(config.sample.temperature)
   if data_vocab_size is not None:
     _require(config.model.vocab_size >= data_vocab_size, 'model.vocab_size',
              f'{config.model.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for '
@@ -443,10 +443,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
              f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
 
 
-def check_temperature(t, field: str = 'sample.temperature'):
-  """A sampling temperature: a finite number >= 0 (0 = argmax)."""
-  ok = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
-  _require(ok, field, f'must be a finite number >= 0 (0 = argmax), got {t!r}')
+def check_temperature(t, name: str = 'config.sample.temperature'):
+  """A sampling temperature: a finite number >= 0 (0 = argmax); ConfigError naming `name` otherwise."""
+  if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
+    raise ConfigError(f'{name}: must be a finite number >= 0 (0 = argmax), got {t!r}')
 
 
 def _validate_model(m):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from smtjax import config as config_lib
 from smtjax import inference, plotting, train
 from smtjax import workdir as workdir_lib
 from smtjax.data import make_source, visualize
@@ -164,8 +165,8 @@ def sample_workdir(workdir: str, mode: str = 'rnn', num: int | None = None, temp
   {'prompt', 'tokens'}) with numpy arrays."""
   if mode not in MODES:
     raise ConfigError(f'mode must be one of {", ".join(MODES)}, got {mode!r}')
-  if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
-    raise ConfigError(f'temperature must be a finite number >= 0 (0 = argmax), got {temperature!r}')
+  if temperature is not None:
+    config_lib.check_temperature(temperature, 'temperature')
   config, params, nets, source = load_rnn_run(workdir)
   s = config.sample
   T = config.data.seq_len

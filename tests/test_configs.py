@@ -107,7 +107,7 @@ def test_a_missing_config_file_is_one_line(tmp_path):
 @pytest.mark.parametrize('t', [-1.0, float('nan'), float('inf')])
 def test_a_bad_sampling_temperature_is_refused_before_loading(t):
   from smtjax import runs
-  with pytest.raises(config_lib.ConfigError, match='temperature must be a finite number >= 0'):
+  with pytest.raises(config_lib.ConfigError, match='^temperature: must be a finite number >= 0'):
     runs.sample_workdir('/no/such/run', temperature=t)
   c = config_lib.default_config()
   c.sample.temperature = t

@@ -38,3 +38,20 @@ SPLIT_IDS = {'train': 0, 'test': 1, 'valid': 2}
 def row_rng(seed: int, split: str, index: int, row: int) -> np.random.Generator:
   """The generator for one row of one batch: independent of batch size and process count."""
   return np.random.default_rng([seed, SPLIT_IDS[split], index, row])
+
+
+def parse_options(data_config, defaults: dict, name: str | None = None) -> dict:
+  """`data_config.options` merged over `defaults` (an option given as None keeps its default); an option the
+  source lacks raises DataError naming it and the known ones. `name`: the source's (default data.name)."""
+  raw = getattr(data_config, 'options', None)
+  if raw is None:
+    raw = {}
+  elif hasattr(raw, 'to_dict'):
+    raw = raw.to_dict()
+  else:
+    raw = dict(raw)
+  unknown = sorted(set(raw) - set(defaults))
+  if unknown:
+    raise DataError(f'config.data.options.{unknown[0]}: unknown option for data.name='
+                    f'{name or data_config.name!r}; known: {", ".join(sorted(defaults)) or "(none)"}')
+  return {**defaults, **{k: v for k, v in raw.items() if v is not None}}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from smtjax.data.base import DataError, DataInfo, row_rng
+from smtjax.data.base import DataError, DataInfo, parse_options, row_rng  # noqa: F401  (parse_options re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +27,6 @@ CACHE_VERSION = 1  # bump when a tokeniser changes so old caches are rebuilt
 
 
 # --------------------------------------------------------------------------------------------- options
-
-def parse_options(data_config, defaults: dict, source: str) -> dict:
-  """`data_config.options` merged over `defaults`; an unknown option raises DataError naming it."""
-  raw = getattr(data_config, 'options', None)
-  if raw is None:
-    raw = {}
-  elif hasattr(raw, 'to_dict'):
-    raw = raw.to_dict()
-  else:
-    raw = dict(raw)
-  unknown = sorted(set(raw) - set(defaults))
-  if unknown:
-    raise DataError(f'config.data.options.{unknown[0]}: unknown option for data.name={source!r}; '
-                    f'known: {", ".join(sorted(defaults))}')
-  opts = dict(defaults)
-  opts.update({k: v for k, v in raw.items() if v is not None})
-  return opts
-
 
 def seq_len_of(data_config) -> int:
   T = data_config.seq_len

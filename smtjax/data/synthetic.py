@@ -20,7 +20,7 @@ import numbers
 
 import numpy as np
 
-from smtjax.data.base import SPLIT_IDS, DataError, DataInfo, row_rng
+from smtjax.data.base import SPLIT_IDS, DataError, DataInfo, parse_options, row_rng
 
 # data.name -> source factory `(data_config, seed) -> Source`, filled where each task is defined (`_task`); the
 # table in smtjax.data.registry takes it whole.
@@ -40,22 +40,6 @@ def _task(name: str, description: str):
 
 # ----------------------------------------------------------------------------------------------
 # Option parsing: every message names the config field so a bad override is easy to find.
-
-
-def _options(data_config, defaults: dict) -> dict:
-  """`defaults` updated with data_config.options; raises DataError on an option the task lacks."""
-  given = getattr(data_config, 'options', None)
-  if given is None:
-    given = {}
-  elif hasattr(given, 'to_dict'):
-    given = given.to_dict()
-  else:
-    given = dict(given)
-  for key in sorted(given):
-    if key not in defaults:
-      known = ', '.join(sorted(defaults)) or '(none)'
-      raise DataError(f'config.data.options.{key}: unknown option for task {data_config.name!r}; known: {known}')
-  return {**defaults, **given}
 
 
 def _int(opts: dict, field: str, lo: int) -> int:
@@ -149,7 +133,7 @@ class Retrieval(_Task):
   """Needle: MARKER at p (uniform in the first `needle_region` of the sequence), needle at p+1, QUERY last."""
 
   def __init__(self, data_config, seed):
-    o = _options(data_config, {'num_symbols': 8, 'noise': 0.0, 'needle_region': 0.5})
+    o = parse_options(data_config, {'num_symbols': 8, 'noise': 0.0, 'needle_region': 0.5})
     T = _seq_len(data_config, 3)  # MARKER, needle, QUERY
     self.n = _int(o, 'num_symbols', 1)
     self.noise = _float(o, 'noise', 0.0, 1.0)
@@ -176,7 +160,7 @@ class Copy(_Task):
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
-    o = _options(data_config, {'length': None, 'num_symbols': 8, 'reverse': True})
+    o = parse_options(data_config, {'length': None, 'num_symbols': 8, 'reverse': True})
     if o['length'] is None:
       o['length'] = T // 2
     self.M = _int(o, 'length', 1)
@@ -207,7 +191,7 @@ class Stack(_Task):
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
-    o = _options(data_config, {'num_symbols': 8, 'max_depth': 5})
+    o = parse_options(data_config, {'num_symbols': 8, 'max_depth': 5})
     self.n = _int(o, 'num_symbols', 1)
     self.D = _int(o, 'max_depth', 1)
     self.pop = self.n
@@ -247,7 +231,7 @@ class KeysValues(_Task):
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
-    o = _options(data_config, {'num_pairs': 4, 'key_len': 2, 'value_len': 1, 'num_symbols': 8})
+    o = parse_options(data_config, {'num_pairs': 4, 'key_len': 2, 'value_len': 1, 'num_symbols': 8})
     self.n = _int(o, 'num_symbols', 1)
     self.pairs = _int(o, 'num_pairs', 1)
     self.kl = _int(o, 'key_len', 1)
@@ -310,7 +294,7 @@ class Modular(_Task):
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
-    o = _options(data_config, {'modulus': 17, 'num_examples': None, 'num_w': None, 'num_b': None})
+    o = parse_options(data_config, {'modulus': 17, 'num_examples': None, 'num_w': None, 'num_b': None})
     if o['num_examples'] is None:
       o['num_examples'] = T // 2
     self.P = _int(o, 'modulus', 2)
@@ -347,7 +331,7 @@ class Parity(_Task):
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
-    _options(data_config, {})
+    parse_options(data_config, {})
     self.num_uniforms = T
     super().__init__(seed, T, 2, ['0', '1'])
 
@@ -365,7 +349,7 @@ class Counting(_Task):
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
-    o = _options(data_config, {'modulus': 5, 'targets': 'every'})
+    o = parse_options(data_config, {'modulus': 5, 'targets': 'every'})
     self.m = _int(o, 'modulus', 2)
     if o['targets'] not in ('every', 'last'):
       raise DataError(f"config.data.options.targets: must be 'every' or 'last', got {o['targets']!r}")
