@@ -21,6 +21,7 @@ the ledger alone, training nothing. See smtjax/studies/claims.py and smtjax/stud
 from absl import app, flags
 
 from experiments import _cli
+from smtjax.data import synthetic
 from smtjax.studies import claims
 
 FLAGS = flags.FLAGS
@@ -53,7 +54,7 @@ def main(argv):
                      lrs=tuple(float(x) for x in FLAGS.lrs), cells=tuple(FLAGS.cells), drifts=tuple(FLAGS.drifts),
                      evals=FLAGS.evals, num_eval_batches=FLAGS.num_eval_batches, plateau=FLAGS.plateau,
                      lanes=FLAGS.lanes, tune_only=FLAGS.tune_only, report=FLAGS.report)
-  lengths = FLAGS.lengths or [c.data.options.num_pairs if c.data.name == 'keys_values' else c.data.seq_len]
+  lengths = FLAGS.lengths or [synthetic.swept_length(c.data)]
   with _cli.user_errors():
     results = claims.run_claims(c, lengths, plan, FLAGS.out, ledger=FLAGS.ledger or None)
   for r in results.values():

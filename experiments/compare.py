@@ -21,6 +21,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from experiments import _cli
+from smtjax.data import synthetic
 from smtjax.studies import compare, crossover
 
 FLAGS = flags.FLAGS
@@ -49,7 +50,7 @@ def _ints(name):
 def _tuned(lengths, test_lengths):
   """--budget_seconds: the tuned, equal-wall-clock comparison of this one config."""
   config = FLAGS.config
-  lengths = lengths or [config.data.options.num_pairs if config.data.name == 'keys_values' else config.data.seq_len]
+  lengths = lengths or [synthetic.swept_length(config.data)]
   plan = crossover.Plan(budget_s=FLAGS.budget_seconds, seeds=tuple(config.seed + i for i in range(FLAGS.seeds)),
                         lanes=FLAGS.lanes, test_multiples=tuple(test_lengths), select_by='accuracy')
   with _cli.user_errors():

@@ -372,3 +372,20 @@ def test_keys_values_fits_exactly():
   x, y = batch(source('keys_values', num_pairs=9, seq_len=30), rows=4)  # (9+1) * 3 = 30: no padding
   assert (x >= 0).all()
 
+
+
+def test_tasks_carry_their_own_length_semantics():
+  """A study's length is T for every task but keys_values, whose length is its number of pairs (T follows, and
+  longer test sequences would only add padding); a file source's is its T."""
+  kv = default_config().data
+  kv.name, kv.seq_len, kv.options = 'keys_values', 15, {'num_pairs': 4, 'key_len': 2, 'value_len': 1}
+  assert synthetic.swept_length(kv) == 4 and synthetic.length_is('keys_values') == 'num_pairs'
+  synthetic.resize(kv, 6)
+  assert (kv.options.num_pairs, kv.seq_len) == (6, 21)
+  batch(make_source(kv, 0), rows=2)  # exactly long enough for its pairs and the query
+  assert not synthetic.longer_tests('keys_values') and synthetic.longer_tests('copy')
+  for name in ('copy', 'tinystories'):
+    d = default_config().data
+    d.name, d.seq_len = name, 12
+    synthetic.resize(d, 20)
+    assert synthetic.swept_length(d) == d.seq_len == 20 and synthetic.length_is(name) == 'seq_len'

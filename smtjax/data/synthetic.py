@@ -97,6 +97,18 @@ class _Task:
     self.seed, self.T = int(seed), T
     self.info = DataInfo(vocab_size=vocab_size, seq_len=T, kind='synthetic', decode=_decoder(names))
 
+  # What a study's "length" of this task is (`swept_length`, `resize`): T by default.
+  length_is = 'seq_len'
+  longer_tests = True  # whether scoring at a multiple of T tests something (not only more padding)
+
+  @classmethod
+  def swept_length(cls, data_config) -> int:
+    return int(data_config.seq_len)
+
+  @classmethod
+  def resize(cls, data_config, length: int) -> None:
+    data_config.seq_len = int(length)
+
   def get_batch(self, split: str, index: int, row_start: int, row_stop: int) -> dict[str, np.ndarray]:
     """Rows [row_start, row_stop) of batch `index` of `split`: {'x', 'y'}: int32 [rows, T]."""
     if split not in SPLIT_IDS:  # 'valid' is one more independent stream of the task
@@ -228,6 +240,20 @@ class KeysValues(_Task):
   """x = [k_1 v_1 .. k_n v_n QUERY k_q v_q[:-1]] left-padded; y predicts v_q one token ahead."""
 
   _FLOYD_MAX = 2 ** 32  # up to here keys are drawn exactly from uniforms; beyond, by digits
+  # A study's length is the number of pairs; T follows (the pairs and the query), and longer sequences would
+  # only add padding.
+  length_is = 'num_pairs'
+  longer_tests = False
+
+  @classmethod
+  def swept_length(cls, data_config) -> int:
+    return int(data_config.options.get('num_pairs', 4))
+
+  @classmethod
+  def resize(cls, data_config, length: int) -> None:
+    o = data_config.options
+    o.num_pairs = int(length)
+    data_config.seq_len = (o.num_pairs + 1) * (o.get('key_len', 2) + o.get('value_len', 1))
 
   def __init__(self, data_config, seed):
     T = _seq_len(data_config, 2)
@@ -367,3 +393,28 @@ class Counting(_Task):
 
 
 TASKS = tuple(SOURCES)
+
+
+def _task_of(name: str):
+  return SOURCES.get(name, _Task)  # a file source's length is its T, as a task's by default
+
+
+def swept_length(data_config) -> int:
+  """The length a study sweeps for this data (`data.seq_len`; keys_values: its number of pairs)."""
+  return _task_of(data_config.name).swept_length(data_config)
+
+
+def resize(data_config, length: int) -> None:
+  """Sets `data_config` to a study's `length` (`swept_length`): T, or for keys_values the pairs and the T they
+  need."""
+  _task_of(data_config.name).resize(data_config, length)
+
+
+def length_is(name: str) -> str:
+  """'seq_len', or the option a study's length sets ('num_pairs' for keys_values)."""
+  return _task_of(name).length_is
+
+
+def longer_tests(name: str) -> bool:
+  """Whether scoring at a multiple of T tests length generalization (keys_values: only more padding)."""
+  return _task_of(name).longer_tests

@@ -30,6 +30,7 @@ from etils import epath
 from smtjax import config as config_lib
 from smtjax import plotting, runs, train, variants
 from smtjax import workdir as workdir_lib
+from smtjax.data import synthetic
 from smtjax.errors import ConfigError, SmtjaxError
 from smtjax.studies import stats
 
@@ -38,19 +39,14 @@ METHOD_NAMES = {'teacher': 'Transformer teacher', 'smt': 'SMT', 'dmt': 'SMT→DM
 
 
 def at_length(config, length: int, steps: int | None = None, seed: int | None = None):
-  """`config` resized to `length` (keys_values: number of pairs) for an SMT run of `steps` steps (default
-  the config's) with seed `seed`: a `smt.future` that decoded to the end of the sequence still does, others
-  are capped at T, as are the rollout steps (the sampled transitions and decoded memories are at-most counts);
-  one evaluation at the end."""
+  """`config` resized to `length` (`synthetic.resize`: T, or keys_values' number of pairs) for an SMT run of
+  `steps` steps (default the config's) with seed `seed`: a `smt.future` that decoded to the end of the
+  sequence still does, others are capped at T, as are the rollout steps (the sampled transitions and decoded
+  memories are at-most counts); one evaluation at the end."""
   c = config.copy_and_resolve_references()
   T0 = c.data.seq_len
-  if c.data.name == 'keys_values':
-    o = c.data.options
-    o.num_pairs = int(length)
-    T = o.num_pairs * (o.key_len + o.value_len) + 1 + o.key_len + o.value_len - 1
-  else:
-    T = int(length)
-  c.data.seq_len = T
+  synthetic.resize(c.data, length)
+  T = c.data.seq_len
   # Sparse targets (one answer late in the sequence) decode to the end; dense ones keep a short future.
   c.smt.future = T if c.smt.future >= T0 else min(T, c.smt.future)
   c.smt.rollout_steps = min(T, c.smt.rollout_steps)
@@ -144,10 +140,10 @@ def _checked_arguments(config, lengths, methods, seeds, test_lengths):
   test_lengths = [int(k) for k in test_lengths or ()]
   if any(k < 2 for k in test_lengths):
     raise ConfigError(f'test_lengths are multipliers of the training length, each >= 2; got {test_lengths}')
-  if task == 'keys_values':
-    test_lengths = []  # its length is a number of pairs; longer sequences would only add padding
+  if not synthetic.longer_tests(task):
+    test_lengths = []  # e.g. keys_values: its length is a number of pairs; longer sequences only add padding
   if lengths is None:
-    lengths = [config.data.options.num_pairs if task == 'keys_values' else config.data.seq_len]
+    lengths = [synthetic.swept_length(config.data)]
   return [int(x) for x in lengths], methods, test_lengths
 
 
@@ -218,7 +214,7 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
   summary = {'task': task, 'config': name, 'lengths': lengths, 'seeds': seed_list, 'columns': list(columns),
              'test_lengths': test_lengths,
              'title': f'{name or task} ({len(seed_list)} seed{"s" * (len(seed_list) > 1)})',
-             'length_is': 'num_pairs' if task == 'keys_values' else 'seq_len', 'results': results}
+             'length_is': synthetic.length_is(task), 'results': results}
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_json(out / f'compare_{task}.json', summary)
