@@ -1,6 +1,6 @@
 """Retrieval (needle) task, method.md §10: find the value after a marker and recall it at the last step.
 
-Sizes: '' (T=64, CPU-sized), 'small' (T=12: learns on 2 CPU cores in 67-81 s, see docs/benchmarks.md), 'gpu'
+Sizes: '' (T=64, CPU-sized), 'small' (T=12: learns on 2 CPU cores in 65-94 s, see docs/benchmarks.md), 'gpu'
 (T=512 with label noise 0.3, the length at which the paper reports BPTT failing), 'mem2d' / 'mem3d' (one
 memory token of width 2 / 3 and 4 needle values, for experiments/notebooks/memory_2d.ipynb: the memory
 should settle into a few discrete states, one per held value plus "not seen yet").
