@@ -49,6 +49,13 @@ def require_workdir(workdir) -> None:
     raise SystemExit(f'error: {workdir} has no config.json (is it a training workdir?)')
 
 
+def define_study_flags(name: str) -> None:
+  """The flags every study command shares: --out (default workdirs/<name>) and --lanes."""
+  flags.DEFINE_string('out', f'workdirs/{name}', 'Output directory (runs, tables, figures).')
+  flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this '
+                       'process).')
+
+
 def define_config(help_text: str = 'Config file, optionally with a variant: configs/x.py:small.'):
   """The --config flag (a config file and variant, fields overridable as --config.model.d_model=64, locked so a
   misspelt field is an error), whose errors are one line each instead of a flag-parsing traceback: a missing

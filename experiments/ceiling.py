@@ -16,8 +16,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['copy', 'counting'], 'Task configs: NAME or NAME:EXTRA (configs/NAME.py:VARIANT).')
 flags.DEFINE_string('variant', 'small', 'The variant of every config.')
 flags.DEFINE_integer('seeds', 3, 'Seeds 0..seeds-1: mean and 95% interval.')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
-flags.DEFINE_string('out', 'workdirs/ceiling', 'Output directory.')
+_cli.define_study_flags('ceiling')
 
 
 def main(argv):

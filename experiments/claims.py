@@ -27,7 +27,7 @@ from smtjax.studies import claims
 FLAGS = flags.FLAGS
 _cli.define_config('Config file and variant (parallel SMT, e.g. configs/stack.py).')
 flags.DEFINE_list('lengths', None, "Lengths (default: the config's; keys_values: numbers of pairs).")
-flags.DEFINE_string('out', 'workdirs/claims', 'Output directory.')
+_cli.define_study_flags('claims')
 flags.DEFINE_integer('seeds', 3, 'Seeds (config.seed + 0..seeds-1).')
 flags.DEFINE_integer('smt_steps', None, "SMT steps (default: the config's num_steps).")
 flags.DEFINE_integer('dmt_steps', None, 'DMT and SMT->BPTT fine-tuning steps (default: SMT steps // 5).')
@@ -39,7 +39,6 @@ flags.DEFINE_integer('evals', 12, 'Validation evaluations per run (learning curv
 flags.DEFINE_integer('num_eval_batches', 32, 'Batches per evaluation.')
 flags.DEFINE_float('plateau', 0.01, 'A run has plateaued when its last-quarter change is below this.')
 flags.DEFINE_bool('tune_only', False, 'Stop after tuning: OUT/claims_TASK_T<T>_tuning.{json,md,png}.')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
 flags.DEFINE_string('ledger', 'docs/results/runs/claims.jsonl', "Results ledger: finished runs' records ('': none).")
 flags.DEFINE_bool('report', False, 'Train nothing: the tables from the ledger (and finished runs under --out) alone.')
 flags.mark_flags_as_required(['config'])

@@ -27,7 +27,7 @@ from smtjax.studies import compare, crossover
 FLAGS = flags.FLAGS
 _cli.define_config('Config file and variant (e.g. configs/retrieval.py:small).')
 flags.DEFINE_list('lengths', None, "Lengths to sweep (default: the config's; keys_values: numbers of pairs).")
-flags.DEFINE_string('out', 'workdirs/compare', 'Output directory.')
+_cli.define_study_flags('compare')
 flags.DEFINE_integer('steps', None, "SMT steps (default: the config's num_steps).")
 flags.DEFINE_integer('dmt_steps', None, 'DMT steps (default: SMT steps // 5); BPTT runs SMT + DMT steps.')
 flags.DEFINE_integer('seeds', 1, 'Seeds per cell (config.seed + 0..seeds-1): mean and 95% interval.')
@@ -36,7 +36,6 @@ flags.DEFINE_list('test_lengths', [], 'Length generalization: also score every r
 flags.DEFINE_float('budget_seconds', None, 'Equal wall clock instead of equal steps: every method tuned on the '
                    'validation split (learning rate; SMT\'s drift-robust setting; BPTT\'s cell), then trained for '
                    'this many seconds of one CPU core per run (smtjax/studies/crossover.py).')
-flags.DEFINE_integer('lanes', 2, '--budget_seconds: runs trained at once, each pinned to its own core.')
 flags.mark_flags_as_required(['config'])
 
 

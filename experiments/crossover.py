@@ -23,9 +23,8 @@ flags.DEFINE_list('lengths', ['8', '16', '32', '64', '128'], 'Sequence lengths T
 flags.DEFINE_integer('tune_at', None, 'The length each method is tuned at (default: the middle one).')
 flags.DEFINE_float('budget_seconds', 60.0, 'Wall clock per run, in seconds of one CPU core.')
 flags.DEFINE_integer('seeds', 3, 'Seeds 0..seeds-1: mean and 95% interval.')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
+_cli.define_study_flags('crossover')
 flags.DEFINE_integer('num_eval_batches', 8, 'Held-out batches each run is scored on.')
-flags.DEFINE_string('out', 'workdirs/crossover', 'Output directory.')
 
 
 def main(argv):

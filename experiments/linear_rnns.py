@@ -23,10 +23,9 @@ flags.DEFINE_float('budget_seconds', 60.0, 'Wall clock per method, task and seed
 flags.DEFINE_integer('seeds', 3, 'Seeds 0..seeds-1: mean and 95% interval.')
 flags.DEFINE_list('lrs', ['3e-4', '1e-3'], 'Learning rates every method is tuned over on the validation split '
                   '(crossed with its own candidates; empty: none tuned).')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
+_cli.define_study_flags('linear_rnns')
 flags.DEFINE_list('test_multiples', ['2', '4'], 'Also score sequences these many times the training length.')
 flags.DEFINE_integer('num_eval_batches', 8, 'Held-out batches each run is scored on.')
-flags.DEFINE_string('out', 'workdirs/linear_rnns', 'Output directory.')
 
 
 def main(argv):

@@ -27,10 +27,9 @@ flags.DEFINE_multi_string('drift', None, 'NAME:key=value,... config.smt override
                           '(repeatable; default: roll4, roll4_dec, noise1).')
 flags.DEFINE_list('lrs', ['3e-4', '1e-3'], 'Learning rates every method is tuned over on the validation split '
                   '(crossed with its own candidates; empty: none tuned).')
-flags.DEFINE_integer('lanes', 2, 'Runs trained at once, each in a process pinned to its own core (0: in this process).')
+_cli.define_study_flags('realdata')
 flags.DEFINE_integer('num_eval_batches', 16, 'Held-out batches each run is scored on.')
 flags.DEFINE_list('test_multiples', ['2'], 'Also score sequences these many times the training length.')
-flags.DEFINE_string('out', 'workdirs/realdata', 'Output directory.')
 flags.mark_flags_as_required(['config'])
 
 
