@@ -106,7 +106,7 @@ def soak(out: str, kills: int = 10, seed: int = 0, num_steps: int = 0, checkpoin
     atexit.register(lambda p=p: p.poll() is None and p.kill())  # never leave a run behind
     if mode == 'startup':  # anywhere from interpreter start to the first steps (compiling, restoring)
       deadline = start + rng.uniform(0, startup_s)
-      while time.time() < deadline and p.poll() is None:
+      while time.time() < deadline and p.poll() is None and _last_step(run) <= logged_before:
         time.sleep(0.002)
     elif mode == 'step':  # mid-training: a random number of steps past what earlier launches logged
       target = min(num_steps - 1, max(resumed_from, logged_before) + int(rng.integers(1, 2 * checkpoint_every + 1)))
@@ -114,14 +114,15 @@ def soak(out: str, kills: int = 10, seed: int = 0, num_steps: int = 0, checkpoin
         time.sleep(0.002)
     else:  # while the next checkpoint is being written: its unfinished directory is there
       # The record of a checkpoint step is written right before its asynchronous save starts: from then on
-      # wait at most 0.5 s for the save's directory.
-      logged_at = None
+      # wait for the save's directory at most 0.5 s, and never past the step before the next checkpoint, so a
+      # save too quick to be seen cannot let a fast run train to its end before the kill.
+      logged_at = saved_step = None
       while p.poll() is None and not _saves_in_progress(run, old_saves):
+        last = _last_step(run)
         if logged_at is None:
-          last = _last_step(run)
           if last > max(resumed_from, logged_before) and last % checkpoint_every == 0:
-            logged_at = time.time()
-        elif time.time() - logged_at > 0.5:
+            logged_at, saved_step = time.time(), last
+        elif time.time() - logged_at > 0.5 or last >= saved_step + max(1, checkpoint_every - 1):
           break
         time.sleep(0.001)
     if p.poll() is not None:
