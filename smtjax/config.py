@@ -173,6 +173,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.smt.memory_noise = 0.0  # sigma of the noise on the teacher memory fed to the cell (target stays clean)
   c.smt.memory_noise_mode = 'fixed'  # 'fixed' sigma, or 'matched': sigma x RMS of the cell's one-step error
 
+  # A curriculum over T (docs/configs.md#training-recipe): first `steps` steps at the task's length `length`
+  # (T; keys_values: its number of pairs), trained in workdir/curriculum, then num_steps steps at the full
+  # length from its parameters (a fresh optimizer and warm-up). 0 and 0: none.
+  c.curriculum = ml_collections.ConfigDict()
+  c.curriculum.length = 0
+  c.curriculum.steps = 0
+
   # DMT fine-tuning (method.md §5), config.method='dmt'. Sequences are Tc + Td + Tf long.
   c.init_from = ''  # workdir of a trained run whose parameters start this one (DMT: the SMT run)
   c.dmt = ml_collections.ConfigDict()
@@ -432,6 +439,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   if config.method == 'bptt':
     _validate_bptt(config)
   _validate_optim(config.optim)
+  _validate_curriculum(config)
   check_temperature(config.sample.temperature)
   if data_vocab_size is not None:
     _require(config.model.vocab_size >= data_vocab_size, 'model.vocab_size',
@@ -537,6 +545,19 @@ def _validate_bptt(config):
     _require(registry.linear_cell_ok(config.model.cell), 'bptt.parallel_scan',
              f'needs a linear cell (mingru, lru, or one of your own with coefficients / to_state / from_state), '
              f'not model.cell={config.model.cell!r}')
+
+
+def _validate_curriculum(config):
+  cur = config.curriculum
+  for k in ('length', 'steps'):
+    _require(isinstance(cur[k], int) and cur[k] >= 0, f'curriculum.{k}', f'must be an integer >= 0, got {cur[k]!r}')
+  _require((cur.length > 0) == (cur.steps > 0), 'curriculum', f'length and steps are both 0 (none) or both > 0, '
+           f'got length={cur.length}, steps={cur.steps}')
+  if cur.steps:
+    _require(config.method != 'dmt', 'curriculum', 'a DMT run starts from its SMT run; give the SMT run the '
+             'curriculum')
+    _require(not config.init_from, 'curriculum', f'the run starts from its curriculum, so init_from must be empty, '
+             f'got {config.init_from!r}')
 
 
 def _validate_optim(o):

@@ -34,7 +34,7 @@ from smtjax import config as config_lib
 from smtjax import optim, perf
 from smtjax import sharding as shard_lib
 from smtjax import workdir as workdir_lib
-from smtjax.data import make_source
+from smtjax.data import make_source, synthetic
 from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WorkdirError
 from smtjax.evaluation import EvalSpec, Evaluator
@@ -183,16 +183,53 @@ def train_and_evaluate(config, workdir, hooks: Sequence[Callable | Hook] = ()) -
   compiled or written. Process 0 holds workdir/lock.json while it trains: a workdir another live run
   holds raises WorkdirLockedError.
   """
-  run, source = _checked(config)
   workdir = workdir_lib.as_path(workdir)
+  if config.curriculum.steps:  # both stages checked before either trains
+    first, config = curriculum_stages(config, workdir / CURRICULUM_DIR)
+    try:
+      _checked(first)
+    except (ConfigError, DataError) as e:
+      raise ConfigError(f'config.curriculum: its first stage, at length {first.data.seq_len}: {e}') from None
+    _checked(config, init_from_later=True)
+    train_and_evaluate(first, workdir / CURRICULUM_DIR, hooks)
+  run, source = _checked(config)
   _prepare_workdir(workdir)
   with workdir_lib.lock(workdir, jax.process_index()):
     ckpt_lib.check_compatible(run.config, workdir)
     return _Run(run, workdir, source, hooks).train()
 
 
-def _checked(config) -> tuple[config_lib.Run, Any]:
-  """(the run resolved, its data source), checked before anything is compiled."""
+CURRICULUM_DIR = 'curriculum'  # a curriculum's first stage, inside the run's workdir
+
+
+def curriculum_stages(config, first_workdir) -> tuple[Any, Any]:
+  """The two runs of `config.curriculum`: `curriculum.steps` steps at the task's length `curriculum.length`
+  (synthetic.resize: T, or keys_values' pairs; the decoder's future and a window's context cut to fit, its
+  evaluations, logs and checkpoints at most every `curriculum.steps`), then `config` at full length from its
+  parameters (init_from `first_workdir`). Neither has a curriculum of its own."""
+  config_lib.validate(config)
+  first = config.copy_and_resolve_references()
+  synthetic.resize(first.data, config.curriculum.length)
+  T, steps = int(first.data.seq_len), int(config.curriculum.steps)
+  if not 1 < T < config.data.seq_len:
+    raise ConfigError(f'config.curriculum.length: {config.curriculum.length} gives sequences of {T} tokens; the '
+                      f'curriculum needs them shorter than the run\'s {config.data.seq_len} and longer than 1')
+  first.smt.future = min(first.smt.future, T)
+  if first.smt.mode == 'window':
+    first.smt.context = min(first.smt.context, T - 1)
+  first.num_steps = steps
+  for k in ('eval_every', 'log_every', 'checkpoint_every'):
+    first[k] = min(first[k], steps)
+  rest = config.copy_and_resolve_references()
+  for c in (first, rest):
+    c.curriculum.length = c.curriculum.steps = 0
+  rest.init_from = str(first_workdir)
+  return first, rest
+
+
+def _checked(config, init_from_later: bool = False) -> tuple[config_lib.Run, Any]:
+  """(the run resolved, its data source), checked before anything is compiled (`init_from_later`: but the run
+  it starts from, which an earlier stage trains)."""
   source = make_source(config.data, config.seed)
   run = config_lib.resolve(config, jax.device_count(), source.info.seq_len, source.info.vocab_size)
   config = run.config
@@ -203,7 +240,7 @@ def _checked(config) -> tuple[config_lib.Run, Any]:
       source.get_batch(config.eval_split, 0, 0, 1)
     except DataError as e:
       raise ConfigError(f'config.eval_split={config.eval_split!r}: {e}') from e
-  if config.init_from:
+  if config.init_from and not init_from_later:
     init_from = epath.Path(config.init_from)
     if not init_from.is_dir():
       raise ConfigError(f'config.init_from: {config.init_from!r} is not a directory')

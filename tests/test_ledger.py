@@ -26,6 +26,19 @@ def test_digest_ignores_paths_and_logging_but_not_what_is_trained():
       node = node[p]
     node[leaf] = value
     assert ledger_lib.digest(other) != d, field
+  other = c.copy_and_resolve_references()
+  other.curriculum.length, other.curriculum.steps = 4, 2
+  assert ledger_lib.digest(other) != d
+
+
+def test_committed_records_keep_matching_their_configs():
+  """A record in docs/results/runs/ stays found by the config that made it: a config field added with its
+  'off' value (ledger.OFF) must not change the digests of runs that leave it off."""
+  from smtjax import config as config_lib
+  from smtjax.studies import recipe
+  c = config_lib.load_config('configs/copy.py:small')
+  jobs = recipe.plan_jobs(c, [recipe.parse_arm('transformer:method="transformer"')], [0], 1000, 10, '/tmp/unused')
+  assert ledger_lib.digest(jobs[('transformer', 0)][0].config) == 'a712651dca163ef4'  # copy/T12/transformer/seed0
 
 
 def test_records_round_trip_with_nan_and_a_bad_line_is_named(tmp_path):

@@ -349,3 +349,36 @@ def test_weight_decay_on_all_parameters_pulls_gains_to_one():
   assert float(jnp.abs(u['encoder']['block_0']['norm_attn']['scale']).max()) == 0.0
   assert float(jnp.abs(u['decoder']['block_0']['mlp']['Dense_0']['bias']).max()) == 0.0
   np.testing.assert_allclose(u['decoder']['head']['kernel'], -0.05 * kernel, rtol=1e-5)
+
+
+def test_curriculum_trains_the_short_stage_then_the_run_from_its_parameters(tmp_path):
+  """config.curriculum is its definition: a run at the short length in workdir/curriculum, then the configured
+  run initialised from it; the two stages equal the same two runs launched by hand (init_from)."""
+  c = tiny_config()
+  c.num_steps, c.curriculum.length, c.curriculum.steps = 4, 4, 4
+  with pytest.raises(config_lib.ConfigError, match='curriculum'):  # a DMT run starts from its SMT run
+    config_lib.validate(variants.dmt(c.copy_and_resolve_references(), context=2, rollout=2, every=1),
+                        init_from_later=True)
+  half = c.copy_and_resolve_references()
+  half.curriculum.steps = 0
+  with pytest.raises(config_lib.ConfigError, match='both 0'):
+    config_lib.validate(half)
+  too_long = c.copy_and_resolve_references()
+  too_long.curriculum.length = 8
+  with pytest.raises(config_lib.ConfigError, match='curriculum.length'):
+    train.train_and_evaluate(too_long, tmp_path / 'never')
+  assert not (tmp_path / 'never').exists()  # refused before anything was written
+
+  train.train_and_evaluate(c, tmp_path / 'run')
+  first = config_lib.load_saved(tmp_path / 'run' / 'curriculum')
+  rest = config_lib.load_saved(tmp_path / 'run')
+  assert (first.data.seq_len, first.smt.future, first.num_steps) == (4, 4, 4)
+  assert (rest.data.seq_len, rest.num_steps, rest.init_from) == (8, 4, str(tmp_path / 'run' / 'curriculum'))
+
+  by_hand = tmp_path / 'by_hand'
+  train.train_and_evaluate(first, by_hand / 'short')
+  rest.init_from = str(by_hand / 'short')
+  train.train_and_evaluate(rest, by_hand / 'full')
+  strip = metrics_lib.without_timings
+  assert strip(read_metrics(str(tmp_path / 'run' / 'curriculum'))) == strip(read_metrics(str(by_hand / 'short')))
+  assert strip(read_metrics(str(tmp_path / 'run'))) == strip(read_metrics(str(by_hand / 'full')))

@@ -36,9 +36,18 @@ VOLATILE = ('init_from', 'progress_bar', 'metrics_flush_secs', 'checkpoint_every
             'log_every', 'data.path', 'profile_steps', 'profile_dir')
 
 
+# Sections that change nothing at these values, left out of the digest when they hold them, so the records made
+# before a section existed still match the configs that leave it off.
+OFF = {'curriculum': {'length': 0, 'steps': 0}}
+
+
 def digest(config) -> str:
-  """A short hash of `config` without its VOLATILE fields: two runs with equal digests train the same thing."""
+  """A short hash of `config` without its VOLATILE fields (and its OFF sections when off): two runs with equal
+  digests train the same thing."""
   c = json.loads(config.to_json(sort_keys=True))
+  for section, off in OFF.items():
+    if c.get(section) == off:
+      del c[section]
   for field in VOLATILE:
     *parents, leaf = field.split('.')
     d = c

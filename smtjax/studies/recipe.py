@@ -27,7 +27,7 @@ import dataclasses
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import plotting, variants
+from smtjax import plotting, train, variants
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.studies import claims, stats
@@ -78,17 +78,19 @@ def arm_config(config, arm: Arm, seed: int, steps: int, evals: int):
 
 
 def short_config(config, arm: Arm, seed: int, steps: int, evals: int):
-  """A curriculum's first stage: the arm's run at length `arm.short_len` for `arm.short_steps` steps (the
-  evaluations as dense as the full run's), a sparse target's future cut to that length."""
-  T = int(config.data.seq_len)
-  if not (isinstance(arm.short_len, int) and isinstance(arm.short_steps, int) and 0 < arm.short_len < T
+  """A curriculum's first stage (`train.curriculum_stages` at `arm.short_len`, `arm.short_steps`) with the arm's
+  settings, its evaluations as dense as the full run's."""
+  if not (isinstance(arm.short_len, int) and isinstance(arm.short_steps, int) and arm.short_len > 0
           and 0 < arm.short_steps < steps):
-    raise ConfigError(f'arm {arm.name!r}: short_len must be in 1..{T - 1} (the full length is {T}) and '
-                      f'short_steps in 1..{steps - 1}, got {arm.short_len} and {arm.short_steps}')
+    raise ConfigError(f'arm {arm.name!r}: short_len must be > 0 and short_steps in 1..{steps - 1}, got '
+                      f'{arm.short_len} and {arm.short_steps}')
   c = config.copy_and_resolve_references()
-  c.data.seq_len = arm.short_len
-  c.smt.future = min(int(c.smt.future), arm.short_len)
-  return arm_config(c, dataclasses.replace(arm, short_len=0, short_steps=0), seed, arm.short_steps,
+  c.curriculum.length, c.curriculum.steps = arm.short_len, arm.short_steps
+  try:
+    first, _ = train.curriculum_stages(c, '')
+  except ConfigError as e:
+    raise ConfigError(f'arm {arm.name!r}: short_len={arm.short_len}: {e}') from None
+  return arm_config(first, dataclasses.replace(arm, short_len=0, short_steps=0), seed, arm.short_steps,
                     max(1, round(evals * arm.short_steps / steps)))
 
 
