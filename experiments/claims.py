@@ -9,7 +9,9 @@ SMT, SMT->DMT, BPTT (SMT + DMT steps) and SMT->BPTT (BPTT fine-tuning of SMT's R
 each length: each tuned on the validation split over the same grid, then trained for every seed; the table
 has a same-cell row (the grid's first cell) and a best-cell row, each cell with its test accuracy (mean and 95%
 interval), its last-quarter change and verdict (plateau, not converged, teacher not converged), seconds per
-update and sequential depth. --tune_steps=0 skips tuning (the first value of each grid axis). Writes
+update and sequential depth. A curriculum in the config (--config.curriculum.length=16
+--config.curriculum.steps=1000) is a first stage of SMT and BPTT alike, outside their counted steps; the
+fine-tuning stages start from the SMT run. --tune_steps=0 skips tuning (the first value of each grid axis). Writes
 OUT/claims_TASK_T<T>.{json,md,png} (with --tune_only: the grid's scores and curves only, in
 OUT/claims_TASK_T<T>_tuning.{json,md,png}); runs go to OUT/TASK/T<length>/ and a rerun skips finished ones.
 

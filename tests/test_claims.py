@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from smtjax import config as config_lib
 from smtjax.errors import ConfigError
 from smtjax.studies import claims, ledger
 from tests.conftest import tiny_config
@@ -41,6 +42,12 @@ def test_configs_give_equal_batches_and_bptt_the_steps_of_smt_and_dmt_together()
   # Every stage of every method under one schedule (DMT's own default is a cosine decay to zero).
   assert {(v.optim.schedule, v.optim.warmup_frac) for v in cs.values()} == {(c.optim.schedule, c.optim.warmup_frac)}
   assert claims.sequential_depth(cs['bptt']) == 8 and claims.sequential_depth(cs['smt']) == 4
+  c.curriculum.length, c.curriculum.steps = 4, 10  # SMT and BPTT train the same short stage first
+  cs = claims.configs(c, 8, s, seed=1, smt_steps=40, dmt_steps=8, evals=4, num_eval_batches=2, smt_dir='/smt')
+  assert {k: (v.curriculum.length, v.curriculum.steps) for k, v in cs.items()} == {
+      'smt': (4, 10), 'bptt': (4, 10), 'smt_dmt': (0, 0), 'smt_bptt': (0, 0)}
+  for v in cs.values():
+    config_lib.validate(v)
   with pytest.raises(ConfigError, match='grid'):
     claims.run_claims(c, [8], claims.Plan(smt_steps=4, dmt_steps=2, drifts=('sideways',)), '/tmp/unused')
 

@@ -120,6 +120,8 @@ def configs(config, length: int, setting: Setting, seed: int, smt_steps: int, dm
   tune.method, tune.init_from = 'bptt', smt_dir
   tune.model.initial_memory = 'encoder'  # the RNN keeps the initial memory it learned with under SMT
   tune.optim.lr = dmt.optim.lr
+  for stage in (dmt, tune):  # a curriculum (config.curriculum) is the first stage of SMT and BPTT, run alike;
+    stage.curriculum.length = stage.curriculum.steps = 0  # the fine-tuning stages start from the SMT run
   return {'smt': smt, 'smt_dmt': dmt, 'bptt': bptt, 'smt_bptt': tune}
 
 
