@@ -56,64 +56,77 @@ def define_study_flags(name: str) -> None:
                        'process).')
 
 
+_CONFIG_FLAG = []  # set by define_config: this command's --config is a config file
+
+
 def define_config(help_text: str = 'Config file, optionally with a variant: configs/x.py:small.'):
   """The --config flag (a config file and variant, fields overridable as --config.model.d_model=64, locked so a
-  misspelt field is an error), whose errors are one line each instead of a flag-parsing traceback: a missing
-  config file, an unknown variant (the config file's ConfigError), a field that does not exist (naming the
-  nearest known one) and a value that does not parse as its field's type."""
+  misspelt field is an error). `run` checks its arguments before absl parses them, so that each error is one
+  line: a missing config file, an unknown variant (the config file's ConfigError), a field that does not exist
+  (naming the nearest known one) and a value that does not parse as its field's type."""
   config_flags.DEFINE_config_file('config', None, help_text, lock_config=True)
-  flag = flags.FLAGS['config']
-  loaded = {}
-  parse_file = flag.parser.parse
+  _CONFIG_FLAG.append(True)
 
-  def parse_config_file(path):
-    name = path.partition(':')[0]
-    if name and not epath.Path(name).is_file():  # ml_collections would print two tracebacks, later
-      raise SystemExit(f'error: --config={path}: no config file {name}' + (' (it is a directory)' if
-                       epath.Path(name).is_dir() else ''))
+
+def run(main) -> None:
+  """app.run(main), with the --config arguments checked first (`check_config_args`)."""
+  app.run(main, flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's own parsing (with its usage message on an error), after `check_config_args` where the command
+  has a --config file flag."""
+  if _CONFIG_FLAG:
+    check_config_args(argv)
+  return app.parse_flags_with_usage(argv)
+
+
+def _config_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str | None]]]:
+  """(the --config value, [(field path, value text or None for a bare boolean), ...]) of a command line."""
+  spec, overrides = None, []
+  for i, a in enumerate(argv[1:], 1):
+    if a == '--':
+      break
+    name, eq, value = a.lstrip('-').partition('=')
+    if not a.startswith('-'):
+      continue
+    nxt = argv[i + 1] if i + 1 < len(argv) else None
+    if name == 'config':
+      spec = value if eq else nxt
+    elif name.startswith(('config.', 'noconfig.')):
+      overrides.append((name.split('.', 1)[1], value if eq else None))
+  return spec, overrides
+
+
+def check_config_args(argv: list[str]) -> None:
+  """Exits with one line for a --config file that does not exist or does not build, or a --config.<field> that
+  the config lacks or whose value does not parse as the field's type (int, float); anything else is left to
+  ml_collections."""
+  spec, overrides = _config_args(argv)
+  if not spec:
+    return
+  name = spec.partition(':')[0]
+  if not epath.Path(name).is_file():  # ml_collections would print two tracebacks
+    raise SystemExit(f'error: --config={spec}: no config file {name}' + (' (it is a directory)' if
+                     epath.Path(name).is_dir() else ''))
+  try:
+    config = config_lib.load_config(spec)
+  except ConfigError as e:
+    raise SystemExit(f'error: {e}') from None
+  known = set(config_lib.field_paths(config))
+  for path, text in overrides:
+    if path not in known:
+      raise SystemExit(f'error: {config_lib.unknown_field(config, path)}')
+    node = config
+    for part in path.split('.'):
+      node = node[part]
+    kind = type(node)
+    if text is None or kind not in (int, float):
+      continue
     try:
-      loaded['config'] = parse_file(path)
-    except ValueError as e:
-      if isinstance(e.__context__, ConfigError):  # ml_collections re-raised it with the traceback as text
-        raise SystemExit(f'error: {e.__context__}') from None
-      raise
-    return loaded['config']
-  flag.parser.parse = parse_config_file
-
-  parse_overrides = flag._parse
-
-  def parse_with_overrides(argument):
-    try:
-      config = parse_overrides(argument)
-    except (AttributeError, KeyError):  # an override names a field the config does not have
-      config = loaded.get('config')
-      if config is None:
-        raise
-      known = set(config_lib.field_paths(config))
-      for path in flag._GetOverrides(flag._GetArgv()):
-        if path not in known:
-          raise SystemExit(f'error: {config_lib.unknown_field(config, path)}') from None
-      raise
-    for path in flag._GetOverrides(flag._GetArgv()):
-      _typed_override(flags.FLAGS[f'config.{path}'], path, config)
-    return config
-  flag._parse = parse_with_overrides
-
-
-def _typed_override(field_flag, path: str, config) -> None:
-  """A value of --config.<path> that does not parse as the field's type exits with one line naming both."""
-  parse = field_flag.parse  # parses the text, then sets the field (where a type mismatch raises)
-  node = config
-  for part in path.split('.'):
-    node = node[part]
-  want = type(node).__name__ if node is not None else 'value'
-
-  def typed(argument):
-    try:
-      return parse(argument)
-    except (TypeError, ValueError, flags.IllegalFlagValueError):
-      raise SystemExit(f'error: config.{path}: expected {want}, got {argument!r}') from None
-  field_flag.parse = typed
+      int(text) if kind is int else float(text)
+    except ValueError:
+      raise SystemExit(f'error: config.{path}: expected {kind.__name__}, got {text!r}') from None
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

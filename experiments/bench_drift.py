@@ -13,7 +13,7 @@ import statistics
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from experiments import _cli
 from smtjax import config as config_lib
@@ -76,4 +76,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

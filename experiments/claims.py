@@ -20,7 +20,7 @@ anew, on any machine, trains only the runs the ledger lacks, and --report rebuil
 the ledger alone, training nothing. See smtjax/studies/claims.py and smtjax/studies/ledger.py.
 """
 
-from absl import app, flags
+from absl import flags
 
 from experiments import _cli
 from smtjax.data import synthetic
@@ -66,4 +66,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

@@ -9,7 +9,7 @@ evaluated --num_evals times while it trains. Writes OUT/compression.{json,md,png
 table) and a rerun reuses them. Any --config.* override applies to every run. See smtjax/compression.py.
 """
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

@@ -11,7 +11,7 @@ position), OUT/samples_NAME.md (+ .png grids for images). A rerun skips finished
 smtjax/studies/realdata.py.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import _cli
@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)

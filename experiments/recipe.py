@@ -11,7 +11,7 @@ docs/results/runs/recipe.jsonl, committed), whose runs are not trained again (--
 OUT/recipe.{json,md,png}.
 """
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from experiments import _cli
@@ -40,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _cli.run(main)
