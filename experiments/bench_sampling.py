@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import _cli
-from experiments.bench import time_train_step  # also defines --config, --steps and --repeats
+from experiments import _cli, bench  # noqa: F401 -- bench defines --config, --steps and --repeats
 from smtjax import config as config_lib
 from smtjax import smt, train
+from smtjax.benchmarks import time_train_step
 from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
 from smtjax.models import Networks

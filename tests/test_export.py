@@ -71,7 +71,7 @@ EXPORT = textwrap.dedent('''
       return n
 
     out = {}
-    from experiments.bench import preset_configs
+    from smtjax.benchmarks import preset_configs
     for preset, label in (p.split(':') for p in sys.argv[2].split(',')):
       c = preset_configs(preset)[label]
       tr = train.Trainer.create(c, jax.devices()[:1])

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from smtjax import benchmarks, perf, train
 from smtjax import config as config_lib
-from smtjax import perf, train
 from smtjax.metrics import read_metrics
 from tests.conftest import tiny_config
 
@@ -85,8 +85,7 @@ def test_profile_range():
 
 @pytest.mark.parametrize('preset', ['paper_smt', 'paper_dmt', 'paper_bptt'])
 def test_bench_presets_run_tiny(preset, capsys):
-  from experiments import bench
-  results = bench.run_preset(preset, 'tiny', steps=1, repeats=1)
+  results = benchmarks.run_preset(preset, 'tiny', steps=1, repeats=1)
   out = capsys.readouterr().out
   for r in results.values():
     assert r['step_ms'] > 0 and r['flops'] > 0 and r['tflops_per_s'] > 0
@@ -94,7 +93,7 @@ def test_bench_presets_run_tiny(preset, capsys):
   assert ('published' in out) == (preset != 'paper_bptt')
   assert 'goal' in out
   # The presets are the published configs: only the sizes shrink.
-  full = bench.preset_configs(preset)
+  full = benchmarks.preset_configs(preset)
   for c in full.values():
     assert (c.model.d_model, c.model.num_mem_tokens, c.model.enc_depth, c.model.dec_depth, c.model.cell_depth,
             c.model.dtype) == (256, 16, 8, 4, 8, 'bfloat16')
@@ -106,10 +105,28 @@ def test_bench_presets_run_tiny(preset, capsys):
     assert (c.dmt.rollout, c.dmt.every, c.batch_size) == (256, 16, 32)
 
 
+def test_bench_configs_are_the_config_files():
+  """The benchmarks build their configs from smtjax.variants (the library never reads configs/): every field a
+  train step reads is that of configs/tinystories.py, and of configs/retrieval.py:small resized by
+  studies.compare.at_length."""
+  from configs import retrieval, tinystories
+  from smtjax.studies import compare
+  step = lambda c: {k: c[k].to_dict() for k in ('model', 'smt', 'dmt', 'bptt', 'optim')} | dict(
+      method=c.method, batch_size=c.batch_size, data=(c.data.name, c.data.seq_len))
+  assert step(benchmarks.preset_configs('paper_smt')['SMT (window)']) == step(tinystories.get_config())
+  assert step(benchmarks.preset_configs('paper_dmt')['DMT']) == step(tinystories.get_config('dmt'))
+  defaults = config_lib.default_config().smt
+  for T in (8, 1024):
+    cpu = tinystories.get_config('cpu')
+    cpu.data.seq_len = T
+    for size, c in (('retrieval', compare.at_length(retrieval.get_config('small'), T)), ('cpu', cpu)):
+      c.smt.num_transitions, c.smt.num_decoder_samples = defaults.num_transitions, defaults.num_decoder_samples
+      assert step(benchmarks.length_configs(size, T, band=64)['smt']) == step(c), (size, T)
+
+
 @pytest.mark.slow
 def test_memory_table_tiny(capsys):
-  from experiments import bench
-  rows = bench.memory_table([16, 32], batch=2, chunk=4, remat=True, dense_up_to=16, scale='tiny')
+  rows = benchmarks.memory_table([16, 32], batch=2, chunk=4, remat=True, dense_up_to=16, scale='tiny')
   assert [(r['T'], r['prefix_chunk']) for r in rows] == [(16, 0), (16, 4), (32, 4)]
   assert all(r['peak'] > 0 for r in rows)
   assert 'peak GiB' in capsys.readouterr().out
@@ -133,8 +150,7 @@ def test_step_costs_count_scans_by_trip_count():
 
 
 def test_roofline_table_tiny(capsys):
-  from experiments import bench
-  rows = bench.roofline_table('h100', scale='tiny')
+  rows = benchmarks.roofline_table('h100', scale='tiny')
   assert [r['label'] for r in rows] == ['SMT (window)', 'DMT', 'BPTT', 'SMT (parallel)']
   for r in rows:
     assert r['flops'] > 0 and r['matmul_bytes'] > 0 and r['floor_s'] > 0 and r['bound'] in ('compute', 'memory')
@@ -144,8 +160,7 @@ def test_roofline_table_tiny(capsys):
 
 @pytest.mark.slow
 def test_gpu_check_runs_tiny(capsys):
-  from experiments import bench
-  out = bench.gpu_check('tiny', run_seconds=120, enough_rates=2)  # the run stops once it has logged two rates
+  out = benchmarks.gpu_check('tiny', run_seconds=120, enough_rates=2)  # the run stops once it has logged two rates
   assert out['run']['steps'] > 0 and out['run']['steps_per_s'] > 0
   assert out['memory']['peak'] > 0 and out['smt']['step_ms'] > 0 and out['dmt']['step_ms'] > 0
   text = capsys.readouterr().out
@@ -171,19 +186,20 @@ def test_bench_parallel_scan_runs_tiny():
 def test_length_table_and_sampling_study_run_tiny(capsys):
   """experiments.bench --length_table (every column, a cell over the memory limit reported, not run; the 'cpu'
   size's columns are valid configs) and experiments.bench_sampling's study at test size."""
-  from experiments import bench, bench_sampling
+  from experiments import bench_sampling
   from tests.conftest import tiny_config
-  for col, c in bench.length_configs('cpu', 8, 2, 'tiny').items():
+  for col, c in benchmarks.length_configs('cpu', 8, 2, 'tiny').items():
     config_lib.validate(c)
     assert (c.data.name, c.data.seq_len, c.method == 'bptt') == ('tinystories', 8, col.startswith('bptt')), col
-  rows = bench.length_table(['retrieval'], [8], band=2, max_gib=16.0, seconds=0.2, scale='tiny')
+  rows = benchmarks.length_table(['retrieval'], [8], band=2, max_gib=16.0, seconds=0.2, scale='tiny')
   row = rows[('retrieval', 8)]
-  assert set(row) == set(bench.LENGTH_COLUMNS) and all(r['step_ms'] > 0 for r in row.values())
+  assert set(row) == set(benchmarks.LENGTH_COLUMNS) and all(r['step_ms'] > 0 for r in row.values())
   f = row['smt']['network_flops']
   assert f['encoder'] > 0 and f['decoder'] > 0 and f['cell'] > 0
   assert row['bptt']['network_flops']['encoder'] == 0  # BPTT: the cell and its readout only
   assert '| 8 |' in capsys.readouterr().out
-  skipped = bench.length_table(['retrieval'], [8], band=2, max_gib=1e-6, seconds=0.2, scale='tiny')[('retrieval', 8)]
+  skipped = benchmarks.length_table(['retrieval'], [8], band=2, max_gib=1e-6, seconds=0.2,
+                                    scale='tiny')[('retrieval', 8)]
   assert all(r['skipped'] and r['peak_gb'] > 0 for r in skipped.values())
   c = tiny_config()
   c.num_steps = 2
@@ -195,7 +211,6 @@ def test_length_table_and_sampling_study_run_tiny(capsys):
 def test_regression_guard_reads_its_record_and_names_a_slower_step(tmp_path):
   """The guard's record is the last column of docs/benchmarks.md's table; a step slower than its record by
   more than the tolerance is named, one within it is not (tiny scale: the same code paths)."""
-  from smtjax import benchmarks
   doc = tmp_path / 'benchmarks.md'
   doc.write_text(f'# x\n\n{benchmarks.RECORD_HEADING}\n\n| step | ms | normalised |\n| --- | --- | --- |\n'
                  '| BPTT, cpu | 3.0 | 1e-9 |\n| DMT, cpu | 3.0 | 1e9 |\n| not a step | 1 | 2 |\n\n## Next\n'
