@@ -5,14 +5,15 @@ r"""SMT vs SMT->DMT vs BPTT across sequence lengths and seeds on a synthetic tas
 
   python -m experiments.compare --config=configs/retrieval.py:small --lengths=8,12,16 [--seeds=3] \
       [--steps=1000] [--dmt_steps=200] [--methods=smt,dmt,bptt] [--test_lengths=2,4,8] \
-      [--out=workdirs/compare] [--config.smt.rollout_steps=4 ...]
+      [--out=workdirs/compare] [--lanes=2] [--config.smt.rollout_steps=4 ...]
 
 For every length and seed (config.seed + 0..seeds-1): SMT (the config, resized to the length), DMT
 fine-tuning from it, and BPTT with the same cell and the same total number of steps; each RNN is scored
 reading whole held-out sequences from its initial memory, with the SMT run's Transformer teacher as the
 upper bound, and (--test_lengths=k,...) on sequences k times longer than it was trained on. Cells are the
 mean and a 95% t-interval over seeds. Writes OUT/compare_TASK.{json,md,png}; workdirs go to
-OUT/TASK/T<length>[/seed<s>]/{smt,dmt,bptt} and a rerun skips finished runs. For keys_values, --lengths are
+OUT/TASK/T<length>[/seed<s>]/{smt,dmt,bptt}, two trained at a time, each pinned to its own core (--lanes; 0 trains
+in this process), and a rerun skips finished runs. For keys_values, --lengths are
 numbers of key/value pairs. Any --config.* override applies to every run. See smtjax/studies/compare.py.
 """
 
@@ -65,7 +66,7 @@ def main(argv):
   with _cli.user_errors():
     summary = compare.run_comparison(FLAGS.config, lengths, FLAGS.out, FLAGS.steps, FLAGS.dmt_steps, FLAGS.seeds,
                                      FLAGS.methods, test_lengths,
-                                     name=config_flags.get_config_filename(FLAGS['config']))
+                                     name=config_flags.get_config_filename(FLAGS['config']), lanes=FLAGS.lanes)
   task = summary['task']
   print((epath.Path(FLAGS.out) / f'compare_{task}.md').read_text())
   print(f'wrote {FLAGS.out}/compare_{task}.json, .md, .png ({len(summary["lengths"])} lengths, '

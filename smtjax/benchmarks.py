@@ -1,5 +1,5 @@
-"""Timing compiled train steps: the published sizes, the memory and step-time tables, and the step-time
-regression guard (the commands: experiments/bench.py).
+"""Timing compiled train steps: the published sizes, the memory and step-time tables, the step-time
+regression guard (the commands: experiments/bench.py), and the narrower benchmarks of experiments/bench_*.py.
 
 `time_train_step(config, ...)` compiles a config's train step ahead of time and times it (compilation
 excluded, median of repeats), with its FLOPs and compiled memory. `regression()` times the main step kinds,
@@ -17,11 +17,19 @@ compiled at growing T by `memory_table`; `length_table` times SMT, window SMT an
 `gpu_check` gathers the accelerator numbers into one table for a short lease. Their configs are built from
 smtjax.variants as configs/tinystories.py and configs/retrieval.py build theirs (the library never reads
 configs/), on random tokens. These functions print their tables as they go.
+
+The narrower ones: `rollout` times a DMT iteration as a scan against a Python loop, BPTT against parallel SMT, and
+the linear cells' parallel scans against sequential BPTT (experiments/bench_rollout.py); `sampling_study` the
+gradient noise and step time against a sampled count (bench_sampling.py); `drift_step_times` the drift-robust
+variants against plain SMT, interleaved (bench_drift.py); `pipeline_rate` the input pipeline alone
+(bench_data.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import re
 import signal
 import statistics
@@ -37,13 +45,15 @@ import numpy as np
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import perf, variants
+from smtjax import dmt, losses, perf, smt, train, variants
 from smtjax import sharding as shard_lib
 from smtjax import workdir as workdir_lib
 from smtjax.data import make_source
 from smtjax.data import synthetic as synthetic_tasks
 from smtjax.data.pipeline import BatchIterator
+from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
+from smtjax.models import Networks
 from smtjax.train import Trainer
 
 # The guarded steps, in the order they are timed: (name, size, method, mode).
@@ -68,26 +78,49 @@ def _synthetic_batch(config, seed: int):
   return {'x': x[:, :-1], 'y': x[:, 1:]}
 
 
-def _batches(config, trainer, synthetic: bool, n: int):
+def _batches(config, trainer, synthetic: bool, n: int, source=None):
+  """`n` global batches for the trainer's mesh: random tokens, or the config's data (from `source` if given)."""
   # A DMT step is timed on random parameters: there is no SMT run to start from (config.init_from).
+  num_devices = trainer.mesh.devices.size
   if synthetic:
-    config_lib.validate(config, num_devices=jax.device_count(), init_from_later=True)
+    config_lib.validate(config, num_devices=num_devices, init_from_later=True)
     local = [_synthetic_batch(config, i) for i in range(n)]
   else:
-    source = make_source(config.data, config.seed)
-    config_lib.validate(config, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size,
-                        init_from_later=True)
+    source = make_source(config.data, config.seed) if source is None else source
+    config_lib.validate(config, num_devices=num_devices, data_vocab_size=source.info.vocab_size, init_from_later=True)
     it = BatchIterator(source, 'train', config.batch_size, jax.process_index(), jax.process_count())
     local = [next(it) for _ in range(n)]
   return [shard_lib.global_batch(b, trainer.batch_sharding) for b in local]
 
 
+def _call_seconds(fn, repeats: int) -> list[float]:
+  """The seconds of each of `repeats` calls of `fn` (its result waited for), after one untimed call (compilation,
+  warm-up)."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def _steps_seconds(step, state, batches, rng, steps: int):
+  """(state, metrics, seconds per step) of `steps` calls of a compiled train step, cycling through `batches`."""
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, m = step(state, batches[i % len(batches)], rng)
+  jax.block_until_ready(m)
+  return state, m, (time.perf_counter() - t0) / steps
+
+
 def time_train_step(config, steps: int, repeats: int, synthetic: bool = False, max_gib: float | None = None,
-                    max_seconds: float | None = None) -> dict:
-  """Compiles the config's train step (ahead of time), then times `repeats` x `steps` calls. With `max_gib`, a
-  step whose compiled program needs more memory is not run ({'peak_gb', 'skipped'}); with `max_seconds`, fewer
-  steps per repeat where the first call shows that they would take longer."""
-  trainer = Trainer.create(config)
+                    max_seconds: float | None = None, devices=None) -> dict:
+  """Compiles the config's train step (ahead of time, on `devices`: default all), then times `repeats` x `steps`
+  calls. With `max_gib`, a step whose compiled program needs more memory is not run ({'peak_gb', 'skipped'});
+  with `max_seconds`, fewer steps per repeat where the first call shows that they would take longer."""
+  trainer = Trainer.create(config, devices)
+  num_devices = trainer.mesh.devices.size
   batches = _batches(config, trainer, synthetic, min(steps, 4))
   rng = jax.random.PRNGKey(0)
   t0 = time.perf_counter()
@@ -98,18 +131,13 @@ def time_train_step(config, steps: int, repeats: int, synthetic: bool = False, m
     return dict(peak_gb=mem['peak'] / 2**30, skipped=True, compile_s=compile_s)
   flops = perf.step_flops(trainer.train_step, trainer.abstract_state, batches[0], rng, compiled=compiled)
   state = trainer.init_state(jax.random.PRNGKey(config.seed))
-  t0 = time.perf_counter()
-  state, m = compiled(state, batches[0], rng)  # warm-up
-  jax.block_until_ready(m)
+  state, m, first_s = _steps_seconds(compiled, state, batches, rng, 1)  # warm-up
   if max_seconds is not None:
-    steps = max(1, min(steps, int(max_seconds / repeats / max(time.perf_counter() - t0, 1e-6))))
+    steps = max(1, min(steps, int(max_seconds / repeats / max(first_s, 1e-6))))
   times = []
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    for i in range(steps):
-      state, m = compiled(state, batches[i % len(batches)], rng)
-    jax.block_until_ready(m)
-    times.append((time.perf_counter() - t0) / steps)
+    state, m, seconds = _steps_seconds(compiled, state, batches, rng, steps)
+    times.append(seconds)
   step = statistics.median(times)
   B, T = config.batch_size, config.data.seq_len
   s = config.smt
@@ -119,11 +147,11 @@ def time_train_step(config, steps: int, repeats: int, synthetic: bool = False, m
     starts = T + 1 - s.rollout_steps  # rollout starts per sequence: all of them, or num_transitions sampled
     per_seq = 1 if s.mode == 'window' else (min(s.num_transitions, starts) or starts)
   # XLA's count of a sharded program is one device's share; the jaxpr count is the whole step.
-  total_flops = max(flops['xla'] * jax.device_count(), flops['matmul'])
+  total_flops = max(flops['xla'] * num_devices, flops['matmul'])
   return dict(mode=s.mode if config.method == 'smt' else config.method, step_ms=1e3 * step,
               min_ms=1e3 * min(times), compile_s=compile_s, seq_per_s=B / step, tok_per_s=B * T / step,
               transitions_per_s=B * per_seq / step, loss=float(m['loss']), flops=total_flops, skipped=False,
-              peak_gb=mem['peak'] / 2**30, **perf.throughput(total_flops, 1 / step, jax.device_count()))
+              peak_gb=mem['peak'] / 2**30, **perf.throughput(total_flops, 1 / step, num_devices))
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 30) -> float:
@@ -131,13 +159,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 30) -> float:
   (the attainable rate; a median would carry the moment's load into every ratio)."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(f(a))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a))
-    times.append(time.perf_counter() - t0)
-  return 2 * n**3 / min(times) / 1e9
+  return 2 * n**3 / min(_call_seconds(lambda: f(a), repeats)) / 1e9
 
 
 # ------------------------------------------------------------------------------------- the guarded steps
@@ -616,3 +638,283 @@ def gpu_check(scale: str = 'paper', run_seconds: float = 60.0, enough_rates: int
   for name, value, detail, ref in rows:
     print(f'  {name:<36} {value:>14}  {detail:<40} {ref}')
   return dict(smt=smt, dmt=dmt, bptt=bptt, memory=mem, run=run, rows=rows)
+
+
+# ------------------------------------------------------------------------------------------ rollouts
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSizes:
+  """The sizes of `rollout`'s benchmarks, on the copy task (the defaults: CPU-sized)."""
+  d_model: int = 64
+  num_mem_tokens: int = 4
+  depth: int = 2  # encoder, decoder and cell
+  dec_depth: int = 0  # 0: depth
+  batch: int = 8
+  dmt_context: int = 64
+  dmt_rollout: int = 64
+  dmt_every: int = 16
+  future: int = 16
+  lengths: tuple[int, ...] = (64, 256, 1024)  # of BPTT against SMT
+  dtype: str = 'float32'
+  remat: bool = False
+  prefix_chunk: int = 0
+  repeats: int = 3  # timed calls; the median is reported
+
+
+# The published model and DMT sizes (method.md §8).
+PAPER_ROLLOUT = dict(d_model=256, num_mem_tokens=16, depth=8, dec_depth=4, batch=32, dmt_context=256, dmt_rollout=256,
+                     dmt_every=16, future=64, lengths=(1024,), dtype='bfloat16', remat=True, prefix_chunk=64)
+
+
+def rollout_config(sizes: RolloutSizes, method: str, T: int):
+  """The copy task at `sizes` and length T, trained by `method` (SMT: parallel)."""
+  c = config_lib.default_config()
+  c.data.name, c.data.seq_len = 'copy', T
+  c.data.options.num_symbols = 8
+  c.model.vocab_size = 9
+  c.model.d_model, c.model.num_mem_tokens = sizes.d_model, sizes.num_mem_tokens
+  c.model.num_heads = max(1, sizes.d_model // 32)
+  c.model.enc_depth = c.model.cell_depth = sizes.depth
+  c.model.dec_depth = sizes.dec_depth or sizes.depth
+  c.model.dtype, c.model.remat, c.model.prefix_chunk = sizes.dtype, sizes.remat, sizes.prefix_chunk
+  c.batch_size = sizes.batch
+  c.method = method
+  c.smt.future = sizes.future
+  c.smt.mode = 'parallel'
+  return c
+
+
+def _step_seconds_one_device(config, repeats: int) -> float:
+  """The median seconds of one train step on the first device (the rollout benchmarks compare single devices)."""
+  return time_train_step(config, steps=1, repeats=repeats, devices=jax.devices()[:1])['step_ms'] / 1e3
+
+
+def dmt_scan_vs_loop(sizes: RolloutSizes) -> dict:
+  """One DMT iteration (forward and backward of the whole DMT loss) with the rollout as `lax.scan`, against the
+  same iteration step by step: a Python loop over the Td rollout steps, each a jitted call of the cell's step and
+  its one-step gradient (as the public implementation's loop does). Prints both; returns {'scan_s', 'loop_s'}."""
+  c = variants.dmt(rollout_config(sizes, 'smt', sizes.dmt_context + sizes.dmt_rollout + sizes.future),
+                   sizes.dmt_context, sizes.dmt_rollout, sizes.dmt_every, batch_size=sizes.batch)
+  trainer = Trainer.create(c, jax.devices()[:1])
+  nets = trainer.nets
+  params = trainer.init_state(jax.random.PRNGKey(0)).params
+  (batch,) = _batches(c, trainer, synthetic=False, n=1)
+  rng = jax.random.PRNGKey(0)
+
+  scan_iter = jax.jit(jax.grad(lambda p: dmt.dmt_losses(nets, p, batch, rng, c)[0]))
+
+  Tc, Td, k = c.dmt.context, c.dmt.rollout, c.dmt.every
+  teacher = jax.jit(lambda p: dmt.teacher_memories(nets, p, batch['x'], Tc, Td, k, prefix=True))
+
+  @jax.jit
+  def one_step(p, mem, x_B, y_B, target, has_target):
+    """Step s of the loop version: next memory, and the gradient of its memory + readout losses."""
+    def loss(p):
+      new = nets.step(p, mem, x_B)
+      l_mem = jnp.where(has_target, losses.dynamics_loss(new, target), 0.0)
+      return c.dmt.coef_mem * l_mem + losses.mean_cross_entropy(nets.readout(p, jax.lax.stop_gradient(new)), y_B), new
+    g, new = jax.grad(loss, has_aux=True)(p)
+    return jax.lax.stop_gradient(new), g
+
+  def loop_iter():
+    targets = teacher(params)
+    mem, total = targets[:, 0], None
+    for s in range(Td):  # the Python loop over time that the scan replaces
+      has = (s + 1) % k == 0
+      tgt = targets[:, (s + 1) // k] if has else targets[:, 0]
+      mem, g = one_step(params, mem, batch['x'][:, Tc + s], batch['y'][:, Tc + s], tgt, has)
+      total = g if total is None else jax.tree.map(jnp.add, total, g)
+    return total
+
+  t_scan = statistics.median(_call_seconds(lambda: scan_iter(params), sizes.repeats))
+  t_loop = statistics.median(_call_seconds(loop_iter, sizes.repeats))
+  print(f'DMT iteration (B={sizes.batch}, Tc={Tc}, Td={Td}, k={k}, Tf={c.smt.future}, d={sizes.d_model}, '
+        f'K={sizes.num_mem_tokens}, depth {sizes.depth}): scan {1e3 * t_scan:.1f} ms, '
+        f'Python loop {1e3 * t_loop:.1f} ms, loop/scan = {t_loop / t_scan:.1f}x (goal >= 10x)', flush=True)
+  print('  (the loop version computes only the memory and readout terms; the scan version the whole DMT loss)')
+  return dict(scan_s=t_scan, loop_s=t_loop)
+
+
+def bptt_vs_smt(sizes: RolloutSizes) -> dict:
+  """One BPTT train step against one parallel-SMT train step at equal model, batch and length, at each of
+  `sizes.lengths`: SMT's time-parallelism shows as a ratio growing with T. Prints a row per T; returns
+  {T: {'bptt': s, 'smt': s}}."""
+  defaults = config_lib.default_config().smt
+  print(f'BPTT vs parallel SMT train step (B={sizes.batch}, d={sizes.d_model}, K={sizes.num_mem_tokens}, '
+        f'depth {sizes.depth}, the default sampling: at most {defaults.num_transitions} '
+        f'transitions and {defaults.num_decoder_samples} decoded memories per sequence):')
+  out = {}
+  for T in sizes.lengths:
+    times = out[T] = {m: _step_seconds_one_device(rollout_config(sizes, m, T), sizes.repeats) for m in ('bptt', 'smt')}
+    print(f'  T={T:5d}: BPTT {1e3 * times["bptt"]:9.1f} ms | SMT {1e3 * times["smt"]:9.1f} ms | '
+          f'BPTT/SMT = {times["bptt"] / times["smt"]:.2f}' + (' (goal at T=1024: >= 10x)' if T == 1024 else ''),
+          flush=True)
+  return out
+
+
+def parallel_scan_table(sizes: RolloutSizes, lengths, cells=('mingru', 'lru')) -> dict:
+  """BPTT train step of each linear cell, parallel scan against sequential lax.scan, at each T: {(cell, T): (seq s,
+  scan s)}."""
+  out = {}
+  print(f'BPTT train step of the linear cells, sequential lax.scan vs parallel scan (B={sizes.batch}, '
+        f'd={sizes.d_model}, K={sizes.num_mem_tokens}, memory Z={sizes.num_mem_tokens * sizes.d_model}):')
+  for cell in cells:
+    for T in lengths:
+      times = []
+      for scan in (False, True):
+        c = rollout_config(sizes, 'bptt', T)
+        c.model.cell, c.bptt.parallel_scan = cell, scan
+        times.append(_step_seconds_one_device(c, sizes.repeats))
+      out[(cell, T)] = tuple(times)
+      print(f'  {cell:>6} T={T:5d}: sequential {1e3 * times[0]:9.1f} ms | parallel scan {1e3 * times[1]:9.1f} ms | '
+            f'sequential / scan = {times[0] / times[1]:.2f}', flush=True)
+  return out
+
+
+def rollout(sizes: RolloutSizes, paper: bool = False, scan_lengths=()) -> dict:
+  """The rollout benchmarks on one device (`paper`: at PAPER_ROLLOUT's sizes instead of `sizes`'): the DMT
+  iteration as a scan against a Python loop and BPTT against parallel SMT; with `scan_lengths`, only the linear
+  cells' parallel scan against sequential BPTT at those T."""
+  sizes = dataclasses.replace(sizes, **PAPER_ROLLOUT) if paper else sizes
+  print(f'device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform})')
+  if scan_lengths:
+    return dict(parallel_scan=parallel_scan_table(sizes, scan_lengths))
+  return dict(dmt=dmt_scan_vs_loop(sizes), bptt_vs_smt=bptt_vs_smt(sizes))
+
+
+# ---------------------------------------------------------------------------- sampled memories per sequence
+
+# The config.smt loss coefficients set to zero to leave the term a sampled count affects alone.
+SAMPLING_TERMS = {'num_decoder_samples': ('coef_dyn', 'coef_unif'), 'num_transitions': ('coef_dec', 'coef_unif')}
+
+
+def gradient_variance(config, params, batches, draws: int, field: str) -> float:
+  """Mean squared distance of the gradient of `field`'s loss term alone from its mean, over batches x draws."""
+  c = config.copy_and_resolve_references()
+  for coef in SAMPLING_TERMS[field]:
+    c.smt[coef] = 0.0
+  nets = Networks.from_config(c)
+
+  @jax.jit
+  def grads(batch, keys):
+    loss = lambda p, r: smt.parallel_losses(nets, p, batch, r, c)[0]
+    g = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, keys)
+    return jnp.concatenate([v.reshape(keys.shape[0], -1) for v in jax.tree.leaves(g)], axis=1)
+
+  keys = jax.random.split(jax.random.PRNGKey(1), len(batches) * draws).reshape(len(batches), draws, -1)
+  flat = np.concatenate([np.asarray(grads(b, k), np.float64) for b, k in zip(batches, keys)])
+  return float(np.mean(np.sum((flat - flat.mean(0)) ** 2, axis=1)))
+
+
+def sampling_study(config, field: str, samples, pretrain_steps: int, num_batches: int, draws: int, steps: int,
+                   repeats: int) -> list:
+  """Trains the config's teacher for `pretrain_steps`, then for each count S of config.smt.`field` (0: all)
+  measures the gradient variance of that loss term alone relative to taking all, the step time, and the
+  efficiency (all's variance x step time over S's). Rows {S, variance_ratio, step_ms, efficiency}, printed as they
+  come."""
+  c = config.copy_and_resolve_references()
+  c.num_steps, c.progress_bar = pretrain_steps, False
+  c.eval_every = c.checkpoint_every = pretrain_steps
+  with tempfile.TemporaryDirectory() as work:
+    train.train_and_evaluate(c, work)
+    _, params = train.load_params(work)
+  source = make_source(c.data, c.seed)
+  it = BatchIterator(source, 'train', c.batch_size, 0, 1, prefetch=0)
+  batches = [jax.tree.map(jnp.asarray, next(it)) for _ in range(num_batches)]
+  it.close()
+  every = c.data.seq_len + (1 if field == 'num_decoder_samples' else 1 - c.smt.rollout_steps)
+  print(f'{field} of {every} per sequence (T={c.data.seq_len}); teacher trained {pretrain_steps} steps', flush=True)
+  print(f'{"S":>4} | {"grad variance / all":>19} | {"step ms":>8} | efficiency', flush=True)
+  rows, base = [], None
+  counts = sorted({v if 0 < v < every else 0 for v in samples}, key=lambda v: v or every, reverse=True)
+  for S in counts:  # all (0) first: the reference
+    c.smt[field] = S
+    var = gradient_variance(c, params, batches, draws if S else 1, field)
+    ms = time_train_step(c, steps, repeats)['step_ms']
+    base = base or (var, ms)
+    row = dict(S=S, variance_ratio=var / base[0], step_ms=ms, efficiency=base[0] * base[1] / (var * ms))
+    rows.append(row)
+    print(f'{S or "all":>4} | {row["variance_ratio"]:19.2f} | {ms:8.1f} | {row["efficiency"]:.2f}',
+          flush=True)
+  return rows
+
+
+# ------------------------------------------------------------------------------ drift-robust variants
+
+DRIFT_VARIANTS = {'rollout4': {'rollout_steps': 4}, 'noise': {'memory_noise': 3.0, 'memory_noise_mode': 'matched'}}
+
+
+def drift_step_times(config, overrides: dict | None = None, rounds: int = 7, steps: int = 20) -> dict:
+  """The train-step time of plain SMT and of each variant ({name: {config.smt field: value}}; default
+  DRIFT_VARIANTS), timed in `rounds` interleaved rounds of `steps` steps each, so that a changing machine load hits
+  every variant alike. Every variant's config and data are checked before any compilation (a ConfigError or
+  SmtjaxError names the bad one). Prints each median and its ratio to plain SMT; returns {name: median s}."""
+  overrides = DRIFT_VARIANTS if overrides is None else overrides
+  if 'smt' in overrides:
+    raise ConfigError("the variant name 'smt' is plain SMT's")
+  configs = {}
+  for name, opts in {'smt': {}, **overrides}.items():
+    c = config.copy_and_resolve_references()
+    for k, v in opts.items():
+      variants.override(c, f'smt.{k}', v)
+    source = make_source(c.data, c.seed)
+    config_lib.validate(c, num_devices=jax.device_count(), data_vocab_size=source.info.vocab_size)
+    configs[name] = (c, source)
+  rng = jax.random.PRNGKey(0)
+  runs = {}
+  for name, (c, source) in configs.items():
+    trainer = Trainer.create(c)
+    batches = _batches(c, trainer, synthetic=False, n=4, source=source)
+    state = trainer.init_state(jax.random.PRNGKey(c.seed))
+    step = trainer.train_step.lower(state, batches[0], rng).compile()
+    state, _, _ = _steps_seconds(step, state, batches, rng, 1)  # warm-up
+    runs[name] = {'step': step, 'state': state, 'batches': batches, 'times': []}
+  for _ in range(rounds):
+    for r in runs.values():
+      r['state'], _, seconds = _steps_seconds(r['step'], r['state'], r['batches'], rng, steps)
+      r['times'].append(seconds)
+  medians = {name: statistics.median(r['times']) for name, r in runs.items()}
+  for name, med in medians.items():
+    print(f'{name:>9}: step {1e3 * med:8.2f} ms (median of {rounds} rounds of {steps}), '
+          f'{med / medians["smt"]:.2f}x plain SMT', flush=True)
+  return medians
+
+
+# ------------------------------------------------------------------------------------ the input pipeline
+
+def pipeline_rate(data_dir: str, cache_dir: str = '', batch_size: int = 128, seq_len: int = 320, prefetch: int = 2,
+                  batches: int = 100, repeats: int = 5, warmup: int = 10, train_steps_per_s: float = 0.0) -> dict:
+  """BatchIterator alone over TinyStories at `data_dir` (a .txt file or directory): the median of `repeats` runs
+  of `batches` batches, after `warmup` batches and the token cache's build (in `cache_dir`; '': $SMTJAX_CACHE,
+  else a temporary directory), against the rate a train step consumes (`train_steps_per_s`; 0: the published
+  run's). Prints the rates; returns {'batches_per_s', 'runs'}."""
+  with tempfile.TemporaryDirectory(prefix='smtjax-bench-') as tmp:
+    cache_dir = cache_dir or os.environ.get('SMTJAX_CACHE', '') or tmp
+    c = config_lib.default_config().data
+    c.name, c.seq_len, c.path = 'tinystories', seq_len, data_dir
+    c.options = ml_collections.ConfigDict(dict(cache_dir=cache_dir, download=False))
+    t0 = time.perf_counter()
+    source = make_source(c, seed=0)
+    print(f'source: {data_dir} ({source.num_tokens("train"):,} train tokens; cache ready in '
+          f'{time.perf_counter() - t0:.2f}s, {cache_dir})')
+    it = BatchIterator(source, 'train', batch_size, prefetch=prefetch)
+    for _ in range(warmup):
+      b = next(it)
+    assert b['x'].shape == (batch_size, seq_len), b['x'].shape
+    rates = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      for _ in range(batches):
+        next(it)
+      rates.append(batches / (time.perf_counter() - t))
+    it.close()
+  r = statistics.median(rates)
+  print(f'pipeline alone, batch {batch_size} x {seq_len} (windows of {seq_len + 1}), '
+        f'prefetch {prefetch}, {os.cpu_count()} CPUs, median of {repeats} x {batches} batches:')
+  seqs = r * batch_size
+  print(f'  {r:.1f} batches/s   {seqs:,.0f} sequences/s   {seqs * seq_len:,.0f} tokens/s')
+  print(f'  (runs: {", ".join(f"{x:.1f}" for x in rates)} batches/s)')
+  need, what = (train_steps_per_s, 'the measured train step') if train_steps_per_s else \
+      (1 / PUBLISHED['paper_smt'][0], 'the published run (150k steps in ~9 h on one H200)')
+  print(f'  {r / need:.1f}x what {what} consumes ({need:.2f} batches/s); the target is >= 10x')
+  return dict(batches_per_s=r, runs=rates)

@@ -1,11 +1,13 @@
 """The config contract: defaults every `configs/*.py` starts from, and validation.
 
-Every field a run reads is created here, so `--config.x.y=...` overrides work with `lock_config=True`
-and a misspelt field fails at parse time. `validate` checks values (before any compilation) and raises
-`ConfigError` naming the field. A config saved by an older version is brought up to date once, when it is
-loaded (`load_saved` / `upgrade`); the library then reads every field directly. Values derived from several
-fields (head width, memory width, initial memory, the frozen `ModelConfig` the networks read) are computed
-here, each in one function.
+Every field a run reads is defined once, in the table of its section (`SECTIONS`): its default, what it means,
+and the values it may take when they are a fixed few. `default_config()` is built from the tables, so
+`--config.x.y=...` overrides work with `lock_config=True` and a misspelt field fails at parse time. `validate`
+checks values (before any compilation) and raises `ConfigError` naming the field: every field's `choices`
+generically, then each section's checks across its fields (the function after its table). A config saved by
+an older version is brought up to date once, when it is loaded (`load_saved` / `upgrade`); the library then
+reads every field directly. Values derived from several fields (head width, memory width, initial memory, the
+frozen `ModelConfig` the networks read) are computed here, each in one function.
 """
 
 from __future__ import annotations
@@ -26,83 +28,381 @@ from ml_collections import config_dict
 from smtjax import registry
 from smtjax.errors import CheckpointError, ConfigError
 
-METHODS = ('smt', 'dmt', 'bptt', 'transformer')
-SMT_MODES = ('window', 'parallel')
-ENCODER_ATTENTION = ('causal', 'bidirectional')
-SCHEDULES = ('constant', 'cosine')
-TRAINABLE = ('all', 'teacher', 'rnn')
-DYNAMICS_GRADIENT = ('both', 'stop_target', 'rnn_only')
-CLIP_MODES = ('global', 'per_network')
-DMT_TERM_ON = ('teacher', 'rnn')
-DTYPES = ('float32', 'bfloat16')
-DATA_SOURCES = ('files', 'tfds')
-NOISE_MODES = ('fixed', 'matched')
-READOUT_MODES = ('train', 'frozen')
-DECAY_ON = ('matrices', 'all')
 
-
-class ModelField(NamedTuple):
-  """One field of config.model: its default (a callable makes a fresh one per config), whether a run may only
-  resume from or initialise from a saved run that agrees on it (`check`), and what it means."""
+class Field(NamedTuple):
+  """One config field: its default (a callable makes a fresh one per config: a ConfigDict, a placeholder), what
+  it means, and the values it may take (`choices`, checked by `validate`; () = any of its type)."""
   default: Any
-  check: str  # 'always': resume and init_from; 'resume': resume only; '': free to change on resume
   doc: str
+  # config.model only: whether a run may only resume from or initialise from a saved run that agrees on it.
+  # 'always': resume and init_from; 'resume': resume only; '': free to change on resume.
+  check: str = ''
+  choices: tuple = ()
 
 
-# Every field of config.model, defined once: `default_config().model`, the saved-config upgrade (which lays a
-# saved model over these defaults) and the architecture check (`checked_model_fields`) all read this table.
-# Adding a model option is one entry here plus its reader (ModelConfig.from_config when networks use it).
-MODEL_FIELDS: dict[str, ModelField] = {
-    'vocab_size': ModelField(256, 'always', 'tokens the networks embed and predict (0: the data\'s vocabulary)'),
-    'd_model': ModelField(64, 'always', 'd: width of every network and of a memory token'),
-    'num_heads': ModelField(4, 'always', 'attention heads of every Transformer'),
-    'mlp_ratio': ModelField(4, 'always', 'MLP hidden width / d_model'),
-    'num_mem_tokens': ModelField(4, 'always', 'K: memory tokens'),
-    'mem_dim': ModelField(0, 'always', 'width of a memory token; 0: d_model. Smaller (e.g. 2) adds projections '
-                          '(memory geometry)'),
-    'mem_size': ModelField(lambda: config_dict.placeholder(int), '',
-                           'Z = K * memory width; a check only (must equal it when given)'),
-    'enc_depth': ModelField(2, 'always', 'encoder blocks'),
-    'dec_depth': ModelField(2, 'always', 'decoder blocks'),
-    'encoder_attention': ModelField('causal', 'always', "'causal' token stream (needed by parallel SMT) or "
-                                    "'bidirectional'"),
-    'attn_window': ModelField(0, 'resume', '> 0: encoder tokens and registers see only the last attn_window '
-                              'tokens (a fine-tuning run may change it)'),
-    'cell': ModelField('transformer', 'always', 'a name registered in smtjax.registry (built in: smtjax/cells.py)'),
-    'cell_options': ModelField(ml_collections.ConfigDict, 'always', "the cell's own options (e.g. the LRU's "
-                               'r_min, r_max)'),
-    'cell_depth': ModelField(2, 'always', 'blocks (Transformer) or layers of the cell'),
-    'cell_residual': ModelField(False, 'always', 'Transformer cell: add the input memory back (public code: no)'),
-    'initial_memory': ModelField('auto', 'resume', "the RNN's initial memory: 'encoder' (m_{-1} = E(empty)), "
-                                 "'zeros', 'learned', or 'auto' (the encoder's for SMT and DMT, zeros for BPTT); "
-                                 'compared resolved'),
-    'dtype': ModelField('float32', '', 'computation dtype of the matrix products; parameters stay float32'),
-    'residual_dtype': ModelField('', '', "dtype of the residual stream, embeddings and memories: '' = "
-                                 "model.dtype; 'float32' keeps them float32 under a bfloat16 model.dtype, as "
-                                 'torch.autocast does in the public code'),
-    'remat': ModelField(False, '', 'rematerialise Transformer blocks in the backward pass'),
-    'head_dim': ModelField(0, 'always', 'width of one attention head; 0: d_model // num_heads (public code: 64)'),
-    'rotary_fraction': ModelField(1.0, 'always', "fraction of each head's features that get rotary positions "
-                                  '(public: 0.5)'),
-    'use_bias': ModelField(False, 'always', 'biases in the MLPs and the output head (public code: yes; '
-                           'attention: never)'),
-    'gelu_exact': ModelField(False, 'always', "the MLPs' GELU: erf (public code, torch.nn.GELU()) or Flax's tanh "
-                             'approximation'),
-    'final_norm': ModelField(False, 'always', "learned-scale RMSNorm after the encoder's / Transformer cell's "
-                             'last block'),
-    'share_embedding': ModelField(False, 'always', "the decoder reads the encoder's token embedding (public "
-                                  'teacher: one embedding)'),
-    'prefix_chunk': ModelField(0, '', "parallel SMT: compute the encoder's register groups this many at a time, "
-                               'so peak memory grows about linearly in T (0: all at once)'),
+def _require(cond: bool, field: str, msg: str):
+  if not cond:
+    raise ConfigError(f'config.{field}: {msg}')
+
+
+def _one_of(value, field: str, choices):
+  _require(value in choices, field, f'unknown value {value!r}; expected one of {", ".join(map(repr, choices))}')
+
+
+def _positive_ints(node, prefix: str, fields):
+  for f in fields:
+    _require(isinstance(node[f], int) and not isinstance(node[f], bool) and node[f] > 0, prefix + f,
+             f'must be a positive integer, got {node[f]!r}')
+
+
+# ---------------------------------------------------------------------------- the sections, one table each
+# Each table is followed by the checks `validate` runs across its fields besides the generic `choices` check.
+
+TOP_FIELDS: dict[str, Field] = {
+    'seed': Field(0, 'seed of the parameters, the data stream and the random draws of training'),
+    'method': Field('smt', "the objective: 'smt' (method.md §4), 'dmt' (fine-tuning an SMT run, §5), 'bptt' (§6), "
+                    "or 'transformer': the plain-Transformer reference (the teacher's width and depth reading the "
+                    'whole sequence)', choices=('smt', 'dmt', 'bptt', 'transformer')),
+    'num_steps': Field(1000, 'training steps'),
+    'batch_size': Field(32, 'sequences per step, over all devices'),
+    'log_every': Field(50, 'steps between logged training metrics'),
+    'eval_every': Field(250, 'steps between evaluations'),
+    'checkpoint_every': Field(250, 'steps between checkpoints'),
+    'num_eval_batches': Field(4, 'batches each periodic evaluation scores'),
+    'eval_split': Field('test', "the split of the periodic evaluation: 'test', or 'valid' (a study's learning "
+                        'curves)', choices=('test', 'valid')),
+    'max_checkpoints_to_keep': Field(2, 'checkpoints kept in workdir/checkpoints'),
+    'progress_bar': Field(True, 'a progress bar on the terminal'),
+    # Object stores cannot append, hence the whole file and a flush period.
+    'metrics_flush_secs': Field(30.0, 'metrics.jsonl is rewritten whole at evaluation and checkpoint steps and at '
+                                'most this often in between; 0 rewrites it at every logged step (small runs, '
+                                'tests that watch the file)'),
+    'profile_steps': Field('', "'START:STOP' (e.g. '100:105'): a jax.profiler trace of steps START..STOP-1 in "
+                           'workdir/profile/'),
+    'init_from': Field('', 'workdir of a trained run whose parameters start this one (DMT: the SMT run)'),
 }
 
 
-def model_defaults() -> ml_collections.ConfigDict:
-  """config.model with every field at its default (MODEL_FIELDS)."""
-  m = ml_collections.ConfigDict()
-  for name, f in MODEL_FIELDS.items():
-    m[name] = f.default() if callable(f.default) else f.default
-  return m
+def _validate_top(config):
+  _positive_ints(config, '', ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every',
+                              'num_eval_batches', 'max_checkpoints_to_keep'))
+  _require(config.metrics_flush_secs >= 0, 'metrics_flush_secs', 'must be >= 0')
+  profile_range(config)
+
+
+DATA_FIELDS: dict[str, Field] = {
+    'name': Field('retrieval', 'a synthetic task (smtjax/data/synthetic.py) or a real dataset, as named in '
+                  'smtjax/data/registry.py; the other fields are passed to it'),
+    'seq_len': Field(32, 'T, the length of a training sequence (0: from the data, as configs/arrays.py sets it)'),
+    'path': Field('', "real datasets: a file or a directory; '' means the default location / download"),
+    'valid_fraction': Field(0.0, "> 0: a 'valid' split for choosing settings, the last fraction of a real "
+                            "dataset's training stream (no longer trained on); synthetic tasks always have one (an "
+                            'independent stream). The test split is never touched'),
+    'source': Field('files', "'files' (IDX, .npy, .txt readers) or 'tfds' (mnist, sketch through "
+                    'tfds.data_source; data.path = TFDS data_dir)', choices=('files', 'tfds')),
+    'options': Field(ml_collections.ConfigDict, "the task's or dataset's own keyword arguments (free-form)"),
+}
+
+
+def _validate_data(config):
+  _require(0 <= config.data.valid_fraction < 1, 'data.valid_fraction', 'must be in [0, 1) (0 = no validation split)')
+  T = config.data.seq_len
+  _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
+
+
+# config.model's table is also read by the saved-config upgrade (which lays a saved model over these defaults)
+# and the architecture check (`checked_model_fields`). Adding a model option is one entry here plus its reader
+# (ModelConfig.from_config when networks use it).
+MODEL_FIELDS: dict[str, Field] = {
+    'vocab_size': Field(256, 'tokens the networks embed and predict (0: the data\'s vocabulary)', 'always'),
+    'd_model': Field(64, 'd: width of every network and of a memory token', 'always'),
+    'num_heads': Field(4, 'attention heads of every Transformer', 'always'),
+    'mlp_ratio': Field(4, 'MLP hidden width / d_model', 'always'),
+    'num_mem_tokens': Field(4, 'K: memory tokens', 'always'),
+    'mem_dim': Field(0, 'width of a memory token; 0: d_model. Smaller (e.g. 2) adds projections (memory geometry)',
+                     'always'),
+    'mem_size': Field(lambda: config_dict.placeholder(int),
+                      'Z = K * memory width; a check only (must equal it when given)'),
+    'enc_depth': Field(2, 'encoder blocks', 'always'),
+    'dec_depth': Field(2, 'decoder blocks', 'always'),
+    'encoder_attention': Field('causal', "'causal' token stream (needed by parallel SMT) or 'bidirectional'",
+                               'always', choices=('causal', 'bidirectional')),
+    'attn_window': Field(0, '> 0: encoder tokens and registers see only the last attn_window tokens (a '
+                         'fine-tuning run may change it)', 'resume'),
+    'cell': Field('transformer', 'a name registered in smtjax.registry (built in: smtjax/cells.py)', 'always'),
+    'cell_options': Field(ml_collections.ConfigDict, "the cell's own options (e.g. the LRU's r_min, r_max; "
+                          'free-form)', 'always'),
+    'cell_depth': Field(2, 'blocks (Transformer) or layers of the cell', 'always'),
+    'cell_residual': Field(False, 'Transformer cell: add the input memory back (public code: no)', 'always'),
+    'initial_memory': Field('auto', "the RNN's initial memory: 'encoder' (m_{-1} = E(empty)), 'zeros', 'learned', "
+                            "or 'auto' (the encoder's for SMT and DMT, zeros for BPTT); compared resolved", 'resume',
+                            choices=('auto', 'encoder', 'zeros', 'learned')),
+    'dtype': Field('float32', "computation dtype of the matrix products, 'float32' or 'bfloat16'; parameters stay "
+                   'float32', choices=('float32', 'bfloat16')),
+    'residual_dtype': Field('', "dtype of the residual stream, embeddings and memories: '' = model.dtype, "
+                            "'float32' or 'bfloat16'; 'float32' keeps them float32 under a bfloat16 model.dtype, as "
+                            'torch.autocast does in the public code', choices=('', 'float32', 'bfloat16')),
+    'remat': Field(False, 'rematerialise Transformer blocks in the backward pass'),
+    'head_dim': Field(0, 'width of one attention head; 0: d_model // num_heads (public code: 64)', 'always'),
+    'rotary_fraction': Field(1.0, "fraction of each head's features that get rotary positions (public: 0.5)",
+                             'always'),
+    'use_bias': Field(False, 'biases in the MLPs and the output head (public code: yes; attention: never)', 'always'),
+    'gelu_exact': Field(False, "the MLPs' GELU: erf (public code, torch.nn.GELU()) or Flax's tanh approximation",
+                        'always'),
+    'final_norm': Field(False, "learned-scale RMSNorm after the encoder's / Transformer cell's last block", 'always'),
+    'share_embedding': Field(False, "the decoder reads the encoder's token embedding (public teacher: one "
+                             'embedding)', 'always'),
+    'prefix_chunk': Field(0, "parallel SMT: compute the encoder's register groups this many at a time, so peak "
+                          'memory grows about linearly in T (0: all at once)'),
+}
+
+
+def _validate_model(m):
+  _positive_ints(m, 'model.', ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth',
+                               'cell_depth', 'mlp_ratio'))
+  for f, what in (('head_dim', '0: d_model/num_heads'), ('mem_dim', '0: d_model'),
+                  ('prefix_chunk', '0 = all register groups at once'), ('attn_window', '0 = no window')):
+    v = m[f]
+    _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f'model.{f}',
+             f'must be an integer >= 0 ({what}), got {v!r}')
+  if not m.head_dim:
+    _require(m.d_model % m.num_heads == 0, 'model.d_model',
+             f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
+  rf = m.rotary_fraction
+  _require(isinstance(rf, (int, float)) and 0 < rf <= 1, 'model.rotary_fraction', f'must be in (0, 1], got {rf!r}')
+  rot = head_dim(m) * rf
+  _require(rot == int(rot) and int(rot) % 2 == 0 and rot >= 2, 'model.rotary_fraction',
+           f'{rf} of the head width {head_dim(m)} is {rot}: the rotated part must be an even number of features')
+  for f in ('use_bias', 'gelu_exact', 'final_norm', 'share_embedding', 'cell_residual', 'remat'):
+    _require(isinstance(m[f], bool), f'model.{f}', f'must be True or False, got {m[f]!r}')
+  if m.mem_size is not None:
+    w = mem_width(m)
+    _require(m.mem_size == m.num_mem_tokens * w, 'model.mem_size',
+             f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{w} = {m.num_mem_tokens * w}')
+  _one_of(m.cell, 'model.cell', registry.cell_names())  # the cells registered when the run starts
+
+
+SMT_FIELDS: dict[str, Field] = {
+    'mode': Field('parallel', "'window' (published: one transition per sequence) or 'parallel' (the memory of every "
+                  'prefix from one causal encoder pass)', choices=('window', 'parallel')),
+    'context': Field(16, "Tc: the encoder's window (window mode)"),
+    'future': Field(16, 'Tf: future steps the decoder predicts from a memory'),
+    'gamma': Field(1.0, "the decoder loss weighs a memory's j-th future target by gamma**j"),
+    'coef_dec': Field(1.0, 'weight of the decoder loss'),
+    'coef_dyn': Field(0.1, 'weight of the dynamics loss (the cell predicting the next teacher memory)'),
+    'coef_unif': Field(0.001, 'weight of the uniformity loss on the memory tokens'),
+    'unif_samples': Field(512, 'memory tokens the uniformity loss draws, at most'),
+    'unif_t': Field(2.0, 't of the uniformity loss, log mean exp(-t ||z_i - z_j||^2)'),
+    'dynamics_gradient': Field('both', "where the dynamics loss's gradient goes: 'both' (the RNN and both teacher "
+                               "memories m_t, m_{t+1}), 'stop_target' (not into m_{t+1}), 'rnn_only' (into neither "
+                               'teacher memory: the public `detach_rnn`)',
+                               choices=('both', 'stop_target', 'rnn_only')),
+    'trainable': Field('all', "'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)",
+                       choices=('all', 'teacher', 'rnn')),
+    # Parallel mode samples, per sequence, the transitions (rollout starts) and the memories whose future is
+    # decoded, by stratified sampling; each loss is an unbiased estimate of its mean over all of them, and the
+    # encoder computes only the memories they read (docs/method.md).
+    'num_transitions': Field(256, 'parallel mode: rollout starts sampled per sequence, of at most '
+                             'T+1-rollout_steps (256 keeps every one up to T=256; 0 or at least as many: all)'),
+    'num_decoder_samples': Field(8, 'parallel mode: memories decoded per sequence, of T+1 (0 or at least T+1: all)'),
+    # Drift-robust SMT (parallel mode; smtjax/smt.py, docs/method.md), all off by default.
+    'rollout_steps': Field(1, 'n: the cell rolls n steps from each teacher memory, matched at every step (1 = '
+                           'one-step)'),
+    'rollout_detach': Field(False, "detach each rolled step's input memory (one-step gradients on own inputs)"),
+    'rollout_decode': Field(0.0, "> 0: weight of the readout's cross-entropy on the rolled memories"),
+    'rollout_decode_readout': Field('train', 'what that cross-entropy trains besides the cell (and the encoder '
+                                    "through the start memory, unless dynamics_gradient='rnn_only'): 'train' also "
+                                    "the readout, which is the teacher's decoder; 'frozen' not it",
+                                    choices=('train', 'frozen')),
+    'memory_noise': Field(0.0, 'sigma of the noise on the teacher memory fed to the cell (the target stays clean)'),
+    'memory_noise_mode': Field('fixed', "'fixed' sigma, or 'matched': sigma x RMS of the cell's one-step error",
+                               choices=('fixed', 'matched')),
+}
+
+
+def _validate_smt(config):
+  """smt.* as the method reads them: SMT all of them, DMT smt.mode and smt.future, BPTT none."""
+  s, m, T = config.smt, config.model, config.data.seq_len
+  _require(s.future >= 1, 'smt.future', 'must be >= 1')
+  if config.method == 'smt' and s.mode == 'window':
+    _require(s.context >= 1, 'smt.context', 'must be >= 1')
+    _require(s.context + s.future <= T, 'smt.context',
+             f'context + future = {s.context} + {s.future} is longer than the sequence (data.seq_len={T})')
+    for f, off in (('rollout_steps', 1), ('rollout_detach', False), ('rollout_decode', 0.0), ('memory_noise', 0.0)):
+      _require(s[f] == off, f'smt.{f}', "needs smt.mode='parallel' (prefix memories of every length)")
+  elif config.method == 'smt':
+    _require(m.encoder_attention == 'causal', 'model.encoder_attention',
+             "parallel SMT needs 'causal' (each prefix memory must not see later tokens)")
+    _require(s.future <= T, 'smt.future', f'{s.future} is longer than the sequence (data.seq_len={T})')
+    for f in ('num_transitions', 'num_decoder_samples'):
+      v = s[f]
+      _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f'smt.{f}',
+               f'must be an integer >= 0 (0 = all), got {v!r}')
+  n = s.rollout_steps
+  _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps',
+           f'must be an integer in [1, seq_len={T}], got {n!r}')
+  _require(s.rollout_decode >= 0, 'smt.rollout_decode', 'must be >= 0')
+  _require(s.memory_noise >= 0, 'smt.memory_noise', 'must be >= 0 (0 = off)')
+  _require(not (s.rollout_detach and n == 1), 'smt.rollout_detach',
+           'has no effect with smt.rollout_steps=1 (there is no rolled step to detach)')
+  _require(0 < s.gamma <= 1, 'smt.gamma', 'must be in (0, 1]')
+  for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
+    _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')
+  _require(s.unif_samples >= 2, 'smt.unif_samples', 'must be >= 2')
+
+
+# A curriculum over T (docs/configs.md#training-recipe); 0 and 0: none.
+CURRICULUM_FIELDS: dict[str, Field] = {
+    'length': Field(0, "the first stage's length: the task's own (T; keys_values: its number of pairs)"),
+    'steps': Field(0, 'steps of the first stage, trained in workdir/curriculum; then num_steps steps at the full '
+                   'length from its parameters (a fresh optimizer and warm-up)'),
+}
+
+
+def _validate_curriculum(config):
+  cur = config.curriculum
+  for k in ('length', 'steps'):
+    _require(isinstance(cur[k], int) and cur[k] >= 0, f'curriculum.{k}', f'must be an integer >= 0, got {cur[k]!r}')
+  _require((cur.length > 0) == (cur.steps > 0), 'curriculum', f'length and steps are both 0 (none) or both > 0, '
+           f'got length={cur.length}, steps={cur.steps}')
+  if cur.steps:
+    _require(config.method != 'dmt', 'curriculum', 'a DMT run starts from its SMT run; give the SMT run the '
+             'curriculum')
+    _require(not config.init_from, 'curriculum', f'the run starts from its curriculum, so init_from must be empty, '
+             f'got {config.init_from!r}')
+
+
+# DMT fine-tuning (method.md §5), config.method='dmt', from the run in config.init_from. Sequences are
+# Tc + Td + Tf long. The decoder and uniformity terms are 'teacher' in the published method: computed on the
+# encoder's memories and only logged (loss_dec_teacher, loss_unif_teacher), carrying no gradient as the teacher
+# is frozen; 'rnn' (an smtjax extension) computes them on the RNN's memories and trains them.
+DMT_FIELDS: dict[str, Field] = {
+    'context': Field(16, "Tc: the encoder's window (window-mode teachers) / the prefix read before the rollout"),
+    'rollout': Field(16, 'Td: RNN steps rolled out on its own memories'),
+    'every': Field(4, "k: the memory is matched to the encoder's every k-th rollout step"),
+    'coef_mem': Field(10.0, "weight of the MSE to the encoder's memory every k-th step"),
+    'coef_readout': Field(1.0, "weight of the readout's cross-entropy at every rollout step"),
+    'decoder_term': Field('teacher', "the decoder term on the 'teacher' memories (logged) or the 'rnn' ones "
+                          '(trained with coef_dec)', choices=('teacher', 'rnn')),
+    'uniformity_term': Field('teacher', "the uniformity term on the 'teacher' memories (logged) or the 'rnn' ones "
+                             '(trained with coef_unif)', choices=('teacher', 'rnn')),
+    'coef_dec': Field(1.0, "weight of the decoder term with decoder_term='rnn'"),
+    'coef_unif': Field(0.01, "weight of the uniformity term with uniformity_term='rnn'"),
+    'backprop_through_rollout': Field(False, "False: one-step gradients (each step's input memory detached)"),
+}
+
+
+def _validate_dmt(config, init_from_later: bool = False):
+  d, T = config.dmt, config.data.seq_len
+  _positive_ints(d, 'dmt.', ('context', 'rollout', 'every'))
+  _require(d.rollout % d.every == 0, 'dmt.every', f'{d.every} does not divide dmt.rollout={d.rollout}')
+  _require(d.context + d.rollout <= T, 'dmt.rollout',
+           f'context + rollout = {d.context} + {d.rollout} is longer than the sequence (data.seq_len={T})')
+  if config.smt.mode == 'parallel':
+    _require(config.model.encoder_attention == 'causal', 'model.encoder_attention',
+             "DMT from a parallel-mode teacher reads its prefix memories: needs 'causal'")
+  _require(bool(config.init_from) or init_from_later, 'init_from',
+           'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
+
+
+# The BPTT baseline (method.md §6), config.method='bptt': the same RNN rolled over the whole sequence.
+BPTT_FIELDS: dict[str, Field] = {
+    'truncation': Field(0, '> 0: gradients flow back at most this many steps (truncated BPTT)'),
+    'parallel_scan': Field(False, 'linear cells (mingru, lru): roll out by a parallel scan over time '
+                           '(jax.lax.associative_scan, O(log T) depth)'),
+}
+
+
+def _validate_bptt(config):
+  b = config.bptt
+  _require(b.truncation >= 0, 'bptt.truncation', 'must be >= 0')
+  if b.parallel_scan:
+    _require(b.truncation == 0, 'bptt.parallel_scan', 'needs bptt.truncation=0 (the scan covers the whole sequence)')
+    _require(registry.linear_cell_ok(config.model.cell), 'bptt.parallel_scan',
+             f'needs a linear cell (mingru, lru, or one of your own with coefficients / to_state / from_state), '
+             f'not model.cell={config.model.cell!r}')
+
+
+# experiments/evaluate.py and experiments/sample.py (method.md §7).
+EVALUATE_FIELDS: dict[str, Field] = {
+    'read_len': Field(0, 'tokens the teacher encodes before the RNN takes over (0: smt.context for a window-mode '
+                      'run, else half the sequence)'),
+    'eval_len': Field(0, 'rollout positions scored, j = 0..eval_len-1 (0 = to the end of the sequence)'),
+    'num_batches': Field(8, 'held-out batches scored'),
+}
+
+SAMPLE_FIELDS: dict[str, Field] = {
+    'num': Field(8, 'sequences sampled'),
+    'prompt_len': Field(0, "prompt tokens (0 = evaluate.read_len's default)"),
+    'length': Field(0, 'generated tokens (0 = the rest of the sequence)'),
+    'temperature': Field(1.0, 'sampling temperature (0 = argmax)'),
+    'seed': Field(0, 'seed of the sampling'),
+}
+
+
+def check_temperature(t, name: str = 'config.sample.temperature'):
+  """A sampling temperature: a finite number >= 0 (0 = argmax); ConfigError naming `name` otherwise."""
+  if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
+    raise ConfigError(f'{name}: must be a finite number >= 0 (0 = argmax), got {t!r}')
+
+
+OPTIM_FIELDS: dict[str, Field] = {
+    'lr': Field(1e-3, 'peak learning rate of AdamW'),
+    'b1': Field(0.9, "AdamW's b1"),
+    'b2': Field(0.95, "AdamW's b2"),
+    'weight_decay': Field(0.01, "AdamW's weight decay"),
+    'weight_decay_on': Field('matrices', "what AdamW decays: 'matrices' (kernels, embeddings, registers) or 'all' "
+                             '(the public code: every parameter; norm gains decay toward 1, as the public gain 1 + g '
+                             'decays g toward 0)', choices=('matrices', 'all')),
+    'warmup_frac': Field(0.01, 'linear warm-up over this fraction of num_steps'),
+    'schedule': Field('constant', "after the warm-up: 'constant', or 'cosine' decay to 0",
+                      choices=('constant', 'cosine')),
+    'grad_clip': Field(1.0, 'the gradient norm is clipped to this (0: no clipping)'),
+    'clip_mode': Field('global', "'global': one norm over all trained parameters; 'per_network': the teacher "
+                       '(encoder, decoder) and the RNN (cell, readout, initial memory) are each clipped to grad_clip '
+                       "(the public code's two clip_grad_norm_ calls)", choices=('global', 'per_network')),
+}
+
+
+def _validate_optim(o):
+  _require(o.lr > 0, 'optim.lr', f'learning rate must be positive, got {o.lr}')
+  _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
+  _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
+
+
+# The device mesh, data x fsdp, checked against the device count by `mesh_shape`.
+MESH_FIELDS: dict[str, Field] = {
+    'data': Field(-1, 'devices along the data axis (-1: all the others)'),
+    'fsdp': Field(1, 'devices the parameters are sharded over (-1: all the others)'),
+}
+
+# ---------------------------------------------------------------------------------------------- the config
+
+# Every field of the config, by section ('': the top level).
+SECTIONS: dict[str, dict[str, Field]] = {
+    '': TOP_FIELDS, 'data': DATA_FIELDS, 'model': MODEL_FIELDS, 'smt': SMT_FIELDS, 'curriculum': CURRICULUM_FIELDS,
+    'dmt': DMT_FIELDS, 'bptt': BPTT_FIELDS, 'evaluate': EVALUATE_FIELDS, 'sample': SAMPLE_FIELDS,
+    'optim': OPTIM_FIELDS, 'mesh': MESH_FIELDS,
+}
+# Free-form options (a task's, a cell's): ConfigDicts whose fields the contract does not define.
+FREE_FORM = tuple(f'{s}.{k}' for s, fields in SECTIONS.items() for k, f in fields.items()
+                  if f.default is ml_collections.ConfigDict)
+
+
+def _defaults(fields: dict[str, Field]) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  for name, f in fields.items():
+    c[name] = f.default() if callable(f.default) else f.default
+  return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field at its default (`SECTIONS`): small, CPU-sized values; task configs override what they need."""
+  c = _defaults(TOP_FIELDS)
+  for section, fields in SECTIONS.items():
+    if section:
+      c[section] = _defaults(fields)
+  return c
 
 
 def checked_model_fields(resuming: bool) -> tuple[str, ...]:
@@ -110,131 +410,60 @@ def checked_model_fields(resuming: bool) -> tuple[str, ...]:
   return tuple(f'model.{k}' for k, f in MODEL_FIELDS.items() if f.check == 'always' or (resuming and f.check))
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Small defaults (CPU-sized); task configs override what they need."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.method = 'smt'
-  c.num_steps = 1000
-  c.batch_size = 32
-  c.log_every = 50
-  c.eval_every = 250
-  c.checkpoint_every = 250
-  c.num_eval_batches = 4
-  c.eval_split = 'test'  # the split of the periodic evaluation: 'test', or 'valid' (a study's learning curves)
-  c.max_checkpoints_to_keep = 2
-  c.progress_bar = True
-  # metrics.jsonl is rewritten whole (object stores cannot append) at evaluation and checkpoint steps and at
-  # most this often in between; 0 rewrites it at every logged step (small runs, tests that watch the file).
-  c.metrics_flush_secs = 30.0
-  c.profile_steps = ''  # 'START:STOP' (e.g. '100:105'): jax.profiler trace of steps START..STOP-1 in workdir/profile/
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None,
+             init_from_later: bool = False):
+  """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation. `init_from_later`:
+  a study checks a DMT stage before the run it starts from exists (its init_from is set then)."""
+  for section, fields in SECTIONS.items():  # every enumerated field, against its table's choices
+    node = config[section] if section else config
+    for name, f in fields.items():
+      if f.choices:
+        _one_of(node[name], f'{section}.{name}' if section else name, f.choices)
+  _validate_top(config)
+  _validate_data(config)
+  _validate_model(config.model)
+  _validate_smt(config)
+  if config.method == 'dmt':
+    _validate_dmt(config, init_from_later)
+  if config.method == 'bptt':
+    _validate_bptt(config)
+  _validate_optim(config.optim)
+  _validate_curriculum(config)
+  check_temperature(config.sample.temperature)
+  if data_vocab_size is not None:
+    _require(config.model.vocab_size >= data_vocab_size, 'model.vocab_size',
+             f'{config.model.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for '
+             f'data.name={config.data.name!r})')
+  if num_devices is not None:
+    mesh_shape(config, num_devices)
+    _require(config.batch_size % num_devices == 0, 'batch_size',
+             f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
 
-  # Data: `name` is a synthetic task (smtjax.data.synthetic) or a real dataset; the remaining fields
-  # are passed to it. `seq_len` is T, the length of a training sequence.
-  c.data = ml_collections.ConfigDict()
-  c.data.name = 'retrieval'
-  c.data.seq_len = 32
-  c.data.path = ''  # real datasets: a file or a directory; '' means the default location / download
-  # > 0: a 'valid' split for choosing settings, the last fraction of a real dataset's training stream (no longer
-  # trained on); synthetic tasks always have one (an independent stream). The test split is never touched.
-  c.data.valid_fraction = 0.0
-  # 'files' (IDX, .npy, .txt readers) or 'tfds' (mnist, sketch through tfds.data_source; data.path = TFDS data_dir)
-  c.data.source = 'files'
-  c.data.options = ml_collections.ConfigDict()  # task-specific keyword arguments
 
-  c.model = model_defaults()
+def reference_markdown() -> str:
+  """The field reference of docs/configs.md: one Markdown table per section, from `SECTIONS` (each doc names its
+  field's choices)."""
+  checked = {'always': 'on resume and init_from', 'resume': 'on resume', '': ''}
+  lines = []
+  for section, fields in SECTIONS.items():
+    model = fields is MODEL_FIELDS
+    head = ['field', 'default'] + (['checked against a saved run'] if model else []) + ['meaning']
+    lines += ['', f'### `config.{section}`' if section else '### Top level', '', _md_row(head),
+              '|' + '---|' * len(head)]
+    for name, f in fields.items():
+      lines.append(_md_row([f'`{name}`', f'`{_shown(f.default)}`'] + ([checked[f.check]] if model else []) + [f.doc]))
+  return '\n'.join(lines[1:]) + '\n'
 
-  c.smt = ml_collections.ConfigDict()
-  c.smt.mode = 'parallel'  # 'window' (published: one transition per sequence) or 'parallel'
-  c.smt.context = 16  # Tc (window mode)
-  c.smt.future = 16  # Tf: future steps the decoder predicts from a memory
-  c.smt.gamma = 1.0
-  c.smt.coef_dec = 1.0
-  c.smt.coef_dyn = 0.1
-  c.smt.coef_unif = 0.001
-  c.smt.unif_samples = 512
-  c.smt.unif_t = 2.0
-  # Where the dynamics loss's gradient goes: 'both' (the RNN and both teacher memories m_t, m_{t+1}),
-  # 'stop_target' (not into m_{t+1}), 'rnn_only' (into neither teacher memory: the public `detach_rnn`).
-  c.smt.dynamics_gradient = 'both'
-  c.smt.trainable = 'all'  # 'all', 'teacher' (RNN cell frozen) or 'rnn' (teacher frozen)
-  # Parallel mode samples, per sequence, the transitions (rollout starts) and the memories whose future is
-  # decoded, by stratified sampling; each loss is an unbiased estimate of its mean over all of them, and the
-  # encoder computes only the memories they read (docs/method.md). 0, or at least as many as there are, = all.
-  c.smt.num_transitions = 256  # at most T+1-rollout_steps starts; 256 keeps every one up to T=256
-  c.smt.num_decoder_samples = 8  # at most T+1 memories
-  # Drift-robust SMT (parallel mode; smtjax/smt.py, docs/method.md), all off by default:
-  c.smt.rollout_steps = 1  # n: the cell rolls n steps from each teacher memory, matched at every step (1 = one-step)
-  c.smt.rollout_detach = False  # detach each rolled step's input memory (one-step gradients on own inputs)
-  c.smt.rollout_decode = 0.0  # > 0: weight of the readout's cross-entropy on the rolled memories
-  # What that cross-entropy trains besides the cell (and the encoder through the start memory, unless
-  # dynamics_gradient='rnn_only'): 'train' also the readout, which is the teacher's decoder; 'frozen' not it
-  c.smt.rollout_decode_readout = 'train'
-  c.smt.memory_noise = 0.0  # sigma of the noise on the teacher memory fed to the cell (target stays clean)
-  c.smt.memory_noise_mode = 'fixed'  # 'fixed' sigma, or 'matched': sigma x RMS of the cell's one-step error
 
-  # A curriculum over T (docs/configs.md#training-recipe): first `steps` steps at the task's length `length`
-  # (T; keys_values: its number of pairs), trained in workdir/curriculum, then num_steps steps at the full
-  # length from its parameters (a fresh optimizer and warm-up). 0 and 0: none.
-  c.curriculum = ml_collections.ConfigDict()
-  c.curriculum.length = 0
-  c.curriculum.steps = 0
+def _shown(default) -> str:
+  v = default() if callable(default) else default
+  if isinstance(v, ml_collections.ConfigDict):
+    return '{}'
+  return repr(v.get() if isinstance(v, config_dict.FieldReference) else v)
 
-  # DMT fine-tuning (method.md §5), config.method='dmt'. Sequences are Tc + Td + Tf long.
-  c.init_from = ''  # workdir of a trained run whose parameters start this one (DMT: the SMT run)
-  c.dmt = ml_collections.ConfigDict()
-  c.dmt.context = 16  # Tc: the encoder's window (window-mode teachers) / the prefix read before the rollout
-  c.dmt.rollout = 16  # Td: RNN steps rolled out on its own memories
-  c.dmt.every = 4  # k: the memory is matched to the encoder's every k-th rollout step
-  c.dmt.coef_mem = 10.0
-  c.dmt.coef_readout = 1.0
-  # The decoder and uniformity terms: 'teacher' (published: computed on the encoder's memories and only
-  # logged, as loss_dec_teacher / loss_unif_teacher; they carry no gradient, the teacher being frozen) or
-  # 'rnn' (smtjax extension: computed on the RNN's memories and trained with coef_dec / coef_unif).
-  c.dmt.decoder_term = 'teacher'
-  c.dmt.uniformity_term = 'teacher'
-  c.dmt.coef_dec = 1.0
-  c.dmt.coef_unif = 0.01
-  c.dmt.backprop_through_rollout = False  # False: one-step gradients (each step's input memory detached)
 
-  # BPTT baseline (method.md §6), config.method='bptt': the same RNN rolled over the whole sequence.
-  c.bptt = ml_collections.ConfigDict()
-  c.bptt.truncation = 0  # > 0: gradients flow back at most this many steps (truncated BPTT)
-  # Linear cells (mingru, lru): roll out by a parallel scan over time (jax.lax.associative_scan, O(log T) depth)
-  c.bptt.parallel_scan = False
-
-  # experiments/evaluate.py and experiments/sample.py (method.md §7).
-  c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.read_len = 0  # tokens the teacher encodes before the RNN takes over (0 = half the sequence)
-  c.evaluate.eval_len = 0  # rollout positions scored, j = 0..eval_len-1 (0 = to the end of the sequence)
-  c.evaluate.num_batches = 8
-  c.sample = ml_collections.ConfigDict()
-  c.sample.num = 8
-  c.sample.prompt_len = 0  # 0 = evaluate.read_len's default
-  c.sample.length = 0  # generated tokens (0 = the rest of the sequence)
-  c.sample.temperature = 1.0
-  c.sample.seed = 0
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-3
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.95
-  c.optim.weight_decay = 0.01
-  # What AdamW decays: 'matrices' (kernels, embeddings, registers) or 'all' (the public code: every parameter;
-  # norm gains decay toward 1, as the public gain 1 + g decays g toward 0)
-  c.optim.weight_decay_on = 'matrices'
-  c.optim.warmup_frac = 0.01
-  c.optim.schedule = 'constant'  # linear warm-up then 'constant' or 'cosine' decay to 0
-  c.optim.grad_clip = 1.0
-  # 'global': one norm over all trained parameters; 'per_network': the teacher (encoder, decoder) and the RNN
-  # (cell, readout, initial memory) are each clipped to grad_clip (the public code's two clip_grad_norm_ calls).
-  c.optim.clip_mode = 'global'
-
-  # Device mesh: `data` x `fsdp`; -1 takes all remaining devices.
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  return c
+def _md_row(cells) -> str:
+  return '| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |'
 
 
 # ------------------------------------------------------------------------------------------ derived values
@@ -401,174 +630,6 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int]:
   return data, fsdp
 
 
-# ---------------------------------------------------------------------------------------------- validation
-
-def _require(cond: bool, field: str, msg: str):
-  if not cond:
-    raise ConfigError(f'config.{field}: {msg}')
-
-
-def _one_of(value, field: str, choices):
-  _require(value in choices, field, f'unknown value {value!r}; expected one of {", ".join(map(repr, choices))}')
-
-
-def _positive_ints(node, prefix: str, fields):
-  for f in fields:
-    _require(isinstance(node[f], int) and not isinstance(node[f], bool) and node[f] > 0, prefix + f,
-             f'must be a positive integer, got {node[f]!r}')
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, data_vocab_size: int | None = None,
-             init_from_later: bool = False):
-  """Raises ConfigError naming the first invalid field. Cheap: runs before any compilation. `init_from_later`:
-  a study checks a DMT stage before the run it starts from exists (its init_from is set then)."""
-  _one_of(config.method, 'method', METHODS)
-  _positive_ints(config, '', ('num_steps', 'batch_size', 'log_every', 'eval_every', 'checkpoint_every',
-                              'num_eval_batches', 'max_checkpoints_to_keep'))
-  _require(config.metrics_flush_secs >= 0, 'metrics_flush_secs', 'must be >= 0')
-  _one_of(config.eval_split, 'eval_split', ('test', 'valid'))
-  profile_range(config)
-  _one_of(config.data.source, 'data.source', DATA_SOURCES)
-  _require(0 <= config.data.valid_fraction < 1, 'data.valid_fraction', 'must be in [0, 1) (0 = no validation split)')
-  T = config.data.seq_len
-  _require(isinstance(T, int) and T > 1, 'data.seq_len', f'must be an integer > 1, got {T!r}')
-  _validate_model(config.model)
-  _validate_smt(config)
-  if config.method == 'dmt':
-    _validate_dmt(config, init_from_later)
-  if config.method == 'bptt':
-    _validate_bptt(config)
-  _validate_optim(config.optim)
-  _validate_curriculum(config)
-  check_temperature(config.sample.temperature)
-  if data_vocab_size is not None:
-    _require(config.model.vocab_size >= data_vocab_size, 'model.vocab_size',
-             f'{config.model.vocab_size} is smaller than the data vocabulary ({data_vocab_size} tokens for '
-             f'data.name={config.data.name!r})')
-  if num_devices is not None:
-    mesh_shape(config, num_devices)
-    _require(config.batch_size % num_devices == 0, 'batch_size',
-             f'{config.batch_size} is not divisible by the number of devices ({num_devices})')
-
-
-def check_temperature(t, name: str = 'config.sample.temperature'):
-  """A sampling temperature: a finite number >= 0 (0 = argmax); ConfigError naming `name` otherwise."""
-  if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
-    raise ConfigError(f'{name}: must be a finite number >= 0 (0 = argmax), got {t!r}')
-
-
-def _validate_model(m):
-  _positive_ints(m, 'model.', ('vocab_size', 'd_model', 'num_heads', 'num_mem_tokens', 'enc_depth', 'dec_depth',
-                               'cell_depth', 'mlp_ratio'))
-  for f, what in (('head_dim', '0: d_model/num_heads'), ('mem_dim', '0: d_model'),
-                  ('prefix_chunk', '0 = all register groups at once'), ('attn_window', '0 = no window')):
-    v = m[f]
-    _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f'model.{f}',
-             f'must be an integer >= 0 ({what}), got {v!r}')
-  if not m.head_dim:
-    _require(m.d_model % m.num_heads == 0, 'model.d_model',
-             f'{m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  rf = m.rotary_fraction
-  _require(isinstance(rf, (int, float)) and 0 < rf <= 1, 'model.rotary_fraction', f'must be in (0, 1], got {rf!r}')
-  rot = head_dim(m) * rf
-  _require(rot == int(rot) and int(rot) % 2 == 0 and rot >= 2, 'model.rotary_fraction',
-           f'{rf} of the head width {head_dim(m)} is {rot}: the rotated part must be an even number of features')
-  for f in ('use_bias', 'gelu_exact', 'final_norm', 'share_embedding', 'cell_residual', 'remat'):
-    _require(isinstance(m[f], bool), f'model.{f}', f'must be True or False, got {m[f]!r}')
-  if m.mem_size is not None:
-    w = mem_width(m)
-    _require(m.mem_size == m.num_mem_tokens * w, 'model.mem_size',
-             f'memory size {m.mem_size} is not K*d = {m.num_mem_tokens}*{w} = {m.num_mem_tokens * w}')
-  _one_of(m.cell, 'model.cell', registry.cell_names())
-  _one_of(m.encoder_attention, 'model.encoder_attention', ENCODER_ATTENTION)
-  _one_of(m.dtype, 'model.dtype', DTYPES)
-  _one_of(m.residual_dtype, 'model.residual_dtype', ('',) + DTYPES)
-  _one_of(m.initial_memory, 'model.initial_memory', ('auto', 'encoder', 'zeros', 'learned'))
-
-
-def _validate_smt(config):
-  """smt.* as the method reads them: SMT all of them, DMT smt.mode and smt.future, BPTT none."""
-  s, m, T = config.smt, config.model, config.data.seq_len
-  _one_of(s.mode, 'smt.mode', SMT_MODES)
-  _one_of(s.trainable, 'smt.trainable', TRAINABLE)
-  _one_of(s.dynamics_gradient, 'smt.dynamics_gradient', DYNAMICS_GRADIENT)
-  _require(s.future >= 1, 'smt.future', 'must be >= 1')
-  if config.method == 'smt' and s.mode == 'window':
-    _require(s.context >= 1, 'smt.context', 'must be >= 1')
-    _require(s.context + s.future <= T, 'smt.context',
-             f'context + future = {s.context} + {s.future} is longer than the sequence (data.seq_len={T})')
-    for f, off in (('rollout_steps', 1), ('rollout_detach', False), ('rollout_decode', 0.0), ('memory_noise', 0.0)):
-      _require(s[f] == off, f'smt.{f}', "needs smt.mode='parallel' (prefix memories of every length)")
-  elif config.method == 'smt':
-    _require(m.encoder_attention == 'causal', 'model.encoder_attention',
-             "parallel SMT needs 'causal' (each prefix memory must not see later tokens)")
-    _require(s.future <= T, 'smt.future', f'{s.future} is longer than the sequence (data.seq_len={T})')
-    for f in ('num_transitions', 'num_decoder_samples'):
-      v = s[f]
-      _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f'smt.{f}',
-               f'must be an integer >= 0 (0 = all), got {v!r}')
-  n = s.rollout_steps
-  _require(isinstance(n, int) and 1 <= n <= T, 'smt.rollout_steps',
-           f'must be an integer in [1, seq_len={T}], got {n!r}')
-  _require(s.rollout_decode >= 0, 'smt.rollout_decode', 'must be >= 0')
-  _require(s.memory_noise >= 0, 'smt.memory_noise', 'must be >= 0 (0 = off)')
-  _one_of(s.memory_noise_mode, 'smt.memory_noise_mode', NOISE_MODES)
-  _one_of(s.rollout_decode_readout, 'smt.rollout_decode_readout', READOUT_MODES)
-  _require(not (s.rollout_detach and n == 1), 'smt.rollout_detach',
-           'has no effect with smt.rollout_steps=1 (there is no rolled step to detach)')
-  _require(0 < s.gamma <= 1, 'smt.gamma', 'must be in (0, 1]')
-  for f in ('coef_dec', 'coef_dyn', 'coef_unif'):
-    _require(s[f] >= 0, f'smt.{f}', 'must be >= 0')
-  _require(s.unif_samples >= 2, 'smt.unif_samples', 'must be >= 2')
-
-
-def _validate_dmt(config, init_from_later: bool = False):
-  d, T = config.dmt, config.data.seq_len
-  _positive_ints(d, 'dmt.', ('context', 'rollout', 'every'))
-  _one_of(d.decoder_term, 'dmt.decoder_term', DMT_TERM_ON)
-  _one_of(d.uniformity_term, 'dmt.uniformity_term', DMT_TERM_ON)
-  _require(d.rollout % d.every == 0, 'dmt.every', f'{d.every} does not divide dmt.rollout={d.rollout}')
-  _require(d.context + d.rollout <= T, 'dmt.rollout',
-           f'context + rollout = {d.context} + {d.rollout} is longer than the sequence (data.seq_len={T})')
-  if config.smt.mode == 'parallel':
-    _require(config.model.encoder_attention == 'causal', 'model.encoder_attention',
-             "DMT from a parallel-mode teacher reads its prefix memories: needs 'causal'")
-  _require(bool(config.init_from) or init_from_later, 'init_from',
-           'DMT fine-tunes a trained SMT run: set it to that run\'s workdir')
-
-
-def _validate_bptt(config):
-  b = config.bptt
-  _require(b.truncation >= 0, 'bptt.truncation', 'must be >= 0')
-  if b.parallel_scan:
-    _require(b.truncation == 0, 'bptt.parallel_scan', 'needs bptt.truncation=0 (the scan covers the whole sequence)')
-    _require(registry.linear_cell_ok(config.model.cell), 'bptt.parallel_scan',
-             f'needs a linear cell (mingru, lru, or one of your own with coefficients / to_state / from_state), '
-             f'not model.cell={config.model.cell!r}')
-
-
-def _validate_curriculum(config):
-  cur = config.curriculum
-  for k in ('length', 'steps'):
-    _require(isinstance(cur[k], int) and cur[k] >= 0, f'curriculum.{k}', f'must be an integer >= 0, got {cur[k]!r}')
-  _require((cur.length > 0) == (cur.steps > 0), 'curriculum', f'length and steps are both 0 (none) or both > 0, '
-           f'got length={cur.length}, steps={cur.steps}')
-  if cur.steps:
-    _require(config.method != 'dmt', 'curriculum', 'a DMT run starts from its SMT run; give the SMT run the '
-             'curriculum')
-    _require(not config.init_from, 'curriculum', f'the run starts from its curriculum, so init_from must be empty, '
-             f'got {config.init_from!r}')
-
-
-def _validate_optim(o):
-  _require(o.lr > 0, 'optim.lr', f'learning rate must be positive, got {o.lr}')
-  _one_of(o.schedule, 'optim.schedule', SCHEDULES)
-  _require(0 <= o.warmup_frac < 1, 'optim.warmup_frac', 'must be in [0, 1)')
-  _require(o.grad_clip >= 0, 'optim.grad_clip', 'must be >= 0 (0 disables clipping)')
-  _one_of(o.clip_mode, 'optim.clip_mode', CLIP_MODES)
-  _one_of(o.weight_decay_on, 'optim.weight_decay_on', DECAY_ON)
-
-
 # ------------------------------------------------------------------------------------ field names, saved configs
 
 def field_paths(config, prefix: str = '') -> list[str]:
@@ -618,7 +679,7 @@ def _translate_deprecated(saved: dict) -> dict:
 def _lay_over(node: ml_collections.ConfigDict, saved: dict, prefix: str):
   for k, v in saved.items():
     path = prefix + k
-    if prefix in ('data.options.', 'model.cell_options.'):  # a task's or a cell's own options
+    if prefix[:-1] in FREE_FORM:  # a task's or a cell's own options, kept as saved
       node[k] = v
     elif k not in node:
       raise ConfigError(unknown_field(default_config(), path) + ' (in a saved config)')

@@ -21,7 +21,7 @@ LAYERS = [
     {'smtjax.objectives', 'smtjax.optim'},
     {'smtjax.evaluation'},
     {'smtjax.train'},
-    {'smtjax.runs', 'smtjax.interop', 'smtjax.benchmarks'},
+    {'smtjax.runs', 'smtjax.interop', 'smtjax.benchmarks', 'smtjax.soak'},
     {'smtjax.studies'},
 ]
 

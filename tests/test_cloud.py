@@ -196,10 +196,10 @@ def test_default_workdir_differs_per_config_file_and_variant():
 # ------------------------------------------------------------------------------------ static rule
 
 # Dataset readers and the token cache work on local files by design (data paths, not workdirs); config
-# files are local source files; the soak script kills and restarts local processes in a local scratch folder.
+# files are local source files; the soak kills and restarts local processes in a local scratch folder.
 ALLOWED = {'smtjax/data/text.py', 'smtjax/data/images.py', 'smtjax/data/download.py', 'smtjax/data/stream.py',
            'smtjax/data/arrays.py', 'smtjax/config.py', 'smtjax/logs.py', 'experiments/bench_data.py',
-           'experiments/soak.py'}
+           'smtjax/soak.py'}
 _OS_FILE_CALLS = {'makedirs', 'mkdir', 'replace', 'rename', 'remove', 'unlink', 'listdir', 'scandir', 'rmdir',
                   'walk'}
 

@@ -13,7 +13,7 @@ import pytest
 
 from smtjax import plotting, runs, train, variants
 from smtjax.errors import ConfigError
-from smtjax.studies import compare, stats
+from smtjax.studies import compare, stats, wallclock
 from tests.conftest import ROOT, tiny_config
 
 
@@ -54,7 +54,7 @@ def test_at_length_resizes_and_keeps_the_config():
 
 
 @pytest.mark.slow
-def test_tiny_comparison_with_seeds_and_longer_test_sequences(tmp_path):
+def test_tiny_comparison_with_seeds_and_longer_test_sequences(tmp_path, monkeypatch):
   out = str(tmp_path / 'cmp')
   summary = compare.run_comparison(tiny_config(), [6], out=out, steps=4, dmt_steps=2, seeds=2, test_lengths=[2])
   for ext in ('json', 'md', 'png'):
@@ -89,9 +89,41 @@ def test_tiny_comparison_with_seeds_and_longer_test_sequences(tmp_path):
   table = (tmp_path / 'cmp' / 'compare_retrieval.md').read_text()
   assert '±' in table and 'Length generalization' in table and '@ 2T' in table
   # A rerun reuses every finished run's eval.json (no training) and its longer-sequence scores.
+  monkeypatch.setattr(train, 'train_and_evaluate', _no_training)
   again = compare.run_comparison(tiny_config(), [6], out=out, steps=4, dmt_steps=2, seeds=2, test_lengths=[2])
   assert all(math.isnan(p['train_seconds']) for m in compare.METHODS for p in again['results']['6'][m]['per_seed'])
   assert again['results']['6']['smt']['accuracy'] == summary['results']['6']['smt']['accuracy']
+
+
+def _no_training(config, workdir, *args, **kwargs):
+  raise AssertionError(f'trained {workdir} again')
+
+
+class _Recorded(Exception):
+  """Raised by the recording runner: the study stops before scoring runs that never trained."""
+
+
+def test_comparison_hands_every_run_to_the_runner(tmp_path, monkeypatch):
+  """One call of wallclock.run_jobs trains every run, with the lanes asked for; DMT waits for its SMT run."""
+  calls = []
+
+  def runner(jobs, lanes, *args, **kwargs):
+    calls.append((jobs, lanes))
+    raise _Recorded
+
+  monkeypatch.setattr(wallclock, 'run_jobs', runner)
+  with pytest.raises(_Recorded):
+    compare.run_comparison(tiny_config(), [6, 8], out=str(tmp_path), steps=4, dmt_steps=2, seeds=2, lanes=3)
+  [(jobs, lanes)] = calls
+  assert lanes == 3
+  dirs = [tmp_path / 'retrieval' / f'T{T}' / f'seed{s}' for T in (6, 8) for s in (0, 1)]
+  assert [str(j.workdir) for j in jobs] == [str(d / m) for d in dirs for m in compare.METHODS]
+  for j in jobs:
+    smt = j.workdir.parent / 'smt'
+    assert j.after == ((smt,) if j.workdir.name == 'dmt' else ())
+    assert (j.config.method, j.config.num_steps, j.config.init_from or '') == {
+        'smt': ('smt', 4, ''), 'dmt': ('dmt', 2, str(smt)), 'bptt': ('bptt', 6, '')}[j.workdir.name]
+  assert not any(tmp_path.iterdir())  # nothing trained outside the runner
 
 
 def test_methods_subset_and_bad_arguments(tmp_path):
@@ -101,6 +133,8 @@ def test_methods_subset_and_bad_arguments(tmp_path):
     compare.run_comparison(tiny_config(), [6], out=str(tmp_path), methods=['dmt'])
   with pytest.raises(ConfigError, match='test_lengths'):
     compare.run_comparison(tiny_config(), [6], out=str(tmp_path), test_lengths=[1])
+  with pytest.raises(ConfigError, match='lanes'):
+    compare.run_comparison(tiny_config(), [6], out=str(tmp_path), lanes=-1)
   bad = tiny_config()
   bad.smt.rollout_steps = 0
   with pytest.raises(ConfigError, match='smt.rollout_steps'):

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
+from smtjax import train
 from smtjax.config import ConfigError
-from smtjax.studies import compression, stats
+from smtjax.studies import compression, stats, wallclock
 from tests.conftest import ROOT, tiny_config
 
 
@@ -19,7 +20,7 @@ def test_sweep_config_sets_width_and_evaluation_points():
 
 
 @pytest.mark.slow
-def test_compression_grid_equals_the_runs_metrics(tmp_path):
+def test_compression_grid_equals_the_runs_metrics(tmp_path, monkeypatch):
   c = tiny_config()
   c.model.num_mem_tokens = 1
   result = compression.run_compression(c, [4, 2], str(tmp_path), num_steps=4, num_evals=2)
@@ -35,10 +36,42 @@ def test_compression_grid_equals_the_runs_metrics(tmp_path):
   assert (tmp_path / 'compression.png').stat().st_size > 1000
   assert '| 2 |' in (tmp_path / 'compression.md').read_text()
   # A rerun reuses the finished runs (same numbers, nothing retrained).
+  monkeypatch.setattr(train, 'train_and_evaluate', _no_training)
   again = compression.run_compression(c, [2, 4], str(tmp_path), num_steps=4, num_evals=2)
   assert again['grids'] == result['grids']
   with pytest.raises(ValueError, match='not logged'):
     compression.run_compression(c, [2], str(tmp_path), num_steps=4, num_evals=2, metric='nope')
+
+
+def _no_training(config, workdir, *args, **kwargs):
+  raise AssertionError(f'trained {workdir} again')
+
+
+class _Recorded(Exception):
+  """Raised by the recording runner: the study stops before reading runs that never trained."""
+
+
+def test_compression_hands_every_run_to_the_runner(tmp_path, monkeypatch):
+  """One call of wallclock.run_jobs trains every run (memory width x seed), with the lanes asked for."""
+  calls = []
+
+  def runner(jobs, lanes, *args, **kwargs):
+    calls.append((jobs, lanes))
+    raise _Recorded
+
+  monkeypatch.setattr(wallclock, 'run_jobs', runner)
+  c = tiny_config()
+  c.model.num_mem_tokens = 1
+  with pytest.raises(_Recorded):
+    compression.run_compression(c, [4, 2], str(tmp_path), num_steps=4, num_evals=2, seeds=2, lanes=2)
+  [(jobs, lanes)] = calls
+  assert lanes == 2
+  assert [str(j.workdir) for j in jobs] == [str(tmp_path / f'Z{d}' / f'seed{s}') for d in (2, 4) for s in (0, 1)]
+  assert [(j.config.model.mem_dim, j.config.seed, j.config.eval_every, j.after) for j in jobs] == [
+      (2, 0, 2, ()), (2, 1, 2, ()), (4, 0, 2, ()), (4, 1, 2, ())]
+  assert not any(tmp_path.iterdir())  # nothing trained outside the runner
+  with pytest.raises(ConfigError, match='lanes'):
+    compression.run_compression(c, [2], str(tmp_path), lanes=-1)
 
 
 def test_compress_command_line_rejects_bad_widths(tmp_path):

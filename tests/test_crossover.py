@@ -176,6 +176,11 @@ def test_in_process_lanes_train_jobs_in_dependency_order(tmp_path):
   assert 0 < wallclock.trained_seconds(first) < 60
   with pytest.raises(RuntimeError, match='no job trains'):
     wallclock.run_jobs([wallclock.Job(tmp_path / 'x', c, after=(tmp_path / 'nowhere',))], lanes=0)
+  other = c.copy_and_resolve_references()
+  other.optim.lr = c.optim.lr / 2  # same workdir, another run: its finished metrics must not pass for this one's
+  with pytest.raises(ConfigError, match='holds another run'):
+    wallclock.run_jobs([wallclock.Job(tmp_path / 'fresh', c), wallclock.Job(first, other)], lanes=0)
+  assert not (tmp_path / 'fresh').exists()  # refused before anything trained
 
 
 def test_trained_seconds_add_each_logged_interval(tmp_path):

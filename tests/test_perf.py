@@ -185,8 +185,8 @@ def test_bench_parallel_scan_runs_tiny():
 @pytest.mark.slow
 def test_length_table_and_sampling_study_run_tiny(capsys):
   """experiments.bench --length_table (every column, a cell over the memory limit reported, not run; the 'cpu'
-  size's columns are valid configs) and experiments.bench_sampling's study at test size."""
-  from experiments import bench_sampling
+  size's columns are valid configs) and experiments.bench_sampling's study (benchmarks.sampling_study) at test
+  size."""
   from tests.conftest import tiny_config
   for col, c in benchmarks.length_configs('cpu', 8, 2, 'tiny').items():
     config_lib.validate(c)
@@ -204,7 +204,7 @@ def test_length_table_and_sampling_study_run_tiny(capsys):
   c = tiny_config()
   c.num_steps = 2
   for field in ('num_decoder_samples', 'num_transitions'):
-    out = bench_sampling.study(c, field, [2, 0], pretrain_steps=2, num_batches=2, draws=2, steps=1, repeats=1)
+    out = benchmarks.sampling_study(c, field, [2, 0], pretrain_steps=2, num_batches=2, draws=2, steps=1, repeats=1)
     assert [r['S'] for r in out] == [0, 2] and out[0]['variance_ratio'] == 1.0 and out[1]['variance_ratio'] > 0
 
 

@@ -160,8 +160,8 @@ def test_signal_finishes_step_saves_exits_0_and_resume_equals_uninterrupted(tmp_
 
 @pytest.mark.slow
 def test_soak_three_kills_equal_an_uninterrupted_run(tmp_path):
-  """experiments/soak.py at CI size: SIGKILL in start-up, mid-training and during a checkpoint save."""
-  from experiments import soak
+  """smtjax.soak (experiments/soak.py) at CI size: SIGKILL in start-up, mid-training and during a checkpoint save."""
+  from smtjax import soak
   s = soak.soak(str(tmp_path / 'soak'), kills=3, seed=1, verbose=False)
   assert s['kills'] == 3 and s['by_mode'] == {'save': 1, 'step': 1, 'startup': 1}, s
   assert s['steps_ok'] and s['metrics_equal'] and s['params_equal'], s

@@ -12,8 +12,10 @@ Each is scored by `runs.evaluate_workdir`: the RNN reads whole held-out sequence
 bound. With `test_lengths` (multipliers k) every run is also scored on sequences k times longer than it
 was trained on (length generalization; `eval_T<kT>.json` in its workdir). Each cell reports the mean over
 seeds and a 95% t-interval. Workdirs: `<out>/<task>/T<length>/<method>` for one seed,
-`<out>/<task>/T<length>/seed<s>/<method>` for several; a run whose `eval.json` exists (same steps and seed)
-is not trained again. Results: `<out>/compare_<task>.{json,md,png}`.
+`<out>/<task>/T<length>/seed<s>/<method>` for several. Every run trains through `wallclock.run_jobs`: in this
+process, or `lanes` at a time, each in a process pinned to its own core; a finished run is not trained again,
+and one whose `eval.json` exists (same steps and seed) is not scored again. Results:
+`<out>/compare_<task>.{json,md,png}`.
 
 For keys_values the swept "length" is the number of key/value pairs (the sequence length follows from it,
 as in configs/keys_values.py; no length-generalization table); for the other tasks it is `data.seq_len`.
@@ -22,17 +24,18 @@ as in configs/keys_values.py; no length-generalization table); for the other tas
 from __future__ import annotations
 
 import json
-import time
 
 from absl import logging
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import plotting, runs, train, variants
+from smtjax import plotting, runs, variants
 from smtjax import workdir as workdir_lib
 from smtjax.data import synthetic
 from smtjax.errors import ConfigError, SmtjaxError
-from smtjax.studies import stats
+from smtjax.metrics import trained_seconds
+from smtjax.studies import stats, wallclock
+from smtjax.studies.wallclock import Job
 
 METHODS = ('smt', 'dmt', 'bptt')
 METHOD_NAMES = {'teacher': 'Transformer teacher', 'smt': 'SMT', 'dmt': 'SMT→DMT', 'bptt': 'BPTT'}
@@ -94,17 +97,15 @@ def _finished_eval(workdir: str, config, name: str = 'eval.json') -> dict | None
     return None
 
 
-def _train_and_score(config, workdir: str) -> tuple[dict, float]:
-  """(eval result, training seconds); reuses workdir/eval.json of a finished run."""
+def _scored(config, workdir: str) -> tuple[dict, float]:
+  """(eval result, training seconds) of a trained run: one already scored gives its eval.json and NaN seconds,
+  any other is scored now, with the seconds its log shows it trained (`trained_seconds`: compilation excluded,
+  the same measure whether it trained in this process or in a lane)."""
   done = _finished_eval(workdir, config)
   if done is not None:
     logging.info('%s: finished, reusing eval.json', workdir)
     return done, float('nan')
-  t0 = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
-  seconds = time.perf_counter() - t0
-  result = runs.evaluate_workdir(workdir)
-  return workdir_lib.json_safe(result), seconds
+  return workdir_lib.json_safe(runs.evaluate_workdir(workdir)), trained_seconds(workdir)
 
 
 def _score_longer(config, workdir: str, seq_len: int) -> dict:
@@ -129,7 +130,7 @@ def _cell(per_seed: list[dict]) -> dict:
   return out
 
 
-def _checked_arguments(config, lengths, methods, seeds, test_lengths):
+def _checked_arguments(config, lengths, methods, seeds, test_lengths, lanes):
   """(lengths, methods, test lengths) validated; ConfigError naming the bad argument."""
   task = config.data.name
   methods = tuple(m for m in METHODS if m in methods)
@@ -137,6 +138,8 @@ def _checked_arguments(config, lengths, methods, seeds, test_lengths):
     raise ConfigError(f'methods must be a non-empty subset of {", ".join(METHODS)} (dmt needs smt), got {methods}')
   if int(seeds) < 1:
     raise ConfigError(f'seeds must be >= 1, got {seeds}')
+  if int(lanes) < 0:
+    raise ConfigError(f'lanes must be >= 0 (0: every run in this process), got {lanes}')
   test_lengths = [int(k) for k in test_lengths or ()]
   if any(k < 2 for k in test_lengths):
     raise ConfigError(f'test_lengths are multipliers of the training length, each >= 2; got {test_lengths}')
@@ -147,23 +150,27 @@ def _checked_arguments(config, lengths, methods, seeds, test_lengths):
   return [int(x) for x in lengths], methods, test_lengths
 
 
-def _run_seed(config, length, seed, base, methods, steps, dmt_steps, test_lengths, per_seed, longer):
-  """Trains and scores every method at one length and seed, appending each column's record to `per_seed`
-  and its length-generalization records to `longer`."""
-  dirs = {m: str(base / m) for m in METHODS}
-  configs = method_configs(config, length, dirs['smt'], steps, dmt_steps, seed)
-  for m in methods:
-    logging.info('== %s length %d seed %d: %s (%d steps) in %s', config.data.name, length, seed, m,
-                 configs[m].num_steps, dirs[m])
-    ev, seconds = _train_and_score(configs[m], dirs[m])
+def _seed_jobs(config, length, seed, base: epath.Path, methods, steps, dmt_steps) -> dict[str, Job]:
+  """{method: its run} at one length and seed, in `base`/<method>; DMT starts from the SMT run's checkpoint."""
+  dirs = {m: base / m for m in METHODS}
+  configs = method_configs(config, length, str(dirs['smt']), steps, dmt_steps, seed)
+  return {m: Job(dirs[m], configs[m], after=(dirs['smt'],) if m == 'dmt' else ()) for m in methods}
+
+
+def _score_seed(jobs: dict[str, Job], seed, test_lengths, per_seed, longer):
+  """Scores every method's run of one length and seed, appending each column's record to `per_seed` and its
+  length-generalization records to `longer`."""
+  for m, job in jobs.items():
+    workdir, config = str(job.workdir), job.config
+    ev, seconds = _scored(config, workdir)
     for col in ((m, 'teacher') if m == 'smt' else (m,)):
       key = 'rnn_only' if col != 'teacher' else 'teacher'
       per_seed[col].append({'seed': seed, 'loss': _num(ev.get(f'{key}_loss')),
-                            'accuracy': _num(ev.get(f'{key}_accuracy')), 'steps': configs[m].num_steps,
-                            'train_seconds': seconds if col != 'teacher' else float('nan'), 'workdir': dirs[m]})
+                            'accuracy': _num(ev.get(f'{key}_accuracy')), 'steps': config.num_steps,
+                            'train_seconds': seconds if col != 'teacher' else float('nan'), 'workdir': workdir})
       for k in test_lengths:
-        T = configs[m].data.seq_len
-        lv = _score_longer(configs[m], dirs[m], k * T)
+        T = config.data.seq_len
+        lv = _score_longer(config, workdir, k * T)
         longer[col][str(k)].append({'seed': seed, 'seq_len': k * T, 'loss': _num(lv.get(f'{key}_loss')),
                                     'accuracy': _num(lv.get(f'{key}_accuracy'))})
 
@@ -184,32 +191,37 @@ def _row(config, length, columns, methods, per_seed, longer, test_lengths) -> di
 
 def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: int | None = None,
                    dmt_steps: int | None = None, seeds: int = 1, methods=METHODS, test_lengths=(),
-                   name: str = '') -> dict:
+                   name: str = '', lanes: int = 0) -> dict:
   """Trains and scores every method at every length for seeds config.seed + 0..seeds-1; writes
   <out>/compare_<task>.{json,md,png}.
 
   `lengths`: default the config's own length (keys_values: its num_pairs); `steps` overrides the SMT
   step count, `dmt_steps` DMT's (default steps // 5; BPTT their sum); `methods` any of smt, dmt, bptt
-  (dmt needs smt); `test_lengths`: multipliers k, each run is also scored at k * T. Returns the JSON
+  (dmt needs smt); `test_lengths`: multipliers k, each run is also scored at k * T; `lanes`: runs trained
+  at once, each in a process pinned to its own core (0: one after another in this process). Returns the JSON
   object: {'task', 'lengths', 'seeds', 'results': {str(length): {column: {'accuracy', 'accuracy_ci',
   'loss', 'loss_ci', 'per_seed', ...}, 'generalization': {column: {str(k): {...}}}}}}.
   """
   task = config.data.name
-  lengths, methods, test_lengths = _checked_arguments(config, lengths, methods, seeds, test_lengths)
+  lengths, methods, test_lengths = _checked_arguments(config, lengths, methods, seeds, test_lengths, lanes)
   seed_list = [int(config.seed) + i for i in range(int(seeds))]
-  for length in lengths:  # every config is validated before anything trains (DMT's SMT run does not exist yet)
-    for m, c in method_configs(config, length, '', steps, dmt_steps, seed_list[0]).items():
-      if m in methods:
-        config_lib.validate(c, init_from_later=True)
+  jobs = {}
+  for length in lengths:
+    for seed in seed_list:
+      base = epath.Path(out) / task / f'T{length}'
+      base = base if seeds == 1 else base / f'seed{seed}'
+      jobs[length, seed] = _seed_jobs(config, length, seed, base, methods, steps, dmt_steps)
+  flat = [job for per_seed in jobs.values() for job in per_seed.values()]
+  for job in flat:  # every config is validated before anything trains (DMT's SMT run does not exist yet)
+    config_lib.validate(job.config, init_from_later=True)
+  wallclock.run_jobs(flat, lanes)
   columns = (('teacher',) if 'smt' in methods else ()) + methods
   results = {}
   for length in lengths:
     per_seed = {m: [] for m in columns}
     longer = {m: {str(k): [] for k in test_lengths} for m in columns}
     for seed in seed_list:
-      base = epath.Path(out) / task / f'T{length}'
-      base = base if seeds == 1 else base / f'seed{seed}'
-      _run_seed(config, length, seed, base, methods, steps, dmt_steps, test_lengths, per_seed, longer)
+      _score_seed(jobs[length, seed], seed, test_lengths, per_seed, longer)
     results[str(length)] = _row(config, length, columns, methods, per_seed, longer, test_lengths)
   summary = {'task': task, 'config': name, 'lengths': lengths, 'seeds': seed_list, 'columns': list(columns),
              'test_lengths': test_lengths,

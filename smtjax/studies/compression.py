@@ -7,21 +7,22 @@ whole row of the (memory size x steps) grid. The grid of any logged evaluation m
 `rnn_only_loss`: the RNN reading whole sequences from its initial memory) is written as
 compression.json, a markdown table, and an iso-loss contour plot (steps on the x-axis, memory size on a
 log2 y-axis). Runs go to OUT/Z<size>/ (OUT/Z<size>/seed<s>/ with several seeds, config.seed + 0..seeds-1;
-the grid then holds the mean over seeds and `grids_ci` the 95% t-interval) and resume or are reused when
-rerun.
+the grid then holds the mean over seeds and `grids_ci` the 95% t-interval) and train through
+`wallclock.run_jobs`: in this process, or `lanes` at a time, each in a process pinned to its own core; a rerun
+resumes unfinished runs and reuses finished ones.
 """
 
 from __future__ import annotations
 
-from absl import logging
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import plotting, train
+from smtjax import plotting
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
-from smtjax.studies import stats
+from smtjax.studies import stats, wallclock
+from smtjax.studies.wallclock import Job
 
 DEFAULT_METRICS = ('loss_dec_test', 'loss_dec0_test', 'rnn_only_loss', 'rnn_only_accuracy', 'teacher_accuracy')
 
@@ -52,8 +53,9 @@ def read_evals(workdir: str) -> dict[int, dict]:
 
 
 def run_compression(config, mem_dims, out: str, num_steps: int | None = None, num_evals: int = 10,
-                    metric: str = 'loss_dec_test', config_name: str = '', seeds: int = 1) -> dict:
-  """Trains one run per memory width and seed (or reuses finished ones) and writes OUT/compression.{json,md,png}.
+                    metric: str = 'loss_dec_test', config_name: str = '', seeds: int = 1, lanes: int = 0) -> dict:
+  """Trains one run per memory width and seed (or reuses finished ones), `lanes` at a time (0: one after another
+  in this process), and writes OUT/compression.{json,md,png}.
 
   Returns {'config', 'num_mem_tokens', 'mem_dims', 'mem_sizes', 'steps', 'metric', 'seeds', 'grids': {metric:
   [[mean over seeds per step] per memory size]}, 'grids_ci': the 95% half-widths (None for one seed),
@@ -67,24 +69,23 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
     raise config_lib.ConfigError(f'memory widths must be positive integers, got {mem_dims}')
   if int(seeds) < 1:
     raise ConfigError(f'seeds must be >= 1, got {seeds}')
+  if int(lanes) < 0:
+    raise ConfigError(f'lanes must be >= 0 (0: every run in this process), got {lanes}')
   seed_list = [int(config.seed) + i for i in range(int(seeds))]
   K = int(config.model.num_mem_tokens)
-  rows = {}
-  steps = None
+  jobs = {}
   for d in mem_dims:
-    rows[d] = []
     for seed in seed_list:
       c = sweep_config(config, d, num_steps, num_evals)
       c.seed = seed
+      config_lib.validate(c)  # a ConfigError before any run writes its workdir
       workdir = epath.Path(out) / f'Z{K * d}'
-      workdir = str(workdir if seeds == 1 else workdir / f'seed{seed}')
-      logging.info('== memory %dx%d (Z=%d), seed %d: %d steps, evaluated every %d, in %s', K, d, K * d, seed,
-                   c.num_steps, c.eval_every, workdir)
-      train.train_and_evaluate(c, workdir)
-      evals = read_evals(workdir)
-      run_steps = sorted(s for s in evals if s <= c.num_steps)
-      steps = run_steps if steps is None else [s for s in steps if s in run_steps]
-      rows[d].append(evals)
+      jobs[d, seed] = Job(workdir if seeds == 1 else workdir / f'seed{seed}', c)
+  wallclock.run_jobs(list(jobs.values()), lanes)
+  evals = {key: read_evals(str(job.workdir)) for key, job in jobs.items()}
+  shared = set.intersection(*({s for s in evals[key] if s <= job.config.num_steps} for key, job in jobs.items()))
+  steps = sorted(shared)
+  rows = {d: [evals[d, seed] for seed in seed_list] for d in mem_dims}
   if not steps:
     raise ConfigError('the runs share no evaluation step')
   logged = rows[mem_dims[0]][0][steps[0]]

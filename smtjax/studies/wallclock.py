@@ -208,6 +208,16 @@ def _launch(workdir: epath.Path, core: int | None) -> subprocess.Popen:
   return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _check_workdir(job: Job) -> None:
+  """Refuses a job whose workdir already holds another run's config (e.g. two studies given one output
+  directory): its finished metrics would be read, and recorded, as this job's."""
+  if job.copy_from is not None or not (job.workdir / 'config.json').exists():
+    return  # a continuation's workdir holds the run it continues until it starts
+  if ledger_lib.digest(config_lib.load_saved(job.workdir)) != ledger_lib.digest(job.config):
+    raise ConfigError(f'{job.workdir} holds another run (its config.json differs from this job\'s): give the study '
+                      'another output directory, or remove that one')
+
+
 def _done(job: Job) -> bool:
   if not (job.workdir / 'metrics.jsonl').exists():
     return False
@@ -270,7 +280,10 @@ def run_jobs(jobs: list[Job], lanes: int, ledger=None, scorer=None, train_missin
   With a `ledger` (smtjax/studies/ledger.py): a job it already holds is not trained (unless a job that trains
   starts from its checkpoint), every finished job is recorded in it (with `scorer(job)`'s scores), and the
   return value is {workdir: record} of every job (None for a job with no record). `train_missing=False`: trains
-  nothing (a report from the ledger and finished workdirs alone)."""
+  nothing (a report from the ledger and finished workdirs alone). A workdir that holds another run's config is
+  refused before anything trains."""
+  for job in jobs:
+    _check_workdir(job)
   pending = [j for j in jobs if not _done(j)]
   held = _held(pending, ledger) if ledger is not None else set()
   finished = {str(j.workdir) for j in jobs if j not in pending} | held
