@@ -195,7 +195,7 @@ def train_and_evaluate(config, workdir, hooks: Sequence[Callable | Hook] = ()) -
   run, source = _checked(config)
   _prepare_workdir(workdir)
   with workdir_lib.lock(workdir, jax.process_index()):
-    ckpt_lib.check_compatible(run.config, workdir)
+    config_lib.check_compatible(run, workdir)
     return _Run(run, workdir, source, hooks).train()
 
 
@@ -247,7 +247,7 @@ def _checked(config, init_from_later: bool = False) -> tuple[config_lib.Run, Any
     if not (init_from / 'config.json').exists() or not (init_from / 'checkpoints').is_dir():
       raise CheckpointError(f'config.init_from: {config.init_from} holds no trained run '
                             '(no config.json and checkpoint)')
-    ckpt_lib.check_compatible(config, config.init_from, what='initialise from')
+    config_lib.check_compatible(run, config.init_from, what='initialise from')
   return run, source
 
 
