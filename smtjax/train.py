@@ -131,7 +131,7 @@ class Trainer:
                                   out_shardings=state_sh),
         train_step=jax.jit(step_fn, in_shardings=(state_sh, shard_lib.batch_sharding(mesh), shard_lib.replicated(mesh)),
                            out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0),
-        evaluator=Evaluator(config, nets, EvalSpec(objective=True, teacher=run.eval_teacher), mesh),
+        evaluator=Evaluator(run, nets, EvalSpec.for_training(run), mesh),
     )
 
 

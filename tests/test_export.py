@@ -31,7 +31,6 @@ EXPORT = textwrap.dedent('''
     sys.path.insert(0, '.')
     from tests.conftest import tiny_config
     from smtjax import perf, train, variants
-    from smtjax.evaluation import EvalSpec, Evaluator
 
     def config(kind, mesh):
       c = tiny_config('window' if kind == 'smt_window' else 'parallel')
@@ -56,8 +55,7 @@ EXPORT = textwrap.dedent('''
       rng = jax.ShapeDtypeStruct((2,), 'uint32', sharding=replicated)
       out = {'train': (tr.train_step, (tr.abstract_state, batch, rng))}
       if kind == 'smt_parallel':
-        evaluator = Evaluator(c, tr.nets, EvalSpec.for_training(c), tr.mesh)
-        out['eval'] = (evaluator.step, (tr.abstract_state.params, batch, rng))
+        out['eval'] = (tr.evaluator.step, (tr.abstract_state.params, batch, rng))
       return out
 
     def count(jaxpr, name):  # equations `name` in a jaxpr and every jaxpr inside it
