@@ -88,7 +88,8 @@ def init_state(rng, *, nets: Networks, tx: optax.GradientTransformation, method:
 
 @dataclasses.dataclass
 class Trainer:
-  """The compiled functions of one run, bound to a mesh. Build with `Trainer.create(config)`."""
+  """The compiled functions of one run, bound to a mesh. Build with `Trainer.create(run)` from a resolved
+  `config.Run` (`train_and_evaluate`'s), or with `Trainer.from_config(config)` from a config built in code."""
   run: config_lib.Run
   nets: Networks
   mesh: jax.sharding.Mesh
@@ -110,11 +111,9 @@ class Trainer:
     return shard_lib.batch_sharding(self.mesh)
 
   @classmethod
-  def create(cls, config, devices=None) -> Trainer:
-    """The run's networks, optimizer and compiled functions on a mesh over `devices` (default all). `config`: a
-    resolved `config.Run` (`train_and_evaluate`'s), or a config, resolved here as it is."""
-    devices = jax.devices() if devices is None else devices
-    run = config if isinstance(config, config_lib.Run) else config_lib.Run.of(config, len(devices))
+  def create(cls, run: config_lib.Run, devices=None) -> Trainer:
+    """The run's networks, optimizer and compiled functions on its mesh (`run.mesh_shape`) over `devices` (default
+    all: as many as the run was resolved for)."""
     config = run.config
     nets = Networks.of(run.model)
     mesh = shard_lib.make_mesh(run.mesh_shape, devices)
@@ -133,6 +132,13 @@ class Trainer:
                            out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0),
         evaluator=Evaluator(run, nets, EvalSpec.for_training(run), mesh),
     )
+
+  @classmethod
+  def from_config(cls, config, devices=None) -> Trainer:
+    """`create` for a config resolved as it is, e.g. a test's, a benchmark's or a notebook's (`config.resolve`
+    also validates a training run's and fills in the data's sizes)."""
+    devices = jax.devices() if devices is None else devices
+    return cls.create(config_lib.Run.of(config, len(devices)), devices)
 
 
 # -------------------------------------------------------------------------------------------- the loop
@@ -484,7 +490,7 @@ def load_params(workdir, config=None, step: int | None = None):
   """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks. The saved
   config is upgraded to the current fields (`config.load_saved`)."""
   config = config_lib.load_saved(workdir) if config is None else config
-  trainer = Trainer.create(config)
+  trainer = Trainer.from_config(config)
   checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
   try:
     if checkpointer.latest_step() is None:

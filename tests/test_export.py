@@ -48,7 +48,7 @@ EXPORT = textwrap.dedent('''
 
     def steps(kind, mesh):
       c = config(kind, mesh)
-      tr = train.Trainer.create(c, jax.devices()[:mesh[0] * mesh[1]])
+      tr = train.Trainer.from_config(c, jax.devices()[:mesh[0] * mesh[1]])
       batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32', sharding=tr.batch_sharding)
                for k in ('x', 'y')}
       replicated = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec())
@@ -72,7 +72,7 @@ EXPORT = textwrap.dedent('''
     from smtjax.benchmarks import preset_configs
     for preset, label in (p.split(':') for p in sys.argv[2].split(',')):
       c = preset_configs(preset)[label]
-      tr = train.Trainer.create(c, jax.devices()[:1])
+      tr = train.Trainer.from_config(c, jax.devices()[:1])
       batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32') for k in ('x', 'y')}
       traced = tr.train_step.trace(tr.abstract_state, batch, jax.ShapeDtypeStruct((2,), 'uint32'))
       cuda = traced.lower(lowering_platforms=('cuda',)).as_text(debug_info=True)
@@ -148,7 +148,7 @@ def test_one_program_for_cuda_and_another_platform_says_why_not():
   from smtjax import perf, train
   from tests.conftest import tiny_config
   c = tiny_config()
-  tr = train.Trainer.create(c, jax.devices()[:1])
+  tr = train.Trainer.from_config(c, jax.devices()[:1])
   batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32') for k in ('x', 'y')}
   args = (tr.abstract_state, batch, jax.ShapeDtypeStruct((2,), 'uint32'))
   with pytest.raises(NotImplementedError, match='SMTJAX_ATTENTION=xla'):
