@@ -124,10 +124,11 @@ class Checkpointer:
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, data_state) of `step` (default latest), placed with the shardings in `abstract_state`
-    (a pytree of jax.ShapeDtypeStruct with .sharding)."""
+    (a pytree of jax.ShapeDtypeStruct with .sharding): the whole TrainState, or a dict of some of its fields
+    ({'params': ...}), which reads those alone."""
     step = self.latest_step() if step is None else step
     try:
-      out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+      out = self.manager.restore(step, args=ocp.args.Composite(state=_state_restore(abstract_state),
                                                                data=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  (corrupt files raise ValueError, KeyError, UnicodeError, OSError...)
       _quiet_closed_loop_noise()
@@ -189,6 +190,13 @@ class Checkpointer:
       self.wait()
     finally:
       self.manager.close()
+
+
+def _state_restore(abstract_state):
+  if isinstance(abstract_state, dict):  # a part of the saved state: the rest is not read
+    return ocp.args.PyTreeRestore(abstract_state, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+  return ocp.args.StandardRestore(abstract_state)
 
 
 def abstract_with_shardings(abstract_tree, shardings):

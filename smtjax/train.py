@@ -73,15 +73,19 @@ def state_from_params(params, *, tx: optax.GradientTransformation) -> TrainState
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def init_state(rng, *, nets: Networks, tx: optax.GradientTransformation, method: str) -> TrainState:
+def init_params(rng, *, nets: Networks, method: str):
   """Fresh parameters; DMT's readout starts as a copy of the teacher decoder; the plain-Transformer reference
   has its own network only."""
   if method == 'transformer':
-    return state_from_params(nets.init_reference(rng), tx=tx)
+    return nets.init_reference(rng)
   params = nets.init(rng)
   if method == 'dmt':
     params['readout'] = jax.tree.map(jnp.copy, params['decoder'])
-  return state_from_params(params, tx=tx)
+  return params
+
+
+def init_state(rng, *, nets: Networks, tx: optax.GradientTransformation, method: str) -> TrainState:
+  return state_from_params(init_params(rng, nets=nets, method=method), tx=tx)
 
 
 # ------------------------------------------------------------------------------------------ the trainer
@@ -335,7 +339,7 @@ class _Run:
       return start, state
     if config.init_from:
       logging.info('Initialised parameters from %s.', config.init_from)
-      return 0, tr.state_from_params(initial_params(config, tr))
+      return 0, tr.state_from_params(initial_params(tr))
     return 0, tr.init_state(jax.random.PRNGKey(config.seed))
 
   def _run_hooks(self, at: str, step: int, *args, stop: bool = False):
@@ -466,11 +470,12 @@ def _compile_step(trainer: Trainer, state, batch, rng):
 
 # ------------------------------------------------------------------------------------- trained parameters
 
-def initial_params(config, trainer: Trainer):
-  """Parameters of config.init_from's latest checkpoint, fitted to this run's parameter tree: groups this
+def initial_params(trainer: Trainer):
+  """Parameters of the run's init_from (its latest checkpoint), fitted to the trainer's parameter tree: groups this
   run lacks are dropped, and DMT's readout starts as the source's readout (if it was fine-tuned) or its
-  decoder. Placed with this run's shardings."""
-  _, src = load_params(config.init_from)
+  decoder. Placed with the trainer's shardings."""
+  init_from = trainer.config.init_from
+  _, src = load_params(init_from)
   want = trainer.abstract_state.params
   params = {}
   for k in want:
@@ -479,26 +484,31 @@ def initial_params(config, trainer: Trainer):
     elif k == 'readout':
       params[k] = src['decoder']
     else:
-      raise CheckpointError(f'{config.init_from} has no parameters {k!r} that this run needs')
+      raise CheckpointError(f'{init_from} has no parameters {k!r} that this run needs')
   try:
     return jax.tree.map(lambda a, w: jax.device_put(a, w.sharding), params, want)
   except ValueError as e:
-    raise CheckpointError(f'the parameters in {config.init_from} do not fit this config: {e}') from e
+    raise CheckpointError(f'the parameters in {init_from} do not fit this config: {e}') from e
 
 
 def load_params(workdir, config=None, step: int | None = None):
-  """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks. The saved
-  config is upgraded to the current fields (`config.load_saved`)."""
+  """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks: the parameters
+  alone, placed on the run's mesh (no optimizer is built and its state is not read). The saved config is
+  upgraded to the current fields (`config.load_saved`)."""
   config = config_lib.load_saved(workdir) if config is None else config
-  trainer = Trainer.from_config(config)
+  run = config_lib.Run.of(config, jax.device_count())
+  abstract = jax.eval_shape(functools.partial(init_params, nets=Networks.of(run.model), method=config.method),
+                            jax.random.PRNGKey(0))
+  shardings = shard_lib.tree_shardings(shard_lib.make_mesh(run.mesh_shape), abstract)
+  want = {'params': ckpt_lib.abstract_with_shardings(abstract, shardings)}  # a part of the saved TrainState
   checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
   try:
     if checkpointer.latest_step() is None:
       raise CheckpointError(f'no checkpoint in {checkpointer.directory}')
     if step is None:  # the newest that restores (a damaged newer one is logged, and left for training to set aside)
-      _, state, _ = checkpointer.restore_latest(trainer.abstract_state, set_aside=False)
+      _, restored, _ = checkpointer.restore_latest(want, set_aside=False)
     else:
-      state, _ = checkpointer.restore(trainer.abstract_state, step)
+      restored, _ = checkpointer.restore(want, step)
   finally:
     checkpointer.close()
-  return config, state.params
+  return config, restored['params']
