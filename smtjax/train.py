@@ -197,12 +197,17 @@ def train_and_evaluate(config, workdir, hooks: Sequence[Callable | Hook] = ()) -
   if config.curriculum.steps:  # both stages checked before either trains
     first, config = curriculum_stages(config, workdir / CURRICULUM_DIR)
     try:
-      _checked(first)
+      first_run, first_source = _checked(first)
     except (ConfigError, DataError) as e:
       raise ConfigError(f'config.curriculum: its first stage, at length {first.data.seq_len}: {e}') from None
-    _checked(config, init_from_later=True)
-    train_and_evaluate(first, workdir / CURRICULUM_DIR, hooks)
+    _checked(config, init_from_later=True)  # and whole below, once the stage it starts from has trained
+    _train(first_run, first_source, workdir / CURRICULUM_DIR, hooks)
   run, source = _checked(config)
+  return _train(run, source, workdir, hooks)
+
+
+def _train(run: config_lib.Run, source, workdir: epath.Path, hooks: Sequence[Callable | Hook]) -> dict[str, float]:
+  """Trains a checked run in `workdir`, resuming from its latest checkpoint when that agrees with it."""
   _prepare_workdir(workdir)
   with workdir_lib.lock(workdir, jax.process_index()):
     config_lib.check_compatible(run, workdir)
