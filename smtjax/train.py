@@ -120,10 +120,10 @@ class Trainer:
     all: as many as the run was resolved for)."""
     config = run.config
     nets = Networks.of(run.model)
-    mesh = shard_lib.make_mesh(run.mesh_shape, devices)
     tx, schedule = optim.make_optimizer(config, run.frozen)
     init_fn = functools.partial(init_state, nets=nets, tx=tx, method=config.method)
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    mesh = shard_lib.make_mesh(run.mesh_shape, devices)
     state_sh = shard_lib.tree_shardings(mesh, abstract)
     step_fn = functools.partial(train_step, nets=nets, tx=tx, schedule=schedule, config=config)
     return cls(
