@@ -119,7 +119,7 @@ def time_train_step(config, steps: int, repeats: int, synthetic: bool = False, m
   """Compiles the config's train step (ahead of time, on `devices`: default all), then times `repeats` x `steps`
   calls. With `max_gib`, a step whose compiled program needs more memory is not run ({'peak_gb', 'skipped'});
   with `max_seconds`, fewer steps per repeat where the first call shows that they would take longer."""
-  trainer = Trainer.create(config, devices)
+  trainer = Trainer.from_config(config, devices)
   num_devices = trainer.mesh.devices.size
   batches = _batches(config, trainer, synthetic, min(steps, 4))
   rng = jax.random.PRNGKey(0)
@@ -448,7 +448,7 @@ def roofline_table(device: str, scale: str = 'paper') -> list[dict]:
   rows = []
   for preset in ('paper_smt', 'paper_dmt', 'paper_bptt'):
     for label, c in preset_configs(preset, scale).items():
-      trainer = Trainer.create(c)
+      trainer = Trainer.from_config(c)
       costs = perf.step_costs(trainer.train_step, trainer.abstract_state, _abstract_batch(c, trainer),
                               jax.random.PRNGKey(0))
       r = dict(label=label, **costs, **perf.roofline(costs, device, PUBLISHED.get(preset, (None,))[0]))
@@ -478,7 +478,7 @@ def memory_table(lengths, batch: int, chunk: int, remat: bool, dense_up_to: int,
     for c_ in ([0] if T <= dense_up_to else []) + [chunk]:
       c = memory_table_config(T, batch, c_, remat, scale)
       config_lib.validate(c, num_devices=jax.device_count())
-      trainer = Trainer.create(c)
+      trainer = Trainer.from_config(c)
       t0 = time.perf_counter()
       compiled = trainer.train_step.lower(trainer.abstract_state, _abstract_batch(c, trainer),
                                           jax.random.PRNGKey(0)).compile()
@@ -538,7 +538,7 @@ def length_configs(size: str, T: int, band: int, scale: str = 'paper') -> dict:
 def _time_within(config, max_gib: float, seconds: float) -> dict:
   """`time_train_step` of random tokens within `max_gib` and about `seconds`, and the step's FLOPs by network."""
   r = time_train_step(config, steps=10, repeats=2, synthetic=True, max_gib=max_gib, max_seconds=seconds)
-  trainer = Trainer.create(config)
+  trainer = Trainer.from_config(config)
   r['network_flops'] = perf.network_flops(trainer.train_step, trainer.abstract_state, _abstract_batch(config, trainer),
                                           jax.random.PRNGKey(0), cell=type(trainer.nets.cell).__name__)
   return r
@@ -695,7 +695,7 @@ def dmt_scan_vs_loop(sizes: RolloutSizes) -> dict:
   its one-step gradient (as the public implementation's loop does). Prints both; returns {'scan_s', 'loop_s'}."""
   c = variants.dmt(rollout_config(sizes, 'smt', sizes.dmt_context + sizes.dmt_rollout + sizes.future),
                    sizes.dmt_context, sizes.dmt_rollout, sizes.dmt_every, batch_size=sizes.batch)
-  trainer = Trainer.create(c, jax.devices()[:1])
+  trainer = Trainer.from_config(c, jax.devices()[:1])
   nets = trainer.nets
   params = trainer.init_state(jax.random.PRNGKey(0)).params
   (batch,) = _batches(c, trainer, synthetic=False, n=1)
@@ -863,7 +863,7 @@ def drift_step_times(config, overrides: dict | None = None, rounds: int = 7, ste
   rng = jax.random.PRNGKey(0)
   runs = {}
   for name, (c, source) in configs.items():
-    trainer = Trainer.create(c)
+    trainer = Trainer.from_config(c)
     batches = _batches(c, trainer, synthetic=False, n=4, source=source)
     state = trainer.init_state(jax.random.PRNGKey(c.seed))
     step = trainer.train_step.lower(state, batches[0], rng).compile()

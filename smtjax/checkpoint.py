@@ -18,12 +18,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 
-from smtjax import config as config_lib
 from smtjax import workdir as workdir_lib
-from smtjax.errors import CheckpointError, ConfigError, WorkdirError  # noqa: F401  (re-exported)
+from smtjax.errors import CheckpointError, WorkdirError  # noqa: F401  (re-exported)
 
 
 def _all_processes(ok: bool) -> bool:
@@ -126,10 +124,11 @@ class Checkpointer:
 
   def restore(self, abstract_state, step: int | None = None):
     """(state, data_state) of `step` (default latest), placed with the shardings in `abstract_state`
-    (a pytree of jax.ShapeDtypeStruct with .sharding)."""
+    (a pytree of jax.ShapeDtypeStruct with .sharding): the whole TrainState, or a dict of some of its fields
+    ({'params': ...}), which reads those alone."""
     step = self.latest_step() if step is None else step
     try:
-      out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+      out = self.manager.restore(step, args=ocp.args.Composite(state=_state_restore(abstract_state),
                                                                data=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001  (corrupt files raise ValueError, KeyError, UnicodeError, OSError...)
       _quiet_closed_loop_noise()
@@ -193,37 +192,12 @@ class Checkpointer:
       self.manager.close()
 
 
+def _state_restore(abstract_state):
+  if isinstance(abstract_state, dict):  # a part of the saved state: the rest is not read
+    return ocp.args.PyTreeRestore(abstract_state, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+  return ocp.args.StandardRestore(abstract_state)
+
+
 def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
-
-
-# Fields that fix the parameter and state shapes or what the saved networks compute: a run may only resume from
-# (or initialise from) a workdir whose saved config agrees on these (config_lib.MODEL_FIELDS says which).
-ARCHITECTURE_FIELDS = config_lib.checked_model_fields(resuming=False)
-
-
-def _field(config, dotted: str):
-  for part in dotted.split('.'):
-    config = config[part]
-  return config
-
-
-def _compared(config, dotted: str):
-  if dotted == 'model.initial_memory':  # 'auto' means the encoder's or zeros, by method
-    return config_lib.initial_memory(config)
-  value = _field(config, dotted)
-  return value.to_dict() if hasattr(value, 'to_dict') else value
-
-
-def check_compatible(config, workdir, what: str = 'resume from'):
-  """Raises ConfigError if workdir/config.json (upgraded to the current fields) disagrees with `config` on
-  a field it must keep (`config_lib.checked_model_fields`: more of them when resuming than when initialising
-  from the run); nothing to check when there is no config.json."""
-  if not (epath.Path(workdir) / 'config.json').exists():
-    return
-  saved = config_lib.load_saved(workdir)
-  fields = config_lib.checked_model_fields(resuming=what == 'resume from')
-  diffs = [f'config.{k}: saved {_compared(saved, k)!r}, now {_compared(config, k)!r}'
-           for k in fields if _compared(saved, k) != _compared(config, k)]
-  if diffs:
-    raise ConfigError(f'cannot {what} {workdir}: its run has a different architecture:\n  ' + '\n  '.join(diffs))

@@ -6,8 +6,9 @@ and the values it may take when they are a fixed few. `default_config()` is buil
 checks values (before any compilation) and raises `ConfigError` naming the field: every field's `choices`
 generically, then each section's checks across its fields (the function after its table). A config saved by
 an older version is brought up to date once, when it is loaded (`load_saved` / `upgrade`); the library then
-reads every field directly. Values derived from several fields (head width, memory width, initial memory, the
-frozen `ModelConfig` the networks read) are computed here, each in one function.
+reads every field directly, and `check_compatible` holds it against a run that resumes or starts from it.
+Values derived from several fields (head width, memory width, initial memory, the frozen `ModelConfig` the
+networks read) are computed here, each in one function.
 """
 
 from __future__ import annotations
@@ -704,6 +705,31 @@ def load_saved(workdir) -> ml_collections.ConfigDict:
   if not isinstance(saved, dict):
     raise CheckpointError(f'{path} is unreadable: not a JSON object')
   return upgrade(saved)
+
+
+def check_compatible(run: Run, workdir, what: str = 'resume from'):
+  """Raises ConfigError if workdir/config.json (upgraded to the current fields) disagrees with `run` on a field it
+  must keep (`checked_model_fields`: more of them when resuming than when initialising from the run); nothing to
+  check when there is no config.json."""
+  if not (epath.Path(workdir) / 'config.json').exists():
+    return
+  saved = load_saved(workdir)
+  diffs = [f'config.{k}: saved {_compared(saved, k)!r}, now {_compared(run.config, k)!r}'
+           for k in checked_model_fields(resuming=what == 'resume from')
+           if _compared(saved, k) != _compared(run.config, k)]
+  if diffs:
+    raise ConfigError(f'cannot {what} {workdir}: its run has a different architecture:\n  ' + '\n  '.join(diffs))
+
+
+def _compared(config, dotted: str):
+  """Field `dotted` of `config` as two runs must agree on it: initial_memory resolved ('auto' means the encoder's
+  or zeros, by method), options as a plain dict."""
+  if dotted == 'model.initial_memory':
+    return initial_memory(config)
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value.to_dict() if hasattr(value, 'to_dict') else value
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

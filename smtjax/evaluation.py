@@ -1,7 +1,7 @@
 """Evaluation on held-out batches: one evaluator for training, `experiments.evaluate`, the studies and the
 notebooks.
 
-    evaluator = Evaluator(config, nets, EvalSpec.for_training(config), mesh)
+    evaluator = Evaluator(run, nets, EvalSpec.for_training(run), mesh)  # run: the resolved config.Run
     metrics = evaluator(params, source, num_batches)
 
 `eval_step` is a pure function of one batch returning *sums* (cross-entropy, target count, hits), so the
@@ -49,10 +49,10 @@ class EvalSpec:
   per_position: bool = False  # also rnn_only and teacher scores at each sequence position t
 
   @classmethod
-  def for_training(cls, config) -> EvalSpec:
+  def for_training(cls, run: config_lib.Run) -> EvalSpec:
     """The periodic evaluation of a training run: the objective, the RNN alone and, for a causal teacher
-    that is trained (not BPTT's), the teacher."""
-    return cls(objective=True, teacher=config_lib.scores_teacher(config))
+    that is trained (not BPTT's), the teacher (`run.eval_teacher`)."""
+    return cls(objective=True, teacher=run.eval_teacher)
 
 
 def _sums(scores: dict, axis=None) -> dict:
@@ -95,14 +95,15 @@ def _mean(ce, n):
 
 
 class Evaluator:
-  """`eval_step` jitted on a mesh (default: all devices, batch split over them), run over batches
-  0..num_batches-1 of a source's 'test' split; returns the means (module docstring)."""
+  """`eval_step` of a resolved run (`config.Run`) jitted on a mesh (default: the run's mesh over all devices; the
+  batch split over them), run over batches 0..num_batches-1 of a source's 'test' split; returns the means
+  (module docstring)."""
 
-  def __init__(self, config, nets: Networks, spec: EvalSpec, mesh=None):
-    self.config, self.spec = config, spec
-    self.mesh = mesh if mesh is not None else shard_lib.make_mesh(config_lib.mesh_shape(config, jax.device_count()))
+  def __init__(self, run: config_lib.Run, nets: Networks, spec: EvalSpec, mesh=None):
+    self.config, self.spec = run.config, spec
+    self.mesh = shard_lib.make_mesh(run.mesh_shape) if mesh is None else mesh
     self.batch_sharding = shard_lib.batch_sharding(self.mesh)
-    step = functools.partial(eval_step, nets=nets, config=config, spec=spec)
+    step = functools.partial(eval_step, nets=nets, config=self.config, spec=spec)
     self.step = jax.jit(step, in_shardings=(None, self.batch_sharding, shard_lib.replicated(self.mesh)),
                         out_shardings=shard_lib.replicated(self.mesh))
 

@@ -67,7 +67,8 @@ def evaluate_params(nets: Networks, params, config, source, num_batches: int, re
   if teacher_chunk >= T or causal:
     teacher_chunk = 0
   spec = EvalSpec(teacher=True, read_len=read_len, eval_len=eval_len, teacher_chunk=teacher_chunk)
-  totals = Evaluator(config, nets, spec).totals(params, source, num_batches)
+  run = config_lib.Run.of(config, jax.device_count())
+  totals = Evaluator(run, nets, spec).totals(params, source, num_batches)
   out = summarize(totals)
   for k in ('rnn_loss', 'teacher_loss', 'rnn_only_loss', 'teacher_loss_read_targets'):
     out[k + '_bits'] = out[k] / math.log(2)

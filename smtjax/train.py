@@ -73,22 +73,27 @@ def state_from_params(params, *, tx: optax.GradientTransformation) -> TrainState
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def init_state(rng, *, nets: Networks, tx: optax.GradientTransformation, method: str) -> TrainState:
+def init_params(rng, *, nets: Networks, method: str):
   """Fresh parameters; DMT's readout starts as a copy of the teacher decoder; the plain-Transformer reference
   has its own network only."""
   if method == 'transformer':
-    return state_from_params(nets.init_reference(rng), tx=tx)
+    return nets.init_reference(rng)
   params = nets.init(rng)
   if method == 'dmt':
     params['readout'] = jax.tree.map(jnp.copy, params['decoder'])
-  return state_from_params(params, tx=tx)
+  return params
+
+
+def init_state(rng, *, nets: Networks, tx: optax.GradientTransformation, method: str) -> TrainState:
+  return state_from_params(init_params(rng, nets=nets, method=method), tx=tx)
 
 
 # ------------------------------------------------------------------------------------------ the trainer
 
 @dataclasses.dataclass
 class Trainer:
-  """The compiled functions of one run, bound to a mesh. Build with `Trainer.create(config)`."""
+  """The compiled functions of one run, bound to a mesh. Build with `Trainer.create(run)` from a resolved
+  `config.Run` (`train_and_evaluate`'s), or with `Trainer.from_config(config)` from a config built in code."""
   run: config_lib.Run
   nets: Networks
   mesh: jax.sharding.Mesh
@@ -110,17 +115,15 @@ class Trainer:
     return shard_lib.batch_sharding(self.mesh)
 
   @classmethod
-  def create(cls, config, devices=None) -> Trainer:
-    """The run's networks, optimizer and compiled functions on a mesh over `devices` (default all). `config`: a
-    resolved `config.Run` (`train_and_evaluate`'s), or a config, resolved here as it is."""
-    devices = jax.devices() if devices is None else devices
-    run = config if isinstance(config, config_lib.Run) else config_lib.Run.of(config, len(devices))
+  def create(cls, run: config_lib.Run, devices=None) -> Trainer:
+    """The run's networks, optimizer and compiled functions on its mesh (`run.mesh_shape`) over `devices` (default
+    all: as many as the run was resolved for)."""
     config = run.config
     nets = Networks.of(run.model)
-    mesh = shard_lib.make_mesh(run.mesh_shape, devices)
     tx, schedule = optim.make_optimizer(config, run.frozen)
     init_fn = functools.partial(init_state, nets=nets, tx=tx, method=config.method)
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    mesh = shard_lib.make_mesh(run.mesh_shape, devices)
     state_sh = shard_lib.tree_shardings(mesh, abstract)
     step_fn = functools.partial(train_step, nets=nets, tx=tx, schedule=schedule, config=config)
     return cls(
@@ -131,8 +134,15 @@ class Trainer:
                                   out_shardings=state_sh),
         train_step=jax.jit(step_fn, in_shardings=(state_sh, shard_lib.batch_sharding(mesh), shard_lib.replicated(mesh)),
                            out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0),
-        evaluator=Evaluator(config, nets, EvalSpec(objective=True, teacher=run.eval_teacher), mesh),
+        evaluator=Evaluator(run, nets, EvalSpec.for_training(run), mesh),
     )
+
+  @classmethod
+  def from_config(cls, config, devices=None) -> Trainer:
+    """`create` for a config resolved as it is, e.g. a test's, a benchmark's or a notebook's (`config.resolve`
+    also validates a training run's and fills in the data's sizes)."""
+    devices = jax.devices() if devices is None else devices
+    return cls.create(config_lib.Run.of(config, len(devices)), devices)
 
 
 # -------------------------------------------------------------------------------------------- the loop
@@ -187,15 +197,20 @@ def train_and_evaluate(config, workdir, hooks: Sequence[Callable | Hook] = ()) -
   if config.curriculum.steps:  # both stages checked before either trains
     first, config = curriculum_stages(config, workdir / CURRICULUM_DIR)
     try:
-      _checked(first)
+      first_run, first_source = _checked(first)
     except (ConfigError, DataError) as e:
       raise ConfigError(f'config.curriculum: its first stage, at length {first.data.seq_len}: {e}') from None
-    _checked(config, init_from_later=True)
-    train_and_evaluate(first, workdir / CURRICULUM_DIR, hooks)
+    _checked(config, init_from_later=True)  # and whole below, once the stage it starts from has trained
+    _train(first_run, first_source, workdir / CURRICULUM_DIR, hooks)
   run, source = _checked(config)
+  return _train(run, source, workdir, hooks)
+
+
+def _train(run: config_lib.Run, source, workdir: epath.Path, hooks: Sequence[Callable | Hook]) -> dict[str, float]:
+  """Trains a checked run in `workdir`, resuming from its latest checkpoint when that agrees with it."""
   _prepare_workdir(workdir)
   with workdir_lib.lock(workdir, jax.process_index()):
-    ckpt_lib.check_compatible(run.config, workdir)
+    config_lib.check_compatible(run, workdir)
     return _Run(run, workdir, source, hooks).train()
 
 
@@ -247,7 +262,7 @@ def _checked(config, init_from_later: bool = False) -> tuple[config_lib.Run, Any
     if not (init_from / 'config.json').exists() or not (init_from / 'checkpoints').is_dir():
       raise CheckpointError(f'config.init_from: {config.init_from} holds no trained run '
                             '(no config.json and checkpoint)')
-    ckpt_lib.check_compatible(config, config.init_from, what='initialise from')
+    config_lib.check_compatible(run, config.init_from, what='initialise from')
   return run, source
 
 
@@ -329,7 +344,7 @@ class _Run:
       return start, state
     if config.init_from:
       logging.info('Initialised parameters from %s.', config.init_from)
-      return 0, tr.state_from_params(initial_params(config, tr))
+      return 0, tr.state_from_params(initial_params(tr))
     return 0, tr.init_state(jax.random.PRNGKey(config.seed))
 
   def _run_hooks(self, at: str, step: int, *args, stop: bool = False):
@@ -460,11 +475,12 @@ def _compile_step(trainer: Trainer, state, batch, rng):
 
 # ------------------------------------------------------------------------------------- trained parameters
 
-def initial_params(config, trainer: Trainer):
-  """Parameters of config.init_from's latest checkpoint, fitted to this run's parameter tree: groups this
+def initial_params(trainer: Trainer):
+  """Parameters of the run's init_from (its latest checkpoint), fitted to the trainer's parameter tree: groups this
   run lacks are dropped, and DMT's readout starts as the source's readout (if it was fine-tuned) or its
-  decoder. Placed with this run's shardings."""
-  _, src = load_params(config.init_from)
+  decoder. Placed with the trainer's shardings."""
+  init_from = trainer.config.init_from
+  _, src = load_params(init_from)
   want = trainer.abstract_state.params
   params = {}
   for k in want:
@@ -473,26 +489,31 @@ def initial_params(config, trainer: Trainer):
     elif k == 'readout':
       params[k] = src['decoder']
     else:
-      raise CheckpointError(f'{config.init_from} has no parameters {k!r} that this run needs')
+      raise CheckpointError(f'{init_from} has no parameters {k!r} that this run needs')
   try:
     return jax.tree.map(lambda a, w: jax.device_put(a, w.sharding), params, want)
   except ValueError as e:
-    raise CheckpointError(f'the parameters in {config.init_from} do not fit this config: {e}') from e
+    raise CheckpointError(f'the parameters in {init_from} do not fit this config: {e}') from e
 
 
 def load_params(workdir, config=None, step: int | None = None):
-  """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks. The saved
-  config is upgraded to the current fields (`config.load_saved`)."""
+  """(config, params) of a trained run (latest checkpoint unless `step`), e.g. for notebooks: the parameters
+  alone, placed on the run's mesh (no optimizer is built and its state is not read). The saved config is
+  upgraded to the current fields (`config.load_saved`)."""
   config = config_lib.load_saved(workdir) if config is None else config
-  trainer = Trainer.create(config)
+  run = config_lib.Run.of(config, jax.device_count())
+  abstract = jax.eval_shape(functools.partial(init_params, nets=Networks.of(run.model), method=config.method),
+                            jax.random.PRNGKey(0))
+  shardings = shard_lib.tree_shardings(shard_lib.make_mesh(run.mesh_shape), abstract)
+  want = {'params': ckpt_lib.abstract_with_shardings(abstract, shardings)}  # a part of the saved TrainState
   checkpointer = ckpt_lib.Checkpointer(workdir, config.max_checkpoints_to_keep)
   try:
     if checkpointer.latest_step() is None:
       raise CheckpointError(f'no checkpoint in {checkpointer.directory}')
     if step is None:  # the newest that restores (a damaged newer one is logged, and left for training to set aside)
-      _, state, _ = checkpointer.restore_latest(trainer.abstract_state, set_aside=False)
+      _, restored, _ = checkpointer.restore_latest(want, set_aside=False)
     else:
-      state, _ = checkpointer.restore(trainer.abstract_state, step)
+      restored, _ = checkpointer.restore(want, step)
   finally:
     checkpointer.close()
-  return config, state.params
+  return config, restored['params']

@@ -57,7 +57,7 @@ def _assert_nothing_lost(before: dict[str, bytes], wd: pathlib.Path):
       assert json.loads(after[name])[:len(old)] == old, 'environment.json lost entries'
     elif name == 'config.json' and after[name] != data:  # a resumed run rewrites it (num_steps 4 -> 8)...
       saved, now = json.loads(data), json.loads(after[name])
-      for field in ckpt_lib.ARCHITECTURE_FIELDS:  # ...but never with another architecture
+      for field in config_lib.checked_model_fields(resuming=False):  # ...but never with another architecture
         section, name = field.split('.')
         assert saved[section][name] == now[section][name], field
     else:

@@ -31,7 +31,6 @@ EXPORT = textwrap.dedent('''
     sys.path.insert(0, '.')
     from tests.conftest import tiny_config
     from smtjax import perf, train, variants
-    from smtjax.evaluation import EvalSpec, Evaluator
 
     def config(kind, mesh):
       c = tiny_config('window' if kind == 'smt_window' else 'parallel')
@@ -49,15 +48,14 @@ EXPORT = textwrap.dedent('''
 
     def steps(kind, mesh):
       c = config(kind, mesh)
-      tr = train.Trainer.create(c, jax.devices()[:mesh[0] * mesh[1]])
+      tr = train.Trainer.from_config(c, jax.devices()[:mesh[0] * mesh[1]])
       batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32', sharding=tr.batch_sharding)
                for k in ('x', 'y')}
       replicated = jax.sharding.NamedSharding(tr.mesh, jax.sharding.PartitionSpec())
       rng = jax.ShapeDtypeStruct((2,), 'uint32', sharding=replicated)
       out = {'train': (tr.train_step, (tr.abstract_state, batch, rng))}
       if kind == 'smt_parallel':
-        evaluator = Evaluator(c, tr.nets, EvalSpec.for_training(c), tr.mesh)
-        out['eval'] = (evaluator.step, (tr.abstract_state.params, batch, rng))
+        out['eval'] = (tr.evaluator.step, (tr.abstract_state.params, batch, rng))
       return out
 
     def count(jaxpr, name):  # equations `name` in a jaxpr and every jaxpr inside it
@@ -74,7 +72,7 @@ EXPORT = textwrap.dedent('''
     from smtjax.benchmarks import preset_configs
     for preset, label in (p.split(':') for p in sys.argv[2].split(',')):
       c = preset_configs(preset)[label]
-      tr = train.Trainer.create(c, jax.devices()[:1])
+      tr = train.Trainer.from_config(c, jax.devices()[:1])
       batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32') for k in ('x', 'y')}
       traced = tr.train_step.trace(tr.abstract_state, batch, jax.ShapeDtypeStruct((2,), 'uint32'))
       cuda = traced.lower(lowering_platforms=('cuda',)).as_text(debug_info=True)
@@ -150,7 +148,7 @@ def test_one_program_for_cuda_and_another_platform_says_why_not():
   from smtjax import perf, train
   from tests.conftest import tiny_config
   c = tiny_config()
-  tr = train.Trainer.create(c, jax.devices()[:1])
+  tr = train.Trainer.from_config(c, jax.devices()[:1])
   batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), 'int32') for k in ('x', 'y')}
   args = (tr.abstract_state, batch, jax.ShapeDtypeStruct((2,), 'uint32'))
   with pytest.raises(NotImplementedError, match='SMTJAX_ATTENTION=xla'):

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from smtjax import checkpoint, models, train
+from smtjax import models, train
 from smtjax.config import ConfigError
 from smtjax.studies import geometry
 from tests.conftest import tiny_config
@@ -60,9 +60,9 @@ def test_mem_size_and_mem_dim_validation_and_compatibility(tmp_path):
   old = json.loads(tiny_config().to_json_best_effort())
   del old['model']['mem_dim']
   (tmp_path / 'config.json').write_text(json.dumps(old))
-  checkpoint.check_compatible(tiny_config(), str(tmp_path))
+  config_lib.check_compatible(config_lib.Run.of(tiny_config(), 1), str(tmp_path))
   with pytest.raises(ConfigError, match='model.mem_dim'):
-    checkpoint.check_compatible(_narrow(), str(tmp_path))
+    config_lib.check_compatible(config_lib.Run.of(_narrow(), 1), str(tmp_path))
 
 
 def test_retrieval_states():

@@ -47,7 +47,7 @@ def test_matmul_flops_count_scan_trip_counts():
 def test_train_step_flops_and_memory():
   """A loop-free step: XLA's count covers every matrix product; compiled memory is positive."""
   c = tiny_config('window')
-  trainer = train.Trainer.create(c, jax.devices()[:1])
+  trainer = train.Trainer.from_config(c, jax.devices()[:1])
   state = trainer.init_state(jax.random.PRNGKey(0))
   batch = {k: jnp.zeros((c.batch_size, c.data.seq_len), jnp.int32) for k in ('x', 'y')}
   r = perf.step_flops(trainer.train_step, state, batch, jax.random.PRNGKey(0))

@@ -121,5 +121,5 @@ def test_recipe_curriculum_trains_short_then_full_length_from_its_parameters(tmp
   full_evals = [r['step'] for r in read_metrics(full.workdir) if 'teacher_accuracy' in r]
   assert full_evals == [4, 8]
   _, short_params = train.load_params(str(first.workdir))  # the full stage starts from the short stage's end
-  start = train.initial_params(full.config, train.Trainer.create(full.config))
+  start = train.initial_params(train.Trainer.from_config(full.config))
   jax.tree.map(np.testing.assert_array_equal, start, short_params)

@@ -46,6 +46,16 @@ def full_run(tmp_path_factory):
   return wd
 
 
+def test_load_params_reads_the_parameters_alone(full_run):
+  """No optimizer is built or its state read: a config whose optimizer state has another structure (no gradient
+  clipping, the teacher frozen) loads the trained parameters all the same."""
+  config, params = train.load_params(full_run)
+  other = config.copy_and_resolve_references()
+  other.optim.grad_clip, other.smt.trainable = 0.0, 'rnn'
+  _, same = train.load_params(full_run, config=other)
+  jax.tree.map(np.testing.assert_array_equal, params, same)
+
+
 def _files(directory: str) -> list[str]:
   return sorted(f for f in glob.glob(os.path.join(directory, '**'), recursive=True) if os.path.isfile(f))
 

@@ -65,7 +65,7 @@ MULTI_DEVICE = textwrap.dedent('''
     def run(data, fsdp, devices):
       c = tiny_config()
       c.mesh.data, c.mesh.fsdp = data, fsdp
-      trainer = train.Trainer.create(c, devices)
+      trainer = train.Trainer.from_config(c, devices)
       state = trainer.init_state(jax.random.PRNGKey(0))
       it = BatchIterator(make_source(c.data, 0), 'train', c.batch_size)
       losses = []

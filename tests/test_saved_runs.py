@@ -36,9 +36,9 @@ def saved_run(tmp_path):
 def test_a_saved_checkpoint_restores_with_the_numbers_it_logged(saved_run):
   config, params = train.load_params(str(saved_run))
   assert set(params) == {'encoder', 'decoder', 'cell', 'init_memory'}
-  nets = Networks.from_config(config)
-  metrics = Evaluator(config, nets, EvalSpec.for_training(config))(params, make_source(config.data, config.seed),
-                                                                   config.num_eval_batches)
+  run = config_lib.Run.of(config, jax.device_count())
+  metrics = Evaluator(run, Networks.of(run.model), EvalSpec.for_training(run))(
+      params, make_source(config.data, config.seed), config.num_eval_batches)
   for k, v in LOGGED_AT_STEP_4.items():
     np.testing.assert_allclose(metrics[k], v, rtol=2e-5, err_msg=k)
 

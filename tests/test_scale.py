@@ -26,7 +26,7 @@ RESHARD = textwrap.dedent('''
     def trainer_for(data, fsdp, devices=None):
       c = tiny_config()
       c.mesh.data, c.mesh.fsdp = data, fsdp
-      return c, train.Trainer.create(c, devices)
+      return c, train.Trainer.from_config(c, devices)
 
     def steps(trainer, c, state, it, n):
       out = []

@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
 def test_train_step_compiles_once(tmp_path):
   c = tiny_config()
-  trainer = train.Trainer.create(c)
+  trainer = train.Trainer.from_config(c)
   state = trainer.init_state(jax.random.PRNGKey(0))
   from smtjax.data import make_source
   from smtjax.data.pipeline import BatchIterator
@@ -180,7 +180,7 @@ def test_frozen_networks_do_not_change(tmp_path, trainable, frozen, trained):
   c = tiny_config()
   c.smt.trainable = trainable
   c.num_steps = 3
-  trainer = train.Trainer.create(c)
+  trainer = train.Trainer.from_config(c)
   s0 = trainer.init_state(jax.random.PRNGKey(0))
   before = jax.device_get(s0.params)
   from smtjax.data import make_source

@@ -253,7 +253,7 @@ def write_workdir(workdir, params: dict, config, step: int = 0):
   (config.init_from). `config`'s method decides the parameter tree: 'dmt' needs params['readout']."""
   workdir = workdir_lib.as_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  trainer = train.Trainer.create(config)
+  trainer = train.Trainer.from_config(config)
   want = set(trainer.abstract_state.params)
   if set(params) != want:
     raise ValueError(f'params hold {sorted(params)}, config.method={config.method!r} needs {sorted(want)}')

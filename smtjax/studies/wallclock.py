@@ -455,7 +455,8 @@ def score(workdir, multiples: tuple[int, ...], num_batches: int, split: str = 't
   for k in (1, *multiples):
     c = runs.at_seq_len(config, k * T)
     spec = EvalSpec(teacher=config.method == 'smt', per_position=True)
-    m = Evaluator(c, nets, spec)(params, make_source(c.data, c.seed), num_batches, split)
+    evaluator = Evaluator(config_lib.Run.of(c, jax.device_count()), nets, spec)
+    m = evaluator(params, make_source(c.data, c.seed), num_batches, split)
     suffix = '' if k == 1 else f'_x{k}'
     for name in ('rnn_only', 'teacher'):
       if f'{name}_loss' in m:
