@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from smtjax import train
 from smtjax.errors import ConfigError
 from smtjax.studies import ceiling, crossover, wallclock
 from tests.conftest import ROOT, seed_calibration, tiny_config
@@ -181,6 +182,21 @@ def test_in_process_lanes_train_jobs_in_dependency_order(tmp_path):
   with pytest.raises(ConfigError, match='holds another run'):
     wallclock.run_jobs([wallclock.Job(tmp_path / 'fresh', c), wallclock.Job(first, other)], lanes=0)
   assert not (tmp_path / 'fresh').exists()  # refused before anything trained
+
+
+def test_a_curriculum_run_resumes_in_its_workdir(tmp_path):
+  """Its workdir's config.json is the full-length stage's (no curriculum, init_from its first stage), which
+  must not read as another run's."""
+  c = tiny_config()
+  c.num_steps, c.eval_every, c.checkpoint_every, c.log_every, c.num_eval_batches = 2, 2, 2, 1, 1
+  c.curriculum.length, c.curriculum.steps = 4, 1
+  job = wallclock.Job(tmp_path / 'run', c)
+  train.train_and_evaluate(c, job.workdir)
+  wallclock._check_workdir(job)  # the same run: accepted
+  other = c.copy_and_resolve_references()
+  other.curriculum.steps = 2
+  with pytest.raises(ConfigError, match='holds another run'):
+    wallclock._check_workdir(wallclock.Job(job.workdir, other))
 
 
 def test_trained_seconds_add_each_logged_interval(tmp_path):

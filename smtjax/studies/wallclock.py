@@ -211,9 +211,14 @@ def _launch(workdir: epath.Path, core: int | None) -> subprocess.Popen:
 def _check_workdir(job: Job) -> None:
   """Refuses a job whose workdir already holds another run's config (e.g. two studies given one output
   directory): its finished metrics would be read, and recorded, as this job's."""
-  if job.copy_from is not None or not (job.workdir / 'config.json').exists():
+  if job.copy_from is not None:
     return  # a continuation's workdir holds the run it continues until it starts
-  if ledger_lib.digest(config_lib.load_saved(job.workdir)) != ledger_lib.digest(job.config):
+  saves = {job.workdir: job.config}  # what train_and_evaluate writes: with a curriculum, each stage's config
+  if job.config.curriculum.steps:
+    first_dir = job.workdir / train.CURRICULUM_DIR
+    saves = dict(zip((first_dir, job.workdir), train.curriculum_stages(job.config, first_dir)))
+  if any((wd / 'config.json').exists() and ledger_lib.digest(config_lib.load_saved(wd)) != ledger_lib.digest(c)
+         for wd, c in saves.items()):
     raise ConfigError(f'{job.workdir} holds another run (its config.json differs from this job\'s): give the study '
                       'another output directory, or remove that one')
 
