@@ -319,7 +319,7 @@ def _validate_bptt(config):
   _require(b.truncation >= 0, 'bptt.truncation', 'must be >= 0')
   if b.parallel_scan:
     _require(b.truncation == 0, 'bptt.parallel_scan', 'needs bptt.truncation=0 (the scan covers the whole sequence)')
-    _require(registry.linear_cell_ok(config.model.cell), 'bptt.parallel_scan',
+    _require(config.model.cell in registry.linear_cells(), 'bptt.parallel_scan',
              f'needs a linear cell (mingru, lru, or one of your own with coefficients / to_state / from_state), '
              f'not model.cell={config.model.cell!r}')
 

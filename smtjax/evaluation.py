@@ -99,9 +99,9 @@ class Evaluator:
   batch split over them), run over batches 0..num_batches-1 of a source's 'test' split; returns the means
   (module docstring)."""
 
-  def __init__(self, run: config_lib.Run, nets: Networks, spec: EvalSpec, mesh=None):
+  def __init__(self, run: config_lib.Run, nets: Networks, spec: EvalSpec, mesh=None, devices=None):
     self.config, self.spec = run.config, spec
-    self.mesh = shard_lib.make_mesh(run.mesh_shape) if mesh is None else mesh
+    self.mesh = shard_lib.make_mesh(run.mesh_shape, devices) if mesh is None else mesh
     self.batch_sharding = shard_lib.batch_sharding(self.mesh)
     step = functools.partial(eval_step, nets=nets, config=self.config, spec=spec)
     self.step = jax.jit(step, in_shardings=(None, self.batch_sharding, shard_lib.replicated(self.mesh)),

@@ -67,7 +67,6 @@ def is_linear(cls) -> bool:
   return all(hasattr(cls, m) for m in ('coefficients', 'to_state', 'from_state'))
 
 
-def linear_cell_ok(name: str) -> bool:
-  """Whether cell `name` can run as a parallel scan (a built-in linear cell, or a registered class that is)."""
-  cls = _CELLS.get(name)
-  return name in LINEAR_BUILT_INS if cls is None else is_linear(cls)
+def linear_cells() -> tuple[str, ...]:
+  """The cells that can run as a parallel scan: the built-in linear ones and the registered classes that are."""
+  return (*(n for n in LINEAR_BUILT_INS if n not in _CELLS), *(n for n, cls in _CELLS.items() if is_linear(cls)))

@@ -121,9 +121,11 @@ class Trainer:
     config = run.config
     nets = Networks.of(run.model)
     tx, schedule = optim.make_optimizer(config, run.frozen)
+    spec = EvalSpec.for_training(run)
+    evaluator = Evaluator(run, nets, spec, devices=devices)  # on the run's mesh, which every program shares
+    mesh = evaluator.mesh
     init_fn = functools.partial(init_state, nets=nets, tx=tx, method=config.method)
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-    mesh = shard_lib.make_mesh(run.mesh_shape, devices)
     state_sh = shard_lib.tree_shardings(mesh, abstract)
     step_fn = functools.partial(train_step, nets=nets, tx=tx, schedule=schedule, config=config)
     return cls(
@@ -134,7 +136,7 @@ class Trainer:
                                   out_shardings=state_sh),
         train_step=jax.jit(step_fn, in_shardings=(state_sh, shard_lib.batch_sharding(mesh), shard_lib.replicated(mesh)),
                            out_shardings=(state_sh, shard_lib.replicated(mesh)), donate_argnums=0),
-        evaluator=Evaluator(run, nets, EvalSpec.for_training(run), mesh),
+        evaluator=evaluator,
     )
 
   @classmethod

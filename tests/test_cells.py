@@ -83,6 +83,7 @@ def test_parallel_scan_is_validated():
   c.method, c.bptt.parallel_scan = 'bptt', True
   with pytest.raises(ConfigError, match='bptt.parallel_scan: needs a linear cell'):
     config_lib.validate(c)
+  assert {'mingru', 'lru'} <= set(registry.linear_cells()) and 'gru' not in registry.linear_cells()
   c.model.cell, c.bptt.truncation = 'lru', 4
   with pytest.raises(ConfigError, match='bptt.truncation=0'):
     config_lib.validate(c)
