@@ -15,6 +15,7 @@ a key.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from smtjax.config import ModelConfig
@@ -47,18 +49,37 @@ class RMSNorm(nn.Module):
     return (rms_norm(x.astype(jnp.float32)) * scale).astype(self.dtype)
 
 
-def rotary(x, pos, fraction: float = 1.0):
+def rotary(x, pos, fraction: float = 1.0, num_positions: int | None = None):
   """Rotary position embedding on the first `fraction` of each head's features (the rest pass through
-  unchanged, as in GPT-J / x-transformers). x: [..., L, H, Dh]; pos: [..., L] (integer positions)."""
+  unchanged, as in GPT-J / x-transformers). x: [..., L, H, Dh]; pos: [..., L] (integer positions).
+  `num_positions` (static; every position below it) reads sine and cosine from a table made when the program is
+  traced, a constant of the program: computed from `pos` instead, XLA:CPU fuses them into every product that
+  reads them and recomputes them per head and feature, forward and backward. A position outside the table
+  gives NaN, never a wrong angle."""
   dh = x.shape[-1]
   rot = int(round(dh * fraction))
-  if rot < dh:
-    return jnp.concatenate([rotary(x[..., :rot], pos), x[..., rot:]], axis=-1)
-  freq = 1.0 / (10000.0 ** (jnp.arange(0, dh // 2, dtype=jnp.float32) / (dh // 2)))
-  ang = pos.astype(jnp.float32)[..., None, None] * freq  # [..., L, 1, Dh/2]
-  sin, cos = jnp.sin(ang), jnp.cos(ang)
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+  half = rot // 2
+  if num_positions is None:
+    ang = pos.astype(jnp.float32)[..., None] * _rotary_frequencies(half)  # [..., L, rot/2]
+    sin, cos = jnp.sin(ang), jnp.cos(ang)
+  else:
+    sin, cos = (jnp.take(t, pos, axis=0, mode='fill', fill_value=jnp.nan) for t in _rotary_table(num_positions, half))
+  sin, cos = sin[..., None, :], cos[..., None, :]  # one angle for every head
+  x32 = x.astype(jnp.float32)
+  x1, x2 = x32[..., :half], x32[..., half:rot]
+  parts = [x1 * cos - x2 * sin, x1 * sin + x2 * cos] + ([x32[..., rot:]] if rot < dh else [])
+  return jnp.concatenate(parts, axis=-1).astype(x.dtype)
+
+
+def _rotary_frequencies(half: int) -> np.ndarray:
+  return (1.0 / (10000.0 ** (np.arange(half, dtype=np.float32) / np.float32(half)))).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _rotary_table(num_positions: int, half: int) -> tuple[np.ndarray, np.ndarray]:
+  """(sin, cos) [num_positions, half] in float32 of the float32 angles position * frequency."""
+  ang = (np.arange(num_positions, dtype=np.float32)[:, None] * _rotary_frequencies(half)).astype(np.float64)
+  return np.sin(ang).astype(np.float32), np.cos(ang).astype(np.float32)
 
 
 ATTENTION_IMPLEMENTATIONS = ('xla', 'cudnn', 'explicit')
@@ -336,11 +357,12 @@ class Attention(nn.Module):
     self.qkv_proj = Projection((3, self.cfg.num_heads, self.cfg.head_dim), dtype=self.cfg.dtype, split=True)
     self.out_proj = Projection((self.cfg.d_model,), in_dims=2, dtype=self.cfg.dtype)
 
-  def qkv(self, x, pos):
-    """x: [..., L, D]; pos: [..., L] -> q, k, v: [..., L, H, Dh] (rotary applied to q and k)."""
+  def qkv(self, x, pos, num_positions: int):
+    """x: [..., L, D]; pos: [..., L], each below num_positions -> q, k, v: [..., L, H, Dh] (rotary applied to q
+    and k)."""
     q, k, v = self.qkv_proj(x)
     f = self.cfg.rotary_fraction
-    return rotary(q, pos, f), rotary(k, pos, f), v
+    return rotary(q, pos, f, num_positions), rotary(k, pos, f, num_positions), v
 
   def out(self, o):
     """o: [..., H, Dh] -> [..., D]."""
@@ -383,7 +405,7 @@ class Block(nn.Module):
 
   def __call__(self, x, pos, mask=None):
     """x: [B, L, D]; pos: [B, L]; mask: None or broadcastable to [B, L, L] -> [B, L, D]."""
-    q, k, v = self.attn.qkv(self.norm_attn(x), pos)
+    q, k, v = self.attn.qkv(self.norm_attn(x), pos, x.shape[1])  # every caller's positions are below L
     x = x + self.attn.out(attend(q, k, v, mask, is_causal=self.causal))
     return x + self.mlp(self.norm_mlp(x))
 
@@ -400,7 +422,7 @@ class Block(nn.Module):
     `prefix_chunk` C, peak memory O(C*K*T) for the scores instead of O(G*K*T); with a window w < T/2,
     O(T*w + G*K*(w + K)) (`_banded`).
     """
-    qt, kt, vt = self.attn.qkv(self.norm_attn(tok), tok_pos)  # [B, T, H, Dh]
+    qt, kt, vt = self.attn.qkv(self.norm_attn(tok), tok_pos, tok.shape[1])  # [B, T, H, Dh]
     if 0 < self.window and 2 * self.window < tok.shape[1]:
       tok_att, new_reg = self._banded(qt, kt, vt, tok_valid, reg, reg_pos)
     elif self.prefix_chunk <= 0:
@@ -416,7 +438,7 @@ class Block(nn.Module):
 
   def _registers(self, reg, reg_pos, group, kt, vt, tok_pos, tok_valid):
     """The whole layer for register groups of prefix lengths `group` [B, G']: reg [B, G', K, D] -> same."""
-    qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos)  # [B, G', K, H, Dh]
+    qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos, kt.shape[1] + reg.shape[2])  # [B, G', K, H, Dh]
     reads = _group_reads(group, reg_pos[:, :, 0], tok_pos, tok_valid, self.window)  # [B, G', T]
     with jax.named_scope(ATTENTION_CORE):
       o = register_attention(qr, kt, vt, kr, vr, reads)
@@ -445,7 +467,7 @@ class Block(nn.Module):
       pick = jax.vmap(lambda a, i: a[i])  # a [T, H, Dh], i [C, w] -> [C, w, H, Dh]
       idx = jnp.maximum(idx, 0)
       flat = lambda a: a.reshape((B * C, 1) + a.shape[2:])
-      qr, kr, vr = blk.attn.qkv(blk.norm_attn(reg_c), regpos_c)
+      qr, kr, vr = blk.attn.qkv(blk.norm_attn(reg_c), regpos_c, kc.shape[1] + K)
       with jax.named_scope(ATTENTION_CORE):
         o = register_attention(flat(qr), pick(kc, idx).reshape((B * C, w) + kc.shape[2:]),
                                pick(vc, idx).reshape((B * C, w) + vc.shape[2:]), flat(kr), flat(vr), reads)

@@ -39,13 +39,13 @@ class RefBlock(nn.Module):
     self.mlp = layers.MLP(self.cfg)
 
   def __call__(self, x, pos, mask):
-    q, k, v = self.attn.qkv(self.norm_attn(x), pos)
+    q, k, v = self.attn.qkv(self.norm_attn(x), pos, x.shape[1])
     x = x + self.attn.out(ref_attend(q, k, v, mask))
     return x + self.mlp(self.norm_mlp(x))
 
   def prefix_groups(self, tok, tok_pos, tok_mask, reg, reg_pos, reg_tok_mask):
-    qt, kt, vt = self.attn.qkv(self.norm_attn(tok), tok_pos)
-    qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos)
+    qt, kt, vt = self.attn.qkv(self.norm_attn(tok), tok_pos, tok.shape[1])
+    qr, kr, vr = self.attn.qkv(self.norm_attn(reg), reg_pos, tok.shape[1] + reg.shape[2])
     tok = tok + self.attn.out(ref_attend(qt, kt, vt, tok_mask))
     scale = jnp.sqrt(qr.shape[-1]).astype(qr.dtype)
     to_tok = jnp.einsum('bgkhd,bthd->bhgkt', qr, kt) / scale

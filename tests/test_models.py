@@ -204,6 +204,12 @@ def test_partial_rotary_rotates_the_first_fraction_only():
   a, b = x[..., :r // 2], x[..., r // 2:r]
   want = np.concatenate([a * np.cos(ang) - b * np.sin(ang), a * np.sin(ang) + b * np.cos(ang), x[..., r:]], -1)
   np.testing.assert_allclose(got, want, atol=1e-5)
+  # The same from the table of the first 13 positions (the largest here is 12); a position past it is NaN.
+  table = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 0.5, num_positions=13))
+  np.testing.assert_allclose(table, want, atol=1e-5)
+  past = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 0.5, num_positions=12))
+  assert np.isnan(past[:, 4, :, :r]).all() and not np.isnan(past[:, :4]).any()
+  np.testing.assert_array_equal(past[..., r:], x[..., r:])
 
 
 PUBLIC_ARCH = dict(head_dim=8, rotary_fraction=0.5, use_bias=True, final_norm=True, share_embedding=True)
