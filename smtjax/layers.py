@@ -369,6 +369,12 @@ class Attention(nn.Module):
     return self.out_proj(o)
 
 
+def gelu_erf(x):
+  """GELU with erf, as torch.nn.GELU() computes it: x/2 (1 + erf(x / sqrt 2)). jax.nn.gelu's exact form goes
+  through erfc, which XLA:CPU evaluates per element as two branches, each with its own exponential."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(math.sqrt(0.5), x.dtype)))
+
+
 class MLP(nn.Module):
   """Two-layer GELU MLP of width mlp_ratio * d_model (biases when cfg.use_bias; erf GELU when cfg.gelu_exact,
   else the tanh approximation)."""
@@ -382,7 +388,7 @@ class MLP(nn.Module):
     # 2-D matrix products: XLA:CPU's gradient of an N-D product writes a slow transposed copy.
     x = x.reshape(-1, x.shape[-1])
     h = nn.Dense(c.d_model * c.mlp_ratio, use_bias=c.use_bias, dtype=c.dtype, kernel_init=init)(x)
-    h = nn.gelu(h, approximate=not c.gelu_exact)
+    h = gelu_erf(h) if c.gelu_exact else nn.gelu(h, approximate=True)
     y = nn.Dense(c.d_model, use_bias=c.use_bias, dtype=c.dtype, kernel_init=init)(h)
     return y.reshape(lead + y.shape[-1:])
 

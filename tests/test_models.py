@@ -212,6 +212,17 @@ def test_partial_rotary_rotates_the_first_fraction_only():
   np.testing.assert_array_equal(past[..., r:], x[..., r:])
 
 
+def test_gelu_erf_is_the_exact_gelu():
+  """The erf form (torch.nn.GELU()'s) against jax.nn.gelu's erfc form, values and gradients, over the range
+  where either differs from 0 or x."""
+  x = jnp.linspace(-12, 12, 4001, dtype=jnp.float32)
+  exact = lambda v: jax.nn.gelu(v, approximate=False)
+  np.testing.assert_allclose(layers.gelu_erf(x), exact(x), atol=2e-6, rtol=1e-6)
+  grad = lambda f: jax.vmap(jax.grad(f))(x)
+  np.testing.assert_allclose(grad(layers.gelu_erf), grad(exact), atol=1e-6)
+  assert float(jnp.max(jnp.abs(layers.gelu_erf(x) - jax.nn.gelu(x, approximate=True)))) > 1e-4  # not the tanh form
+
+
 PUBLIC_ARCH = dict(head_dim=8, rotary_fraction=0.5, use_bias=True, final_norm=True, share_embedding=True)
 
 
