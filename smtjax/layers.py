@@ -49,21 +49,16 @@ class RMSNorm(nn.Module):
     return (rms_norm(x.astype(jnp.float32)) * scale).astype(self.dtype)
 
 
-def rotary(x, pos, fraction: float = 1.0, num_positions: int | None = None):
+def rotary(x, pos, num_positions: int, fraction: float = 1.0):
   """Rotary position embedding on the first `fraction` of each head's features (the rest pass through
-  unchanged, as in GPT-J / x-transformers). x: [..., L, H, Dh]; pos: [..., L] (integer positions).
-  `num_positions` (static; every position below it) reads sine and cosine from a table made when the program is
-  traced, a constant of the program: computed from `pos` instead, XLA:CPU fuses them into every product that
-  reads them and recomputes them per head and feature, forward and backward. A position outside the table
-  gives NaN, never a wrong angle."""
+  unchanged, as in GPT-J / x-transformers). x: [..., L, H, Dh]; pos: [..., L] (integer positions, each below the
+  static `num_positions`). Sine and cosine come from a table made when the program is traced, a constant of the
+  program: computed from `pos` inside it, XLA:CPU fuses them into every product that reads them and recomputes
+  them per head and feature, forward and backward. A position outside the table gives NaN, never a wrong angle."""
   dh = x.shape[-1]
   rot = int(round(dh * fraction))
   half = rot // 2
-  if num_positions is None:
-    ang = pos.astype(jnp.float32)[..., None] * _rotary_frequencies(half)  # [..., L, rot/2]
-    sin, cos = jnp.sin(ang), jnp.cos(ang)
-  else:
-    sin, cos = (jnp.take(t, pos, axis=0, mode='fill', fill_value=jnp.nan) for t in _rotary_table(num_positions, half))
+  sin, cos = (jnp.take(t, pos, axis=0, mode='fill', fill_value=jnp.nan) for t in _rotary_table(num_positions, half))
   sin, cos = sin[..., None, :], cos[..., None, :]  # one angle for every head
   x32 = x.astype(jnp.float32)
   x1, x2 = x32[..., :half], x32[..., half:rot]
@@ -362,7 +357,7 @@ class Attention(nn.Module):
     and k)."""
     q, k, v = self.qkv_proj(x)
     f = self.cfg.rotary_fraction
-    return rotary(q, pos, f, num_positions), rotary(k, pos, f, num_positions), v
+    return rotary(q, pos, num_positions, f), rotary(k, pos, num_positions, f), v
 
   def out(self, o):
     """o: [..., H, Dh] -> [..., D]."""

@@ -188,7 +188,7 @@ def test_remat_gives_same_gradients():
 def test_rotary_is_relative():
   q = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 2, 8))
   k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 2, 8))
-  dot = lambda a, b: jnp.sum(layers.rotary(q, jnp.array([[a]])) * layers.rotary(k, jnp.array([[b]])))
+  dot = lambda a, b: jnp.sum(layers.rotary(q, jnp.array([[a]]), 11) * layers.rotary(k, jnp.array([[b]]), 11))
   np.testing.assert_allclose(dot(3, 1), dot(10, 8), rtol=1e-5)
   assert abs(dot(3, 1) - dot(3, 2)) > 1e-4
 
@@ -198,16 +198,16 @@ def test_partial_rotary_rotates_the_first_fraction_only():
   turn by pos * 10000^(-2i/r) (frequencies over the rotated width, as in x-transformers); the rest pass."""
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 16)))
   pos = np.broadcast_to(np.arange(5) * 3, (2, 5))
-  got = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 0.5))
+  got = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 13, 0.5))  # a table of positions 0..12
   r = 8
   ang = pos[..., None, None] * 10000.0 ** (-2 * np.arange(r // 2) / r)  # [2, 5, 1, r/2]
   a, b = x[..., :r // 2], x[..., r // 2:r]
   want = np.concatenate([a * np.cos(ang) - b * np.sin(ang), a * np.sin(ang) + b * np.cos(ang), x[..., r:]], -1)
   np.testing.assert_allclose(got, want, atol=1e-5)
-  # The same from the table of the first 13 positions (the largest here is 12); a position past it is NaN.
-  table = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 0.5, num_positions=13))
+  # A larger table reads the same angles; a position past the table is NaN.
+  table = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 64, 0.5))
   np.testing.assert_allclose(table, want, atol=1e-5)
-  past = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 0.5, num_positions=12))
+  past = np.asarray(layers.rotary(jnp.asarray(x), jnp.asarray(pos), 12, 0.5))
   assert np.isnan(past[:, 4, :, :r]).all() and not np.isnan(past[:, :4]).any()
   np.testing.assert_array_equal(past[..., r:], x[..., r:])
 
