@@ -27,6 +27,7 @@ from etils import epath
 from ml_collections import config_dict
 
 from smtjax import registry
+from smtjax.data import synthetic
 from smtjax.errors import CheckpointError, ConfigError
 
 
@@ -582,6 +583,38 @@ def resolve(config, num_devices: int, seq_len: int, vocab_size: int) -> Run:
   config = infer_from_data(config, seq_len, vocab_size)
   validate(config, num_devices=num_devices, data_vocab_size=vocab_size)
   return Run.of(config, num_devices)
+
+
+CURRICULUM_DIR = 'curriculum'  # a curriculum's first stage, inside the run's workdir
+
+
+def stages(config, workdir) -> list[tuple[ml_collections.ConfigDict, epath.Path]]:
+  """The runs that training `config` in `workdir` makes, in order, each with its workdir: the run itself, or with
+  `config.curriculum` two: `curriculum.steps` steps at the task's length `curriculum.length` (synthetic.resize: T,
+  or keys_values' pairs; the decoder's future and a window's context cut to fit, its evaluations, logs and
+  checkpoints at most every `curriculum.steps`) in workdir/curriculum, then `config` at full length from its
+  parameters (init_from that workdir). Neither stage has a curriculum of its own."""
+  workdir = epath.Path(workdir)
+  if not config.curriculum.steps:
+    return [(config, workdir)]
+  validate(config)
+  first = config.copy_and_resolve_references()
+  synthetic.resize(first.data, config.curriculum.length)
+  T, steps = int(first.data.seq_len), int(config.curriculum.steps)
+  if not 1 < T < config.data.seq_len:
+    raise ConfigError(f'config.curriculum.length: {config.curriculum.length} gives sequences of {T} tokens; the '
+                      f'curriculum needs them shorter than the run\'s {config.data.seq_len} and longer than 1')
+  first.smt.future = min(first.smt.future, T)
+  if first.smt.mode == 'window':
+    first.smt.context = min(first.smt.context, T - 1)
+  first.num_steps = steps
+  for k in ('eval_every', 'log_every', 'checkpoint_every'):
+    first[k] = min(first[k], steps)
+  rest = config.copy_and_resolve_references()
+  for c in (first, rest):
+    c.curriculum.length = c.curriculum.steps = 0
+  rest.init_from = str(workdir / CURRICULUM_DIR)
+  return [(first, workdir / CURRICULUM_DIR), (rest, workdir)]
 
 
 def scores_teacher(config) -> bool:

@@ -34,7 +34,7 @@ from smtjax import config as config_lib
 from smtjax import optim, perf
 from smtjax import sharding as shard_lib
 from smtjax import workdir as workdir_lib
-from smtjax.data import make_source, synthetic
+from smtjax.data import make_source
 from smtjax.data.pipeline import BatchIterator
 from smtjax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WorkdirError
 from smtjax.evaluation import EvalSpec, Evaluator
@@ -196,16 +196,20 @@ def train_and_evaluate(config, workdir, hooks: Sequence[Callable | Hook] = ()) -
   holds raises WorkdirLockedError.
   """
   workdir = workdir_lib.as_path(workdir)
-  if config.curriculum.steps:  # both stages checked before either trains
-    first, config = curriculum_stages(config, workdir / CURRICULUM_DIR)
+  stages = config_lib.stages(config, workdir)
+  checked = []
+  for i, (stage, _) in enumerate(stages):  # every stage checked before any trains
     try:
-      first_run, first_source = _checked(first)
+      checked.append(_checked(stage, init_from_later=i > 0))  # a later stage starts from one still to train
     except (ConfigError, DataError) as e:
-      raise ConfigError(f'config.curriculum: its first stage, at length {first.data.seq_len}: {e}') from None
-    _checked(config, init_from_later=True)  # and whole below, once the stage it starts from has trained
-    _train(first_run, first_source, workdir / CURRICULUM_DIR, hooks)
-  run, source = _checked(config)
-  return _train(run, source, workdir, hooks)
+      if i or len(stages) == 1:
+        raise
+      raise ConfigError(f'config.curriculum: its first stage, at length {stage.data.seq_len}: {e}') from None
+  for i, ((stage, stage_dir), (run, source)) in enumerate(zip(stages, checked)):
+    if i:  # now checked whole: the stage it starts from has trained
+      run, source = _checked(stage)
+    metrics = _train(run, source, stage_dir, hooks)
+  return metrics
 
 
 def _train(run: config_lib.Run, source, workdir: epath.Path, hooks: Sequence[Callable | Hook]) -> dict[str, float]:
@@ -214,34 +218,6 @@ def _train(run: config_lib.Run, source, workdir: epath.Path, hooks: Sequence[Cal
   with workdir_lib.lock(workdir, jax.process_index()):
     config_lib.check_compatible(run, workdir)
     return _Run(run, workdir, source, hooks).train()
-
-
-CURRICULUM_DIR = 'curriculum'  # a curriculum's first stage, inside the run's workdir
-
-
-def curriculum_stages(config, first_workdir) -> tuple[Any, Any]:
-  """The two runs of `config.curriculum`: `curriculum.steps` steps at the task's length `curriculum.length`
-  (synthetic.resize: T, or keys_values' pairs; the decoder's future and a window's context cut to fit, its
-  evaluations, logs and checkpoints at most every `curriculum.steps`), then `config` at full length from its
-  parameters (init_from `first_workdir`). Neither has a curriculum of its own."""
-  config_lib.validate(config)
-  first = config.copy_and_resolve_references()
-  synthetic.resize(first.data, config.curriculum.length)
-  T, steps = int(first.data.seq_len), int(config.curriculum.steps)
-  if not 1 < T < config.data.seq_len:
-    raise ConfigError(f'config.curriculum.length: {config.curriculum.length} gives sequences of {T} tokens; the '
-                      f'curriculum needs them shorter than the run\'s {config.data.seq_len} and longer than 1')
-  first.smt.future = min(first.smt.future, T)
-  if first.smt.mode == 'window':
-    first.smt.context = min(first.smt.context, T - 1)
-  first.num_steps = steps
-  for k in ('eval_every', 'log_every', 'checkpoint_every'):
-    first[k] = min(first[k], steps)
-  rest = config.copy_and_resolve_references()
-  for c in (first, rest):
-    c.curriculum.length = c.curriculum.steps = 0
-  rest.init_from = str(first_workdir)
-  return first, rest
 
 
 def _checked(config, init_from_later: bool = False) -> tuple[config_lib.Run, Any]:

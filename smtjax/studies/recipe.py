@@ -27,7 +27,7 @@ import dataclasses
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import plotting, train, variants
+from smtjax import plotting, variants
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.studies import claims, stats
@@ -78,7 +78,7 @@ def arm_config(config, arm: Arm, seed: int, steps: int, evals: int):
 
 
 def short_config(config, arm: Arm, seed: int, steps: int, evals: int):
-  """A curriculum's first stage (`train.curriculum_stages` at `arm.short_len`, `arm.short_steps`) with the arm's
+  """A curriculum's first stage (`config.stages`' first at `arm.short_len`, `arm.short_steps`) with the arm's
   settings, its evaluations as dense as the full run's."""
   if not (isinstance(arm.short_len, int) and isinstance(arm.short_steps, int) and arm.short_len > 0
           and 0 < arm.short_steps < steps):
@@ -87,7 +87,7 @@ def short_config(config, arm: Arm, seed: int, steps: int, evals: int):
   c = config.copy_and_resolve_references()
   c.curriculum.length, c.curriculum.steps = arm.short_len, arm.short_steps
   try:
-    first, _ = train.curriculum_stages(c, '')
+    (first, _), _ = config_lib.stages(c, '')
   except ConfigError as e:
     raise ConfigError(f'arm {arm.name!r}: short_len={arm.short_len}: {e}') from None
   return arm_config(first, dataclasses.replace(arm, short_len=0, short_steps=0), seed, arm.short_steps,

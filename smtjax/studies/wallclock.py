@@ -213,12 +213,8 @@ def _check_workdir(job: Job) -> None:
   directory): its finished metrics would be read, and recorded, as this job's."""
   if job.copy_from is not None:
     return  # a continuation's workdir holds the run it continues until it starts
-  saves = {job.workdir: job.config}  # what train_and_evaluate writes: with a curriculum, each stage's config
-  if job.config.curriculum.steps:
-    first_dir = job.workdir / train.CURRICULUM_DIR
-    saves = dict(zip((first_dir, job.workdir), train.curriculum_stages(job.config, first_dir)))
   if any((wd / 'config.json').exists() and ledger_lib.digest(config_lib.load_saved(wd)) != ledger_lib.digest(c)
-         for wd, c in saves.items()):
+         for c, wd in config_lib.stages(job.config, job.workdir)):  # what train_and_evaluate writes, stage by stage
     raise ConfigError(f'{job.workdir} holds another run (its config.json differs from this job\'s): give the study '
                       'another output directory, or remove that one')
 
