@@ -107,11 +107,11 @@ def seed_calibration(out, methods, plan, seconds: float = 1 / 16, timed=()) -> N
   `seconds` per step: a wall-clock study reads those step times from this cache instead of timing each config
   in a process of its own (the ceiling sweep's test and `timed` time them for real), so the test trains a
   known number of steps on any machine."""
-  from smtjax.studies import wallclock
+  from smtjax.studies import runner, wallclock
   keys = set()
   for m in methods:
     stage = wallclock.stage_key(m)
-    keys |= {wallclock.RunKey(m.name), stage} | {stage.tuned(name) for name, _ in wallclock.candidates(m, plan)}
+    keys |= {runner.RunKey(m.name), stage} | {stage.tuned(name) for name, _ in wallclock.candidates(m, plan)}
   out.mkdir(parents=True, exist_ok=True)
   (out / 'calibration.json').write_text(json.dumps({str(k): seconds for k in keys - set(timed)}))
 

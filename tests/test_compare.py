@@ -13,7 +13,7 @@ import pytest
 
 from smtjax import plotting, runs, train, variants
 from smtjax.errors import ConfigError
-from smtjax.studies import compare, stats, wallclock
+from smtjax.studies import compare, runner, stats
 from tests.conftest import ROOT, tiny_config
 
 
@@ -104,14 +104,14 @@ class _Recorded(Exception):
 
 
 def test_comparison_hands_every_run_to_the_runner(tmp_path, monkeypatch):
-  """One call of wallclock.run_jobs trains every run, with the lanes asked for; DMT waits for its SMT run."""
+  """One call of runner.run_jobs trains every run, with the lanes asked for; DMT waits for its SMT run."""
   calls = []
 
-  def runner(jobs, lanes, *args, **kwargs):
+  def fake_run_jobs(jobs, lanes, *args, **kwargs):
     calls.append((jobs, lanes))
     raise _Recorded
 
-  monkeypatch.setattr(wallclock, 'run_jobs', runner)
+  monkeypatch.setattr(runner, 'run_jobs', fake_run_jobs)
   with pytest.raises(_Recorded):
     compare.run_comparison(tiny_config(), [6, 8], out=str(tmp_path), steps=4, dmt_steps=2, seeds=2, lanes=3)
   [(jobs, lanes)] = calls

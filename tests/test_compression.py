@@ -8,7 +8,7 @@ import pytest
 
 from smtjax import train
 from smtjax.config import ConfigError
-from smtjax.studies import compression, stats, wallclock
+from smtjax.studies import compression, runner, stats
 from tests.conftest import ROOT, tiny_config
 
 
@@ -52,14 +52,14 @@ class _Recorded(Exception):
 
 
 def test_compression_hands_every_run_to_the_runner(tmp_path, monkeypatch):
-  """One call of wallclock.run_jobs trains every run (memory width x seed), with the lanes asked for."""
+  """One call of runner.run_jobs trains every run (memory width x seed), with the lanes asked for."""
   calls = []
 
-  def runner(jobs, lanes, *args, **kwargs):
+  def fake_run_jobs(jobs, lanes, *args, **kwargs):
     calls.append((jobs, lanes))
     raise _Recorded
 
-  monkeypatch.setattr(wallclock, 'run_jobs', runner)
+  monkeypatch.setattr(runner, 'run_jobs', fake_run_jobs)
   c = tiny_config()
   c.model.num_mem_tokens = 1
   with pytest.raises(_Recorded):

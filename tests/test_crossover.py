@@ -2,15 +2,13 @@
 experiments.compare's tuned mode, and the teacher's-ceiling sweep."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from smtjax import train
 from smtjax.errors import ConfigError
-from smtjax.studies import ceiling, crossover, wallclock
+from smtjax.studies import ceiling, crossover, runner, wallclock
 from tests.conftest import ROOT, seed_calibration, tiny_config
 
 
@@ -98,7 +96,7 @@ def test_calibration_times_a_learning_rate_grid_once(tmp_path, monkeypatch):
   them; a different cell is timed on its own."""
   c = tiny_config()
   configs = {}
-  RunKey = wallclock.RunKey
+  RunKey = runner.RunKey
   t_lr1, t_lr3, gru = RunKey('t', candidate='lr1'), RunKey('t', 'start', 'lr3'), RunKey('gru')
   for key, lr, cell in ((t_lr1, 1e-3, 'transformer'), (t_lr3, 3e-3, 'transformer'), (gru, 1e-3, 'gru')):
     configs[key] = c.copy_and_resolve_references()
@@ -113,24 +111,12 @@ def test_calibration_times_a_learning_rate_grid_once(tmp_path, monkeypatch):
       (job.workdir / 'metrics.jsonl').write_text(
           ''.join(json.dumps({'step': s, 'steps_per_s': rate}) + '\n' for s in range(1, job.config.num_steps + 1)))
 
-  monkeypatch.setattr(wallclock, 'run_jobs', fake_run_jobs)
+  monkeypatch.setattr(runner, 'run_jobs', fake_run_jobs)
   cal = wallclock.calibrate(configs, tmp_path)
   assert trained == ['t|lr1', 'gru']  # each timing run's workdir is named by its key's str
   assert cal == {t_lr1: 0.1, t_lr3: 0.1, gru: 0.05}
   assert json.loads((tmp_path / 'calibration.json').read_text()) == {'t|lr1': 0.1, 't:start|lr3': 0.1, 'gru': 0.05}
   assert wallclock.calibrate({t_lr3: configs[t_lr3]}, tmp_path) == cal and trained == ['t|lr1', 'gru']
-
-
-def test_run_keys_name_runs_in_files_and_read_back():
-  key = wallclock.RunKey('smt_dmt', wallclock.START)
-  assert str(key) == 'smt_dmt:start' and key.dirname == 'smt_dmt_start' and str(key.tuned('lr0.001')) == (
-      'smt_dmt:start|lr0.001')
-  for k in (key, key.tuned('lr0.001'), wallclock.RunKey('bptt'), wallclock.RunKey('memory tokens K', candidate='K=1')):
-    assert wallclock.RunKey.parse(str(k)) == k
-  assert wallclock.RunKey('smt', candidate='gru_lr0.001').dirname == 'smt_gru_lr0.001'  # claims' run folders
-  assert wallclock.RunKey('bptt') != 'bptt'  # a key is never mistaken for a bare name
-  with pytest.raises(ValueError, match='neither'):
-    wallclock.RunKey('a|b')
 
 
 def test_a_plans_learning_rates_tune_every_method_alike():
@@ -148,55 +134,6 @@ def test_a_plans_learning_rates_tune_every_method_alike():
   assert wallclock.candidates(plain, wallclock.Plan(budget_s=1.0, seeds=(0,))) == ()
   with pytest.raises(ConfigError, match='lanes'):
     wallclock.check(tiny_config(), (plain,), wallclock.Plan(budget_s=1.0, seeds=(0,), lanes=-1))
-
-
-def test_lanes_pin_to_the_cores_this_process_may_use(monkeypatch, tmp_path):
-  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {3, 1}, raising=False)
-  assert wallclock.lane_cores(1) == [1] and wallclock.lane_cores(2) == [1, 3] and wallclock.lane_cores(0) == []
-  launched = []
-
-  class Finished:
-    returncode = 0
-
-    def poll(self):
-      return 0
-
-  monkeypatch.setattr(wallclock, '_launch', lambda workdir, core: launched.append((workdir.name, core)) or Finished())
-  wallclock.run_jobs([wallclock.Job(tmp_path / 'a', tiny_config())], lanes=1)
-  assert launched == [('a', 1)]  # a single lane is pinned too, to the first core an outer taskset allows
-
-
-def test_in_process_lanes_train_jobs_in_dependency_order(tmp_path):
-  c = tiny_config()
-  c.num_steps, c.eval_every, c.checkpoint_every, c.log_every, c.num_eval_batches = 2, 2, 2, 1, 1
-  first, second = tmp_path / 'first', tmp_path / 'second'
-  jobs = [wallclock.Job(second, c, after=(first,), copy_from=first), wallclock.Job(first, c)]
-  wallclock.run_jobs(jobs, lanes=0)
-  for wd in (first, second):
-    assert wallclock._done(wallclock.Job(wd, c)) and not (wd / 'run.log').exists()
-  assert 0 < wallclock.trained_seconds(first) < 60
-  with pytest.raises(RuntimeError, match='no job trains'):
-    wallclock.run_jobs([wallclock.Job(tmp_path / 'x', c, after=(tmp_path / 'nowhere',))], lanes=0)
-  other = c.copy_and_resolve_references()
-  other.optim.lr = c.optim.lr / 2  # same workdir, another run: its finished metrics must not pass for this one's
-  with pytest.raises(ConfigError, match='holds another run'):
-    wallclock.run_jobs([wallclock.Job(tmp_path / 'fresh', c), wallclock.Job(first, other)], lanes=0)
-  assert not (tmp_path / 'fresh').exists()  # refused before anything trained
-
-
-def test_a_curriculum_run_resumes_in_its_workdir(tmp_path):
-  """Its workdir's config.json is the full-length stage's (no curriculum, init_from its first stage), which
-  must not read as another run's."""
-  c = tiny_config()
-  c.num_steps, c.eval_every, c.checkpoint_every, c.log_every, c.num_eval_batches = 2, 2, 2, 1, 1
-  c.curriculum.length, c.curriculum.steps = 4, 1
-  job = wallclock.Job(tmp_path / 'run', c)
-  train.train_and_evaluate(c, job.workdir)
-  wallclock._check_workdir(job)  # the same run: accepted
-  other = c.copy_and_resolve_references()
-  other.curriculum.steps = 2
-  with pytest.raises(ConfigError, match='holds another run'):
-    wallclock._check_workdir(wallclock.Job(job.workdir, other))
 
 
 def test_trained_seconds_add_each_logged_interval(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from smtjax.errors import WorkdirError
 from smtjax.studies import ledger as ledger_lib
-from smtjax.studies.wallclock import Job, run_jobs, with_steps
+from smtjax.studies.runner import Job, run_jobs, with_steps
 from tests.conftest import tiny_config
 
 

@@ -11,7 +11,7 @@ from configs import mnist, tinystories
 from smtjax import config as config_lib
 from smtjax import train
 from smtjax.errors import ConfigError
-from smtjax.studies import realdata, wallclock
+from smtjax.studies import realdata, runner, wallclock
 from tests.conftest import seed_calibration
 
 
@@ -43,7 +43,7 @@ def test_comparison_runs_end_to_end(tmp_path, shared_data):
   c = _tiny(tinystories.get_config('cpu'), shared_data, 'tinystories')
   plan = realdata.Plan(budget_s=0.5, seeds=(0,), drift_grid=(('roll2', (('rollout_steps', 2),)),),
                        evals_per_run=2, num_eval_batches=1, lanes=0)  # every run in this process
-  seed_calibration(tmp_path, realdata.METHODS, plan, timed=(wallclock.RunKey('smt_dmt'),))
+  seed_calibration(tmp_path, realdata.METHODS, plan, timed=(runner.RunKey('smt_dmt'),))
   summary = realdata.run_study(c, plan, tmp_path, 'tiny')
   for col in realdata.COLUMNS:
     r = summary['results'][col]

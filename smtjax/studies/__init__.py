@@ -1,7 +1,9 @@
 """Studies built on the core, one module each (their commands are in experiments/):
 
-- at equal wall clock, through `wallclock` (the runner: step times calibrated on one core, runs in parallel
-  pinned processes, tuning on the validation split, scoring): `realdata` (SMT, SMT->DMT, drift-robust SMT and
+- `runner`: every study's runs (`Job`s) trained in parallel pinned processes or in this process, finished ones
+  kept, and `ledger`: each finished run's record, so that a study continues on another machine;
+- at equal wall clock, through `wallclock` (step times calibrated on one core, budgets as step counts, tuning on
+  the validation split, scoring): `realdata` (SMT, SMT->DMT, drift-robust SMT and
   BPTT on real data), `linear_rnns` (SMT's nonlinear RNNs against time-parallel linear RNNs) and `crossover`
   (the length from which SMT overtakes tuned BPTT);
 - at equal steps: `claims` (the paper's synthetic claims, each run to a plateau), `recipe` (arms x seeds),

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from smtjax import plotting
 from smtjax import workdir as workdir_lib
-from smtjax.studies import stats, wallclock
-from smtjax.studies.wallclock import Job, RunKey
+from smtjax.studies import runner, stats, wallclock
+from smtjax.studies.runner import Job, RunKey
 
 KNOBS = {
     'memory tokens K': tuple((f'K={k}', (('model.num_mem_tokens', k),)) for k in (1, 2, 4, 8)),
@@ -31,7 +31,7 @@ KNOBS = {
 
 def _config(config, overrides, seed: int, evals: int):
   c = wallclock.method_config(config, wallclock.Method('smt', 'SMT', 'smt', tuple(overrides)), seed)
-  return wallclock.with_steps(c, config.num_steps, evals)
+  return runner.with_steps(c, config.num_steps, evals)
 
 
 def run_ceiling(config, out, seeds=(0, 1, 2), knobs: dict | None = None, lanes: int = 2, evals: int = 8,
@@ -45,10 +45,10 @@ def run_ceiling(config, out, seeds=(0, 1, 2), knobs: dict | None = None, lanes: 
                             lanes=lanes)
   jobs = {(key, s): Job(out / _slug(key.method) / key.candidate / f'seed{s}', _config(config, ov, s, evals))
           for key, ov in values.items() for s in seeds}
-  wallclock.run_jobs(list(jobs.values()), lanes)
+  runner.run_jobs(list(jobs.values()), lanes)
   rows = {}
   for key in values:
-    scores = [wallclock.score(jobs[key, s].workdir, (), num_eval_batches) for s in seeds]
+    scores = [runner.score(jobs[key, s].workdir, (), num_eval_batches) for s in seeds]
     teacher = stats.mean_ci([r['teacher_accuracy'] for r in scores])
     rnn = stats.mean_ci([r['rnn_only_accuracy'] for r in scores])
     gap = stats.mean_ci([r['teacher_accuracy'] - r['rnn_only_accuracy'] for r in scores])

@@ -52,7 +52,7 @@ from smtjax.errors import ConfigError
 from smtjax.studies import compare, stats
 from smtjax.studies import ledger as ledger_lib
 from smtjax.studies.ledger import Ledger
-from smtjax.studies.wallclock import Job, RunKey, run_jobs, score
+from smtjax.studies.runner import Job, RunKey, run_jobs, score
 
 METHODS = {'smt': 'SMT', 'smt_dmt': 'SMT→DMT', 'bptt': 'BPTT', 'smt_bptt': 'SMT→BPTT'}
 DRIFT = {'plain': (), 'roll4': (('smt.rollout_steps', 4),)}

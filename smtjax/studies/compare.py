@@ -12,7 +12,7 @@ Each is scored by `runs.evaluate_workdir`: the RNN reads whole held-out sequence
 bound. With `test_lengths` (multipliers k) every run is also scored on sequences k times longer than it
 was trained on (length generalization; `eval_T<kT>.json` in its workdir). Each cell reports the mean over
 seeds and a 95% t-interval. Workdirs: `<out>/<task>/T<length>/<method>` for one seed,
-`<out>/<task>/T<length>/seed<s>/<method>` for several. Every run trains through `wallclock.run_jobs`: in this
+`<out>/<task>/T<length>/seed<s>/<method>` for several. Every run trains through `runner.run_jobs`: in this
 process, or `lanes` at a time, each in a process pinned to its own core; a finished run is not trained again,
 and one whose `eval.json` exists (same steps and seed) is not scored again. Results:
 `<out>/compare_<task>.{json,md,png}`.
@@ -34,8 +34,8 @@ from smtjax import workdir as workdir_lib
 from smtjax.data import synthetic
 from smtjax.errors import ConfigError, SmtjaxError
 from smtjax.metrics import trained_seconds
-from smtjax.studies import stats, wallclock
-from smtjax.studies.wallclock import Job
+from smtjax.studies import runner, stats
+from smtjax.studies.runner import Job
 
 METHODS = ('smt', 'dmt', 'bptt')
 METHOD_NAMES = {'teacher': 'Transformer teacher', 'smt': 'SMT', 'dmt': 'SMT→DMT', 'bptt': 'BPTT'}
@@ -214,7 +214,7 @@ def run_comparison(config, lengths=None, out: str = 'workdirs/compare', steps: i
   flat = [job for per_seed in jobs.values() for job in per_seed.values()]
   for job in flat:  # every config is validated before anything trains (DMT's SMT run does not exist yet)
     config_lib.validate(job.config, init_from_later=True)
-  wallclock.run_jobs(flat, lanes)
+  runner.run_jobs(flat, lanes)
   columns = (('teacher',) if 'smt' in methods else ()) + methods
   results = {}
   for length in lengths:

@@ -8,7 +8,7 @@ whole row of the (memory size x steps) grid. The grid of any logged evaluation m
 compression.json, a markdown table, and an iso-loss contour plot (steps on the x-axis, memory size on a
 log2 y-axis). Runs go to OUT/Z<size>/ (OUT/Z<size>/seed<s>/ with several seeds, config.seed + 0..seeds-1;
 the grid then holds the mean over seeds and `grids_ci` the 95% t-interval) and train through
-`wallclock.run_jobs`: in this process, or `lanes` at a time, each in a process pinned to its own core; a rerun
+`runner.run_jobs`: in this process, or `lanes` at a time, each in a process pinned to its own core; a rerun
 resumes unfinished runs and reuses finished ones.
 """
 
@@ -21,8 +21,8 @@ from smtjax import plotting
 from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.metrics import read_metrics
-from smtjax.studies import stats, wallclock
-from smtjax.studies.wallclock import Job
+from smtjax.studies import runner, stats
+from smtjax.studies.runner import Job
 
 DEFAULT_METRICS = ('loss_dec_test', 'loss_dec0_test', 'rnn_only_loss', 'rnn_only_accuracy', 'teacher_accuracy')
 
@@ -81,7 +81,7 @@ def run_compression(config, mem_dims, out: str, num_steps: int | None = None, nu
       config_lib.validate(c)  # a ConfigError before any run writes its workdir
       workdir = epath.Path(out) / f'Z{K * d}'
       jobs[d, seed] = Job(workdir if seeds == 1 else workdir / f'seed{seed}', c)
-  wallclock.run_jobs(list(jobs.values()), lanes)
+  runner.run_jobs(list(jobs.values()), lanes)
   evals = {key: read_evals(str(job.workdir)) for key, job in jobs.items()}
   shared = set.intersection(*({s for s in evals[key] if s <= job.config.num_steps} for key, job in jobs.items()))
   steps = sorted(shared)

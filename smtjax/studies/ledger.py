@@ -8,7 +8,7 @@ seed, steps and batch, every scalar metric of each periodic evaluation (`curves`
 (`final`), seconds per update and seconds trained, the study's own scores (`scores`, e.g. on the test split),
 and the commit, device and date. No checkpoints, no data.
 
-`wallclock.run_jobs(jobs, lanes, ledger=...)` trains only the jobs the ledger does not hold (same name and
+`runner.run_jobs(jobs, lanes, ledger=...)` trains only the jobs the ledger does not hold (same name and
 digest; a held job is trained again only when a job still to train starts from its checkpoint and that
 checkpoint is not on this machine), appends a record for every job that finishes (or that it finds finished
 in its workdir), and returns every job's record: the studies build their summaries from records, so a report

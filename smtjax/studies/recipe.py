@@ -1,5 +1,5 @@
 """Where SMT's teacher spends its steps: arms (a config's changes) x seeds at equal steps, through the studies'
-runner (`wallclock.run_jobs`), each run scored by its held-out learning curve.
+runner (`runner.run_jobs`), each run scored by its held-out learning curve.
 
 An arm is a name and `key=value` overrides of a base config (`variants.override`), e.g.
 `Arm('dec4', (('smt.num_decoder_samples', 4),))`, or `method=transformer` for the plain-Transformer reference
@@ -32,7 +32,7 @@ from smtjax import workdir as workdir_lib
 from smtjax.errors import ConfigError
 from smtjax.studies import claims, stats
 from smtjax.studies import ledger as ledger_lib
-from smtjax.studies.wallclock import Job, run_jobs, with_steps
+from smtjax.studies.runner import Job, run_jobs, with_steps
 
 PLATEAU = 0.01  # a run has plateaued when its accuracy changed by less than this over its last quarter
 

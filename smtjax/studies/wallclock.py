@@ -1,4 +1,5 @@
-"""Methods compared at equal wall clock: the machinery of the real-data and linear-RNN studies.
+"""Methods compared at equal wall clock: the real-data, linear-RNN and crossover studies (their runs train through
+smtjax/studies/runner.py).
 
 A study is a base config (parallel SMT) and a list of `Method`s, each a way of training an RNN within the same
 budget of seconds on one core:
@@ -25,71 +26,30 @@ calibration entries are named by `RunKey` (method, stage, candidate).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-from absl import logging
 from etils import epath
 
 from smtjax import config as config_lib
-from smtjax import runs, train, variants
+from smtjax import variants
 from smtjax import workdir as workdir_lib
-from smtjax.data import make_source
 from smtjax.data import synthetic as synthetic_tasks
 from smtjax.errors import ConfigError
-from smtjax.evaluation import EvalSpec, Evaluator
 from smtjax.metrics import read_metrics, trained_seconds
 from smtjax.models import Networks
-from smtjax.studies import ledger as ledger_lib
-from smtjax.studies import stats
+from smtjax.studies import runner, stats
+from smtjax.studies.runner import LN2, Job, RunKey, score, with_steps
 
-ONE_CORE = '--xla_cpu_multi_thread_eigen=false'
-LN2 = math.log(2)
 DEFAULT_DRIFT_GRID = {'roll4': {'rollout_steps': 4}, 'roll4_dec': {'rollout_steps': 4, 'rollout_decode': 1.0},
                       'noise1': {'memory_noise': 1.0, 'memory_noise_mode': 'matched'}}
 KINDS = ('smt', 'smt_dmt', 'bptt')
 START = 'start'  # the stage name of an 'smt_dmt' method's SMT stage
-
-
-@dataclasses.dataclass(frozen=True)
-class RunKey:
-  """Names one run of a study or its calibration entry: a method (or a swept knob), the stage of a two-stage
-  method (START: an 'smt_dmt' method's SMT stage) and the candidate setting being tuned. `str(key)`, e.g.
-  'smt_dmt:start|lr0.001', names it in calibration.json and under out/calibration/."""
-  method: str
-  stage: str = ''
-  candidate: str = ''
-
-  def __post_init__(self):
-    if any(sep in self.method for sep in ':|') or '|' in self.stage:
-      raise ValueError(f'a run key\'s method may hold neither ":" nor "|", its stage no "|": {self!r}')
-
-  def __str__(self) -> str:
-    return self.method + (f':{self.stage}' if self.stage else '') + (f'|{self.candidate}' if self.candidate else '')
-
-  @classmethod
-  def parse(cls, text: str) -> RunKey:
-    """The key whose `str` is `text`."""
-    rest, _, candidate = text.partition('|')
-    method, _, stage = rest.partition(':')
-    return cls(method, stage, candidate)
-
-  @property
-  def dirname(self) -> str:
-    """The run's workdir name in a folder of runs: its parts joined by '_' ('smt_dmt_start', 'smt_gru_lr0.001')."""
-    return '_'.join(part for part in (self.method, self.stage, self.candidate) if part)
-
-  def tuned(self, candidate: str) -> RunKey:
-    """This run with candidate setting `candidate`."""
-    return dataclasses.replace(self, candidate=candidate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,16 +112,6 @@ def method_config(config, method: Method, seed: int, setting: tuple = (), stage:
   return c
 
 
-def with_steps(config, steps: int, evals: int):
-  """`config` trained for `steps` steps, evaluated `evals` times (learning curves) and checkpointed at the end."""
-  c = config.copy_and_resolve_references()
-  c.num_steps = max(1, int(steps))
-  c.eval_every = max(1, c.num_steps // max(1, evals))
-  c.checkpoint_every = c.num_steps
-  c.log_every = max(1, min(c.log_every, c.eval_every))
-  return c
-
-
 def check(config, methods: tuple[Method, ...], plan: Plan):
   """ConfigError before anything runs: parallel SMT as the base (an RNN that starts from its initial memory),
   a validation split where a method chooses a drift setting, a sane plan, and every run's config valid."""
@@ -182,153 +132,6 @@ def check(config, methods: tuple[Method, ...], plan: Plan):
       raise ConfigError(f'method {m.name!r}: kind must be one of {KINDS}, got {m.kind!r}')
     for _, setting in candidates(m, plan) or (('', ()),):
       config_lib.validate(method_config(config, m, plan.seeds[0], setting), init_from_later=True)
-
-
-# ------------------------------------------------------------------------------------------------- jobs
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-  """Train `config` in `workdir` once the workdirs in `after` are done; `copy_from`: start from a copy of that
-  (finished) workdir, so the run continues its checkpoint."""
-  workdir: epath.Path
-  config: object
-  after: tuple = ()
-  copy_from: epath.Path | None = None
-  name: str = ''  # the run's name in a results ledger (smtjax/studies/ledger.py); '': its workdir
-
-
-def _launch(workdir: epath.Path, core: int | None) -> subprocess.Popen:
-  """`python -m experiments.run --workdir=W` on the saved config.json, pinned to `core` (one XLA thread)."""
-  env = dict(os.environ)
-  cmd = [sys.executable, '-m', 'experiments.run', f'--workdir={workdir}']
-  if core is not None:
-    env['XLA_FLAGS'] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
-    cmd = ['taskset', '-c', str(core)] + cmd
-  log = (workdir / 'run.log').open('ab')  # noqa: SIM115  (inherited by the process; closed with it)
-  return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _check_workdir(job: Job) -> None:
-  """Refuses a job whose workdir already holds another run's config (e.g. two studies given one output
-  directory): its finished metrics would be read, and recorded, as this job's."""
-  if job.copy_from is not None:
-    return  # a continuation's workdir holds the run it continues until it starts
-  if any((wd / 'config.json').exists() and ledger_lib.digest(config_lib.load_saved(wd)) != ledger_lib.digest(c)
-         for c, wd in config_lib.stages(job.config, job.workdir)):  # what train_and_evaluate writes, stage by stage
-    raise ConfigError(f'{job.workdir} holds another run (its config.json differs from this job\'s): give the study '
-                      'another output directory, or remove that one')
-
-
-def _done(job: Job) -> bool:
-  if not (job.workdir / 'metrics.jsonl').exists():
-    return False
-  return any(r['step'] == job.config.num_steps and 'loss_test' in r for r in read_metrics(job.workdir))
-
-
-def copy_tree(src: epath.Path, dst: epath.Path) -> None:
-  """Copies a workdir's files (local or on an object store) under `dst`."""
-  dst.mkdir(parents=True, exist_ok=True)
-  for p in src.iterdir():
-    if p.is_dir():
-      copy_tree(p, dst / p.name)
-    else:
-      p.copy(dst / p.name, overwrite=True)
-
-
-def _prepare(job: Job) -> None:
-  """The job's workdir with its config.json (and, for a continuation, the run it continues)."""
-  if job.copy_from is not None and not (job.workdir / 'checkpoints').exists():
-    copy_tree(epath.Path(job.copy_from), job.workdir)
-  job.workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.save_config(job.config, job.workdir)
-
-
-def lane_cores(lanes: int) -> list[int]:
-  """The core each lane is pinned to: the first `lanes` of the cores this process may use (so an outer
-  `taskset -c 1` keeps a one-lane study on core 1)."""
-  allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else list(range(os.cpu_count() or 1))
-  return [allowed[i % len(allowed)] for i in range(lanes)]
-
-
-def _held(pending: list[Job], ledger) -> set[str]:
-  """Workdirs of the pending jobs the ledger holds that need not train: none that a job which trains starts
-  from (its checkpoint is needed here)."""
-  held = {str(j.workdir) for j in pending if ledger.get(_name(j), j.config) is not None}
-  while True:
-    needed = {str(d) for j in pending if str(j.workdir) not in held
-              for d in (*j.after, *([j.copy_from] if j.copy_from is not None else []))}
-    if not held & needed:
-      return held
-    held -= needed
-
-
-def _name(job: Job) -> str:
-  return job.name or str(job.workdir)
-
-
-def _record(job: Job, ledger, scorer) -> None:
-  """Adds a finished job's record to the ledger (with `scorer(job)`'s scores) unless it holds one."""
-  if ledger is not None and ledger.get(_name(job), job.config) is None:
-    ledger.append(ledger_lib.make_record(_name(job), job.workdir, job.config, scorer(job) if scorer else None))
-
-
-def run_jobs(jobs: list[Job], lanes: int, ledger=None, scorer=None, train_missing: bool = True) -> dict:
-  """Trains every job whose workdir is not finished, `lanes` at a time, each in a process of its own pinned to
-  its own core (`lane_cores`); a job starts once the workdirs it depends on are done. A failed job raises,
-  naming its log. `lanes=0`: one job after another in this process, unpinned (notebooks, debuggers, tests;
-  a timing made this way is this process's, not one core's).
-
-  With a `ledger` (smtjax/studies/ledger.py): a job it already holds is not trained (unless a job that trains
-  starts from its checkpoint), every finished job is recorded in it (with `scorer(job)`'s scores), and the
-  return value is {workdir: record} of every job (None for a job with no record). `train_missing=False`: trains
-  nothing (a report from the ledger and finished workdirs alone). A workdir that holds another run's config is
-  refused before anything trains."""
-  for job in jobs:
-    _check_workdir(job)
-  pending = [j for j in jobs if not _done(j)]
-  held = _held(pending, ledger) if ledger is not None else set()
-  finished = {str(j.workdir) for j in jobs if j not in pending} | held
-  pending = [j for j in pending if str(j.workdir) not in held] if train_missing else []
-  record = functools.partial(_record, ledger=ledger, scorer=scorer)
-  for job in jobs:
-    if str(job.workdir) not in held and str(job.workdir) in finished:
-      record(job)
-  running: dict[int, tuple[Job, subprocess.Popen]] = {}
-  cores = lane_cores(lanes)
-
-  def start_next(lane: int) -> Job | None:
-    ready = next((j for j in pending if all(str(d) in finished for d in j.after)), None)
-    if ready is not None:
-      pending.remove(ready)
-      _prepare(ready)
-      logging.info('training %s (%d steps) %s', ready.workdir, ready.config.num_steps,
-                   f'on core {cores[lane]}' if lanes else 'in this process')
-    return ready
-
-  while pending or running:
-    if not lanes:
-      if (job := start_next(0)) is not None:
-        train.train_and_evaluate(config_lib.load_saved(job.workdir), job.workdir)
-        finished.add(str(job.workdir))
-        record(job)
-        continue
-    for lane in [i for i in range(lanes) if i not in running]:
-      if (job := start_next(lane)) is None:
-        break
-      running[lane] = (job, _launch(job.workdir, cores[lane]))
-    if not running:
-      raise RuntimeError(f'jobs wait for workdirs that no job trains: {[str(j.workdir) for j in pending]}')
-    time.sleep(0.25)  # runs last seconds (tests) to hours; a poll costs nothing
-    for lane, (job, proc) in list(running.items()):
-      if proc.poll() is not None:
-        del running[lane]
-        if proc.returncode != 0:
-          raise RuntimeError(f'training {job.workdir} failed (exit {proc.returncode}); see {job.workdir / "run.log"}')
-        finished.add(str(job.workdir))
-        record(job)
-  if ledger is None:
-    return {}
-  return {str(j.workdir): ledger.get(_name(j), j.config) for j in jobs}
 
 
 def timing_key(config) -> str:
@@ -358,7 +161,7 @@ def calibrate(configs: dict[RunKey, object], out: epath.Path, steps: int = 14, l
     cal.num_steps, cal.log_every, cal.eval_every, cal.checkpoint_every = steps, 1, steps, steps
     cal.num_eval_batches = 1
     jobs[key] = Job(wd, cal)
-  run_jobs(list(jobs.values()), lanes=min(lanes, os.cpu_count() or 1))
+  runner.run_jobs(list(jobs.values()), lanes=min(lanes, os.cpu_count() or 1))
   for key, names in shared.items():
     rates = [r['steps_per_s'] for r in read_metrics(jobs[key].workdir) if r['step'] > 4 and 'steps_per_s' in r]
     known.update(dict.fromkeys(names, 1.0 / statistics.median(rates)))
@@ -391,7 +194,7 @@ def select(config, method: Method, plan: Plan, out: epath.Path, cal: dict[RunKey
                     with_steps(method_config(config, method, seed, setting, stage=START),
                                _steps(budget, cal[stage.tuned(name)]), 2))
           for name, setting in candidates(method, plan)}
-  run_jobs(list(jobs.values()), plan.lanes)
+  runner.run_jobs(list(jobs.values()), plan.lanes)
   key = f'rnn_only_{plan.select_by}'
   scores = {name: score(job.workdir, (), plan.num_eval_batches, 'valid')[key] for name, job in jobs.items()}
   pick = max if plan.select_by == 'accuracy' else min
@@ -446,26 +249,6 @@ def calibration_configs(config, methods, plan: Plan) -> dict[RunKey, object]:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-
-def score(workdir, multiples: tuple[int, ...], num_batches: int, split: str = 'test') -> dict:
-  """A trained run on held-out sequences of its training length T and of each multiple * T: the RNN from its
-  initial memory (and, for an SMT run, the teacher): bits per token and accuracy, overall and per position.
-  Keys: '<rnn_only|teacher>_<bits|accuracy|bits_per_t>' with suffix '' (T) or '_x<k>' (k * T)."""
-  config, params, nets, _ = runs.load_run(str(workdir))
-  T, out = config.data.seq_len, {}
-  for k in (1, *multiples):
-    c = runs.at_seq_len(config, k * T)
-    spec = EvalSpec(teacher=config.method == 'smt', per_position=True)
-    evaluator = Evaluator(config_lib.Run.of(c, jax.device_count()), nets, spec)
-    m = evaluator(params, make_source(c.data, c.seed), num_batches, split)
-    suffix = '' if k == 1 else f'_x{k}'
-    for name in ('rnn_only', 'teacher'):
-      if f'{name}_loss' in m:
-        out[f'{name}_bits{suffix}'] = m[f'{name}_loss'] / LN2
-        out[f'{name}_accuracy{suffix}'] = m[f'{name}_accuracy']
-        out[f'{name}_bits_per_t{suffix}'] = [v / LN2 for v in m[f'{name}_loss_per_t']]  # NaN: no target there
-  return out
-
 
 def curve(workdir, seconds_per_step: float, offset_s: float = 0.0) -> dict:
   """Held-out bits per token and accuracy at each evaluation of a run against calibrated wall-clock seconds."""
@@ -555,14 +338,14 @@ def train_all(config, methods, plan: Plan, out: epath.Path) -> tuple[dict, dict,
   for m in smt_dmt:  # DMT's step is timed from a trained SMT stage: train the stages first
     cal.setdefault(RunKey(m.name), 1.0)
   first = {s: seed_jobs(config, methods, plan, out, s, chosen, cal) for s in plan.seeds}
-  run_jobs([j for jobs in first.values() for k, j in jobs.items() if k.stage == START], plan.lanes)
+  runner.run_jobs([j for jobs in first.values() for k, j in jobs.items() if k.stage == START], plan.lanes)
   for m in smt_dmt:
     c = method_config(config, m, plan.seeds[0], chosen.get(m.name, ()))
     c.init_from = str(first[plan.seeds[0]][stage_key(m)].workdir)
     cal.pop(RunKey(m.name), None)
     cal.update(calibrate({RunKey(m.name): c}, out, lanes=plan.lanes))
   jobs = {s: seed_jobs(config, methods, plan, out, s, chosen, cal) for s in plan.seeds}
-  run_jobs([j for per_seed in jobs.values() for j in per_seed.values()], plan.lanes)
+  runner.run_jobs([j for per_seed in jobs.values() for j in per_seed.values()], plan.lanes)
   return jobs, cal, selection
 
 
