@@ -4,10 +4,10 @@
   grids of smtjax.data.visualize).
 - Figures: `loss_by_position` (runs.evaluate_workdir), `gradients` and `drift` (studies.analysis), `comparison`
   (studies.compare), `claims_curves` and `tuning_curves` (studies.claims), `recipe_curves` (studies.recipe),
-  `learning_curves` and `loss_per_position` (studies.realdata), `compression_contours` (studies.compression),
-  `memory_space` (studies.geometry).
-- Helpers, also for the studies that draw their figure in their own module (crossover, ceiling, linear_rnns,
-  each through `save_figure`): `clipped_error_bars` and `mean_over_seeds`.
+  `learning_curves` and `loss_per_position` (studies.realdata), `accuracy_by_length` (studies.crossover),
+  `accuracy_over_time` (studies.linear_rnns), `ceiling_curves` (studies.ceiling), `compression_contours`
+  (studies.compression), `memory_space` (studies.geometry).
+- Helpers: `clipped_error_bars` and `mean_over_seeds`.
 
 Figures are `matplotlib.figure.Figure` objects, never pyplot state: nothing here switches matplotlib's
 backend or keeps a figure alive, so these functions are safe to call from a notebook (which keeps its own
@@ -243,6 +243,73 @@ def recipe_curves(summary: dict, path, title: str = '') -> epath.Path:
   ax.legend(fontsize=7)
   if title:
     ax.set_title('\n'.join(textwrap.wrap(title, 100)), fontsize=8)
+  return save_figure(fig, path)
+
+
+def accuracy_by_length(task: str, r: dict, path, names: dict) -> epath.Path:
+  """Held-out accuracy against T (log2 axis) of an equal-wall-clock study over lengths (studies.crossover), one
+  line per column (`names`: their labels), 95% intervals as error bars."""
+  fig = Figure(figsize=(6.5, 4.2), dpi=100)
+  ax = fig.subplots()
+  Ts = [r['runs'][str(L)]['seq_len'] for L in r['lengths']]
+  for col in r['runs'][str(r['lengths'][0])]['results']:
+    ys = [r['runs'][str(L)]['results'][col]['accuracy']['mean'] for L in r['lengths']]
+    ci = [r['runs'][str(L)]['results'][col]['accuracy']['ci'] for L in r['lengths']]
+    ax.errorbar(Ts, ys, yerr=clipped_error_bars(ys, ci, 0.0, 1.0), marker='o', capsize=3,
+                label=names.get(col, col), linestyle='--' if col == 'teacher' else '-')
+  ax.set_xscale('log', base=2)
+  ax.set_xticks(Ts)
+  ax.set_xticklabels([str(t) for t in Ts])
+  ax.set_xlabel('sequence length T')
+  ax.set_ylabel('held-out accuracy')
+  ax.set_title(f'{task}: equal wall clock' + (f', crossover T={r["crossover"]}' if r['crossover'] else ''))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return save_figure(fig, path)
+
+
+def accuracy_over_time(summaries: dict, path, names: dict) -> epath.Path:
+  """Held-out accuracy against wall clock of equal-wall-clock studies (studies.linear_rnns), one panel per task,
+  one line per method (`names`: their labels; mean over seeds)."""
+  fig = Figure(figsize=(5 * len(summaries), 4.2), dpi=100)
+  axes = fig.subplots(1, len(summaries), squeeze=False)[0]
+  for ax, (task, s) in zip(axes, summaries.items()):
+    for i, (col, per_seed) in enumerate(s['curves'].items()):
+      mean, _, _ = mean_over_seeds([c['rnn_only_accuracy'] for c in per_seed])
+      x = per_seed[0]['seconds'][:len(mean)]
+      ax.plot(x, mean, '--' if col == 'teacher' else '-', color=f'C{i}', marker='.', label=names.get(col, col))
+    ax.set_title(task)
+    ax.set_xlabel('training wall clock (s, one CPU core)')
+    ax.set_ylabel('held-out accuracy')
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  return save_figure(fig, path)
+
+
+def ceiling_curves(summary: dict, path) -> epath.Path:
+  """Teacher and RNN accuracy against each knob's values (studies.ceiling: one panel per knob, and one for steps)."""
+  panels = list(summary['knobs'].items())
+  fig = Figure(figsize=(4.5 * (len(panels) + 1), 3.8), dpi=100)
+  axes = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
+  for ax, (knob, rows) in zip(axes, panels):
+    x = np.arange(len(rows))
+    for key, style in (('teacher', '--'), ('rnn', '-')):
+      ys = [r[key]['mean'] for r in rows]
+      ax.errorbar(x, ys, yerr=clipped_error_bars(ys, [r[key]['ci'] for r in rows], 0.0, 1.0),
+                  linestyle=style, marker='o', capsize=3, label='teacher' if key == 'teacher' else 'RNN')
+    ax.set_xticks(x)
+    ax.set_xticklabels([r['value'] for r in rows])
+    ax.set_title(knob)
+    ax.set_ylabel('held-out accuracy')
+    ax.grid(alpha=0.3)
+  steps = summary['steps_curve']
+  axes[-1].plot([p['step'] for p in steps], [p['teacher'] for p in steps], '--', marker='.', label='teacher')
+  axes[-1].plot([p['step'] for p in steps], [p['rnn'] for p in steps], '-', marker='.', label='RNN')
+  axes[-1].set_title('steps')
+  axes[-1].set_xlabel('training step')
+  axes[-1].grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f'{summary["task"]}: teacher and RNN against memory, dynamics weight and steps')
   return save_figure(fig, path)
 
 

@@ -13,8 +13,6 @@ Writes `ceiling_<task>.{json,md,png}`: teacher and RNN accuracy, their gap, and 
 from __future__ import annotations
 
 import numpy as np
-from etils import epath
-from matplotlib.figure import Figure
 
 from smtjax import plotting
 from smtjax import workdir as workdir_lib
@@ -58,7 +56,7 @@ def run_ceiling(config, out, seeds=(0, 1, 2), knobs: dict | None = None, lanes: 
              'steps_curve': _steps_curve(config, jobs, knobs, seeds)}
   workdir_lib.write_json(out / f'ceiling_{name}.json', summary)
   write_table(summary, out / f'ceiling_{name}.md')
-  figure(summary, out / f'ceiling_{name}.png')
+  plotting.ceiling_curves(summary, out / f'ceiling_{name}.png')
   return summary
 
 
@@ -93,30 +91,3 @@ def write_table(summary: dict, path) -> str:
       ['step', 'teacher', 'RNN', 'gap'], [[p['step'], f'{p["teacher"]:.3f}', f'{p["rnn"]:.3f}',
                                           f'{p["teacher"] - p["rnn"]:.3f}'] for p in summary['steps_curve']])
   return stats.write_markdown(path, lines)
-
-
-def figure(summary: dict, path) -> epath.Path:
-  """Teacher and RNN accuracy against each knob's values (one panel per knob, and one for steps)."""
-  panels = list(summary['knobs'].items())
-  fig = Figure(figsize=(4.5 * (len(panels) + 1), 3.8), dpi=100)
-  axes = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
-  for ax, (knob, rows) in zip(axes, panels):
-    x = np.arange(len(rows))
-    for key, style in (('teacher', '--'), ('rnn', '-')):
-      ys = [r[key]['mean'] for r in rows]
-      ax.errorbar(x, ys, yerr=plotting.clipped_error_bars(ys, [r[key]['ci'] for r in rows], 0.0, 1.0),
-                  linestyle=style, marker='o', capsize=3, label='teacher' if key == 'teacher' else 'RNN')
-    ax.set_xticks(x)
-    ax.set_xticklabels([r['value'] for r in rows])
-    ax.set_title(knob)
-    ax.set_ylabel('held-out accuracy')
-    ax.grid(alpha=0.3)
-  steps = summary['steps_curve']
-  axes[-1].plot([p['step'] for p in steps], [p['teacher'] for p in steps], '--', marker='.', label='teacher')
-  axes[-1].plot([p['step'] for p in steps], [p['rnn'] for p in steps], '-', marker='.', label='RNN')
-  axes[-1].set_title('steps')
-  axes[-1].set_xlabel('training step')
-  axes[-1].grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
-  fig.suptitle(f'{summary["task"]}: teacher and RNN against memory, dynamics weight and steps')
-  return plotting.save_figure(fig, path)

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import math
 
-from etils import epath
-from matplotlib.figure import Figure
-
 from smtjax import plotting
 from smtjax import workdir as workdir_lib
 from smtjax.studies import compare, stats, wallclock
@@ -65,7 +62,7 @@ def run_crossover(configs: dict, lengths, plan: Plan, out, tune_at: int | None =
     result[task] = {'tune_at': tune_at, 'selection': selection, 'lengths': lengths, 'runs': runs,
                     'crossover': crossover_length(runs, lengths)}
     workdir_lib.write_json(out / 'crossover.json', result)
-    figure(task, result[task], out / f'crossover_{task}.png')
+    plotting.accuracy_by_length(task, result[task], out / f'crossover_{task}.png', NAMES)
   write_table(result, out / 'crossover.md')
   return result
 
@@ -116,24 +113,3 @@ def write_table(result: dict, path) -> str:
                    f'({sel["by"]}: ' + ', '.join(f'{n} {v:.3f}' for n, v in sel['scores'].items()) + ')')
     lines.append('')
   return stats.write_markdown(path, lines)
-
-
-def figure(task: str, r: dict, path) -> epath.Path:
-  """Accuracy against T (log2 axis), one line per column, 95% intervals as error bars."""
-  fig = Figure(figsize=(6.5, 4.2), dpi=100)
-  ax = fig.subplots()
-  Ts = [r['runs'][str(L)]['seq_len'] for L in r['lengths']]
-  for col in r['runs'][str(r['lengths'][0])]['results']:
-    ys = [_acc(r['runs'][str(L)], col) for L in r['lengths']]
-    ci = [r['runs'][str(L)]['results'][col]['accuracy']['ci'] for L in r['lengths']]
-    ax.errorbar(Ts, ys, yerr=plotting.clipped_error_bars(ys, ci, 0.0, 1.0), marker='o', capsize=3,
-                label=NAMES.get(col, col), linestyle='--' if col == 'teacher' else '-')
-  ax.set_xscale('log', base=2)
-  ax.set_xticks(Ts)
-  ax.set_xticklabels([str(t) for t in Ts])
-  ax.set_xlabel('sequence length T')
-  ax.set_ylabel('held-out accuracy')
-  ax.set_title(f'{task}: equal wall clock' + (f', crossover T={r["crossover"]}' if r['crossover'] else ''))
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  return plotting.save_figure(fig, path)

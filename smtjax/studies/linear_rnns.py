@@ -18,9 +18,6 @@ Writes `linear_rnns.{json,md}` (accuracy at T, 2T, 4T, mean ± 95% interval; sec
 
 from __future__ import annotations
 
-from etils import epath
-from matplotlib.figure import Figure
-
 from smtjax import plotting
 from smtjax import workdir as workdir_lib
 from smtjax.studies import stats, wallclock
@@ -53,7 +50,7 @@ def run_comparison(configs: dict, plan: Plan, out, methods: tuple[Method, ...] =
     summaries[task] = wallclock.run_study(config, methods, plan, out / task, teacher_of=teacher)
     workdir_lib.write_json(out / 'linear_rnns.json', summaries)
   write_table(summaries, out / 'linear_rnns.md')
-  figure(summaries, out / 'linear_rnns.png')
+  plotting.accuracy_over_time(summaries, out / 'linear_rnns.png', NAMES)
   return summaries
 
 
@@ -78,20 +75,3 @@ def write_table(summaries: dict, path) -> str:
                    f'(validation {sel["by"]}: {", ".join(f"{n} {v:.3f}" for n, v in sel["scores"].items())}).')
     lines.append('')
   return stats.write_markdown(path, lines)
-
-
-def figure(summaries: dict, path) -> epath.Path:
-  """Held-out accuracy against wall clock, one panel per task, one line per method (mean over seeds)."""
-  fig = Figure(figsize=(5 * len(summaries), 4.2), dpi=100)
-  axes = fig.subplots(1, len(summaries), squeeze=False)[0]
-  for ax, (task, s) in zip(axes, summaries.items()):
-    for i, (col, per_seed) in enumerate(s['curves'].items()):
-      mean, _, _ = plotting.mean_over_seeds([c['rnn_only_accuracy'] for c in per_seed])
-      x = per_seed[0]['seconds'][:len(mean)]
-      ax.plot(x, mean, '--' if col == 'teacher' else '-', color=f'C{i}', marker='.', label=NAMES.get(col, col))
-    ax.set_title(task)
-    ax.set_xlabel('training wall clock (s, one CPU core)')
-    ax.set_ylabel('held-out accuracy')
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=7)
-  return plotting.save_figure(fig, path)
