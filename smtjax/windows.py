@@ -30,7 +30,8 @@ def decoder_windows(x_BxT, y_BxT, read_BxS, future: int):
   y_pad = pad(y_BxT, 1, future)  # y_pad[n + j] = y[n - 1 + j]
   inputs = windows(x_pad, read_BxS, future - 1)
   targets = windows(y_pad, read_BxS, future)
-  return inputs.reshape(-1, future - 1), targets.reshape(-1, future)
+  n = x_BxT.shape[0] * read_BxS.shape[-1]  # not -1: with Tf = 1 there are no future inputs to infer it from
+  return inputs.reshape(n, future - 1), targets.reshape(n, future)
 
 
 def sliding_windows(x_BxT, length: int):

@@ -127,12 +127,13 @@ def test_window_losses_follow_public_indexing():
   np.testing.assert_allclose(total, dec + 0.1 * dyn + 0.001 * unif, rtol=1e-5)
 
 
-def test_parallel_losses_equal_per_prefix_definition():
-  """All transitions and all decoded memories, computed prefix by prefix with the encoder alone."""
-  c, nets, params, batch = _setup('parallel', num_transitions=0, num_decoder_samples=0, future=3, gamma=0.9)
+@pytest.mark.parametrize('Tf', [3, 1])
+def test_parallel_losses_equal_per_prefix_definition(Tf):
+  """All transitions and all decoded memories, computed prefix by prefix with the encoder alone (Tf = 1: each
+  memory predicts its next target alone, with no future inputs)."""
+  c, nets, params, batch = _setup('parallel', num_transitions=0, num_decoder_samples=0, future=Tf, gamma=0.9)
   x, y = np.asarray(batch['x']), np.asarray(batch['y'])
   B, T = x.shape
-  Tf = 3
   mem = lambda L: nets.encode(params, x[:, :L]) if L else nets.initial_memory(params, B)
   dyn = np.mean([np.mean((np.asarray(nets.step(params, mem(L), x[:, L])) - np.asarray(mem(L + 1))) ** 2)
                  for L in range(T)])
